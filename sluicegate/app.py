@@ -1,0 +1,286 @@
+"""The gateway as an ASGI app: the OpenAI data plane, health endpoints, and its lifespan.
+
+`Gateway` owns every long-lived part (store, key index, audit writer, vault, upstream HTTP
+session) and the current config snapshot with its pipeline, swapped whole on reload (file
+change or SIGHUP). Routing is a dict lookup on the path; no work happens at import.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+from sqlalchemy.engine import Engine
+
+from sluicegate import tokens
+from sluicegate.audit.writer import AuditWriter
+from sluicegate.call import Call
+from sluicegate.config.loader import ConfigInvalid, load_config
+from sluicegate.config.snapshot import Snapshot
+from sluicegate.dialects import openai as openai_dialect
+from sluicegate.errors import MethodNotAllowed, NotFound, SluicegateError
+from sluicegate.pipeline import Endpoint, Pipeline, send_error
+from sluicegate.relay import Relay
+from sluicegate.settings import Settings
+from sluicegate.stages.base import Services
+from sluicegate.stages.identity import KeyIndex
+from sluicegate.store.db import create_engine
+from sluicegate.store.keys import KeyStore
+from sluicegate.types import Receive, Scope, Send
+from sluicegate.vault import Vault
+
+log = logging.getLogger("sluicegate")
+
+
+def _openai(name: str, fill: Any) -> Endpoint:
+    return Endpoint(name, openai_dialect.parse_body, fill, openai_dialect.error_body, openai_dialect.sse_error)
+
+
+_OPENAI_ENDPOINTS = {
+    "/chat/completions": _openai("chat", openai_dialect.parse_chat),
+    "/completions": _openai("completions", openai_dialect.parse_completions),
+    "/embeddings": _openai("embeddings", openai_dialect.parse_embeddings),
+}
+#: POST routes of the data plane; each also answers without the `/v1` prefix, as OpenAI clients vary
+ENDPOINTS: dict[str, Endpoint] = {
+    **{f"/v1{path}": ep for path, ep in _OPENAI_ENDPOINTS.items()},
+    **_OPENAI_ENDPOINTS,
+}
+_JSON = (b"content-type", b"application/json")
+
+
+class Gateway:
+    """The running gateway: one per process, made by `build_app` or the CLI."""
+
+    def __init__(
+        self,
+        snapshot: Snapshot,
+        *,
+        settings: Settings | None = None,
+        config_path: str | Path | None = None,
+        engine: Engine | None = None,
+        watch_interval_s: float = 1.0,
+        key_refresh_s: float = 1.0,
+    ) -> None:
+        self.settings = settings or Settings.from_env()
+        self.config_path = Path(config_path) if config_path else None
+        self.engine = engine or create_engine(self.settings.db_url(snapshot.config.database_url))
+        audit_cfg = snapshot.audit
+        self.audit = AuditWriter(
+            self.engine,
+            batch_size=audit_cfg.batch_size,
+            flush_interval_s=audit_cfg.flush_interval_s,
+            retry_s=audit_cfg.retry_s,
+        )
+        self.keys = KeyIndex(KeyStore(self.engine), refresh_s=key_refresh_s)
+        self.vault = Vault()
+        self.services = Services(keys=self.keys, audit=self.audit, vault=self.vault)
+        self._state = (snapshot, Pipeline(snapshot, self.services))
+        self.watch_interval_s = watch_interval_s
+        self.relay: Relay | None = None
+        self.started = False
+        self.reloads = 0
+        self.last_reload_error: str | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._config_stamp = self._stamp()
+        #: the `created` time `/v1/models` reports for configured models
+        self.created = int(time.time())
+
+    @property
+    def snapshot(self) -> Snapshot:
+        """The config snapshot new requests use."""
+        return self._state[0]
+
+    @property
+    def pipeline(self) -> Pipeline:
+        """The stage list of the current snapshot."""
+        return self._state[1]
+
+    # -- ASGI -----------------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            path: str = scope["path"]
+            endpoint = ENDPOINTS.get(path)
+            if endpoint is not None:
+                if scope["method"] != "POST":
+                    await self._refuse(send, MethodNotAllowed(f"Use POST for {path}"))
+                    return
+                await self._handle(scope, receive, send, endpoint)
+            elif path in ("/v1/models", "/models"):
+                await self._models(scope, receive, send)
+            elif path == "/healthz":
+                await _send_json(send, 200, {"status": "ok"})
+            elif path == "/readyz":
+                await self._ready(send)
+            else:
+                await self._refuse(send, NotFound(f"Unknown path: {scope['method']} {path}", code="unknown_url"))
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    def _new_call(self, scope: Scope, endpoint: str, snapshot: Snapshot) -> Call:
+        call = Call("req_" + secrets.token_hex(12), endpoint, snapshot, dict(scope["headers"]))
+        client = scope.get("client")
+        if client:
+            call.client_ip = client[0]
+        return call
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send, endpoint: Endpoint) -> None:
+        snapshot, pipeline = self._state
+        call = self._new_call(scope, endpoint.name, snapshot)
+        relay = self.relay
+        if relay is None:
+            raise RuntimeError("the gateway serves requests only after its lifespan startup")
+        await pipeline.run(call, endpoint, relay, receive, send)
+
+    async def _models(self, scope: Scope, receive: Receive, send: Send) -> None:
+        snapshot, pipeline = self._state
+        call = self._new_call(scope, "models", snapshot)
+        try:
+            if scope["method"] != "GET":
+                raise MethodNotAllowed("Use GET for /v1/models")
+            for stage in pipeline.header_stages:
+                await stage.on_request(call)
+            names = snapshot.models_for(call.consumer) if call.consumer is not None else []
+            call.status = 200
+            body = openai_dialect.models_list(names, self.created)
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [_JSON, (b"x-request-id", call.request_id.encode())],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})
+        except SluicegateError as exc:
+            call.fail(exc)
+            await send_error(call, send, exc, openai_dialect.error_body)
+        finally:
+            await pipeline.finish(call)
+
+    async def _refuse(self, send: Send, error: SluicegateError) -> None:
+        await _send_json(send, error.status, orjson.loads(openai_dialect.error_body(error)))
+
+    async def _ready(self, send: Send) -> None:
+        problems = []
+        if not self.started:
+            problems.append("starting")
+        if not self.audit.healthy:
+            problems.append(f"audit store failing ({self.audit.last_error})")
+        if problems:
+            await _send_json(send, 503, {"status": "unavailable", "problems": problems})
+        else:
+            await _send_json(send, 200, {"status": "ready", "audit_pending": self.audit.pending})
+
+    # -- lifespan -------------------------------------------------------------------------------
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:
+                    log.exception("startup failed")
+                    await send({"type": "lifespan.startup.failed", "message": type(exc).__name__})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def startup(self) -> None:
+        """Start the background parts and open the upstream session."""
+        self.audit.start()
+        await asyncio.to_thread(self.keys.start)
+        connector = aiohttp.TCPConnector(
+            limit=self.snapshot.server.max_upstream_connections, ttl_dns_cache=300, keepalive_timeout=30
+        )
+        session = aiohttp.ClientSession(connector=connector, auto_decompress=True, trust_env=False)
+        self.relay = Relay(session, self.vault, self.snapshot.server.max_error_body_bytes)
+        self._tasks.append(asyncio.create_task(asyncio.to_thread(tokens.preload)))
+        if self.config_path is not None:
+            self._tasks.append(asyncio.create_task(self._watch_config()))
+            try:
+                asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._on_sighup)
+            except (NotImplementedError, RuntimeError, ValueError):
+                log.info("SIGHUP reload is not available here; the config file is still watched")
+        self.started = True
+
+    async def shutdown(self) -> None:
+        """Stop taking work, close the upstream session, and flush the audit queue."""
+        self.started = False
+        for task in self._tasks:
+            task.cancel()
+        if self.relay is not None:
+            await self.relay.session.close()
+        await asyncio.to_thread(self.keys.stop)
+        await asyncio.to_thread(self.audit.close)
+
+    # -- config reload --------------------------------------------------------------------------
+
+    def _stamp(self) -> tuple[float, int] | None:
+        if self.config_path is None:
+            return None
+        try:
+            st = os.stat(self.config_path)
+        except OSError:
+            return None
+        return (st.st_mtime, st.st_size)
+
+    def _on_sighup(self) -> None:
+        log.info("SIGHUP: reloading %s", self.config_path)
+        self._tasks.append(asyncio.create_task(self.reload()))
+
+    async def _watch_config(self) -> None:
+        while True:
+            await asyncio.sleep(self.watch_interval_s)
+            stamp = self._stamp()
+            if stamp is not None and stamp != self._config_stamp:
+                self._config_stamp = stamp
+                await self.reload()
+
+    async def reload(self) -> bool:
+        """Load the config file again and swap it in whole; keep the old one if it is invalid."""
+        assert self.config_path is not None
+        try:
+            snapshot = await asyncio.to_thread(load_config, self.config_path)
+            pipeline = Pipeline(snapshot, self.services)
+        except ConfigInvalid as exc:
+            self.last_reload_error = str(exc)
+            log.error("config reload refused, the previous config keeps serving:\n%s", exc)
+            return False
+        self._state = (snapshot, pipeline)
+        self.vault.clear()
+        self.reloads += 1
+        self.last_reload_error = None
+        log.info(
+            "config reloaded from %s (%d models, %d consumers)",
+            self.config_path,
+            len(snapshot.config.models),
+            len(snapshot.consumers),
+        )
+        return True
+
+
+async def _send_json(send: Send, status: int, data: Any) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": [_JSON]})
+    await send({"type": "http.response.body", "body": orjson.dumps(data)})
+
+
+def build_app(config_path: str | Path, settings: Settings | None = None) -> Gateway:
+    """A gateway for a config file (raises `ConfigInvalid` listing every error)."""
+    return Gateway(load_config(config_path), settings=settings, config_path=config_path)
+
+
+__all__ = ["ENDPOINTS", "Gateway", "build_app"]

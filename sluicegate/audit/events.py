@@ -1,0 +1,41 @@
+"""The audit event: one per call, whatever its outcome; never a secret, never a prompt."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass(slots=True)
+class AuditEvent:
+    """What the gateway records of one call (`sluicegate audit tail` prints these)."""
+
+    request_id: str
+    ts: float
+    endpoint: str
+    consumer: str | None
+    key_id: str | None
+    client_ip: str | None
+    model_requested: str | None
+    model_served: str | None
+    provider: str | None
+    stream: bool
+    status: int
+    upstream_status: int | None
+    decision: str
+    outcome: str
+    reason: str | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    total_tokens: int | None
+    usage_source: str
+    cost_micro_usd: int | None
+    latency_ms: float
+    ttft_ms: float | None
+
+    def as_row(self) -> dict[str, Any]:
+        """Column values for the store."""
+        return asdict(self)
+
+
+FIELDS = tuple(AuditEvent.__dataclass_fields__)

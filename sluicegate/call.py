@@ -1,0 +1,99 @@
+"""`Call`: the per-request state every pipeline stage reads and writes.
+
+One object per request, created by the app, filled top to bottom by the stages, and turned into
+exactly one audit event at the end. Slotted: it is made on every request.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sluicegate.config.snapshot import Consumer, Route, Snapshot
+    from sluicegate.errors import SluicegateError
+
+
+class Call:
+    """Everything known about one request: who, what, where it went, what came back."""
+
+    __slots__ = (
+        "body",
+        "client_ip",
+        "client_request_id",
+        "completion_tokens",
+        "consumer",
+        "cost_micro_usd",
+        "decision",
+        "endpoint",
+        "error",
+        "headers",
+        "include_usage",
+        "key_id",
+        "model_requested",
+        "model_served",
+        "outcome",
+        "prompt_tokens",
+        "provider",
+        "request_id",
+        "route",
+        "snapshot",
+        "started",
+        "started_wall",
+        "status",
+        "stream",
+        "total_tokens",
+        "ttft_ms",
+        "upstream_status",
+        "usage_source",
+        "usage_text",
+    )
+
+    def __init__(self, request_id: str, endpoint: str, snapshot: Snapshot, headers: dict[bytes, bytes]) -> None:
+        self.started = time.perf_counter()
+        self.started_wall = time.time()
+        self.request_id = request_id
+        self.endpoint = endpoint
+        self.snapshot = snapshot
+        #: request headers the gateway reads (lower-case names); not the whole set
+        self.headers = headers
+        self.client_ip: str | None = None
+        self.client_request_id: str | None = None
+        self.consumer: Consumer | None = None
+        self.key_id: str | None = None
+        #: the parsed request body; stages read it, nobody mutates it (retries rebuild from it)
+        self.body: dict[str, Any] | None = None
+        self.model_requested: str | None = None
+        self.stream = False
+        #: whether the client itself asked for the usage chunk of a stream
+        self.include_usage = False
+        self.route: Route | None = None
+        self.provider: str | None = None
+        self.model_served: str | None = None
+        self.status = 0
+        self.upstream_status: int | None = None
+        self.decision = "allowed"
+        #: ok | rejected | denied | upstream_error | client_disconnected | ...
+        self.outcome = "ok"
+        self.error: SluicegateError | None = None
+        self.prompt_tokens: int | None = None
+        self.completion_tokens: int | None = None
+        self.total_tokens: int | None = None
+        #: upstream | counted | none
+        self.usage_source = "none"
+        #: the answer's texts, kept to count its tokens when the upstream sent no usage
+        self.usage_text: list[str] | None = None
+        self.cost_micro_usd: int | None = None
+        self.ttft_ms: float | None = None
+
+    def fail(self, error: SluicegateError) -> None:
+        """Record a refusal or failure: its status, audit decision and outcome."""
+        self.error = error
+        self.status = error.status
+        self.decision = error.decision
+        if self.outcome == "ok":
+            self.outcome = error.code
+
+    def elapsed_ms(self) -> float:
+        """Milliseconds since the request arrived."""
+        return (time.perf_counter() - self.started) * 1000.0

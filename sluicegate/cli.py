@@ -1,0 +1,254 @@
+"""The `sluicegate` command: serve, mock-upstream, check, keys, audit. Thin over the library."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+
+from sluicegate.settings import Settings
+
+
+def _setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True
+    )
+
+
+def _run(coro: Any) -> None:
+    try:
+        import uvloop
+
+        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    except ImportError:  # uvloop is a dependency, but keep plain asyncio working
+        runner = asyncio.Runner()
+    with runner:
+        runner.run(coro)
+
+
+def _engine(config: str | None) -> Any:
+    from sluicegate.config.loader import ConfigInvalid, load_config
+    from sluicegate.store.db import create_engine
+
+    settings = Settings.from_env()
+    url = None
+    if config:
+        try:
+            url = load_config(config).config.database_url
+        except ConfigInvalid as exc:
+            raise click.ClickException(str(exc)) from None
+    return create_engine(settings.db_url(url))
+
+
+@click.group()
+@click.version_option(package_name="sluicegate")
+def main() -> None:
+    """Sluicegate: an LLM gateway that decides who calls which model, and records every call."""
+
+
+@main.command()
+@click.option(
+    "--config", "config_path", type=click.Path(dir_okay=False), help="Gateway config (YAML); demo mode without it."
+)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True, type=int)
+@click.option("--log-level", default="INFO", show_default=True)
+def serve(config_path: str | None, host: str, port: int, log_level: str) -> None:
+    """Run the gateway (demo mode without --config)."""
+    _setup_logging(log_level)
+    _run(_serve(config_path, host, port))
+
+
+async def _serve(config_path: str | None, host: str, port: int) -> None:
+    import uvicorn
+
+    from sluicegate.app import Gateway
+    from sluicegate.config.loader import ConfigInvalid, load_config
+    from sluicegate.config.snapshot import build_snapshot
+    from sluicegate.demo import DEMO_CONSUMER, demo_config, demo_key
+    from sluicegate.store.db import create_engine
+    from sluicegate.testing.upstream import FakeUpstream, start_server
+
+    settings = Settings.from_env()
+    mock = None
+    if config_path is None:
+        mock, mock_task, mock_url = await start_server(FakeUpstream(record=False, require_auth=False), "127.0.0.1", 0)
+        config = demo_config(mock_url)
+        engine = create_engine(settings.db_url())
+        key = demo_key(engine, settings.data_dir)
+        gateway = Gateway(build_snapshot(config, "<demo>"), settings=settings, engine=engine)
+        models = ", ".join(m.name for m in config.models)
+        base = f"http://{host}:{port}"
+        click.echo(
+            f"\nSluicegate demo mode: data in {settings.data_dir}/, mock provider at {mock_url}\n"
+            f"  consumer '{DEMO_CONSUMER}', key: {key}\n"
+            f"  models: {models}\n"
+            f"  try: curl {base}/v1/chat/completions -H 'Authorization: Bearer {key}' "
+            f'-H \'Content-Type: application/json\' -d \'{{"model":"mock-chat","messages":'
+            f'[{{"role":"user","content":"Hello"}}]}}\'\n',
+            err=True,
+        )
+    else:
+        try:
+            snapshot = load_config(config_path)
+        except ConfigInvalid as exc:
+            raise click.ClickException(str(exc)) from None
+        gateway = Gateway(snapshot, settings=settings, config_path=config_path)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            gateway,
+            host=host,
+            port=port,
+            http="httptools",
+            lifespan="on",
+            access_log=False,
+            log_config=None,
+            server_header=False,
+            timeout_graceful_shutdown=30,
+        )
+    )
+    try:
+        await server.serve()
+    finally:
+        if mock is not None:
+            mock.should_exit = True
+            await mock_task
+
+
+@main.command("mock-upstream")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8090, show_default=True, type=int)
+def mock_upstream(host: str, port: int) -> None:
+    """Run the fake upstream LLM server (OpenAI wire format) for demos, tests and benchmarks."""
+    from sluicegate.testing.upstream import FakeUpstream, run_server
+
+    _setup_logging("WARNING")
+    click.echo(f"fake upstream on http://{host}:{port}/v1", err=True)
+    _run(run_server(FakeUpstream(record=False), host, port))
+
+
+@main.command()
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False))
+def check(config_path: str) -> None:
+    """Validate a config file; print every problem with its path; exit 1 on errors."""
+    from sluicegate.config.loader import ConfigInvalid, ConfigIssue, parse_config
+
+    try:
+        text = Path(config_path).read_text(encoding="utf-8")
+    except OSError as exc:
+        click.echo(f"{config_path}: cannot read the file: {exc.strerror}", err=True)
+        sys.exit(1)
+    snapshot, issues = parse_config(text, config_path)
+    for issue in issues:
+        click.echo(f"{config_path}: {issue}", err=True)
+    errors = [i for i in issues if not i.warning]
+    if snapshot is None or errors:
+        click.echo(f"{len(errors)} error(s); the config is not valid", err=True)
+        sys.exit(1)
+    cfg = snapshot.config
+    click.echo(
+        f"{config_path}: ok ({len(cfg.providers)} providers, {len(cfg.models)} models, {len(cfg.consumers)} consumers)"
+    )
+    del ConfigInvalid, ConfigIssue
+
+
+@main.group()
+def keys() -> None:
+    """Create, list and revoke consumer API keys (stored hashed)."""
+
+
+@keys.command("create")
+@click.option("--consumer", required=True, help="Consumer name, as in the config.")
+@click.option("--name", default=None, help="A label for the key.")
+@click.option("--expires-in-days", type=float, default=None)
+@click.option(
+    "--config", "config_path", type=click.Path(dir_okay=False), help="Config whose database and consumers to use."
+)
+def keys_create(consumer: str, name: str | None, expires_in_days: float | None, config_path: str | None) -> None:
+    """Create a key and print it once; only its hash is stored."""
+    from sluicegate.config.loader import ConfigInvalid, load_config
+    from sluicegate.store.keys import KeyStore
+
+    if config_path:
+        try:
+            snapshot = load_config(config_path)
+        except ConfigInvalid as exc:
+            raise click.ClickException(str(exc)) from None
+        if consumer not in snapshot.consumers:
+            raise click.ClickException(f"consumer '{consumer}' is not in {config_path}")
+    expires = time.time() + expires_in_days * 86400 if expires_in_days else None
+    key, record = KeyStore(_engine(config_path)).create(consumer, name=name, expires_at=expires)
+    click.echo(f"created {record.id} for consumer '{consumer}'; this key is shown once:", err=True)
+    click.echo(key)
+
+
+def _when(ts: float | None) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
+
+
+@keys.command("list")
+@click.option("--consumer", default=None)
+@click.option("--config", "config_path", type=click.Path(dir_okay=False))
+def keys_list(consumer: str | None, config_path: str | None) -> None:
+    """List keys: id, consumer, prefix, state; never a key."""
+    from sluicegate.store.keys import KeyStore
+
+    now = time.time()
+    click.echo(f"{'ID':<17} {'CONSUMER':<20} {'PREFIX':<8} {'STATE':<8} {'CREATED (UTC)':<19}  NAME")
+    for r in KeyStore(_engine(config_path)).list(consumer):
+        state = "revoked" if r.revoked_at else ("expired" if not r.is_active(now) else "active")
+        click.echo(f"{r.id:<17} {r.consumer:<20} {r.prefix:<8} {state:<8} {_when(r.created_at):<19}  {r.name or ''}")
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False))
+def keys_revoke(key_id: str, config_path: str | None) -> None:
+    """Revoke a key by id; the gateway refuses it within a second."""
+    from sluicegate.store.keys import KeyStore
+
+    if not KeyStore(_engine(config_path)).revoke(key_id):
+        raise click.ClickException(f"no active key with id {key_id}")
+    click.echo(f"revoked {key_id}")
+
+
+@main.group()
+def audit() -> None:
+    """Read the audit trail."""
+
+
+@audit.command("tail")
+@click.option("-n", "--lines", "limit", default=20, show_default=True, type=int)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False))
+def audit_tail(limit: int, as_json: bool, config_path: str | None) -> None:
+    """Print the latest audit events, oldest first."""
+    from sluicegate.audit.reader import latest_events
+
+    events = latest_events(_engine(config_path), limit)
+    if as_json:
+        for event in events:
+            click.echo(orjson.dumps(event).decode())
+        return
+    click.echo(
+        f"{'TIME (UTC)':<19} {'REQUEST':<28} {'CONSUMER':<12} {'MODEL':<16} {'STATUS':>6} "
+        f"{'DECISION':<9} {'OUTCOME':<22} {'TOKENS':>7} {'MS':>8}"
+    )
+    for e in events:
+        tokens = "-" if e["total_tokens"] is None else str(e["total_tokens"])
+        click.echo(
+            f"{_when(e['ts']):<19} {e['request_id']:<28} {(e['consumer'] or '-'):<12} "
+            f"{(e['model_requested'] or '-')[:16]:<16} {e['status']:>6} {e['decision']:<9} "
+            f"{e['outcome'][:22]:<22} {tokens:>7} {e['latency_ms']:>8.1f}"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,207 @@
+"""Load a YAML config, validate it whole, and report every error with its path and line.
+
+`load_config` either returns a compiled `Snapshot` or raises `ConfigInvalid` listing all the
+problems (`consumers[2].models[0]: unknown model 'gtp-4o'`); nothing is half-applied.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import ValidationError
+
+from sluicegate.config.model import GatewayConfig
+from sluicegate.config.snapshot import Snapshot, build_snapshot, is_glob
+from sluicegate.providers.base import provider_types
+from sluicegate.vault import SECRET_SCHEMES
+
+PathPart = str | int
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigIssue:
+    """One problem in a config, located by its path in the document (and line, when known)."""
+
+    path: tuple[PathPart, ...]
+    message: str
+    line: int | None = None
+    warning: bool = False
+
+    def where(self) -> str:
+        """The path in the `consumers[2].models[0]` form."""
+        return format_path(self.path)
+
+    def __str__(self) -> str:
+        at = f" (line {self.line})" if self.line else ""
+        kind = "warning: " if self.warning else ""
+        return f"{self.where() or '<root>'}{at}: {kind}{self.message}"
+
+
+class ConfigInvalid(Exception):
+    """A config that cannot be applied; `issues` lists every error found."""
+
+    def __init__(self, source: str, issues: Sequence[ConfigIssue]) -> None:
+        self.source = source
+        self.issues = list(issues)
+        lines = "\n".join(f"  {issue}" for issue in self.issues)
+        super().__init__(f"invalid config {source}:\n{lines}")
+
+
+def format_path(path: Iterable[PathPart]) -> str:
+    """('consumers', 2, 'models', 0) -> 'consumers[2].models[0]'."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def load_config(path: str | Path) -> Snapshot:
+    """Read, validate and compile a config file; raise `ConfigInvalid` on any error."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigInvalid(source, [ConfigIssue((), f"cannot read the file: {exc.strerror or exc}")]) from None
+    snapshot, issues = parse_config(text, source)
+    errors = [i for i in issues if not i.warning]
+    if snapshot is None or errors:
+        raise ConfigInvalid(source, errors)
+    return snapshot
+
+
+def parse_config(text: str, source: str = "<config>") -> tuple[Snapshot | None, list[ConfigIssue]]:
+    """Validate a YAML document; return the snapshot (None on errors) and every issue found."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        return None, [ConfigIssue((), f"not valid YAML: {getattr(exc, 'problem', None) or exc}", line)]
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        return None, [ConfigIssue((), "the config must be a mapping at its top level")]
+    lines = _LineIndex(text)
+    try:
+        config = GatewayConfig.model_validate(raw)
+    except ValidationError as exc:
+        issues = [
+            ConfigIssue(tuple(err["loc"]), _pydantic_message(err), lines.line_of(tuple(err["loc"])))
+            for err in exc.errors()
+        ]
+        return None, issues
+    issues = [
+        ConfigIssue(issue.path, issue.message, lines.line_of(issue.path), issue.warning)
+        for issue in check_references(config)
+    ]
+    if any(not i.warning for i in issues):
+        return None, issues
+    return build_snapshot(config, source), issues
+
+
+def _pydantic_message(err: Any) -> str:
+    if err["type"] == "extra_forbidden":
+        return "unknown key"
+    if err["type"] == "missing":
+        return "required key is missing"
+    return str(err["msg"])
+
+
+def check_references(config: GatewayConfig) -> list[ConfigIssue]:
+    """Every cross-reference and value problem pydantic's field checks cannot see."""
+    issues: list[ConfigIssue] = []
+    types = provider_types()
+    seen: set[str] = set()
+    for i, p in enumerate(config.providers):
+        at: tuple[PathPart, ...] = ("providers", i)
+        if p.name in seen:
+            issues.append(ConfigIssue((*at, "name"), f"duplicate provider name '{p.name}'"))
+        seen.add(p.name)
+        ptype = types.get(p.type)
+        if ptype is None:
+            known = ", ".join(sorted(types))
+            issues.append(ConfigIssue((*at, "type"), f"unknown provider type '{p.type}' (known: {known})"))
+            continue
+        base_url = p.base_url or ptype.preset.base_url
+        if not base_url:
+            issues.append(ConfigIssue((*at, "base_url"), f"provider type '{p.type}' needs a base_url"))
+        elif urlsplit(base_url).scheme not in ("http", "https") or not urlsplit(base_url).hostname:
+            issues.append(ConfigIssue((*at, "base_url"), f"not an http(s) URL: '{base_url}'"))
+        if p.api_key is None:
+            if ptype.preset.needs_key:
+                issues.append(ConfigIssue((*at, "api_key"), f"provider type '{p.type}' needs an api_key reference"))
+        else:
+            issues.extend(_check_secret_ref(p.api_key, (*at, "api_key")))
+    names: set[str] = set()
+    for i, m in enumerate(config.models):
+        if m.name in names:
+            issues.append(ConfigIssue(("models", i, "name"), f"duplicate model name '{m.name}'"))
+        names.add(m.name)
+        if m.provider not in seen:
+            issues.append(ConfigIssue(("models", i, "provider"), f"unknown provider '{m.provider}'"))
+    exact = {m.name for m in config.models if not is_glob(m.name)}
+    globs = [m.name for m in config.models if is_glob(m.name)]
+    consumers: set[str] = set()
+    for i, c in enumerate(config.consumers):
+        if c.name in consumers:
+            issues.append(ConfigIssue(("consumers", i, "name"), f"duplicate consumer name '{c.name}'"))
+        consumers.add(c.name)
+        for j, name in enumerate(c.models):
+            if is_glob(name) or name in exact or any(_glob_match(g, name) for g in globs):
+                continue
+            issues.append(ConfigIssue(("consumers", i, "models", j), f"unknown model '{name}'"))
+    return issues
+
+
+def _glob_match(pattern: str, name: str) -> bool:
+    return fnmatch.fnmatchcase(name, pattern)
+
+
+def _check_secret_ref(ref: str, at: tuple[PathPart, ...]) -> list[ConfigIssue]:
+    scheme, sep, rest = ref.partition("://")
+    if not sep or scheme not in SECRET_SCHEMES:
+        schemes = ", ".join(f"{s}://" for s in SECRET_SCHEMES)
+        return [ConfigIssue(at, f"must be a secret reference ({schemes}), never the key itself")]
+    if scheme == "env" and rest and rest not in os.environ:
+        return [ConfigIssue(at, f"environment variable {rest} is not set", warning=True)]
+    if not rest:
+        return [ConfigIssue(at, "the reference names nothing")]
+    return []
+
+
+class _LineIndex:
+    """Maps a path in the document to its 1-based line, from the YAML node tree."""
+
+    def __init__(self, text: str) -> None:
+        try:
+            self._root: yaml.Node | None = yaml.compose(text)
+        except yaml.YAMLError:
+            self._root = None
+
+    def line_of(self, path: tuple[PathPart, ...]) -> int | None:
+        node = self._root
+        line = None
+        for part in path:
+            if isinstance(node, yaml.MappingNode):
+                for key, value in node.value:
+                    if key.value == part:
+                        line, node = key.start_mark.line + 1, value
+                        break
+                else:
+                    return line
+            elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+                node = node.value[part]
+                line = node.start_mark.line + 1
+            else:
+                return line
+        return line

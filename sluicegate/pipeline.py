@@ -1,0 +1,220 @@
+"""The request path, top to bottom. The stage order is the policy.
+
+    identity      key -> consumer                         (headers only: before the body is read)
+    [parse]       the body, once, by the client's dialect
+    access        consumer x model                        403 / 404
+    router        model -> provider + upstream model      404
+    audit         (strict mode: refuse while the audit store is down)
+    [send]        provider request, then relay of the answer (JSON or SSE stream)
+    accounting    tokens and cost                         (finally, always)
+    audit         one event per call                      (finally, always)
+
+Later stages slot into `STAGE_ORDER` (limits after access, guardrails and cache before the
+router) by name; a stage whose factory returns None for this config is not in the list at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from sluicegate.errors import BodyTooLarge, SluicegateError
+from sluicegate.stages.base import Services, Stage, stage_factories
+
+if TYPE_CHECKING:
+    from sluicegate.call import Call
+    from sluicegate.config.snapshot import Snapshot
+    from sluicegate.relay import Relay
+    from sluicegate.types import Receive, Send
+
+log = logging.getLogger("sluicegate.pipeline")
+
+#: where each registered stage runs; names not registered are skipped
+STAGE_ORDER = (
+    "identity",
+    "access",
+    "limits",
+    "guardrails_input",
+    "cache",
+    "router",
+    "audit",
+    "guardrails_output",
+    "accounting",
+)
+#: `on_finish` runs in this order (audit last: it records what the others settled)
+FINISH_ORDER = ("accounting", "limits", "cache", "audit")
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """A data-plane endpoint of a dialect: its name and how its body is parsed."""
+
+    name: str
+    parse_body: Callable[[bytes], dict[str, Any]]
+    fill_call: Callable[[Call, dict[str, Any]], None]
+    render_error: Callable[[SluicegateError], bytes]
+    render_stream_error: Callable[[SluicegateError], bytes]
+
+
+class ClientGone(Exception):
+    """The client disconnected before the gateway answered."""
+
+
+class Pipeline:
+    """The stages for one config snapshot, in order; built once per snapshot."""
+
+    def __init__(self, snapshot: Snapshot, services: Services) -> None:
+        factories = stage_factories()
+        stages: dict[str, Stage] = {}
+        for name in STAGE_ORDER:
+            factory = factories.get(name)
+            if factory is not None:
+                stage = factory(snapshot, services)
+                if stage is not None:
+                    stages[name] = stage
+        unplaced = set(factories) - set(STAGE_ORDER)
+        if unplaced:
+            raise ValueError(f"stages registered but not placed in STAGE_ORDER: {sorted(unplaced)}")
+        ordered = list(stages.values())
+        self.stages = ordered
+        self.names = [s.name for s in ordered]
+        # Stages that decide on headers alone run before the body is read and parsed.
+        split = next((i for i, s in enumerate(ordered) if s.needs_body), len(ordered))
+        self.header_stages = ordered[:split]
+        self.body_stages = ordered[split:]
+        self.finishers = [stages[n] for n in FINISH_ORDER if n in stages]
+
+    async def run(self, call: Call, endpoint: Endpoint, relay: Relay, receive: Receive, send: Send) -> None:
+        """Take one call through every stage; always finish with accounting and audit."""
+        from sluicegate.relay import relay_json, relay_stream
+
+        started = False
+        watcher: asyncio.Future[Any] | None = None
+        gone = False
+        streaming = False
+
+        def client_gone() -> bool:
+            return gone
+
+        try:
+            for stage in self.header_stages:
+                await stage.on_request(call)
+            raw = await read_body(receive, call.snapshot.server.max_body_bytes, call.headers.get(b"content-length"))
+            body = endpoint.parse_body(raw)
+            call.body = body
+            endpoint.fill_call(call, body)
+            for stage in self.body_stages:
+                await stage.on_request(call)
+            resp = await relay.open(call)
+            if call.stream and (resp.content_type or "").startswith("text/event-stream"):
+                task = asyncio.current_task()
+                assert task is not None
+
+                def on_disconnect(fut: asyncio.Future[Any]) -> None:
+                    nonlocal gone
+                    if streaming and not fut.cancelled() and fut.result().get("type") == "http.disconnect":
+                        gone = True
+                        task.cancel()
+
+                watcher = asyncio.ensure_future(receive())
+                watcher.add_done_callback(on_disconnect)
+                started = streaming = True
+                try:
+                    await relay_stream(call, resp, send, client_gone, endpoint.render_stream_error)
+                except asyncio.CancelledError:
+                    if not gone:
+                        raise
+                    task.uncancel()
+                    resp.close()
+                finally:
+                    streaming = False
+                if gone:
+                    call.outcome = "client_disconnected"
+                    call.status = 499
+            else:
+                started = True
+                await relay_json(call, resp, send)
+        except SluicegateError as exc:
+            call.fail(exc)
+            if not started:
+                await send_error(call, send, exc, endpoint.render_error)
+        except ClientGone:
+            call.outcome = "client_disconnected"
+            call.status = 499
+        except asyncio.CancelledError:
+            call.outcome = "cancelled"
+            call.status = call.status or 499
+            raise
+        except Exception:
+            log.exception("unexpected error on request %s", call.request_id)
+            error = SluicegateError("The gateway failed to handle this request", code="internal_error")
+            call.fail(error)
+            if not started:
+                await send_error(call, send, error, endpoint.render_error)
+        finally:
+            if watcher is not None and not watcher.done():
+                watcher.cancel()
+            await self.finish(call)
+
+    async def finish(self, call: Call) -> None:
+        """Run every finisher (accounting, audit ...), even when the task is being cancelled."""
+        cancelled = False
+        for stage in self.finishers:
+            try:
+                await stage.on_finish(call)
+            except asyncio.CancelledError:
+                cancelled = True
+            except Exception:
+                log.exception("stage %s failed to finish request %s", stage.name, call.request_id)
+        if cancelled:
+            raise asyncio.CancelledError
+
+
+async def read_body(receive: Receive, limit: int, content_length: bytes | None) -> bytes:
+    """The whole request body, refusing (413) past `limit` bytes before reading more."""
+    if content_length is not None:
+        try:
+            declared = int(content_length)
+        except ValueError:
+            declared = 0
+        if declared > limit:
+            raise BodyTooLarge(f"The request body is {declared} bytes; the limit is {limit} bytes")
+    message = await receive()
+    if message["type"] == "http.disconnect":
+        raise ClientGone
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body"):
+        if len(body) > limit:
+            raise BodyTooLarge(f"The request body is larger than the limit of {limit} bytes")
+        return body
+    chunks = [body]
+    size = len(body)
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(f"The request body is larger than the limit of {limit} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+async def send_error(
+    call: Call, send: Send, error: SluicegateError, render: Callable[[SluicegateError], bytes]
+) -> None:
+    """Answer with the error in the client's dialect and status."""
+    headers = [(b"content-type", b"application/json"), (b"x-request-id", call.request_id.encode())]
+    if error.retry_after is not None:
+        headers.append((b"retry-after", str(max(1, round(error.retry_after))).encode()))
+    if error.status == 401:
+        headers.append((b"www-authenticate", b'Bearer realm="sluicegate"'))
+    body = render(error)
+    headers.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": error.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

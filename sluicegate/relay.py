@@ -1,0 +1,288 @@
+"""Provider send and relay: the call goes upstream, the answer comes back to the client.
+
+`Relay.open` sends the call to its provider (credential from the vault, explicit timeouts, no
+redirects) and maps every failure before the first byte to an `UpstreamError`. `relay_json` and
+`relay_stream` then forward the answer as the upstream sent it (same dialect: passthrough),
+reading from it only what accounting needs: usage, the model served, the time to first token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import orjson
+
+from sluicegate.errors import SluicegateError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+
+if TYPE_CHECKING:
+    from sluicegate.call import Call
+    from sluicegate.config.model import Timeouts
+    from sluicegate.types import Send
+    from sluicegate.vault import Vault
+
+#: raw stream events kept for token counting, in case the upstream never sends usage
+MAX_KEPT_STREAM_BYTES = 8 * 1024 * 1024
+#: largest non-streamed upstream answer accepted
+MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+_SSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+
+
+class Relay:
+    """Sends calls upstream over one shared, pooled HTTP client session."""
+
+    def __init__(self, session: aiohttp.ClientSession, vault: Vault, max_error_body_bytes: int = 64 * 1024) -> None:
+        self.session = session
+        self.vault = vault
+        self.max_error_body_bytes = max_error_body_bytes
+        self._timeouts: dict[Timeouts, aiohttp.ClientTimeout] = {}
+
+    def _timeout(self, t: Timeouts) -> aiohttp.ClientTimeout:
+        timeout = self._timeouts.get(t)
+        if timeout is None:
+            timeout = self._timeouts[t] = aiohttp.ClientTimeout(
+                total=t.total_s, connect=t.connect_s, sock_connect=t.connect_s, sock_read=t.read_s
+            )
+        return timeout
+
+    async def open(self, call: Call) -> aiohttp.ClientResponse:
+        """Send the call upstream; return the response once its headers say success."""
+        route = call.route
+        assert route is not None
+        provider = route.provider
+        ref = provider.config.api_key
+        secret = self.vault.resolve(ref) if ref else None
+        url = provider.url_for(_UPSTREAM_PATHS[call.endpoint])
+        body = provider.prepare_body(call)
+        name = provider.name
+        try:
+            resp = await self.session.post(
+                url,
+                data=body,
+                headers=provider.auth_headers(secret),
+                timeout=self._timeout(provider.timeouts),
+                allow_redirects=False,
+            )
+        except TimeoutError:
+            raise UpstreamTimeout(f"provider '{name}' did not answer in time") from None
+        except aiohttp.ClientConnectorError:
+            raise UpstreamUnavailable(f"cannot connect to provider '{name}'") from None
+        except aiohttp.ClientError as exc:
+            # The exception text may carry the URL; the class name says enough.
+            raise UpstreamError(f"provider '{name}' failed before answering ({type(exc).__name__})") from None
+        call.upstream_status = status = resp.status
+        if status < 300:
+            return resp
+        try:
+            if 300 <= status < 400:
+                raise UpstreamError(
+                    f"provider '{name}' answered with a redirect (HTTP {status}), which is not followed"
+                )
+            try:
+                raw = await resp.content.read(self.max_error_body_bytes)
+            except (aiohttp.ClientError, TimeoutError):
+                raw = b""
+            raise provider.parse_error(status, raw, _retry_after(resp.headers.get("retry-after")), secret)
+        finally:
+            resp.release()
+
+
+_UPSTREAM_PATHS = {"chat": "chat/completions", "completions": "completions", "embeddings": "embeddings"}
+
+
+def _retry_after(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return seconds if seconds >= 0 else None
+
+
+def response_headers(call: Call, base: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """Response headers with the gateway's request id."""
+    return [*base, (b"x-request-id", call.request_id.encode())]
+
+
+def _take_usage(call: Call, usage: Any) -> None:
+    if isinstance(usage, dict):
+        prompt = usage.get("prompt_tokens")
+        completion = usage.get("completion_tokens")
+        total = usage.get("total_tokens")
+        call.prompt_tokens = prompt if isinstance(prompt, int) else None
+        call.completion_tokens = completion if isinstance(completion, int) else 0
+        call.total_tokens = total if isinstance(total, int) else None
+        call.usage_source = "upstream"
+
+
+async def relay_json(call: Call, resp: aiohttp.ClientResponse, send: Send) -> None:
+    """Forward a complete JSON answer, reading its usage and model."""
+    name = call.provider
+    try:
+        if (resp.content_length or 0) > MAX_RESPONSE_BYTES:
+            raise UpstreamError(f"provider '{name}' answered with more than {MAX_RESPONSE_BYTES} bytes")
+        raw = await resp.read()
+    except TimeoutError:
+        raise UpstreamTimeout(f"provider '{name}' did not finish its answer in time") from None
+    except aiohttp.ClientError:
+        raise UpstreamError(f"provider '{name}' broke the connection during its answer") from None
+    finally:
+        resp.release()
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise UpstreamError(f"provider '{name}' answered with a body that is not JSON") from None
+    if isinstance(data, dict):
+        model = data.get("model")
+        if isinstance(model, str):
+            call.model_served = model
+        _take_usage(call, data.get("usage"))
+        if call.usage_source == "none":
+            call.usage_text = _answer_texts(data)
+    call.ttft_ms = call.elapsed_ms()
+    call.status = 200
+    headers = response_headers(call, _JSON_HEADERS)
+    headers.append((b"content-length", str(len(raw)).encode()))
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": raw})
+
+
+def _answer_texts(data: dict[str, Any]) -> list[str]:
+    texts: list[str] = []
+    for choice in data.get("choices") or ():
+        if not isinstance(choice, dict):
+            continue
+        source = choice.get("message") or choice.get("delta") or choice
+        if not isinstance(source, dict):
+            continue
+        for key in ("content", "text", "refusal", "reasoning_content"):
+            value = source.get(key)
+            if isinstance(value, str):
+                texts.append(value)
+        for tool_call in source.get("tool_calls") or ():
+            fn = tool_call.get("function") if isinstance(tool_call, dict) else None
+            if isinstance(fn, dict):
+                texts.extend(v for v in (fn.get("name"), fn.get("arguments")) if isinstance(v, str))
+    return texts
+
+
+class StreamCut(UpstreamError):
+    """The upstream stream ended, or broke, before its terminating event."""
+
+    code = "upstream_stream_cut"
+
+
+async def relay_stream(
+    call: Call,
+    resp: aiohttp.ClientResponse,
+    send: Send,
+    client_gone: Callable[[], bool],
+    render_error: Callable[[SluicegateError], bytes],
+) -> None:
+    """Forward an SSE stream event by event; drop the usage chunk the client did not ask for.
+
+    The usage chunk (`"choices": []` plus `usage`) was requested by the gateway for accounting.
+    On an upstream cut the client gets an in-band error event, never a clean `[DONE]`.
+    """
+    name = call.provider
+    status = 200
+    await send({"type": "http.response.start", "status": status, "headers": response_headers(call, _SSE_HEADERS)})
+    call.status = status
+    buffer = b""
+    kept: list[bytes] = []
+    kept_bytes = 0
+    done = False
+    saw_model = False
+    error: SluicegateError | None = None
+    #: the upstream's own error event went to the client already
+    relayed_error = False
+    try:
+        async for chunk in resp.content.iter_any():
+            if call.ttft_ms is None:
+                call.ttft_ms = call.elapsed_ms()
+            if b"\r" in chunk:
+                chunk = chunk.replace(b"\r\n", b"\n")
+            buffer += chunk
+            out: list[bytes] = []
+            while True:
+                end = buffer.find(b"\n\n")
+                if end < 0:
+                    break
+                event = buffer[: end + 2]
+                buffer = buffer[end + 2 :]
+                if event.startswith(b"data: [DONE]"):
+                    done = True
+                elif b'"usage":{' in event:
+                    data = _event_json(event)
+                    if data is not None:
+                        _take_usage(call, data.get("usage"))
+                        if not saw_model:
+                            saw_model = _take_model(call, data)
+                        if not data.get("choices") and not call.include_usage:
+                            continue
+                elif event.startswith(b'data: {"error"'):
+                    error = UpstreamError(f"provider '{name}' reported an error in the stream")
+                    relayed_error = True
+                elif call.usage_source == "none":
+                    if not saw_model:
+                        data = _event_json(event)
+                        saw_model = data is not None and _take_model(call, data)
+                    if kept_bytes < MAX_KEPT_STREAM_BYTES:
+                        kept.append(event)
+                        kept_bytes += len(event)
+                out.append(event)
+            if out:
+                await send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
+            if client_gone():
+                return
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        timeout = isinstance(exc, TimeoutError)
+        error = StreamCut(
+            f"provider '{name}' {'went silent' if timeout else 'broke the connection'} before the end of the stream"
+        )
+    finally:
+        resp.release()
+        if call.usage_source == "none" and kept:
+            call.usage_text = _stream_texts(kept)
+    if error is None and not done:
+        error = StreamCut(f"provider '{name}' ended the stream before its end marker")
+    if error is not None:
+        call.fail(error)
+        if not relayed_error:
+            await send({"type": "http.response.body", "body": render_error(error), "more_body": True})
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def _event_json(event: bytes) -> dict[str, Any] | None:
+    if not event.startswith(b"data:"):
+        return None
+    try:
+        data = orjson.loads(event[5:])
+    except orjson.JSONDecodeError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _take_model(call: Call, data: dict[str, Any]) -> bool:
+    model = data.get("model")
+    if isinstance(model, str) and model:
+        call.model_served = model
+        return True
+    return False
+
+
+def _stream_texts(events: list[bytes]) -> list[str]:
+    texts: list[str] = []
+    for event in events:
+        data = _event_json(event)
+        if data is not None:
+            texts.extend(_answer_texts(data))
+    return texts

@@ -1,0 +1,1 @@
+"""Pipeline stages, one module each; `base` holds the contract and registry."""

@@ -1,0 +1,75 @@
+"""Accounting: tokens of every call (upstream usage, or counted when there is none) and cost.
+
+Cost is kept in integer micro-USD: a price of P USD per million tokens is P micro-USD per token.
+Counting with the tokenizer is the fallback; large texts are counted in a worker thread so the
+event loop is not held.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from sluicegate import tokens
+from sluicegate.stages.base import Services, register_stage
+
+if TYPE_CHECKING:
+    from sluicegate.call import Call
+    from sluicegate.config.snapshot import Snapshot
+
+#: texts shorter than this are counted inline; longer ones in a thread
+INLINE_COUNT_CHARS = 4000
+
+
+class AccountingStage:
+    """Fills `call`'s token counts and cost at the end of the call."""
+
+    name = "accounting"
+    needs_body = False
+
+    async def on_request(self, call: Call) -> None:
+        return None
+
+    async def on_finish(self, call: Call) -> None:
+        if call.usage_source == "none" and call.usage_text is not None and call.body is not None:
+            await self._count(call)
+        if call.prompt_tokens is not None or call.completion_tokens is not None:
+            prompt = call.prompt_tokens or 0
+            completion = call.completion_tokens or 0
+            if call.total_tokens is None:
+                call.total_tokens = prompt + completion
+            route = call.route
+            if route is not None:
+                cfg = route.config
+                if cfg.input_cost_per_mtok is not None or cfg.output_cost_per_mtok is not None:
+                    call.cost_micro_usd = round(
+                        prompt * (cfg.input_cost_per_mtok or 0.0) + completion * (cfg.output_cost_per_mtok or 0.0)
+                    )
+
+    async def _count(self, call: Call) -> None:
+        assert call.body is not None and call.usage_text is not None
+        prompt_texts, messages = tokens.prompt_texts(call.body)
+        answer = call.usage_text
+        model = call.model_served or call.model_requested
+        size = sum(map(len, prompt_texts)) + sum(map(len, answer))
+        if size <= INLINE_COUNT_CHARS:
+            counts = _count(prompt_texts, messages, answer, model)
+        else:
+            # Shielded: the count must land even if the request task is being cancelled.
+            counts = await asyncio.shield(asyncio.to_thread(_count, prompt_texts, messages, answer, model))
+        call.prompt_tokens, call.completion_tokens = counts
+        call.usage_source = "counted"
+
+
+def _count(prompt_texts: list[str], messages: int, answer: list[str], model: str | None) -> tuple[int, int]:
+    prompt = tokens.count_tokens(prompt_texts, model)
+    if messages:
+        prompt += messages * tokens.TOKENS_PER_MESSAGE + tokens.TOKENS_PER_REPLY
+    return prompt, tokens.count_tokens(answer, model)
+
+
+def _factory(snapshot: Snapshot, services: Services) -> AccountingStage:
+    return AccountingStage()
+
+
+register_stage("accounting", _factory)

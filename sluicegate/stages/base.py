@@ -1,0 +1,68 @@
+"""The stage contract and the stage registry.
+
+A stage is one step of the request path. It declares whether it reads the body, refuses by
+raising a `SluicegateError`, and never writes the HTTP response itself. A new stage is one
+module plus one `register_stage` line; `pipeline.STAGE_ORDER` says where it runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from aiohttp import ClientSession
+
+    from sluicegate.audit.writer import AuditWriter
+    from sluicegate.call import Call
+    from sluicegate.config.snapshot import Snapshot
+    from sluicegate.stages.identity import KeyIndex
+    from sluicegate.vault import Vault
+
+
+class Stage(Protocol):
+    """One step of the request path."""
+
+    name: str
+    #: False for stages that decide on headers alone: they run before the body is read
+    needs_body: bool
+
+    async def on_request(self, call: Call) -> None:
+        """Inspect or annotate the call before it goes upstream; raise to refuse it."""
+
+    async def on_finish(self, call: Call) -> None:
+        """Run after the call ended, whatever the outcome (in a `finally`)."""
+
+
+@dataclass(slots=True)
+class Services:
+    """The long-lived parts a stage may use; built once by the gateway."""
+
+    keys: KeyIndex
+    audit: AuditWriter
+    vault: Vault
+    http: ClientSession | None = None
+
+
+#: builds a stage for a snapshot, or None when the config does not need it (it then costs nothing)
+StageFactory = Callable[["Snapshot", Services], "Stage | None"]
+
+_FACTORIES: dict[str, StageFactory] = {}
+
+
+def register_stage(name: str, factory: StageFactory) -> None:
+    """Make a stage available under `name`; `pipeline.STAGE_ORDER` places it."""
+    if name in _FACTORIES:
+        raise ValueError(f"stage {name!r} is registered twice")
+    _FACTORIES[name] = factory
+
+
+def stage_factories() -> dict[str, StageFactory]:
+    """Every registered stage factory by name."""
+    _load_builtins()
+    return _FACTORIES
+
+
+def _load_builtins() -> None:
+    from sluicegate.stages import access, accounting, audit, identity, router  # noqa: F401

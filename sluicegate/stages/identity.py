@@ -1,0 +1,130 @@
+"""Identity: who is calling, from `Authorization: Bearer <key>` or `x-api-key`.
+
+Keys are looked up by their SHA-256 in an in-memory index that a background refresh keeps in
+step with the store (created or revoked keys take effect within `refresh_s`); the request path
+never touches the database.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING
+
+from sluicegate.errors import Forbidden, Unauthorized
+from sluicegate.stages.base import Services, register_stage
+from sluicegate.store.keys import KeyRecord, KeyStore, hash_key
+
+if TYPE_CHECKING:
+    from sluicegate.call import Call
+    from sluicegate.config.snapshot import Snapshot
+
+log = logging.getLogger("sluicegate.identity")
+
+MAX_KEY_LENGTH = 512
+
+
+class KeyIndex:
+    """The consumer keys by hash, reloaded from the store when its version changes."""
+
+    def __init__(self, store: KeyStore | None, refresh_s: float = 1.0) -> None:
+        self.store = store
+        self.refresh_s = refresh_s
+        self.by_hash: dict[str, KeyRecord] = {}
+        self._version = -1
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def reload(self) -> bool:
+        """Reload the index if the store changed; True when it did."""
+        if self.store is None:
+            return False
+        version = self.store.version()
+        if version == self._version:
+            return False
+        records = self.store.list()
+        # Swap the whole dict: readers on the event loop see the old or the new one, never a mix.
+        self.by_hash = {r.key_hash: r for r in records}
+        self._version = version
+        return True
+
+    def start(self) -> None:
+        """Load now, then poll the store in a background thread."""
+        self.reload()
+        self._thread = threading.Thread(target=self._run, name="sluicegate-keys", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop polling."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.refresh_s):
+            try:
+                self.reload()
+            except Exception as exc:  # keep the last good index; say so
+                log.error("cannot reload consumer keys from the store (%s); keeping the last index", type(exc).__name__)
+
+
+def presented_key(headers: dict[bytes, bytes]) -> str | None:
+    """The key the client presented, from `Authorization: Bearer` or `x-api-key`."""
+    auth = headers.get(b"authorization")
+    if auth is not None:
+        scheme, _, value = auth.partition(b" ")
+        if scheme.lower() == b"bearer" and value.strip():
+            return value.strip().decode("latin-1")
+        return None
+    key = headers.get(b"x-api-key")
+    if key is not None and key.strip():
+        return key.strip().decode("latin-1")
+    return None
+
+
+class IdentityStage:
+    """Resolves the caller's key to a configured consumer, or refuses with 401."""
+
+    name = "identity"
+    needs_body = False
+
+    def __init__(self, keys: KeyIndex) -> None:
+        self.keys = keys
+
+    async def on_request(self, call: Call) -> None:
+        key = presented_key(call.headers)
+        if key is None:
+            raise Unauthorized(
+                "Missing API key: send it as 'Authorization: Bearer <key>' or 'x-api-key: <key>'",
+                code="missing_api_key",
+            )
+        if len(key) > MAX_KEY_LENGTH:
+            raise Unauthorized("Invalid API key")
+        digest = hash_key(key)
+        record = self.keys.by_hash.get(digest)
+        # The dict finds the candidate; the stored hash is then compared in constant time.
+        if record is None or not hmac.compare_digest(record.key_hash, digest):
+            raise Unauthorized("Invalid API key")
+        call.key_id = record.id
+        if record.revoked_at is not None:
+            raise Unauthorized("This API key has been revoked", code="api_key_revoked")
+        if record.expires_at is not None and record.expires_at <= time.time():
+            raise Unauthorized("This API key has expired", code="api_key_expired")
+        consumer = call.snapshot.consumers.get(record.consumer)
+        if consumer is None:
+            raise Forbidden(
+                "This API key's consumer is not in the gateway's configuration", code="consumer_not_configured"
+            )
+        call.consumer = consumer
+
+    async def on_finish(self, call: Call) -> None:
+        return None
+
+
+def _factory(snapshot: Snapshot, services: Services) -> IdentityStage:
+    return IdentityStage(services.keys)
+
+
+register_stage("identity", _factory)
