@@ -1,0 +1,138 @@
+"""Shared fixtures: the fake upstream and the gateway, both real HTTP servers on loopback.
+
+The gateway runs in a thread of the test process (uvicorn, as in production), so tests can
+reach into it to wait for the audit writer; clients talk to it only over HTTP.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import textwrap
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from sluicegate.app import Gateway
+from sluicegate.audit.reader import latest_events
+from sluicegate.config.loader import load_config
+from sluicegate.settings import Settings
+from sluicegate.store.db import create_engine
+from sluicegate.store.keys import KeyStore
+from sluicegate.testing import FakeUpstream, serve_in_thread
+
+#: the provider key the gateway holds; tests assert it never reaches a client, a log or the audit
+CANARY_KEY = "sk-canary-5f1d2c9e8b7a6f4e3d2c1b0a9f8e7d6c"
+os.environ["TEST_UPSTREAM_KEY"] = CANARY_KEY
+
+BASE_CONFIG = """\
+providers:
+  - name: mock
+    type: openai_compatible
+    base_url: {upstream}/v1
+    api_key: env://TEST_UPSTREAM_KEY
+    timeouts: {{connect_s: 2, read_s: {read_s}, total_s: 30}}
+models:
+  - name: gpt-4o-mini
+    provider: mock
+    input_cost_per_mtok: 0.15
+    output_cost_per_mtok: 0.6
+  - name: team-model
+    provider: mock
+    model: gpt-4o
+  - name: text-embedding-3-small
+    provider: mock
+  - name: open-*
+    provider: mock
+consumers:
+  - name: alice
+    models: ["*"]
+  - name: bob
+    models: [gpt-4o-mini]
+"""
+
+
+@pytest.fixture(scope="session")
+def upstream_app() -> FakeUpstream:
+    return FakeUpstream(required_key=CANARY_KEY)
+
+
+@pytest.fixture(scope="session")
+def upstream_url(upstream_app: FakeUpstream) -> Iterator[str]:
+    with serve_in_thread(upstream_app) as url:
+        yield url
+
+
+@pytest.fixture
+def upstream(upstream_app: FakeUpstream, upstream_url: str) -> FakeUpstream:
+    """The fake upstream, with its script and records cleared for this test."""
+    upstream_app.reset()
+    return upstream_app
+
+
+@dataclass
+class RunningGateway:
+    """A gateway serving on loopback, with one key per consumer."""
+
+    url: str
+    app: Gateway
+    keys: dict[str, str]
+    config_path: Path
+    data_dir: Path
+
+    def client(self, key: str | None = "alice", **kwargs: Any) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {self.keys[key]}"} if key else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=10, **kwargs)
+
+    def audit(self, n: int = 1000) -> list[dict[str, Any]]:
+        """Audit events written so far (waits for the writer to drain)."""
+        assert self.app.audit.wait_idle(10), "audit writer did not drain"
+        return latest_events(self.app.engine, n)
+
+    def last_audit(self) -> dict[str, Any]:
+        events = self.audit(1)
+        assert events, "no audit event"
+        return events[-1]
+
+
+@contextlib.contextmanager
+def run_gateway(tmp: Path, upstream_url: str, extra: str = "", read_s: float = 5, **gw: Any) -> Iterator[RunningGateway]:
+    """Write a config, create keys, start a gateway on a free port; stop it on exit."""
+    config_path = tmp / "sluicegate.yaml"
+    config_path.write_text(BASE_CONFIG.format(upstream=upstream_url, read_s=read_s) + textwrap.dedent(extra))
+    data_dir = tmp / "data"
+    settings = Settings(data_dir=data_dir)
+    engine = create_engine(settings.db_url())
+    store = KeyStore(engine)
+    keys = {name: store.create(name)[0] for name in ("alice", "bob")}
+    gateway = Gateway(load_config(config_path), settings=settings, config_path=config_path, engine=engine, **gw)
+    with serve_in_thread(gateway) as url:
+        yield RunningGateway(url, gateway, keys, config_path, data_dir)
+
+
+@pytest.fixture(scope="module")
+def gateway(upstream_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
+    """A gateway on the base config, shared by a test module."""
+    with run_gateway(tmp_path_factory.mktemp("gw"), upstream_url) as gw:
+        yield gw
+
+
+def assert_openai_error(resp: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:
+    """The response is an OpenAI-shaped error with this status (and code); return its `error`."""
+    assert resp.status_code == status, resp.text
+    assert resp.headers["content-type"].startswith("application/json")
+    body = resp.json()
+    assert set(body) == {"error"}, body
+    error = body["error"]
+    assert set(error) == {"message", "type", "param", "code"}, error
+    assert isinstance(error["message"], str) and error["message"]
+    assert "Traceback" not in resp.text
+    assert CANARY_KEY not in resp.text
+    if code is not None:
+        assert error["code"] == code, error
+    assert resp.headers.get("x-request-id", "").startswith("req_")
+    return error  # type: ignore[no-any-return]
