@@ -64,6 +64,7 @@ def upstream_app() -> FakeUpstream:
 @pytest.fixture(scope="session")
 def upstream_url(upstream_app: FakeUpstream) -> Iterator[str]:
     with serve_in_thread(upstream_app) as url:
+        os.environ["SLUICEGATE_TEST_UPSTREAM"] = url
         yield url
 
 
@@ -100,7 +101,9 @@ class RunningGateway:
 
 
 @contextlib.contextmanager
-def run_gateway(tmp: Path, upstream_url: str, extra: str = "", read_s: float = 5, **gw: Any) -> Iterator[RunningGateway]:
+def run_gateway(
+    tmp: Path, upstream_url: str, extra: str = "", read_s: float = 5, **gw: Any
+) -> Iterator[RunningGateway]:
     """Write a config, create keys, start a gateway on a free port; stop it on exit."""
     config_path = tmp / "sluicegate.yaml"
     config_path.write_text(BASE_CONFIG.format(upstream=upstream_url, read_s=read_s) + textwrap.dedent(extra))

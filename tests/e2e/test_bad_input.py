@@ -76,7 +76,12 @@ BAD_BODIES = [
     (b'{"model": "gpt-4o-mini", "messages": [{"role": "user"}], "stream": "yes"}', 400, "invalid_value", "stream"),
     (b'{"model": "gpt-4o-mini", "messages": [{"role": "user"}], "n": 0}', 400, "invalid_value", "n"),
     (b'{"model": "gpt-4o-mini", "messages": [{"role": "user"}], "n": 1000}', 400, "invalid_value", "n"),
-    (b'{"model": "gpt-4o-mini", "messages": [{"role": "user"}], "max_tokens": "9"}', 400, "invalid_value", "max_tokens"),
+    (
+        b'{"model": "gpt-4o-mini", "messages": [{"role": "user"}], "max_tokens": "9"}',
+        400,
+        "invalid_value",
+        "max_tokens",
+    ),
     (b'{"model": "gpt-4o-mini", "messages": [{"role": "user"}], "tools": {}}', 400, "invalid_value", "tools"),
     (
         b'{"model": "gpt-4o-mini", "messages": [{"role": "user"}], "stream": true, "stream_options": 1}',

@@ -173,7 +173,8 @@ def test_multipart_content(gateway: RunningGateway, upstream: FakeUpstream) -> N
         {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
     ]
     completion = sdk(gateway).chat.completions.create(
-        model="gpt-4o-mini", messages=[{"role": "user", "content": content}]  # type: ignore[list-item]
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": content}],  # type: ignore[list-item]
     )
     assert completion.choices[0].message.content == "what is in this image?"
     assert upstream.requests[-1].json()["messages"][0]["content"] == content

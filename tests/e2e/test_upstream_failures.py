@@ -160,9 +160,7 @@ def test_stream_without_usage_is_counted(gateway: RunningGateway, upstream: Fake
     assert event["usage_source"] == "counted" and event["completion_tokens"] == 10
 
 
-def test_client_disconnect_mid_stream_is_audited_and_accounted(
-    gateway: RunningGateway, upstream: FakeUpstream
-) -> None:
+def test_client_disconnect_mid_stream_is_audited_and_accounted(gateway: RunningGateway, upstream: FakeUpstream) -> None:
     words = " ".join(f"w{i}" for i in range(40))
     upstream.enqueue(Reply(content=words, chunk_interval_s=0.05, usage=False))
     with gateway.client() as c, c.stream("POST", CHAT, json={**BODY, "stream": True}) as resp:
