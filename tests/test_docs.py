@@ -1,0 +1,53 @@
+"""Docs are tested: the example config is valid, every provider type and CLI command is documented."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from sluicegate.cli import main
+from sluicegate.config.loader import parse_config
+from sluicegate.config.model import AuditConfig, ServerConfig, Timeouts
+from sluicegate.providers import provider_types
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+
+
+def test_example_config_is_valid() -> None:
+    snapshot, issues = parse_config((ROOT / "examples" / "sluicegate.yaml").read_text())
+    assert snapshot is not None, [str(i) for i in issues]
+    assert all(i.warning for i in issues)
+
+
+def test_readme_yaml_blocks_are_valid_configs() -> None:
+    blocks = re.findall(r"```yaml\n(.*?)```", README, re.S)
+    assert blocks
+    for block in blocks:
+        snapshot, issues = parse_config(block)
+        assert snapshot is not None, (block, [str(i) for i in issues])
+
+
+def test_every_provider_type_is_documented() -> None:
+    for name in provider_types():
+        assert f"`{name}`" in README, name
+
+
+def test_every_setting_is_documented() -> None:
+    example = (ROOT / "examples" / "sluicegate.yaml").read_text()
+    for model in (ServerConfig, AuditConfig, Timeouts):
+        for field in model.model_fields:
+            assert field in example and f"`{field}`" in README, field
+
+
+def test_every_cli_command_is_documented() -> None:
+    runner = CliRunner()
+    for group, commands in {"": main.commands}.items():
+        for name, command in commands.items():
+            assert f"sluicegate {name}" in README, name
+            sub = getattr(command, "commands", {})
+            for subname in sub:
+                assert f"sluicegate {name} {subname}" in README, f"{group} {name} {subname}"
+    assert runner.invoke(main, ["--help"]).exit_code == 0
