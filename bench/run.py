@@ -1,0 +1,481 @@
+"""Sluicegate overhead benchmark: the latency the gateway adds over calling the upstream directly.
+
+Starts the fake upstream (`sluicegate mock-upstream`, pinned to core 1) and the gateway (`sluicegate serve`,
+pinned to core 0, key auth and audit on), then measures chat completions against both at each concurrency:
+
+* non-streaming with `wrk` (pinned to core 1, one thread, `bench/chat.lua`): requests/s, p50, p99;
+* streaming with an aiohttp client (this process, pinned to core 1): requests/s, time to first token
+  (first SSE `data:` event whose delta carries non-empty content) and total time, p50 and p99.
+
+Prints Markdown tables (added latency = p50(gateway) - p50(direct)), writes every figure as JSON to --out,
+and checks that the audit trail holds one row per request the gateway received.
+
+    .venv/bin/python bench/run.py [--duration 10] [--concurrency 1,16,64] [--quick] [--out bench/results/latest.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import platform
+import re
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+
+BENCH_DIR = Path(__file__).resolve().parent
+LUA = BENCH_DIR / "chat.lua"
+PROMPT = "Hello, how are you?"
+GATEWAY_CORE, CLIENT_CORE = "0", "1"  # the upstream, wrk and the streaming client share core 1
+CONFIG = """\
+providers:
+  - name: mock
+    type: openai_compatible
+    base_url: http://127.0.0.1:{port}/v1
+    api_key: env://BENCH_UPSTREAM_KEY
+models:
+  - name: bench-chat
+    provider: mock
+    model: gpt-4o-mini
+consumers:
+  - name: bench
+    models: ["*"]
+"""
+UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
+
+
+class BenchError(RuntimeError):
+    """The run cannot give meaningful numbers (non-2xx, a process died, the audit trail is off)."""
+
+
+class Target:
+    """One endpoint under test: the upstream directly, or the gateway."""
+
+    def __init__(self, name: str, base: str, model: str, key: str) -> None:
+        self.name, self.url, self.model, self.key = name, f"{base}/v1/chat/completions", model, key
+
+    def body(self, stream: bool) -> bytes:
+        return orjson.dumps({"model": self.model, "stream": stream, "messages": [{"role": "user", "content": PROMPT}]})
+
+
+# ------------------------------------------------------------------------------------------------ processes
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def sluicegate_bin() -> str:
+    local = Path(sys.executable).parent / "sluicegate"
+    return str(local) if local.exists() else "sluicegate"
+
+
+@contextlib.contextmanager
+def running(name: str, cmd: list[str], env: dict[str, str], log_dir: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """Run a server in its own session (Ctrl-C reaches only us); SIGTERM it and wait on the way out."""
+    log = (log_dir / f"{name}.log").open("wb")
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                print(f"warning: {name} ignored SIGTERM for 20 s; killing it", file=sys.stderr)
+                proc.kill()
+                proc.wait()
+        log.close()
+
+
+def wait_ready(name: str, url: str, proc: subprocess.Popen[bytes], log_dir: Path, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    request = urllib.request.Request(url, headers={"Authorization": "Bearer bench"})
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = (log_dir / f"{name}.log").read_text(errors="replace")[-3000:]
+            raise BenchError(f"{name} exited with {proc.returncode} before it was ready:\n{tail}")
+        with contextlib.suppress(OSError):
+            with urllib.request.urlopen(request, timeout=1) as resp:
+                if resp.status == 200:
+                    return
+        time.sleep(0.1)
+    raise BenchError(f"{name} not ready at {url} after {timeout:.0f} s")
+
+
+def smoke_test(target: Target) -> None:
+    """One echo request, so a misconfiguration fails here and not as a wall of non-2xx in wrk."""
+    body = orjson.dumps({"model": target.model, "messages": [{"role": "user", "content": "echo: bench-smoke"}]})
+    headers = {"Authorization": f"Bearer {target.key}", "Content-Type": "application/json"}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(target.url, body, headers), timeout=10) as resp:
+            content = orjson.loads(resp.read())["choices"][0]["message"]["content"]
+    except OSError as exc:
+        raise BenchError(f"smoke request to {target.name} failed: {exc}") from exc
+    if content != "bench-smoke":
+        raise BenchError(f"smoke request to {target.name}: expected 'bench-smoke', got {content!r}")
+
+
+# ------------------------------------------------------------------------------------------------ wrk
+
+
+def to_ms(value: str) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s|m|h)", value)
+    if not match:
+        raise BenchError(f"cannot parse wrk latency {value!r}")
+    return round(float(match[1]) * UNITS_MS[match[2]], 3)
+
+
+def parse_wrk(out: str) -> dict[str, Any]:
+    def find(pattern: str, default: str | None = None) -> str:
+        match = re.search(pattern, out, re.MULTILINE)
+        if match is None:
+            if default is None:
+                raise BenchError(f"wrk output lacks /{pattern}/:\n{out}")
+            return default
+        return match[1]
+
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    return {
+        "rps": float(find(r"^Requests/sec:\s+([\d.]+)")),
+        "p50_ms": to_ms(find(r"^\s+50%\s+(\S+)")),
+        "p99_ms": to_ms(find(r"^\s+99%\s+(\S+)")),
+        "requests": int(find(r"^\s+(\d+) requests in")),
+        "sent": int(find(r"^BENCH_SENT (\d+)")),
+        "non_2xx": int(find(r"Non-2xx or 3xx responses: (\d+)", "0")),
+        "socket_errors": dict(  # wrk prints the line only when there are errors
+            zip(("connect", "read", "write", "timeout"), map(int, errors.groups() if errors else "0000"), strict=True)
+        ),
+    }
+
+
+def wrk(target: Target, concurrency: int, seconds: float) -> dict[str, Any]:
+    cmd = [
+        "taskset",
+        "-c",
+        CLIENT_CORE,
+        "wrk",
+        "-t1",
+        f"-c{concurrency}",
+        f"-d{max(1, math.ceil(seconds))}s",
+        "--latency",
+    ]
+    cmd += ["--timeout", "10s", "-s", str(LUA), target.url]
+    env = {**os.environ, "BENCH_KEY": target.key, "BENCH_MODEL": target.model}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=seconds + 30, check=False)
+    if proc.returncode != 0:
+        raise BenchError(f"wrk failed ({proc.returncode}): {proc.stderr}{proc.stdout}")
+    result = parse_wrk(proc.stdout)
+    if result["non_2xx"]:
+        raise BenchError(f"{target.name} c={concurrency}: {result['non_2xx']} non-2xx responses:\n{proc.stdout}")
+    if any(result["socket_errors"].values()):
+        print(f"  warning: socket errors {result['socket_errors']}", file=sys.stderr)
+    return result
+
+
+# ------------------------------------------------------------------------------------------------ streaming
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile of a sorted list, in ms with 3 decimals."""
+    return round(values[max(0, math.ceil(q / 100 * len(values)) - 1)], 3) if values else math.nan
+
+
+def has_content(line: bytes) -> bool:
+    if not line.startswith(b"data:") or line.strip() == b"data: [DONE]":
+        return False
+    choices = orjson.loads(line[5:]).get("choices") or [{}]
+    return bool((choices[0].get("delta") or {}).get("content"))
+
+
+async def stream_once(session: aiohttp.ClientSession, target: Target, body: bytes) -> tuple[float, float]:
+    """One streaming request: (ms to first content event, ms to end of stream)."""
+    headers = {"Authorization": f"Bearer {target.key}", "Content-Type": "application/json"}
+    start = time.perf_counter()
+    ttft = math.nan
+    async with session.post(target.url, data=body, headers=headers) as resp:
+        if resp.status != 200:
+            raise BenchError(f"{target.name}: HTTP {resp.status}: {(await resp.read())[:300]!r}")
+        async for line in resp.content:
+            if has_content(line):
+                ttft = (time.perf_counter() - start) * 1000
+                break
+        rest = await resp.content.read()
+    total = (time.perf_counter() - start) * 1000
+    if math.isnan(ttft) or not rest.rstrip().endswith(b"data: [DONE]"):
+        raise BenchError(f"{target.name}: stream without content or without [DONE]: ...{rest[-200:]!r}")
+    return ttft, total
+
+
+async def stream_load(target: Target, concurrency: int, seconds: float) -> dict[str, Any]:
+    """`concurrency` workers send streaming requests back to back until `seconds` have passed."""
+    body = target.body(stream=True)
+    ttfts: list[float] = []
+    totals: list[float] = []
+    errors: list[str] = []
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as session:
+        start = time.perf_counter()
+        deadline = start + seconds
+
+        async def worker() -> None:
+            while time.perf_counter() < deadline:
+                try:
+                    ttft, total = await stream_once(session, target, body)
+                except (BenchError, aiohttp.ClientError, TimeoutError) as exc:
+                    errors.append(f"{type(exc).__name__}: {exc}")
+                    continue
+                ttfts.append(ttft)
+                totals.append(total)
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - start
+    if errors:
+        raise BenchError(f"{target.name} c={concurrency}: {len(errors)} failed streams, first: {errors[0]}")
+    ttfts.sort()
+    totals.sort()
+    return {
+        "rps": round(len(totals) / elapsed, 2),
+        "requests": len(totals),
+        "sent": len(totals),  # every stream started also completed (the workers stop only between requests)
+        "ttft_p50_ms": percentile(ttfts, 50),
+        "ttft_p99_ms": percentile(ttfts, 99),
+        "total_p50_ms": percentile(totals, 50),
+        "total_p99_ms": percentile(totals, 99),
+    }
+
+
+def run_stream(target: Target, concurrency: int, seconds: float) -> dict[str, Any]:
+    try:
+        import uvloop
+
+        return uvloop.run(stream_load(target, concurrency, seconds))
+    except ImportError:
+        return asyncio.run(stream_load(target, concurrency, seconds))
+
+
+# ------------------------------------------------------------------------------------------------ report
+
+
+def machine() -> dict[str, Any]:
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    model = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.MULTILINE)
+    commit = subprocess.run(
+        ["git", "-C", str(BENCH_DIR), "describe", "--always", "--dirty"], capture_output=True, text=True, check=False
+    )
+    return {
+        "nproc": int(subprocess.run(["nproc"], capture_output=True, text=True, check=True).stdout),
+        "cpu": model[1].strip() if model else platform.processor() or "unknown",
+        "python": platform.python_version(),
+        "wrk": subprocess.run(["wrk", "-v"], capture_output=True, text=True, check=False).stdout.split(" [")[0],
+        "commit": commit.stdout.strip() or "unknown",
+    }
+
+
+def table(headers: list[str], rows: list[list[Any]]) -> str:
+    def cell(v: Any) -> str:
+        return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---:" for _ in headers) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows])
+
+
+def report(res: dict[str, Any]) -> str:
+    m, s, a = res["machine"], res["settings"], res["audit"]
+    out = [
+        "# Sluicegate overhead benchmark",
+        "",
+        f"- machine: {m['nproc']} CPUs, {m['cpu']}; Python {m['python']}; {m['wrk']}; commit {m['commit']}",
+        f"- gateway on core {GATEWAY_CORE}; upstream, wrk and streaming client on core {CLIENT_CORE}",
+        f"- {s['duration_s']:g} s per run after {s['warmup_s']:g} s warm-up; latencies in ms; "
+        "TTFT = first SSE event with non-empty delta content",
+    ]
+    sections = [
+        (
+            "Non-streaming chat (wrk)",
+            ["conc", "target", "req/s", "p50", "p99", "requests"],
+            "wrk",
+            ["concurrency", "target", "rps", "p50_ms", "p99_ms", "requests"],
+        ),
+        (
+            "Streaming chat (aiohttp client)",
+            ["conc", "target", "req/s", "TTFT p50", "TTFT p99", "total p50", "total p99", "requests"],
+            "stream",
+            ["concurrency", "target", "rps", "ttft_p50_ms", "ttft_p99_ms", "total_p50_ms", "total_p99_ms", "requests"],
+        ),
+        (
+            "Added by the gateway (gateway - direct)",
+            ["mode", "conc", "added p50", "added p99", "req/s gateway/direct"],
+            "overhead",
+            ["mode", "concurrency", "added_p50_ms", "added_p99_ms", "rps_ratio"],
+        ),
+    ]
+    for title, headers, key, cols in sections:
+        out += ["", f"## {title}", "", table(headers, [[r[c] for c in cols] for r in res[key]])]
+    out += [
+        "",
+        f"Audit: {a['rows']} rows; {a['expected_min']} requests completed via the gateway, {a['expected_max']} sent "
+        f"(wrk's in flight at stop: {a['expected_max'] - a['expected_min']}); rows - completed = {a['difference']}; "
+        f"{'OK' if a['ok'] else 'MISMATCH'}. Outcomes: {a['outcomes']}",
+    ]
+    return "\n".join(out)
+
+
+def overhead(res: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for mode, items, p50, p99 in (
+        ("non-stream", res["wrk"], "p50_ms", "p99_ms"),
+        ("stream TTFT", res["stream"], "ttft_p50_ms", "ttft_p99_ms"),
+        ("stream total", res["stream"], "total_p50_ms", "total_p99_ms"),
+    ):
+        by = {(r["target"], r["concurrency"]): r for r in items}
+        for c in sorted({r["concurrency"] for r in items}):
+            d, g = by[("direct", c)], by[("gateway", c)]
+            ratio = round(g["rps"] / d["rps"], 3) if d["rps"] else math.nan
+            rows.append(
+                {
+                    "mode": mode,
+                    "concurrency": c,
+                    "added_p50_ms": round(g[p50] - d[p50], 3),
+                    "added_p99_ms": round(g[p99] - d[p99], 3),
+                    "rps_ratio": ratio,
+                }
+            )
+    return rows
+
+
+def count_audit(db: Path, gateway_url: str) -> tuple[int, dict[str, int]]:
+    time.sleep(1.0)  # the audit writer batches; then wait until it reports nothing pending
+    for _ in range(100):
+        with urllib.request.urlopen(gateway_url + "/readyz", timeout=5) as resp:
+            if json.loads(resp.read()).get("audit_pending") == 0:
+                break
+        time.sleep(0.1)
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+        rows = conn.execute("SELECT stream, status, outcome, COUNT(*) FROM audit_events GROUP BY 1, 2, 3").fetchall()
+    outcomes = {f"{'stream' if st else 'json'} {status} {outcome}": n for st, status, outcome, n in rows}
+    return sum(outcomes.values()), outcomes
+
+
+# ------------------------------------------------------------------------------------------------ main
+
+
+def bench(args: argparse.Namespace, tmp: Path, info: dict[str, Any]) -> dict[str, Any]:
+    up_port = gw_port = free_port()
+    while gw_port == up_port:
+        gw_port = free_port()
+    config = tmp / "sluicegate.yaml"
+    config.write_text(CONFIG.format(port=up_port))
+    env = {**os.environ, "SLUICEGATE_DATA_DIR": str(tmp / "data"), "BENCH_UPSTREAM_KEY": "sk-bench-upstream"}
+    sg = sluicegate_bin()
+    created = subprocess.run(
+        [sg, "keys", "create", "--consumer", "bench", "--config", str(config)],
+        env=env, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    key = created.stdout.strip().splitlines()[-1]
+    up_cmd = ["taskset", "-c", CLIENT_CORE, sg, "mock-upstream", "--host", "127.0.0.1", "--port", str(up_port)]
+    gw_cmd = ["taskset", "-c", GATEWAY_CORE, sg, "serve", "--config", str(config), "--host", "127.0.0.1"]
+    gw_cmd += ["--port", str(gw_port), "--log-level", "WARNING"]
+    up_base, gw_base = f"http://127.0.0.1:{up_port}", f"http://127.0.0.1:{gw_port}"
+    targets = [
+        Target("direct", up_base, "gpt-4o-mini", "sk-bench-direct"),
+        Target("gateway", gw_base, "bench-chat", key),
+    ]
+    res: dict[str, Any] = {
+        "machine": info,
+        "settings": {"duration_s": args.duration, "warmup_s": args.warmup, "concurrency": args.concurrency},
+        "wrk": [],
+        "stream": [],
+    }
+    with running("upstream", up_cmd, env, tmp) as up_proc, running("gateway", gw_cmd, env, tmp) as gw_proc:
+        wait_ready("upstream", up_base + "/v1/models", up_proc, tmp)
+        wait_ready("gateway", gw_base + "/readyz", gw_proc, tmp)
+        for target in targets:
+            smoke_test(target)
+        completed, sent = 1, 1  # the gateway smoke request
+        for mode, measure in (("wrk", wrk), ("stream", run_stream)):
+            for c in args.concurrency:
+                for target in targets:
+                    print(f"{mode:<7} {target.name:<8} c={c:<3}", end=" ", flush=True, file=sys.stderr)
+                    warm = measure(target, c, args.warmup)
+                    r = {"target": target.name, "concurrency": c, **measure(target, c, args.duration)}
+                    r.update(warmup_requests=warm["requests"], warmup_sent=warm["sent"])
+                    res[mode].append(r)
+                    p50 = r.get("p50_ms", r.get("ttft_p50_ms"))
+                    print(f"{r['rps']:>9.1f} req/s  p50{' TTFT' * (mode == 'stream')} {p50:.3f} ms", file=sys.stderr)
+                    if target.name == "gateway":
+                        completed += warm["requests"] + r["requests"]
+                        sent += warm["sent"] + r["sent"]
+        rows, outcomes = count_audit(tmp / "data" / "sluicegate.db", gw_base)
+        if gw_proc.poll() is not None:
+            raise BenchError(f"the gateway exited with {gw_proc.returncode} during the run")
+    res["overhead"] = overhead(res)
+    ok = completed <= rows <= sent  # wrk's requests in flight at its stop may or may not have reached the gateway
+    res["audit"] = dict(rows=rows, expected_min=completed, expected_max=sent, difference=rows - completed, ok=ok)
+    res["audit"]["outcomes"] = outcomes
+    return res
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=10.0,
+        help="seconds per measured run (default 10; wrk rounds up to whole seconds)",
+    )
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up before each run (default 2)")
+    parser.add_argument("--concurrency", default="1,16,64", help="comma-separated (default 1,16,64)")
+    parser.add_argument("--quick", action="store_true", help="3 s runs after 1 s warm-up")
+    parser.add_argument("--out", type=Path, default=BENCH_DIR / "results" / "latest.json")
+    args = parser.parse_args()
+    args.concurrency = [int(c) for c in args.concurrency.split(",")]
+    if args.quick:
+        args.duration, args.warmup = 3.0, 1.0
+    if len(os.sched_getaffinity(0)) < 2:
+        print("error: the benchmark pins the gateway and the load to different cores; it needs 2", file=sys.stderr)
+        return 2
+    info = machine()  # before pinning: nproc honours the affinity mask
+    os.sched_setaffinity(0, {int(CLIENT_CORE)})  # this process is the streaming client
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind (and stop the servers) on SIGTERM too
+    with tempfile.TemporaryDirectory(prefix="sluicegate-bench-") as tmp:
+        try:
+            res = bench(args, Path(tmp), info)
+        except (BenchError, subprocess.CalledProcessError) as exc:
+            print(f"\nBENCHMARK FAILED: {exc}\n{getattr(exc, 'stderr', None) or ''}", file=sys.stderr)
+            for log in sorted(Path(tmp).glob("*.log")):
+                print(f"--- last lines of {log.name}:\n{log.read_text(errors='replace')[-2000:]}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            print("\ninterrupted; servers stopped", file=sys.stderr)
+            return 130
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(res, indent=2) + "\n")
+    print(report(res))
+    print(f"\nJSON: {args.out}", file=sys.stderr)
+    if not res["audit"]["ok"]:
+        print("AUDIT MISMATCH: audit rows outside [completed, sent]", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
