@@ -1,7 +1,8 @@
 """Sluicegate overhead benchmark: the latency the gateway adds over calling the upstream directly.
 
-Starts the fake upstream (`sluicegate mock-upstream`, pinned to core 1) and the gateway (`sluicegate serve`,
-pinned to core 0, key auth and audit on), then measures chat completions against both at each concurrency:
+Starts the fake upstream (`sluicegate mock-upstream`, pinned to core 1), the gateway (`sluicegate serve`,
+pinned to core 0, key auth and audit on) and the floor (`floor_proxy.py`, a bare pass-through on the same
+stack, also on core 0), then measures chat completions against each at each concurrency:
 
 * non-streaming with `wrk` (pinned to core 1, one thread, `bench/chat.lua`): requests/s, p50, p99;
 * streaming with an aiohttp client (this process, pinned to core 1): requests/s, time to first token
@@ -322,10 +323,19 @@ def report(res: dict[str, Any]) -> str:
             ["concurrency", "target", "rps", "ttft_p50_ms", "ttft_p99_ms", "total_p50_ms", "total_p99_ms", "requests"],
         ),
         (
-            "Added by the gateway (gateway - direct)",
-            ["mode", "conc", "added p50", "added p99", "req/s gateway/direct"],
+            "Added by the gateway (vs direct), and by its stages (vs the floor: a bare pass-through)",
+            ["mode", "conc", "added p50", "added p99", "floor added p50", "stages p50", "rps/direct", "rps/floor"],
             "overhead",
-            ["mode", "concurrency", "added_p50_ms", "added_p99_ms", "rps_ratio"],
+            [
+                "mode",
+                "concurrency",
+                "added_p50_ms",
+                "added_p99_ms",
+                "floor_added_p50_ms",
+                "stages_p50_ms",
+                "rps_ratio",
+                "rps_vs_floor",
+            ],
         ),
     ]
     for title, headers, key, cols in sections:
@@ -348,15 +358,17 @@ def overhead(res: dict[str, Any]) -> list[dict[str, Any]]:
     ):
         by = {(r["target"], r["concurrency"]): r for r in items}
         for c in sorted({r["concurrency"] for r in items}):
-            d, g = by[("direct", c)], by[("gateway", c)]
-            ratio = round(g["rps"] / d["rps"], 3) if d["rps"] else math.nan
+            d, f, g = by[("direct", c)], by[("floor", c)], by[("gateway", c)]
             rows.append(
                 {
                     "mode": mode,
                     "concurrency": c,
                     "added_p50_ms": round(g[p50] - d[p50], 3),
                     "added_p99_ms": round(g[p99] - d[p99], 3),
-                    "rps_ratio": ratio,
+                    "floor_added_p50_ms": round(f[p50] - d[p50], 3),
+                    "stages_p50_ms": round(g[p50] - f[p50], 3),
+                    "rps_ratio": round(g["rps"] / d["rps"], 3) if d["rps"] else math.nan,
+                    "rps_vs_floor": round(g["rps"] / f["rps"], 3) if f["rps"] else math.nan,
                 }
             )
     return rows
@@ -379,9 +391,11 @@ def count_audit(db: Path, gateway_url: str) -> tuple[int, dict[str, int]]:
 
 
 def bench(args: argparse.Namespace, tmp: Path, info: dict[str, Any]) -> dict[str, Any]:
-    up_port = gw_port = free_port()
+    up_port = gw_port = floor_port = free_port()
     while gw_port == up_port:
         gw_port = free_port()
+    while floor_port in (up_port, gw_port):
+        floor_port = free_port()
     config = tmp / "sluicegate.yaml"
     config.write_text(CONFIG.format(port=up_port))
     env = {**os.environ, "SLUICEGATE_DATA_DIR": str(tmp / "data"), "BENCH_UPSTREAM_KEY": "sk-bench-upstream"}
@@ -395,8 +409,12 @@ def bench(args: argparse.Namespace, tmp: Path, info: dict[str, Any]) -> dict[str
     gw_cmd = ["taskset", "-c", GATEWAY_CORE, sg, "serve", "--config", str(config), "--host", "127.0.0.1"]
     gw_cmd += ["--port", str(gw_port), "--log-level", "WARNING"]
     up_base, gw_base = f"http://127.0.0.1:{up_port}", f"http://127.0.0.1:{gw_port}"
+    floor_base = f"http://127.0.0.1:{floor_port}"
+    floor_cmd = ["taskset", "-c", GATEWAY_CORE, sys.executable, str(BENCH_DIR / "floor_proxy.py"), up_base]
+    floor_cmd.append(str(floor_port))
     targets = [
         Target("direct", up_base, "gpt-4o-mini", "sk-bench-direct"),
+        Target("floor", floor_base, "gpt-4o-mini", "sk-bench-direct"),
         Target("gateway", gw_base, "bench-chat", key),
     ]
     res: dict[str, Any] = {
@@ -405,9 +423,14 @@ def bench(args: argparse.Namespace, tmp: Path, info: dict[str, Any]) -> dict[str
         "wrk": [],
         "stream": [],
     }
-    with running("upstream", up_cmd, env, tmp) as up_proc, running("gateway", gw_cmd, env, tmp) as gw_proc:
+    with (
+        running("upstream", up_cmd, env, tmp) as up_proc,
+        running("gateway", gw_cmd, env, tmp) as gw_proc,
+        running("floor", floor_cmd, env, tmp) as floor_proc,
+    ):
         wait_ready("upstream", up_base + "/v1/models", up_proc, tmp)
         wait_ready("gateway", gw_base + "/readyz", gw_proc, tmp)
+        wait_ready("floor", floor_base + "/healthz", floor_proc, tmp)
         for target in targets:
             smoke_test(target)
         completed, sent = 1, 1  # the gateway smoke request

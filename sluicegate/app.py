@@ -8,6 +8,8 @@ change or SIGHUP). Routing is a dict lookup on the path; no work happens at impo
 from __future__ import annotations
 
 import asyncio
+import gc
+import itertools
 import logging
 import os
 import secrets
@@ -93,6 +95,8 @@ class Gateway:
         self._config_stamp = self._stamp()
         #: the `created` time `/v1/models` reports for configured models
         self.created = int(time.time())
+        self._id_prefix = "req_" + secrets.token_hex(7)
+        self._ids = itertools.count(1)
 
     @property
     def snapshot(self) -> Snapshot:
@@ -128,7 +132,8 @@ class Gateway:
             await self._lifespan(receive, send)
 
     def _new_call(self, scope: Scope, endpoint: str, snapshot: Snapshot) -> Call:
-        call = Call("req_" + secrets.token_hex(12), endpoint, snapshot, dict(scope["headers"]))
+        # A random per-process prefix and a counter: unique across restarts, no syscall per request.
+        call = Call(f"{self._id_prefix}{next(self._ids):010x}", endpoint, snapshot, dict(scope["headers"]))
         client = scope.get("client")
         if client:
             call.client_ip = client[0]
@@ -208,13 +213,17 @@ class Gateway:
         )
         session = aiohttp.ClientSession(connector=connector, auto_decompress=True, trust_env=False)
         self.relay = Relay(session, self.vault, self.snapshot.server.max_error_body_bytes)
-        self._tasks.append(asyncio.create_task(asyncio.to_thread(tokens.preload)))
+        await asyncio.to_thread(tokens.preload)
         if self.config_path is not None:
             self._tasks.append(asyncio.create_task(self._watch_config()))
             try:
                 asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._on_sighup)
             except (NotImplementedError, RuntimeError, ValueError):
                 log.info("SIGHUP reload is not available here; the config file is still watched")
+        # Everything loaded so far (tokenizer ranks, config, libraries) lives for the whole process:
+        # keep it out of the collector's way, so full collections stay short under load.
+        gc.collect()
+        gc.freeze()
         self.started = True
 
     async def shutdown(self) -> None:

@@ -13,12 +13,13 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import orjson
+from yarl import URL
 
 from sluicegate.errors import SluicegateError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 
 if TYPE_CHECKING:
     from sluicegate.call import Call
-    from sluicegate.config.model import Timeouts
+    from sluicegate.providers.base import Provider
     from sluicegate.types import Send
     from sluicegate.vault import Vault
 
@@ -42,15 +43,28 @@ class Relay:
         self.session = session
         self.vault = vault
         self.max_error_body_bytes = max_error_body_bytes
-        self._timeouts: dict[Timeouts, aiohttp.ClientTimeout] = {}
+        # Built once per provider and URL, not per request (a config reload adds new entries).
+        self._timeouts: dict[Provider, aiohttp.ClientTimeout] = {}
+        self._urls: dict[str, URL] = {}
 
-    def _timeout(self, t: Timeouts) -> aiohttp.ClientTimeout:
-        timeout = self._timeouts.get(t)
+    def _timeout(self, provider: Provider) -> aiohttp.ClientTimeout:
+        timeout = self._timeouts.get(provider)
         if timeout is None:
-            timeout = self._timeouts[t] = aiohttp.ClientTimeout(
+            if len(self._timeouts) > 10_000:
+                self._timeouts.clear()
+            t = provider.timeouts
+            timeout = self._timeouts[provider] = aiohttp.ClientTimeout(
                 total=t.total_s, connect=t.connect_s, sock_connect=t.connect_s, sock_read=t.read_s
             )
         return timeout
+
+    def _url(self, url: str) -> URL:
+        parsed = self._urls.get(url)
+        if parsed is None:
+            if len(self._urls) > 10_000:
+                self._urls.clear()
+            parsed = self._urls[url] = URL(url)
+        return parsed
 
     async def open(self, call: Call) -> aiohttp.ClientResponse:
         """Send the call upstream; return the response once its headers say success."""
@@ -59,7 +73,7 @@ class Relay:
         provider = route.provider
         ref = provider.config.api_key
         secret = self.vault.resolve(ref) if ref else None
-        url = provider.url_for(_UPSTREAM_PATHS[call.endpoint])
+        url = self._url(provider.url_for(_UPSTREAM_PATHS[call.endpoint]))
         body = provider.prepare_body(call)
         name = provider.name
         try:
@@ -67,7 +81,7 @@ class Relay:
                 url,
                 data=body,
                 headers=provider.auth_headers(secret),
-                timeout=self._timeout(provider.timeouts),
+                timeout=self._timeout(provider),
                 allow_redirects=False,
             )
         except TimeoutError:

@@ -1,28 +1,39 @@
 """The audit writer: events queued from the request path, group-committed by one thread.
 
-`submit` is a non-blocking queue put. The writer thread takes what is queued (up to
-`batch_size`) and writes it in one transaction. A failed write keeps the batch and retries; it
-logs loudly and marks the writer unhealthy (`/readyz` says so; `on_failure: refuse` makes the
-gateway refuse calls). `close` drains everything before returning: nothing queued is lost on a
-clean shutdown (SIGTERM).
+`submit` is a non-blocking queue put: no lock, no I/O. The writer thread takes what is queued
+(up to `batch_size`) and writes it in one transaction with one driver-level `executemany` of
+plain tuples, so it holds the interpreter lock as little as possible. A failed write keeps the
+batch and retries; it logs loudly and marks the writer unhealthy (`/readyz` says so;
+`on_failure: refuse` makes the gateway refuse calls). `close` drains everything before
+returning: nothing queued is lost on a clean shutdown (SIGTERM).
 """
 
 from __future__ import annotations
 
 import logging
+import operator
 import queue
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from sluicegate.audit.events import AuditEvent
+from sluicegate.audit.events import FIELDS, AuditEvent
 from sluicegate.store.db import audit_events
 
 log = logging.getLogger("sluicegate.audit")
 
 _STOP = object()
+_as_tuple: Callable[[AuditEvent], tuple[Any, ...]] = operator.attrgetter(*FIELDS)
+
+
+def _insert_sql(engine: Engine) -> str:
+    """The INSERT for one event, in the driver's own parameter style."""
+    marker = "?" if engine.dialect.paramstyle == "qmark" else "%s"
+    columns = ", ".join(FIELDS)
+    return f"INSERT INTO {audit_events.name} ({columns}) VALUES ({', '.join([marker] * len(FIELDS))})"
 
 
 class AuditWriter:
@@ -44,14 +55,14 @@ class AuditWriter:
         self._on_written = on_written
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="sluicegate-audit", daemon=True)
-        self._insert = audit_events.insert()
+        self._sql = _insert_sql(engine)
         self.healthy = True
         self.last_error: str | None = None
-        self.written = 0
         self.failures = 0
-        self._pending = 0
-        self._lock = threading.Lock()
-        self._idle = threading.Condition(self._lock)
+        # Each counter has one writer (the event loop, the writer thread): no lock needed.
+        self._submitted = 0
+        self.written = 0
+        self._dropped = 0
 
     def start(self) -> None:
         """Start the writer thread."""
@@ -59,24 +70,21 @@ class AuditWriter:
 
     def submit(self, event: AuditEvent) -> None:
         """Queue one event (never blocks, never does I/O)."""
-        with self._lock:
-            self._pending += 1
+        self._submitted += 1
         self._queue.put(event)
 
     @property
     def pending(self) -> int:
         """Events queued or being written."""
-        return self._pending
+        return self._submitted - self.written - self._dropped
 
     def wait_idle(self, timeout: float = 5.0) -> bool:
         """Block until every submitted event is written (tests and shutdown)."""
         deadline = time.monotonic() + timeout
-        with self._idle:
-            while self._pending:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._idle.wait(left)
+        while self.pending > 0:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.005)
         return True
 
     def close(self, timeout: float = 30.0) -> None:
@@ -86,22 +94,22 @@ class AuditWriter:
         self._queue.put(_STOP)
         self._thread.join(timeout)
         if self._thread.is_alive():
-            log.error("audit writer did not drain within %.0fs: %d events not written", timeout, self._pending)
+            log.error("audit writer did not drain within %.0fs: %d events not written", timeout, self.pending)
 
     def _run(self) -> None:
         stopping = False
         while True:
             item = self._queue.get()
+            batch: list[AuditEvent] = []
             if item is _STOP:
                 stopping = True
-                batch: list[AuditEvent] = []
             else:
-                batch = [item]  # type: ignore[list-item]
+                batch.append(item)  # type: ignore[arg-type]
             deadline = time.monotonic() + self.flush_interval_s
             while len(batch) < self.batch_size:
                 try:
-                    wait = 0 if stopping else max(0.0, deadline - time.monotonic())
-                    item = self._queue.get(timeout=wait) if wait else self._queue.get_nowait()
+                    wait = 0.0 if stopping else deadline - time.monotonic()
+                    item = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
                 except queue.Empty:
                     break
                 if item is _STOP:
@@ -114,12 +122,12 @@ class AuditWriter:
                 return
 
     def _write(self, batch: list[AuditEvent], stopping: bool) -> None:
-        rows = [event.as_row() for event in batch]
+        rows = [_as_tuple(event) for event in batch]
         attempts = 0
         while True:
             try:
                 with self.engine.begin() as conn:
-                    conn.execute(self._insert, rows)
+                    conn.exec_driver_sql(self._sql, rows)
             except Exception as exc:  # any store failure: keep the batch, say so, retry
                 attempts += 1
                 self.failures += 1
@@ -128,12 +136,12 @@ class AuditWriter:
                 log.error(
                     "AUDIT STORE WRITE FAILED (%s); %d events held in memory, retrying in %.1fs",
                     type(exc).__name__,
-                    len(batch) + self._queue.qsize(),
+                    self.pending,
                     self.retry_s,
                 )
                 if stopping and attempts >= 3:
-                    log.critical("audit store unavailable at shutdown: %d events lost", len(batch))
-                    self._done(len(batch))
+                    log.critical("audit store unavailable at shutdown: %d events lost", len(rows))
+                    self._dropped += len(rows)
                     return
                 time.sleep(self.retry_s)
                 continue
@@ -142,13 +150,6 @@ class AuditWriter:
             self.healthy = True
             self.last_error = None
             self.written += len(rows)
-            self._done(len(rows))
             if self._on_written is not None:
                 self._on_written(len(rows))
             return
-
-    def _done(self, n: int) -> None:
-        with self._idle:
-            self._pending -= n
-            if not self._pending:
-                self._idle.notify_all()

@@ -36,10 +36,11 @@ class Consumer:
     name: str
     allowed: frozenset[str]
     allowed_globs: tuple[re.Pattern[str], ...]
+    allow_all: bool = False
 
     def may_use(self, model: str) -> bool:
         """Whether this consumer's allow-list covers `model`."""
-        if model in self.allowed:
+        if self.allow_all or model in self.allowed:
             return True
         return any(p.match(model) for p in self.allowed_globs)
 
@@ -95,7 +96,7 @@ def build_snapshot(config: GatewayConfig, source: str = "") -> Snapshot:
     for c in config.consumers:
         exact = frozenset(name for name in c.models if not is_glob(name))
         patterns = tuple(_compile_glob(name) for name in c.models if is_glob(name))
-        consumers[c.name] = Consumer(c.name, exact, patterns)
+        consumers[c.name] = Consumer(c.name, exact, patterns, allow_all="*" in c.models)
     return Snapshot(
         config=config,
         providers=providers,

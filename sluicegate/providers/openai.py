@@ -44,6 +44,7 @@ class OpenAIProvider(Provider):
         super().__init__(config, preset)
         self._urls: dict[str, str] = {}
         self._extra_headers = dict(config.headers)
+        self._headers: tuple[str | None, dict[str, str]] | None = None
 
     def url_for(self, endpoint: str) -> str:
         url = self._urls.get(endpoint)
@@ -52,9 +53,13 @@ class OpenAIProvider(Provider):
         return url
 
     def auth_headers(self, secret: str | None) -> dict[str, str]:
+        cached = self._headers
+        if cached is not None and cached[0] == secret:
+            return cached[1]
         headers = {"Content-Type": "application/json", **self._extra_headers}
         if secret:
             headers["Authorization"] = f"Bearer {secret}"
+        self._headers = (secret, headers)
         return headers
 
     def prepare_body(self, call: Call) -> bytes:
