@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import socket
+import subprocess
+import sys
 import textwrap
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -139,3 +144,67 @@ def assert_openai_error(resp: httpx.Response, status: int, code: str | None = No
         assert error["code"] == code, error
     assert resp.headers.get("x-request-id", "").startswith("req_")
     return error  # type: ignore[no-any-return]
+
+
+@dataclass
+class GatewayProcess:
+    """`sluicegate serve` running as a child process."""
+
+    proc: subprocess.Popen[bytes]
+    url: str
+    output: bytes = b""
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        """Signal the process, wait for it, keep its output; return its exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            self.output = self.proc.communicate(timeout=20)[0]
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.output = self.proc.communicate()[0]
+        return self.proc.returncode
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 5) -> None:
+    """Poll until `predicate()` holds; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.02)
+
+
+@contextlib.contextmanager
+def gateway_process(data_dir: Path, *args: str, cwd: Path | None = None) -> Iterator[GatewayProcess]:
+    """Run `sluicegate serve ARGS` on a free port until it is ready; stop it (SIGTERM) on exit."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+    env.update(SLUICEGATE_DATA_DIR=str(data_dir), TEST_UPSTREAM_KEY=CANARY_KEY)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sluicegate.cli", "serve", "--port", str(port), *args],
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    running = GatewayProcess(proc, f"http://127.0.0.1:{port}")
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"the gateway exited: {proc.communicate()[0].decode()}")
+        try:
+            return httpx.get(running.url + "/readyz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_for(ready, timeout=20)
+        yield running
+    finally:
+        running.stop()

@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -17,7 +13,7 @@ from sluicegate.audit.reader import latest_events
 from sluicegate.store.db import create_engine
 from sluicegate.store.keys import KeyStore
 from sluicegate.testing import FakeUpstream
-from tests.conftest import BASE_CONFIG, CANARY_KEY, assert_openai_error, run_gateway
+from tests.conftest import BASE_CONFIG, CANARY_KEY, assert_openai_error, gateway_process, run_gateway, wait_for
 
 CHAT = "/v1/chat/completions"
 BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
@@ -33,13 +29,6 @@ def _repair_store(engine: sa.Engine) -> None:
         conn.execute(sa.text("ALTER TABLE audit_events_away RENAME TO audit_events"))
 
 
-def _wait(predicate: object, timeout: float = 5) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.02)
-
-
 def test_strict_mode_refuses_calls_while_the_audit_store_fails(tmp_path: Path, upstream: FakeUpstream) -> None:
     extra = "audit:\n  on_failure: refuse\n  retry_s: 0.05\n  flush_interval_s: 0\n"
     with run_gateway(tmp_path, _upstream_url(upstream), extra) as gw, gw.client() as c:
@@ -47,14 +36,14 @@ def test_strict_mode_refuses_calls_while_the_audit_store_fails(tmp_path: Path, u
         gw.audit()
         _break_store(gw.app.engine)
         c.post(CHAT, json=BODY)  # its event cannot be written: the writer turns unhealthy
-        _wait(lambda: not gw.app.audit.healthy)
+        wait_for(lambda: not gw.app.audit.healthy)
         calls = upstream.calls
         resp = c.post(CHAT, json=BODY)
         assert_openai_error(resp, 503, "audit_unavailable")
         assert upstream.calls == calls
         assert httpx.get(gw.url + "/readyz").status_code == 503
         _repair_store(gw.app.engine)
-        _wait(lambda: gw.app.audit.healthy)
+        wait_for(lambda: gw.app.audit.healthy)
         assert c.post(CHAT, json=BODY).status_code == 200
         # every call, refused ones included, has its event once the store is back
         assert len(gw.audit()) == 4
@@ -67,42 +56,21 @@ def _upstream_url(upstream: FakeUpstream) -> str:
 
 def test_sigterm_flushes_every_audit_event(tmp_path: Path, upstream: FakeUpstream) -> None:
     config = tmp_path / "gw.yaml"
-    config.write_text(BASE_CONFIG.format(upstream=_upstream_url(upstream), read_s=5))
+    # a long flush interval: events sit in the queue until shutdown drains them
+    config.write_text(
+        BASE_CONFIG.format(upstream=_upstream_url(upstream), read_s=5)
+        + "audit:\n  flush_interval_s: 5\n  batch_size: 10000\n"
+    )
     data = tmp_path / "data"
     engine = create_engine(f"sqlite:///{data / 'sluicegate.db'}")
     key, _ = KeyStore(engine).create("alice")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "SLUICEGATE_DATA_DIR": str(data), "TEST_UPSTREAM_KEY": CANARY_KEY}
-    # a long flush interval: events sit in the queue until shutdown drains them
-    config.write_text(config.read_text() + "audit:\n  flush_interval_s: 5\n  batch_size: 10000\n")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sluicegate.cli", "serve", "--config", str(config), "--port", str(port)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        url = f"http://127.0.0.1:{port}"
-        _wait(lambda: _ready(url), timeout=15)
-        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}) as c:
+    with gateway_process(data, "--config", str(config)) as gw:
+        with httpx.Client(base_url=gw.url, headers={"Authorization": f"Bearer {key}"}) as c:
             ids = [c.post(CHAT, json=BODY).headers["x-request-id"] for _ in range(30)]
-        proc.send_signal(signal.SIGTERM)
-        output, _ = proc.communicate(timeout=20)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+        code = gw.stop(signal.SIGTERM)
     # uvicorn re-raises the signal once shutdown is complete: -SIGTERM is a clean exit here
-    assert proc.returncode in (0, -signal.SIGTERM), output.decode()
-    assert b"Application shutdown complete" in output
+    assert code in (0, -signal.SIGTERM), gw.output.decode()
+    assert b"Application shutdown complete" in gw.output
     events = latest_events(engine, 100)
     assert sorted(e["request_id"] for e in events if e["endpoint"] == "chat") == sorted(ids)
-    assert CANARY_KEY.encode() not in output and key.encode() not in output
-
-
-def _ready(url: str) -> bool:
-    try:
-        return httpx.get(url + "/readyz", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
+    assert CANARY_KEY.encode() not in gw.output and key.encode() not in gw.output
