@@ -72,6 +72,8 @@ class Relay:
         assert route is not None
         provider = route.provider
         ref = provider.config.api_key
+        if isinstance(ref, list):
+            ref = ref[0] if ref else None
         secret = self.vault.resolve(ref) if ref else None
         url = self._url(provider.url_for(_UPSTREAM_PATHS[call.endpoint]))
         body = provider.prepare_body(call)

@@ -137,11 +137,14 @@ def check_references(config: GatewayConfig) -> list[ConfigIssue]:
             issues.append(ConfigIssue((*at, "base_url"), f"provider type '{p.type}' needs a base_url"))
         elif urlsplit(base_url).scheme not in ("http", "https") or not urlsplit(base_url).hostname:
             issues.append(ConfigIssue((*at, "base_url"), f"not an http(s) URL: '{base_url}'"))
-        if p.api_key is None:
+        if p.api_key is None or p.api_key == []:
             if ptype.preset.needs_key:
                 issues.append(ConfigIssue((*at, "api_key"), f"provider type '{p.type}' needs an api_key reference"))
-        else:
+        elif isinstance(p.api_key, str):
             issues.extend(_check_secret_ref(p.api_key, (*at, "api_key")))
+        else:
+            for j, ref in enumerate(p.api_key):
+                issues.extend(_check_secret_ref(ref, (*at, "api_key", j)))
     names: set[str] = set()
     for i, m in enumerate(config.models):
         if m.name in names:

@@ -30,8 +30,12 @@ class ProviderConfig(_Strict):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     type: str = Field(min_length=1)
     base_url: str | None = None
-    #: a secret reference (`env://NAME`, `file:///path`), never the key itself
-    api_key: str | None = None
+    #: a secret reference (`env://NAME`, `file:///path`, `secret://name` ...), never the key itself;
+    #: a list of references rotates between several keys (`key_rotation`)
+    api_key: str | list[str] | None = None
+    #: with several keys: `round_robin` spreads calls over them; `on_429` uses the first until the
+    #: provider rate-limits it, then the next
+    key_rotation: Literal["round_robin", "on_429"] = "round_robin"
     headers: dict[str, str] = Field(default_factory=dict)
     timeouts: Timeouts = Field(default_factory=Timeouts)
 
@@ -47,12 +51,94 @@ class ModelConfig(_Strict):
     output_cost_per_mtok: float | None = Field(None, ge=0, description="USD per million output tokens")
 
 
-class ConsumerConfig(_Strict):
-    """An app, team or person that calls through the gateway, and the models it may use."""
+Endpoint = Literal["chat", "completions", "embeddings", "models"]
 
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.@-]+$")
+
+class AccessRules(_Strict):
+    """What a consumer or group may do; a consumer's own rules and its groups' combine.
+
+    Allow-lists (`models`, `providers`, `endpoints`) are the union of the consumer's and its
+    groups'; an empty `providers` or `endpoints` everywhere means any. Restrictions
+    (`time_windows`, `source_ips`, `max_tokens`, `allow_streaming`) come from the consumer when it
+    sets them, else from the first of its groups, in the order listed, that does.
+    """
+
     #: model names or globs (`gpt-*`, `*`)
     models: list[str] = Field(default_factory=list)
+    #: provider names or globs
+    providers: list[str] = Field(default_factory=list)
+    endpoints: list[Endpoint] = Field(default_factory=list)
+    #: e.g. `Mon-Fri 08:00-19:00 Europe/Paris`; a call must fall in one of them
+    time_windows: list[str] | None = None
+    #: CIDR ranges (`10.0.0.0/8`, `2001:db8::/32`) the call must come from
+    source_ips: list[str] | None = None
+    #: the largest `max_tokens` / `max_completion_tokens` a request may ask for
+    max_tokens: int | None = Field(None, gt=0)
+    allow_streaming: bool | None = None
+
+
+class GroupConfig(AccessRules):
+    """A consumer group: rules its members inherit."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.@:-]+$")
+
+
+class ConsumerConfig(AccessRules):
+    """An app, team or person that calls through the gateway, and what it may do."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.@-]+$")
+    groups: list[str] = Field(default_factory=list)
+
+
+class JWTIssuerConfig(_Strict):
+    """An identity provider whose signed tokens the gateway accepts as bearer credentials.
+
+    The token's signing key comes from `jwks_url` (fetched, cached, refetched on an unknown
+    `kid`), or `public_key` (a secret reference to a PEM), or for HS* `shared_secret` (a secret
+    reference). The token maps to a consumer by `consumer_claim`, else to groups by `groups_claim`.
+    """
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    issuer: str = Field(min_length=1)
+    audience: str | list[str]
+    #: pinned per issuer; `none` is never accepted
+    algorithms: list[str] = Field(min_length=1)
+    jwks_url: str | None = None
+    public_key: str | None = None
+    shared_secret: str | None = None
+    #: a claim whose value names a configured consumer (e.g. `azp`, `client_id`, `sub`)
+    consumer_claim: str | None = None
+    #: a claim listing group names (e.g. `groups`)
+    groups_claim: str | None = None
+    leeway_s: float = Field(30.0, ge=0, le=300)
+    jwks_cache_s: float = Field(300.0, gt=0)
+    #: an unknown `kid` refetches the JWKS at most this often
+    jwks_min_refresh_s: float = Field(10.0, ge=0)
+
+
+class AwsSecretsConfig(_Strict):
+    """AWS Secrets Manager for `aws-sm://name` references; credentials from the standard AWS chain."""
+
+    region: str | None = None
+    endpoint_url: str | None = None
+
+
+class HashicorpVaultConfig(_Strict):
+    """HashiCorp Vault KV v2 for `vault://path#field` references."""
+
+    url: str
+    #: a secret reference (`env://VAULT_TOKEN`, `file:///path`) to the Vault token
+    token: str
+    mount: str = "secret"
+    namespace: str | None = None
+
+
+class VaultConfig(_Strict):
+    """Where secret references are resolved, and how long a value is cached."""
+
+    cache_ttl_s: float = Field(5.0, ge=0, le=3600)
+    aws: AwsSecretsConfig | None = None
+    hashicorp: HashicorpVaultConfig | None = None
 
 
 class ServerConfig(_Strict):
@@ -83,6 +169,9 @@ class GatewayConfig(_Strict):
     database_url: str | None = None
     server: ServerConfig = Field(default_factory=ServerConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
+    vault: VaultConfig = Field(default_factory=VaultConfig)
     providers: list[ProviderConfig] = Field(default_factory=list)
     models: list[ModelConfig] = Field(default_factory=list)
+    groups: list[GroupConfig] = Field(default_factory=list)
     consumers: list[ConsumerConfig] = Field(default_factory=list)
+    jwt_issuers: list[JWTIssuerConfig] = Field(default_factory=list)
