@@ -212,6 +212,7 @@ class Gateway:
             limit=self.snapshot.server.max_upstream_connections, ttl_dns_cache=300, keepalive_timeout=30
         )
         session = aiohttp.ClientSession(connector=connector, auto_decompress=True, trust_env=False)
+        self.services.http = session
         self.relay = Relay(session, self.vault, self.snapshot.server.max_error_body_bytes)
         await asyncio.to_thread(tokens.preload)
         if self.config_path is not None:
