@@ -1,8 +1,9 @@
 """The request path, top to bottom. The stage order is the policy.
 
-    identity      key -> consumer                         (headers only: before the body is read)
+    identity      key or JWT -> consumer                  (headers only: before the body is read)
+    access        endpoint, source address, time window   403 (headers only too)
     [parse]       the body, once, by the client's dialect
-    access        consumer x model                        403 / 404
+    model_access  model, provider, streaming, max_tokens  403 / 404
     router        model -> provider + upstream model      404
     audit         (strict mode: refuse while the audit store is down)
     [send]        provider request, then relay of the answer (JSON or SSE stream)
@@ -36,6 +37,7 @@ log = logging.getLogger("sluicegate.pipeline")
 STAGE_ORDER = (
     "identity",
     "access",
+    "model_access",
     "limits",
     "guardrails_input",
     "cache",

@@ -25,6 +25,8 @@ class AuditEvent:
     decision: str
     outcome: str
     reason: str | None
+    #: the id of the rule that refused the call (`consumers.bob.models`, `groups.eng.time_windows`)
+    rule: str | None
     prompt_tokens: int | None
     completion_tokens: int | None
     total_tokens: int | None

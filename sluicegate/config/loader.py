@@ -17,8 +17,9 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import ValidationError
 
-from sluicegate.config.model import GatewayConfig
-from sluicegate.config.snapshot import Snapshot, build_snapshot, is_glob
+from sluicegate.config.model import ConsumerConfig, GatewayConfig, GroupConfig, VaultConfig
+from sluicegate.config.rules import RuleError, is_glob, parse_network, parse_time_window
+from sluicegate.config.snapshot import Snapshot, build_snapshot
 from sluicegate.providers.base import provider_types
 from sluicegate.vault import SECRET_SCHEMES
 
@@ -122,6 +123,12 @@ def check_references(config: GatewayConfig) -> list[ConfigIssue]:
     issues: list[ConfigIssue] = []
     types = provider_types()
     seen: set[str] = set()
+    if config.vault.hashicorp is not None:
+        token_at: tuple[PathPart, ...] = ("vault", "hashicorp", "token")
+        if config.vault.hashicorp.token.startswith("vault://"):
+            issues.append(ConfigIssue(token_at, "the Vault token cannot itself live in Vault"))
+        else:
+            issues.extend(_check_secret_ref(config.vault.hashicorp.token, token_at, config.vault))
     for i, p in enumerate(config.providers):
         at: tuple[PathPart, ...] = ("providers", i)
         if p.name in seen:
@@ -141,10 +148,10 @@ def check_references(config: GatewayConfig) -> list[ConfigIssue]:
             if ptype.preset.needs_key:
                 issues.append(ConfigIssue((*at, "api_key"), f"provider type '{p.type}' needs an api_key reference"))
         elif isinstance(p.api_key, str):
-            issues.extend(_check_secret_ref(p.api_key, (*at, "api_key")))
+            issues.extend(_check_secret_ref(p.api_key, (*at, "api_key"), config.vault))
         else:
             for j, ref in enumerate(p.api_key):
-                issues.extend(_check_secret_ref(ref, (*at, "api_key", j)))
+                issues.extend(_check_secret_ref(ref, (*at, "api_key", j), config.vault))
     names: set[str] = set()
     for i, m in enumerate(config.models):
         if m.name in names:
@@ -154,15 +161,37 @@ def check_references(config: GatewayConfig) -> list[ConfigIssue]:
             issues.append(ConfigIssue(("models", i, "provider"), f"unknown provider '{m.provider}'"))
     exact = {m.name for m in config.models if not is_glob(m.name)}
     globs = [m.name for m in config.models if is_glob(m.name)]
-    consumers: set[str] = set()
-    for i, c in enumerate(config.consumers):
-        if c.name in consumers:
-            issues.append(ConfigIssue(("consumers", i, "name"), f"duplicate consumer name '{c.name}'"))
-        consumers.add(c.name)
-        for j, name in enumerate(c.models):
-            if is_glob(name) or name in exact or any(_glob_match(g, name) for g in globs):
-                continue
-            issues.append(ConfigIssue(("consumers", i, "models", j), f"unknown model '{name}'"))
+    group_names = {g.name for g in config.groups}
+    sections: tuple[tuple[str, Sequence[GroupConfig | ConsumerConfig]], ...] = (
+        ("groups", config.groups),
+        ("consumers", config.consumers),
+    )
+    for kind, items in sections:
+        declared: set[str] = set()
+        for i, c in enumerate(items):
+            at = (kind, i)
+            if c.name in declared:
+                issues.append(ConfigIssue((*at, "name"), f"duplicate {kind[:-1]} name '{c.name}'"))
+            declared.add(c.name)
+            for j, name in enumerate(c.models):
+                if not (is_glob(name) or name in exact or any(_glob_match(g, name) for g in globs)):
+                    issues.append(ConfigIssue((*at, "models", j), f"unknown model '{name}'"))
+            for j, name in enumerate(c.providers):
+                if not is_glob(name) and name not in seen:
+                    issues.append(ConfigIssue((*at, "providers", j), f"unknown provider '{name}'"))
+            for j, window in enumerate(c.time_windows or ()):
+                try:
+                    parse_time_window(window)
+                except RuleError as exc:
+                    issues.append(ConfigIssue((*at, "time_windows", j), str(exc)))
+            for j, network in enumerate(c.source_ips or ()):
+                try:
+                    parse_network(network)
+                except RuleError as exc:
+                    issues.append(ConfigIssue((*at, "source_ips", j), str(exc)))
+            for j, group in enumerate(c.groups if isinstance(c, ConsumerConfig) else ()):
+                if group not in group_names:
+                    issues.append(ConfigIssue((*at, "groups", j), f"unknown group '{group}'"))
     return issues
 
 
@@ -170,15 +199,19 @@ def _glob_match(pattern: str, name: str) -> bool:
     return fnmatch.fnmatchcase(name, pattern)
 
 
-def _check_secret_ref(ref: str, at: tuple[PathPart, ...]) -> list[ConfigIssue]:
+def _check_secret_ref(ref: str, at: tuple[PathPart, ...], vault: VaultConfig | None = None) -> list[ConfigIssue]:
     scheme, sep, rest = ref.partition("://")
     if not sep or scheme not in SECRET_SCHEMES:
         schemes = ", ".join(f"{s}://" for s in SECRET_SCHEMES)
         return [ConfigIssue(at, f"must be a secret reference ({schemes}), never the key itself")]
-    if scheme == "env" and rest and rest not in os.environ:
-        return [ConfigIssue(at, f"environment variable {rest} is not set", warning=True)]
-    if not rest:
+    if not rest or rest.startswith("#") or rest.endswith("#"):
         return [ConfigIssue(at, "the reference names nothing")]
+    if scheme == "env" and rest not in os.environ:
+        return [ConfigIssue(at, f"environment variable {rest} is not set", warning=True)]
+    if vault is not None and scheme == "aws-sm" and vault.aws is None:
+        return [ConfigIssue(at, "aws-sm:// references need a `vault.aws` block")]
+    if vault is not None and scheme == "vault" and vault.hashicorp is None:
+        return [ConfigIssue(at, "vault:// references need a `vault.hashicorp` block")]
     return []
 
 

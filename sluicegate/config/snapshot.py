@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
-from sluicegate.config.model import AuditConfig, GatewayConfig, ModelConfig, ServerConfig
+from sluicegate.config.model import AccessRules, AuditConfig, GatewayConfig, GroupConfig, ModelConfig, ServerConfig
+from sluicegate.config.rules import (
+    IPNetwork,
+    NameMatcher,
+    TimeWindow,
+    is_glob,
+    parse_network,
+    parse_time_window,
+)
 from sluicegate.providers.base import Provider, provider_types
-
-
-def is_glob(name: str) -> bool:
-    """Whether a model name in config is a pattern rather than one name."""
-    return any(c in name for c in "*?[")
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,20 +33,74 @@ class Route:
     config: ModelConfig
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Consumer:
-    """A consumer as the request path sees it: a name and a resolved model allow-list."""
+    """A consumer as the request path sees it: its rules and its groups' rules, combined.
+
+    Every restriction keeps the id of the rule it came from (`groups.eng.time_windows`), which
+    refusals and audit events name.
+    """
 
     name: str
-    allowed: frozenset[str]
-    allowed_globs: tuple[re.Pattern[str], ...]
-    allow_all: bool = False
+    groups: tuple[str, ...]
+    models: NameMatcher
+    models_rule: str
+    #: None: any provider, any endpoint
+    providers: NameMatcher | None = None
+    providers_rule: str = ""
+    endpoints: frozenset[str] | None = None
+    endpoints_rule: str = ""
+    time_windows: tuple[TimeWindow, ...] | None = None
+    time_windows_rule: str = ""
+    source_ips: tuple[IPNetwork, ...] | None = None
+    source_ips_rule: str = ""
+    max_tokens: int | None = None
+    max_tokens_rule: str = ""
+    allow_streaming: bool | None = None
+    allow_streaming_rule: str = ""
 
     def may_use(self, model: str) -> bool:
-        """Whether this consumer's allow-list covers `model`."""
-        if self.allow_all or model in self.allowed:
-            return True
-        return any(p.match(model) for p in self.allowed_globs)
+        """Whether this consumer's model allow-list covers `model`."""
+        return self.models(model)
+
+    def may_use_provider(self, provider: str) -> bool:
+        """Whether this consumer's provider allow-list (if any) covers `provider`."""
+        return self.providers is None or self.providers(provider)
+
+
+def compile_consumer(name: str, own: AccessRules | None, own_rule: str, groups: Sequence[GroupConfig]) -> Consumer:
+    """Combine a consumer's rules with its groups' (allow-lists: union; restrictions: first set)."""
+    layers: list[tuple[str, AccessRules]] = [(own_rule, own)] if own is not None else []
+    layers += [(f"groups.{g.name}", g) for g in groups]
+    models = [m for _, rules in layers for m in rules.models]
+    providers = [p for _, rules in layers for p in rules.providers]
+    endpoints = {e for _, rules in layers for e in rules.endpoints}
+    fields: dict[str, object] = {}
+    for name_ in ("time_windows", "source_ips", "max_tokens", "allow_streaming"):
+        for rule, rules in layers:
+            value = getattr(rules, name_)
+            if value is not None:
+                if name_ == "time_windows":
+                    value = tuple(parse_time_window(w) for w in value)
+                elif name_ == "source_ips":
+                    value = tuple(parse_network(n) for n in value)
+                fields[name_] = value
+                fields[f"{name_}_rule"] = f"{rule}.{name_}"
+                break
+    def rule_of(kind: str) -> str:
+        return " + ".join(f"{rule}.{kind}" for rule, _ in layers) or f"{own_rule}.{kind}"
+
+    return Consumer(
+        name=name,
+        groups=tuple(g.name for g in groups),
+        models=NameMatcher(models),
+        models_rule=rule_of("models"),
+        providers=NameMatcher(providers) if providers else None,
+        providers_rule=rule_of("providers"),
+        endpoints=frozenset(endpoints) if endpoints else None,
+        endpoints_rule=rule_of("endpoints"),
+        **fields,  # type: ignore[arg-type]
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,9 +112,11 @@ class Snapshot:
     routes: dict[str, Route]
     route_globs: tuple[tuple[re.Pattern[str], Route], ...]
     consumers: dict[str, Consumer]
+    groups: dict[str, GroupConfig]
     server: ServerConfig
     audit: AuditConfig
     source: str
+    _by_groups: dict[tuple[str, tuple[str, ...]], Consumer] = field(default_factory=dict)
 
     def route_for(self, model: str) -> Route | None:
         """The route of a public model name: exact names first, then globs in config order."""
@@ -69,8 +129,26 @@ class Snapshot:
         return None
 
     def models_for(self, consumer: Consumer) -> list[str]:
-        """Exact model names this consumer may use, in config order."""
-        return [name for name in self.routes if consumer.may_use(name)]
+        """Exact model names this consumer may use (model and provider rules), in config order."""
+        return [
+            name
+            for name, route in self.routes.items()
+            if consumer.may_use(name) and consumer.may_use_provider(route.provider.name)
+        ]
+
+    def consumer_for_groups(self, name: str, groups: Sequence[str]) -> Consumer | None:
+        """A consumer made of groups' rules alone (a JWT mapped to groups); None if no group is known."""
+        known = tuple(dict.fromkeys(g for g in groups if g in self.groups))
+        if not known:
+            return None
+        key = (name, known)
+        consumer = self._by_groups.get(key)
+        if consumer is None:
+            if len(self._by_groups) > 10_000:
+                self._by_groups.clear()
+            consumer = compile_consumer(name, None, "", [self.groups[g] for g in known])
+            self._by_groups[key] = consumer
+        return consumer
 
 
 def _compile_glob(pattern: str) -> re.Pattern[str]:
@@ -92,17 +170,18 @@ def build_snapshot(config: GatewayConfig, source: str = "") -> Snapshot:
             globs.append((_compile_glob(m.name), route))
         else:
             routes[m.name] = route
-    consumers: dict[str, Consumer] = {}
-    for c in config.consumers:
-        exact = frozenset(name for name in c.models if not is_glob(name))
-        patterns = tuple(_compile_glob(name) for name in c.models if is_glob(name))
-        consumers[c.name] = Consumer(c.name, exact, patterns, allow_all="*" in c.models)
+    groups = {g.name: g for g in config.groups}
+    consumers = {
+        c.name: compile_consumer(c.name, c, f"consumers.{c.name}", [groups[g] for g in c.groups if g in groups])
+        for c in config.consumers
+    }
     return Snapshot(
         config=config,
         providers=providers,
         routes=routes,
         route_globs=tuple(globs),
         consumers=consumers,
+        groups=groups,
         server=config.server,
         audit=config.audit,
         source=source,

@@ -1,15 +1,22 @@
-"""Access: may this consumer use the model it asked for (its allow-list of names and globs)."""
+"""Access: what the consumer's rules (its own and its groups') allow this call to do.
+
+Two stages. `access` decides on the request line and the clock alone (endpoint, source address,
+time window) and runs before the body is read; `model_access` decides on the parsed body (model,
+provider, streaming, `max_tokens`). Every refusal is a 403 naming the rule, and the rule id goes
+to the audit event; nothing about other consumers is said.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
+import ipaddress
 from typing import TYPE_CHECKING
 
 from sluicegate.errors import Forbidden, NotFound
-from sluicegate.stages.base import Services, register_stage
+from sluicegate.stages.base import register_stage
 
 if TYPE_CHECKING:
     from sluicegate.call import Call
-    from sluicegate.config.snapshot import Snapshot
 
 
 def model_not_found(model: str) -> NotFound:
@@ -22,9 +29,60 @@ def model_not_found(model: str) -> NotFound:
 
 
 class AccessStage:
-    """Refuses (403) a model outside the consumer's allow-list; 404 for models nobody serves."""
+    """Endpoint, source address and time-window rules."""
 
     name = "access"
+    needs_body = False
+
+    async def on_request(self, call: Call) -> None:
+        consumer = call.consumer
+        if consumer is None:
+            return
+        if consumer.endpoints is not None and call.endpoint not in consumer.endpoints:
+            raise Forbidden(
+                f"Consumer '{consumer.name}' may not call the '{call.endpoint}' endpoint",
+                code="endpoint_not_allowed",
+                rule=consumer.endpoints_rule,
+            )
+        if consumer.source_ips is not None:
+            address = _address(call.client_ip)
+            if address is None or not any(address in net for net in consumer.source_ips):
+                raise Forbidden(
+                    f"Consumer '{consumer.name}' may not call from {call.client_ip or 'an unknown address'}",
+                    code="source_ip_not_allowed",
+                    rule=consumer.source_ips_rule,
+                )
+        if consumer.time_windows is not None:
+            now = dt.datetime.now(dt.UTC)
+            if not any(w.contains(now) for w in consumer.time_windows):
+                windows = "; ".join(w.text for w in consumer.time_windows)
+                raise Forbidden(
+                    f"Consumer '{consumer.name}' may call only within: {windows}",
+                    code="outside_time_window",
+                    rule=consumer.time_windows_rule,
+                )
+
+    async def on_finish(self, call: Call) -> None:
+        return None
+
+
+def _address(ip: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    if ip is None:
+        return None
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return None
+    # An IPv4 client on a dual-stack socket shows as ::ffff:a.b.c.d; match it as IPv4.
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+class ModelAccessStage:
+    """Model, provider, streaming and `max_tokens` rules; 404 for models nobody serves."""
+
+    name = "model_access"
     needs_body = True
 
     async def on_request(self, call: Call) -> None:
@@ -32,23 +90,45 @@ class AccessStage:
         model = call.model_requested
         if consumer is None or model is None:
             return
-        if consumer.may_use(model):
-            return
-        if call.snapshot.route_for(model) is None:
+        route = call.snapshot.route_for(model)
+        if route is None:
             raise model_not_found(model)
-        raise Forbidden(
-            f"Consumer '{consumer.name}' may not use the model '{model}'",
-            code="model_not_allowed",
-            param="model",
-            rule=f"consumers.{consumer.name}.models",
-        )
+        if not consumer.may_use(model):
+            raise Forbidden(
+                f"Consumer '{consumer.name}' may not use the model '{model}'",
+                code="model_not_allowed",
+                param="model",
+                rule=consumer.models_rule,
+            )
+        if not consumer.may_use_provider(route.provider.name):
+            raise Forbidden(
+                f"Consumer '{consumer.name}' may not use the provider of the model '{model}'",
+                code="provider_not_allowed",
+                param="model",
+                rule=consumer.providers_rule,
+            )
+        if call.stream and consumer.allow_streaming is False:
+            raise Forbidden(
+                f"Consumer '{consumer.name}' may not stream responses",
+                code="streaming_not_allowed",
+                param="stream",
+                rule=consumer.allow_streaming_rule,
+            )
+        cap = consumer.max_tokens
+        if cap is not None and call.body is not None:
+            for param in ("max_tokens", "max_completion_tokens"):
+                asked = call.body.get(param)
+                if isinstance(asked, int) and asked > cap:
+                    raise Forbidden(
+                        f"Consumer '{consumer.name}' may ask for at most {cap} tokens; '{param}' is {asked}",
+                        code="max_tokens_exceeded",
+                        param=param,
+                        rule=consumer.max_tokens_rule,
+                    )
 
     async def on_finish(self, call: Call) -> None:
         return None
 
 
-def _factory(snapshot: Snapshot, services: Services) -> AccessStage:
-    return AccessStage()
-
-
-register_stage("access", _factory)
+register_stage("access", lambda snapshot, services: AccessStage())
+register_stage("model_access", lambda snapshot, services: ModelAccessStage())

@@ -59,6 +59,7 @@ def event_of(call: Call) -> AuditEvent:
         decision=call.decision,
         outcome=call.outcome,
         reason=error.message if error is not None else None,
+        rule=error.rule if error is not None else None,
         prompt_tokens=call.prompt_tokens,
         completion_tokens=call.completion_tokens,
         total_tokens=call.total_tokens,

@@ -53,6 +53,7 @@ audit_events = sa.Table(
     sa.Column("decision", sa.String(32), nullable=False),
     sa.Column("outcome", sa.String(64), nullable=False),
     sa.Column("reason", sa.Text),
+    sa.Column("rule", sa.String(200)),
     sa.Column("prompt_tokens", sa.Integer),
     sa.Column("completion_tokens", sa.Integer),
     sa.Column("total_tokens", sa.Integer),
@@ -60,6 +61,20 @@ audit_events = sa.Table(
     sa.Column("cost_micro_usd", sa.BigInteger),
     sa.Column("latency_ms", sa.Float, nullable=False),
     sa.Column("ttft_ms", sa.Float),
+)
+
+secrets_table = sa.Table(
+    "secrets",
+    metadata,
+    sa.Column("name", sa.String(200), primary_key=True),
+    # AES-256-GCM under the master key; the secret's name is bound as associated data
+    sa.Column("ciphertext", sa.LargeBinary, nullable=False),
+    sa.Column("nonce", sa.LargeBinary(12), nullable=False),
+    #: which master key encrypted the row (a short hash of it, never the key)
+    sa.Column("key_id", sa.String(32), nullable=False),
+    #: short SHA-256 of the value, shown by `secrets list` to tell values apart
+    sa.Column("fingerprint", sa.String(64), nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
 )
 
 migrations_table = sa.Table(
@@ -84,6 +99,11 @@ def m001_initial(conn: sa.Connection) -> None:
     for table in (meta, api_keys, audit_events):
         table.create(conn, checkfirst=True)
     conn.execute(meta.insert(), [{"key": "keys_version", "value": 0}])
+
+
+@migration
+def m002_secrets(conn: sa.Connection) -> None:
+    secrets_table.create(conn, checkfirst=True)
 
 
 def default_url(data_dir: Path) -> str:

@@ -32,6 +32,7 @@ def event(i: int) -> AuditEvent:
         decision="allowed",
         outcome="ok",
         reason=None,
+        rule=None,
         prompt_tokens=1,
         completion_tokens=2,
         total_tokens=3,

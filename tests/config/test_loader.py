@@ -79,9 +79,11 @@ def test_every_error_is_reported_at_once() -> None:
     """
     got = messages(bad)
     assert "providers[0].type (line 3): unknown provider type 'opneai' (known: " in got[0]
+    assert "providers[1].api_key (line 7): must be a secret reference (env://, file://" in got[2]
+    assert got[2].endswith("never the key itself")
+    del got[2]
     assert got[1:] == [
         "providers[1].name (line 5): duplicate provider name 'openai'",
-        "providers[1].api_key (line 7): must be a secret reference (env://, file://), never the key itself",
         "providers[2].base_url (line 8): provider type 'openai_compatible' needs a base_url",
         "models[0].provider (line 12): unknown provider 'nowhere'",
         "models[1].name (line 13): duplicate model name 'm'",
