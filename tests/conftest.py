@@ -69,7 +69,6 @@ def upstream_app() -> FakeUpstream:
 @pytest.fixture(scope="session")
 def upstream_url(upstream_app: FakeUpstream) -> Iterator[str]:
     with serve_in_thread(upstream_app) as url:
-        os.environ["SLUICEGATE_TEST_UPSTREAM"] = url
         yield url
 
 

@@ -159,6 +159,10 @@ class AuditConfig(_Strict):
     #: a failed write is retried after this delay; events stay queued meanwhile
     retry_s: float = Field(1.0, gt=0)
     on_failure: Literal["log", "refuse"] = "log"
+    #: failed authentications audited one by one per source address and window; the rest are
+    #: counted into one summary event per source when the window closes
+    auth_failures_per_window: int = Field(10, ge=0)
+    auth_failure_window_s: float = Field(60.0, gt=0)
 
 
 class GatewayConfig(_Strict):

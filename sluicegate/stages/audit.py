@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from sluicegate.audit.events import AuditEvent
+from sluicegate.audit.failures import AuthFailureAggregator
 from sluicegate.errors import ServiceUnavailable
 from sluicegate.stages.base import Services, register_stage
 
@@ -24,9 +25,10 @@ class AuditStage:
     name = "audit"
     needs_body = False
 
-    def __init__(self, writer: AuditWriter, refuse_when_unhealthy: bool) -> None:
+    def __init__(self, writer: AuditWriter, refuse_when_unhealthy: bool, failures: AuthFailureAggregator) -> None:
         self.writer = writer
         self.refuse_when_unhealthy = refuse_when_unhealthy
+        self.failures = failures
 
     async def on_request(self, call: Call) -> None:
         if self.refuse_when_unhealthy and not self.writer.healthy:
@@ -36,7 +38,12 @@ class AuditStage:
             )
 
     async def on_finish(self, call: Call) -> None:
+        failures = self.failures
+        if call.status == 401 and not failures.admit(call.client_ip):
+            return  # counted: the source's summary event will say how many
         self.writer.submit(event_of(call))
+        for summary in failures.due():
+            self.writer.submit(summary)
 
 
 def event_of(call: Call) -> AuditEvent:
@@ -71,7 +78,8 @@ def event_of(call: Call) -> AuditEvent:
 
 
 def _factory(snapshot: Snapshot, services: Services) -> AuditStage:
-    return AuditStage(services.audit, snapshot.audit.on_failure == "refuse")
+    services.auth_failures.configure(snapshot.audit.auth_failure_window_s, snapshot.audit.auth_failures_per_window)
+    return AuditStage(services.audit, snapshot.audit.on_failure == "refuse", services.auth_failures)
 
 
 register_stage("audit", _factory)

@@ -8,8 +8,11 @@ module plus one `register_stage` line; `pipeline.STAGE_ORDER` says where it runs
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
+
+from sluicegate.audit.failures import AuthFailureAggregator
+from sluicegate.auth.jwks import JWKSCache
 
 if TYPE_CHECKING:
     from aiohttp import ClientSession
@@ -43,6 +46,10 @@ class Services:
     audit: AuditWriter
     vault: Vault
     http: ClientSession | None = None
+    #: failed authentications per source, kept across config reloads
+    auth_failures: AuthFailureAggregator = field(default_factory=AuthFailureAggregator)
+    #: JWKS documents of the JWT issuers, kept across config reloads
+    jwks: JWKSCache = field(default_factory=JWKSCache)
 
 
 #: builds a stage for a snapshot, or None when the config does not need it (it then costs nothing)

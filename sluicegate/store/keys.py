@@ -79,6 +79,20 @@ class KeyStore:
             _bump_version(conn)
         return key, record
 
+    def rotate(self, key_id: str, overlap_s: float) -> tuple[str, KeyRecord]:
+        """A new key for the same consumer; the old one stays valid `overlap_s` more seconds."""
+        until = time.time() + overlap_s
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                sa.select(api_keys).where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
+            ).first()
+            if row is None:
+                raise KeyError(key_id)
+            old = KeyRecord(**row._mapping)
+            if old.expires_at is None or old.expires_at > until:
+                conn.execute(api_keys.update().where(api_keys.c.id == key_id).values(expires_at=until))
+        return self.create(old.consumer, name=old.name, expires_at=old.expires_at)
+
     def revoke(self, key_id: str) -> bool:
         """Revoke a key by id; False when no active key has that id."""
         with self.engine.begin() as conn:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 from pathlib import Path
 
@@ -29,9 +28,11 @@ def _repair_store(engine: sa.Engine) -> None:
         conn.execute(sa.text("ALTER TABLE audit_events_away RENAME TO audit_events"))
 
 
-def test_strict_mode_refuses_calls_while_the_audit_store_fails(tmp_path: Path, upstream: FakeUpstream) -> None:
+def test_strict_mode_refuses_calls_while_the_audit_store_fails(
+    tmp_path: Path, upstream: FakeUpstream, upstream_url: str
+) -> None:
     extra = "audit:\n  on_failure: refuse\n  retry_s: 0.05\n  flush_interval_s: 0\n"
-    with run_gateway(tmp_path, _upstream_url(upstream), extra) as gw, gw.client() as c:
+    with run_gateway(tmp_path, upstream_url, extra) as gw, gw.client() as c:
         assert c.post(CHAT, json=BODY).status_code == 200
         gw.audit()
         _break_store(gw.app.engine)
@@ -49,17 +50,11 @@ def test_strict_mode_refuses_calls_while_the_audit_store_fails(tmp_path: Path, u
         assert len(gw.audit()) == 4
 
 
-def _upstream_url(upstream: FakeUpstream) -> str:
-    # set by the conftest fixture that started the session's fake upstream
-    return os.environ["SLUICEGATE_TEST_UPSTREAM"]
-
-
-def test_sigterm_flushes_every_audit_event(tmp_path: Path, upstream: FakeUpstream) -> None:
+def test_sigterm_flushes_every_audit_event(tmp_path: Path, upstream: FakeUpstream, upstream_url: str) -> None:
     config = tmp_path / "gw.yaml"
     # a long flush interval: events sit in the queue until shutdown drains them
     config.write_text(
-        BASE_CONFIG.format(upstream=_upstream_url(upstream), read_s=5)
-        + "audit:\n  flush_interval_s: 5\n  batch_size: 10000\n"
+        BASE_CONFIG.format(upstream=upstream_url, read_s=5) + "audit:\n  flush_interval_s: 5\n  batch_size: 10000\n"
     )
     data = tmp_path / "data"
     engine = create_engine(f"sqlite:///{data / 'sluicegate.db'}")

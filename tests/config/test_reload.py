@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 from pathlib import Path
 
@@ -20,8 +19,10 @@ def _chat(c: httpx.Client, model: str) -> httpx.Response:
     return c.post(CHAT, json={"model": model, "messages": [{"role": "user", "content": "x"}]})
 
 
-def test_file_change_is_applied_and_a_bad_one_refused(tmp_path: Path, upstream: FakeUpstream) -> None:
-    url = os.environ["SLUICEGATE_TEST_UPSTREAM"]
+def test_file_change_is_applied_and_a_bad_one_refused(
+    tmp_path: Path, upstream: FakeUpstream, upstream_url: str
+) -> None:
+    url = upstream_url
     with run_gateway(tmp_path, url, watch_interval_s=0.05) as gw, gw.client("bob") as c:
         assert _chat(c, "team-model").status_code == 403
         # bob may now use team-model
@@ -38,9 +39,9 @@ def test_file_change_is_applied_and_a_bad_one_refused(tmp_path: Path, upstream: 
         assert _chat(c, "gpt-4o-mini").status_code == 200
 
 
-def test_sighup_reloads(tmp_path: Path, upstream: FakeUpstream) -> None:
+def test_sighup_reloads(tmp_path: Path, upstream: FakeUpstream, upstream_url: str) -> None:
     config = tmp_path / "gw.yaml"
-    config.write_text(BASE_CONFIG.format(upstream=os.environ["SLUICEGATE_TEST_UPSTREAM"], read_s=5))
+    config.write_text(BASE_CONFIG.format(upstream=upstream_url, read_s=5))
     data = tmp_path / "data"
     key, _ = KeyStore(create_engine(f"sqlite:///{data / 'sluicegate.db'}")).create("bob")
     with (
