@@ -70,7 +70,7 @@ class Gateway:
         config_path: str | Path | None = None,
         engine: Engine | None = None,
         watch_interval_s: float = 1.0,
-        key_refresh_s: float = 1.0,
+        key_refresh_s: float = 0.25,
     ) -> None:
         self.settings = settings or Settings.from_env()
         self.config_path = Path(config_path) if config_path else None
@@ -83,7 +83,7 @@ class Gateway:
             retry_s=audit_cfg.retry_s,
         )
         self.keys = KeyIndex(KeyStore(self.engine), refresh_s=key_refresh_s)
-        self.vault = Vault()
+        self.vault = Vault(snapshot.config.vault, engine=self.engine)
         self.services = Services(keys=self.keys, audit=self.audit, vault=self.vault)
         self._state = (snapshot, Pipeline(snapshot, self.services))
         self.watch_interval_s = watch_interval_s
@@ -235,6 +235,8 @@ class Gateway:
         if self.relay is not None:
             await self.relay.session.close()
         await asyncio.to_thread(self.keys.stop)
+        for summary in self.services.auth_failures.due(all_=True):
+            self.audit.submit(summary)
         await asyncio.to_thread(self.audit.close)
 
     # -- config reload --------------------------------------------------------------------------
@@ -271,7 +273,7 @@ class Gateway:
             log.error("config reload refused, the previous config keeps serving:\n%s", exc)
             return False
         self._state = (snapshot, pipeline)
-        self.vault.clear()
+        self.vault.configure(snapshot.config.vault)
         self.reloads += 1
         self.last_reload_error = None
         log.info(

@@ -8,12 +8,15 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import orjson
 
 from sluicegate.settings import Settings
+
+if TYPE_CHECKING:
+    from sluicegate.vault.encrypted import EncryptedStore
 
 
 def _setup_logging(level: str = "INFO") -> None:
@@ -217,6 +220,112 @@ def keys_revoke(key_id: str, config_path: str | None) -> None:
     if not KeyStore(_engine(config_path)).revoke(key_id):
         raise click.ClickException(f"no active key with id {key_id}")
     click.echo(f"revoked {key_id}")
+
+
+@main.group("secrets")
+def secrets_group() -> None:
+    """Store provider credentials encrypted in the database, for `secret://name` references."""
+
+
+def _secret_store(config_path: str | None) -> EncryptedStore:
+    from sluicegate.vault import SecretUnavailable
+    from sluicegate.vault.encrypted import EncryptedStore, load_master_key
+
+    try:
+        key = load_master_key()
+    except SecretUnavailable as exc:
+        raise click.ClickException(exc.message) from None
+    return EncryptedStore(_engine(config_path), key)
+
+
+@secrets_group.command("set")
+@click.argument("name")
+@click.option(
+    "--from-file", "from_file", type=click.File("r", encoding="utf-8"), help="Read the value from a file, not stdin."
+)
+@click.option("--config", "config_path", type=click.Path(dir_okay=False))
+def secrets_set(name: str, from_file: Any, config_path: str | None) -> None:
+    """Store a secret read from stdin (or --from-file), never from the command line."""
+    from sluicegate.vault import SecretUnavailable
+    from sluicegate.vault.encrypted import EncryptedStore
+
+    try:
+        EncryptedStore.check_name(name)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    if from_file is not None:
+        value = from_file.read()
+    elif sys.stdin.isatty():
+        value = click.prompt(f"value of {name}", hide_input=True, err=True)
+    else:
+        value = sys.stdin.read()
+    try:
+        info = _secret_store(config_path).set(name, value.strip())
+    except (ValueError, SecretUnavailable) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"stored secret '{name}' (master key {info.key_id}, fingerprint {info.fingerprint})")
+
+
+@secrets_group.command("list")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False))
+def secrets_list(config_path: str | None) -> None:
+    """List secrets: name, master key id, fingerprint, update time; never a value."""
+    from sluicegate.vault.encrypted import EncryptedStore
+
+    # Listing needs no master key: it reads no ciphertext.
+    rows = EncryptedStore(_engine(config_path)).list()
+    click.echo(f"{'NAME':<32} {'KEY ID':<12} {'FINGERPRINT':<12} UPDATED (UTC)")
+    for r in rows:
+        click.echo(f"{r.name:<32} {r.key_id:<12} {r.fingerprint:<12} {_when(r.updated_at)}")
+
+
+@secrets_group.command("rotate")
+@click.option(
+    "--new-key-file", required=True, type=click.Path(dir_okay=False, exists=True), help="File with the new key."
+)
+@click.option("--config", "config_path", type=click.Path(dir_okay=False))
+def secrets_rotate(new_key_file: str, config_path: str | None) -> None:
+    """Re-encrypt every secret under a new master key, in one transaction."""
+    from sluicegate.vault import SecretUnavailable
+    from sluicegate.vault.encrypted import MasterKey
+
+    try:
+        new_key = MasterKey.from_file(new_key_file)
+        count = _secret_store(config_path).rotate(new_key)
+    except SecretUnavailable as exc:
+        raise click.ClickException(exc.message) from None
+    click.echo(
+        f"re-encrypted {count} secret(s) under master key {new_key.key_id}; "
+        "point SLUICEGATE_MASTER_KEY(_FILE) at the new key now"
+    )
+
+
+@secrets_group.command("delete")
+@click.argument("name")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False))
+def secrets_delete(name: str, config_path: str | None) -> None:
+    """Remove a secret; references to it then fail closed."""
+    from sluicegate.vault.encrypted import EncryptedStore
+
+    if not EncryptedStore(_engine(config_path)).delete(name):
+        raise click.ClickException(f"no secret named '{name}'")
+    click.echo(f"deleted secret '{name}'")
+
+
+@keys.command("rotate")
+@click.argument("key_id")
+@click.option("--overlap-hours", type=float, default=24.0, show_default=True, help="How long the old key stays valid.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False))
+def keys_rotate(key_id: str, overlap_hours: float, config_path: str | None) -> None:
+    """Replace a key: print a new one for the same consumer; the old one expires after the overlap."""
+    from sluicegate.store.keys import KeyStore
+
+    try:
+        key, record = KeyStore(_engine(config_path)).rotate(key_id, overlap_hours * 3600)
+    except KeyError:
+        raise click.ClickException(f"no active key with id {key_id}") from None
+    click.echo(f"created {record.id} for '{record.consumer}'; {key_id} expires in {overlap_hours:g} h", err=True)
+    click.echo(key)
 
 
 @main.group()

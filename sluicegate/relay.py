@@ -46,6 +46,8 @@ class Relay:
         # Built once per provider and URL, not per request (a config reload adds new entries).
         self._timeouts: dict[Provider, aiohttp.ClientTimeout] = {}
         self._urls: dict[str, URL] = {}
+        #: per provider with several keys: calls made (`round_robin`) or 429s seen (`on_429`)
+        self._key_turns: dict[str, int] = {}
 
     def _timeout(self, provider: Provider) -> aiohttp.ClientTimeout:
         timeout = self._timeouts.get(provider)
@@ -66,15 +68,36 @@ class Relay:
             parsed = self._urls[url] = URL(url)
         return parsed
 
+    def _pick_key(self, provider: Provider, refs: list[str]) -> str | None:
+        """The reference this call uses among a provider's several keys."""
+        if not refs:
+            return None
+        # Per provider name, so the position survives a config reload that rebuilds the provider.
+        name = provider.name
+        n = self._key_turns.get(name, 0)
+        if provider.config.key_rotation == "round_robin":
+            self._key_turns[name] = n + 1
+        return refs[n % len(refs)]
+
+    def _rate_limited(self, provider: Provider, refs: list[str], used: str | None) -> None:
+        """With `on_429`, move the provider on to its next key after the current one got a 429."""
+        if provider.config.key_rotation != "on_429" or len(refs) < 2:
+            return
+        name = provider.name
+        n = self._key_turns.get(name, 0)
+        # Several calls may come back 429 from one key; only the first moves on, so keys aren't skipped.
+        if refs[n % len(refs)] == used:
+            self._key_turns[name] = n + 1
+
     async def open(self, call: Call) -> aiohttp.ClientResponse:
         """Send the call upstream; return the response once its headers say success."""
         route = call.route
         assert route is not None
         provider = route.provider
-        ref = provider.config.api_key
-        if isinstance(ref, list):
-            ref = ref[0] if ref else None
-        secret = self.vault.resolve(ref) if ref else None
+        refs = provider.config.api_key
+        ref = self._pick_key(provider, refs) if isinstance(refs, list) else refs
+        # A cache hit (nearly every call) costs a dict lookup; only a miss awaits the vault.
+        secret = (self.vault.cached(ref) or await self.vault.aresolve(ref)) if ref else None
         url = self._url(provider.url_for(_UPSTREAM_PATHS[call.endpoint]))
         body = provider.prepare_body(call)
         name = provider.name
@@ -96,6 +119,8 @@ class Relay:
         call.upstream_status = status = resp.status
         if status < 300:
             return resp
+        if status == 429 and isinstance(refs, list):
+            self._rate_limited(provider, refs, ref)
         try:
             if 300 <= status < 400:
                 raise UpstreamError(

@@ -192,6 +192,9 @@ def check_references(config: GatewayConfig) -> list[ConfigIssue]:
             for j, group in enumerate(c.groups if isinstance(c, ConsumerConfig) else ()):
                 if group not in group_names:
                     issues.append(ConfigIssue((*at, "groups", j), f"unknown group '{group}'"))
+    from sluicegate.auth.jwt import check_jwt_issuers  # here: auth.jwt imports this module
+
+    issues.extend(check_jwt_issuers(config))
     return issues
 
 

@@ -87,6 +87,7 @@ def compile_consumer(name: str, own: AccessRules | None, own_rule: str, groups: 
                 fields[name_] = value
                 fields[f"{name_}_rule"] = f"{rule}.{name_}"
                 break
+
     def rule_of(kind: str) -> str:
         return " + ".join(f"{rule}.{kind}" for rule, _ in layers) or f"{own_rule}.{kind}"
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -45,8 +44,10 @@ def test_check_reports_errors_with_paths(runner: CliRunner, tmp_path: Path) -> N
     assert runner.invoke(main, ["check", "--config", str(tmp_path / "none.yaml")]).exit_code == 1
 
 
-def test_keys_lifecycle_through_the_gateway(runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    url = os.environ["SLUICEGATE_TEST_UPSTREAM"]
+def test_keys_lifecycle_through_the_gateway(
+    runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, upstream_url: str
+) -> None:
+    url = upstream_url
     with run_gateway(tmp_path, url, key_refresh_s=0.05) as gw:
         monkeypatch.setenv("SLUICEGATE_DATA_DIR", str(gw.data_dir))
         created = runner.invoke(
@@ -77,16 +78,16 @@ def test_keys_lifecycle_through_the_gateway(runner: CliRunner, tmp_path: Path, m
         assert bad.exit_code == 1 and "not in" in bad.output
 
 
-def test_expired_key_is_refused(tmp_path: Path) -> None:
-    url = os.environ["SLUICEGATE_TEST_UPSTREAM"]
+def test_expired_key_is_refused(tmp_path: Path, upstream_url: str) -> None:
+    url = upstream_url
     with run_gateway(tmp_path, url, key_refresh_s=0.05) as gw:
         key, _ = KeyStore(gw.app.engine).create("alice", expires_at=time.time() - 1)
         with httpx.Client(base_url=gw.url, headers={"Authorization": f"Bearer {key}"}) as c:
             _eventually(lambda: c.post(CHAT, json={}).status_code == 401 and "expired" in c.post(CHAT, json={}).text)
 
 
-def test_audit_tail(runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    url = os.environ["SLUICEGATE_TEST_UPSTREAM"]
+def test_audit_tail(runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, upstream_url: str) -> None:
+    url = upstream_url
     with run_gateway(tmp_path, url) as gw, gw.client() as c:
         ids = [
             c.post(CHAT, json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]}).headers[
@@ -110,3 +111,30 @@ def _eventually(predicate: object, timeout: float = 5) -> None:
     while not predicate():  # type: ignore[operator]
         assert time.monotonic() < deadline, "condition not reached"
         time.sleep(0.05)
+
+
+def test_key_rotation_keeps_the_old_key_for_the_overlap(
+    runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, upstream_url: str
+) -> None:
+    url = upstream_url
+    with run_gateway(tmp_path, url, key_refresh_s=0.05) as gw:
+        monkeypatch.setenv("SLUICEGATE_DATA_DIR", str(gw.data_dir))
+        old_key = gw.keys["bob"]
+        old_id = next(r.id for r in KeyStore(gw.app.engine).list("bob"))
+        body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]}
+
+        def status(key: str) -> int:
+            with httpx.Client(base_url=gw.url, headers={"Authorization": f"Bearer {key}"}) as c:
+                return c.post(CHAT, json=body).status_code
+
+        rotated = runner.invoke(main, ["keys", "rotate", old_id, "--overlap-hours", "1"])
+        assert rotated.exit_code == 0, rotated.output
+        new_key = rotated.stdout.strip().splitlines()[-1]
+        assert new_key != old_key
+        _eventually(lambda: status(new_key) == 200)
+        assert status(old_key) == 200  # inside the overlap both work
+        # an overlap of zero ends the old key at once
+        second = runner.invoke(main, ["keys", "rotate", old_id, "--overlap-hours", "0"])
+        assert second.exit_code == 0
+        _eventually(lambda: status(old_key) == 401)
+        assert runner.invoke(main, ["keys", "rotate", "key_nope"]).exit_code == 1
