@@ -53,9 +53,21 @@ models:
   - name: bench-chat
     provider: mock
     model: gpt-4o-mini
+guards:
+  - name: codenames
+    kind: regex
+    settings: {{deny: ['project\\s+nightingale', 'operation\\s+\\w+fall']}}
+  - {{name: pii, kind: pii, action: redact}}
+  - {{name: secrets, kind: secrets, action: block}}
+groups:
+  - name: guarded
+    guards: [codenames, pii, secrets]
 consumers:
   - name: bench
     models: ["*"]
+  - name: bench-guarded
+    models: ["*"]
+    groups: [guarded]
 """
 UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
 
@@ -324,7 +336,18 @@ def report(res: dict[str, Any]) -> str:
         ),
         (
             "Added by the gateway (vs direct), and by its stages (vs the floor: a bare pass-through)",
-            ["mode", "conc", "added p50", "added p99", "floor added p50", "stages p50", "rps/direct", "rps/floor"],
+            [
+                "mode",
+                "conc",
+                "added p50",
+                "added p99",
+                "floor +p50",
+                "stages p50",
+                "rps/direct",
+                "rps/floor",
+                "guards +p50",
+                "rps guarded/gateway",
+            ],
             "overhead",
             [
                 "mode",
@@ -335,6 +358,8 @@ def report(res: dict[str, Any]) -> str:
                 "stages_p50_ms",
                 "rps_ratio",
                 "rps_vs_floor",
+                "guards_p50_ms",
+                "rps_guarded_vs_gateway",
             ],
         ),
     ]
@@ -358,7 +383,7 @@ def overhead(res: dict[str, Any]) -> list[dict[str, Any]]:
     ):
         by = {(r["target"], r["concurrency"]): r for r in items}
         for c in sorted({r["concurrency"] for r in items}):
-            d, f, g = by[("direct", c)], by[("floor", c)], by[("gateway", c)]
+            d, f, g, gd = by[("direct", c)], by[("floor", c)], by[("gateway", c)], by[("guarded", c)]
             rows.append(
                 {
                     "mode": mode,
@@ -369,6 +394,8 @@ def overhead(res: dict[str, Any]) -> list[dict[str, Any]]:
                     "stages_p50_ms": round(g[p50] - f[p50], 3),
                     "rps_ratio": round(g["rps"] / d["rps"], 3) if d["rps"] else math.nan,
                     "rps_vs_floor": round(g["rps"] / f["rps"], 3) if f["rps"] else math.nan,
+                    "guards_p50_ms": round(gd[p50] - g[p50], 3),
+                    "rps_guarded_vs_gateway": round(gd["rps"] / g["rps"], 3) if g["rps"] else math.nan,
                 }
             )
     return rows
@@ -405,6 +432,11 @@ def bench(args: argparse.Namespace, tmp: Path, info: dict[str, Any]) -> dict[str
         env=env, capture_output=True, text=True, check=True,
     )  # fmt: skip
     key = created.stdout.strip().splitlines()[-1]
+    created = subprocess.run(
+        [sg, "keys", "create", "--consumer", "bench-guarded", "--config", str(config)],
+        env=env, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    guarded_key = created.stdout.strip().splitlines()[-1]
     up_cmd = ["taskset", "-c", CLIENT_CORE, sg, "mock-upstream", "--host", "127.0.0.1", "--port", str(up_port)]
     gw_cmd = ["taskset", "-c", GATEWAY_CORE, sg, "serve", "--config", str(config), "--host", "127.0.0.1"]
     gw_cmd += ["--port", str(gw_port), "--log-level", "WARNING"]
@@ -416,6 +448,8 @@ def bench(args: argparse.Namespace, tmp: Path, info: dict[str, Any]) -> dict[str
         Target("direct", up_base, "gpt-4o-mini", "sk-bench-direct"),
         Target("floor", floor_base, "gpt-4o-mini", "sk-bench-direct"),
         Target("gateway", gw_base, "bench-chat", key),
+        # the same gateway, for a consumer with regex + pii + secrets guards on input and output
+        Target("guarded", gw_base, "bench-chat", guarded_key),
     ]
     res: dict[str, Any] = {
         "machine": info,
@@ -444,7 +478,7 @@ def bench(args: argparse.Namespace, tmp: Path, info: dict[str, Any]) -> dict[str
                     res[mode].append(r)
                     p50 = r.get("p50_ms", r.get("ttft_p50_ms"))
                     print(f"{r['rps']:>9.1f} req/s  p50{' TTFT' * (mode == 'stream')} {p50:.3f} ms", file=sys.stderr)
-                    if target.name == "gateway":
+                    if target.name in ("gateway", "guarded"):
                         completed += warm["requests"] + r["requests"]
                         sent += warm["sent"] + r["sent"]
         rows, outcomes = count_audit(tmp / "data" / "sluicegate.db", gw_base)

@@ -29,6 +29,7 @@ from sluicegate.config.loader import ConfigInvalid, load_config
 from sluicegate.config.snapshot import Snapshot
 from sluicegate.dialects import openai as openai_dialect
 from sluicegate.errors import MethodNotAllowed, NotFound, SluicegateError
+from sluicegate.guardrails.base import GuardContext, GuardUnavailable
 from sluicegate.pipeline import Endpoint, Pipeline, send_error
 from sluicegate.relay import Relay
 from sluicegate.settings import Settings
@@ -85,6 +86,9 @@ class Gateway:
         self.keys = KeyIndex(KeyStore(self.engine), refresh_s=key_refresh_s)
         self.vault = Vault(snapshot.config.vault, engine=self.engine)
         self.services = Services(keys=self.keys, audit=self.audit, vault=self.vault)
+        self.services.guard_context = GuardContext(
+            http=lambda: self.services.http, vault=self.vault, complete=self.complete
+        )
         self._state = (snapshot, Pipeline(snapshot, self.services))
         self.watch_interval_s = watch_interval_s
         self.relay: Relay | None = None
@@ -185,6 +189,28 @@ class Gateway:
             await _send_json(send, 503, {"status": "unavailable", "problems": problems})
         else:
             await _send_json(send, 200, {"status": "ready", "audit_pending": self.audit.pending})
+
+    async def complete(self, model: str, messages: list[dict[str, object]], max_tokens: int) -> str:
+        """Ask a configured model directly through its route, with no stage (guards use this:
+        no recursion into guards, no consumer policy); returns the answer's text."""
+        snapshot = self.snapshot
+        route = snapshot.route_for(model)
+        if route is None or self.relay is None:
+            raise GuardUnavailable(f"model '{model}' is not configured")
+        call = Call(f"{self._id_prefix}{next(self._ids):010x}", "chat", snapshot, {})
+        call.model_requested = model
+        call.route = route
+        call.body = {"model": model, "messages": messages, "max_tokens": max_tokens}
+        try:
+            resp = await self.relay.open(call)
+            data = await resp.json(content_type=None)
+        except (SluicegateError, aiohttp.ClientError, ValueError) as exc:
+            raise GuardUnavailable(f"model '{model}' failed: {type(exc).__name__}") from None
+        try:
+            content = data["choices"][0]["message"]["content"]
+        except (KeyError, IndexError, TypeError):
+            raise GuardUnavailable(f"model '{model}' gave no answer") from None
+        return content if isinstance(content, str) else ""
 
     # -- lifespan -------------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from sluicegate.config.snapshot import Consumer, Route, Snapshot
     from sluicegate.errors import SluicegateError
+    from sluicegate.guardrails.engine import CallGuards
 
 
 class Call:
@@ -27,6 +28,7 @@ class Call:
         "decision",
         "endpoint",
         "error",
+        "guards",
         "headers",
         "include_usage",
         "key_id",
@@ -85,6 +87,8 @@ class Call:
         self.usage_text: list[str] | None = None
         self.cost_micro_usd: int | None = None
         self.ttft_ms: float | None = None
+        #: guard state when guards apply to this call (see `guardrails.engine`)
+        self.guards: CallGuards | None = None
 
     def fail(self, error: SluicegateError) -> None:
         """Record a refusal or failure: its status, audit decision and outcome."""

@@ -4,14 +4,16 @@
     access        endpoint, source address, time window   403 (headers only too)
     [parse]       the body, once, by the client's dialect
     model_access  model, provider, streaming, max_tokens  403 / 404
+    guardrails    input guards: block / redact / flag     400 content_blocked
     router        model -> provider + upstream model      404
     audit         (strict mode: refuse while the audit store is down)
     [send]        provider request, then relay of the answer (JSON or SSE stream)
     accounting    tokens and cost                         (finally, always)
     audit         one event per call                      (finally, always)
 
-Later stages slot into `STAGE_ORDER` (limits after access, guardrails and cache before the
-router) by name; a stage whose factory returns None for this config is not in the list at all.
+Output guards run inside the relay (on the JSON answer, or on the stream's hold-back window).
+Later stages slot into `STAGE_ORDER` (limits after access, cache before the router) by name; a
+stage whose factory returns None for this config is not in the list at all.
 """
 
 from __future__ import annotations
@@ -39,11 +41,10 @@ STAGE_ORDER = (
     "access",
     "model_access",
     "limits",
-    "guardrails_input",
+    "guardrails",
     "cache",
     "router",
     "audit",
-    "guardrails_output",
     "accounting",
 )
 #: `on_finish` runs in this order (audit last: it records what the others settled)
@@ -137,7 +138,7 @@ class Pipeline:
                     call.outcome = "client_disconnected"
                     call.status = 499
             else:
-                started = True
+                # relay_json raises before it sends anything, so its errors are still answered.
                 await relay_json(call, resp, send)
         except SluicegateError as exc:
             call.fail(exc)

@@ -8,7 +8,7 @@ reading from it only what accounting needs: usage, the model served, the time to
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -16,6 +16,8 @@ import orjson
 from yarl import URL
 
 from sluicegate.errors import SluicegateError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from sluicegate.guardrails.engine import Blocked, GuardFailed, check_answer
+from sluicegate.guardrails.stream import StreamGuard
 
 if TYPE_CHECKING:
     from sluicegate.call import Call
@@ -188,6 +190,10 @@ async def relay_json(call: Call, resp: aiohttp.ClientResponse, send: Send) -> No
         _take_usage(call, data.get("usage"))
         if call.usage_source == "none":
             call.usage_text = _answer_texts(data)
+        guards = call.guards
+        # Output guards see the answer before any of it is sent; usage is already accounted.
+        if guards is not None and guards.guards.output and await check_answer(call, guards, data):
+            raw = orjson.dumps(data)
     call.ttft_ms = call.elapsed_ms()
     call.status = 200
     headers = response_headers(call, _JSON_HEADERS)
@@ -245,6 +251,12 @@ async def relay_stream(
     error: SluicegateError | None = None
     #: the upstream's own error event went to the client already
     relayed_error = False
+    guards = call.guards
+    held = (
+        StreamGuard(guards, guards.guards.output, guards.guards.window)
+        if guards is not None and guards.guards.output
+        else None
+    )
     try:
         async for chunk in resp.content.iter_any():
             if call.ttft_ms is None:
@@ -261,6 +273,8 @@ async def relay_stream(
                 buffer = buffer[end + 2 :]
                 if event.startswith(b"data: [DONE]"):
                     done = True
+                    if held is not None:
+                        out.extend(await _release(held.finish(), out, send))
                 elif b'"usage":{' in event:
                     data = _event_json(event)
                     if data is not None:
@@ -279,7 +293,10 @@ async def relay_stream(
                     if kept_bytes < MAX_KEPT_STREAM_BYTES:
                         kept.append(event)
                         kept_bytes += len(event)
-                out.append(event)
+                if held is None:
+                    out.append(event)
+                    continue
+                out.extend(await _release(held.feed(event), out, send))
             if out:
                 await send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
             if client_gone():
@@ -289,6 +306,10 @@ async def relay_stream(
         error = StreamCut(
             f"provider '{name}' {'went silent' if timeout else 'broke the connection'} before the end of the stream"
         )
+    except (Blocked, GuardFailed) as exc:
+        # Nothing of the blocked text was released; stop the upstream and say why in-band.
+        error = exc
+        resp.close()
     finally:
         resp.release()
         if call.usage_source == "none" and kept:
@@ -300,6 +321,18 @@ async def relay_stream(
         if not relayed_error:
             await send({"type": "http.response.body", "body": render_error(error), "more_body": True})
     await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _release(pending: Awaitable[list[bytes]], out: list[bytes], send: Send) -> list[bytes]:
+    """Events the guard window lets go; on a block, first send what it had already released."""
+    try:
+        return await pending
+    except (Blocked, GuardFailed):
+        # Released events are clean: they go out before the error event.
+        if out:
+            await send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
+            out.clear()
+        raise
 
 
 def _event_json(event: bytes) -> dict[str, Any] | None:

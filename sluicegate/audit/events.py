@@ -27,6 +27,8 @@ class AuditEvent:
     reason: str | None
     #: the id of the rule that refused the call (`consumers.bob.models`, `groups.eng.time_windows`)
     rule: str | None
+    #: guard decisions as a JSON list (guard, kind, action, direction, part, label)
+    guards: str | None
     prompt_tokens: int | None
     completion_tokens: int | None
     total_tokens: int | None

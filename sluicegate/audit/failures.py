@@ -89,6 +89,7 @@ def _summary(source: str, bucket: _Bucket, span_s: float, wall: float) -> AuditE
         outcome="auth_failures_aggregated",
         reason=f"{bucket.suppressed} further failed authentication attempts in {span_s:.0f}s, not audited one by one",
         rule=None,
+        guards=None,
         prompt_tokens=None,
         completion_tokens=None,
         total_tokens=bucket.suppressed,

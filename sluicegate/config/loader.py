@@ -21,9 +21,10 @@ from sluicegate.config.model import ConsumerConfig, GatewayConfig, GroupConfig, 
 from sluicegate.config.rules import RuleError, is_glob, parse_network, parse_time_window
 from sluicegate.config.snapshot import Snapshot, build_snapshot
 from sluicegate.providers.base import provider_types
-from sluicegate.vault import SECRET_SCHEMES
+from sluicegate.vault import SECRET_SCHEMES, Vault
 
 PathPart = str | int
+_NO_VAULT = Vault()
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +162,7 @@ def check_references(config: GatewayConfig) -> list[ConfigIssue]:
             issues.append(ConfigIssue(("models", i, "provider"), f"unknown provider '{m.provider}'"))
     exact = {m.name for m in config.models if not is_glob(m.name)}
     globs = [m.name for m in config.models if is_glob(m.name)]
+    issues.extend(_check_guards(config))
     group_names = {g.name for g in config.groups}
     sections: tuple[tuple[str, Sequence[GroupConfig | ConsumerConfig]], ...] = (
         ("groups", config.groups),
@@ -196,6 +198,51 @@ def check_references(config: GatewayConfig) -> list[ConfigIssue]:
 
     issues.extend(check_jwt_issuers(config))
     return issues
+
+
+def _check_guards(config: GatewayConfig) -> list[ConfigIssue]:
+    """Guard kinds, settings (validated by each kind) and every reference to a guard by name."""
+    from pydantic import ValidationError as SettingsError
+
+    from sluicegate.guardrails.base import GuardContext, guard_kinds
+
+    issues: list[ConfigIssue] = []
+    kinds = guard_kinds()
+    names: set[str] = set()
+    context = GuardContext(http=lambda: None, vault=_NO_VAULT, complete=_no_complete)
+    for i, g in enumerate(config.guards):
+        at: tuple[PathPart, ...] = ("guards", i)
+        if g.name in names:
+            issues.append(ConfigIssue((*at, "name"), f"duplicate guard name '{g.name}'"))
+        names.add(g.name)
+        kind = kinds.get(g.kind)
+        if kind is None:
+            issues.append(
+                ConfigIssue((*at, "kind"), f"unknown guard kind '{g.kind}' (known: {', '.join(sorted(kinds))})")
+            )
+            continue
+        try:
+            settings = kind.cls.Settings.model_validate(g.settings)
+            kind.cls(g, settings, context)
+        except SettingsError as exc:
+            for err in exc.errors():
+                issues.append(ConfigIssue((*at, "settings", *err["loc"]), _pydantic_message(err)))
+        except (ValueError, TypeError) as exc:
+            issues.append(ConfigIssue((*at, "settings"), str(exc)))
+    refs: list[tuple[tuple[PathPart, ...], list[str]]] = [
+        (("models", i, "guards"), m.guards) for i, m in enumerate(config.models)
+    ]
+    refs += [(("groups", i, "guards"), g.guards) for i, g in enumerate(config.groups)]
+    refs += [(("consumers", i, "guards"), c.guards) for i, c in enumerate(config.consumers)]
+    for at, guard_names in refs:
+        for j, name in enumerate(guard_names):
+            if name not in names:
+                issues.append(ConfigIssue((*at, j), f"unknown guard '{name}'"))
+    return issues
+
+
+async def _no_complete(model: str, messages: list[dict[str, object]], max_tokens: int) -> str:
+    raise RuntimeError("no model calls while a config is checked")
 
 
 def _glob_match(pattern: str, name: str) -> bool:

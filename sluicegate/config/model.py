@@ -6,7 +6,7 @@ a model) are checked in `config.loader`, which reports every error with its path
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -49,6 +49,24 @@ class ModelConfig(_Strict):
     model: str | None = None
     input_cost_per_mtok: float | None = Field(None, ge=0, description="USD per million input tokens")
     output_cost_per_mtok: float | None = Field(None, ge=0, description="USD per million output tokens")
+    #: names of guards applied to every call of this model
+    guards: list[str] = Field(default_factory=list)
+
+
+class GuardConfig(_Strict):
+    """A content guard, configured once and attached to consumers, groups or models by name."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    kind: str = Field(min_length=1)
+    #: block: refuse (400 `content_blocked`); redact: replace matches and go on; flag: audit only
+    action: Literal["block", "redact", "flag"] = "block"
+    #: which texts: what the model reads (`input`), what it writes (`output`), or both
+    applies_to: Literal["input", "output", "both"] = "both"
+    #: when the guard cannot run (service down, timeout): `block` fails closed, `allow` fails open
+    on_error: Literal["block", "allow"] = "block"
+    timeout_s: float = Field(5.0, gt=0, le=120)
+    #: the kind's own settings, validated by the kind
+    settings: dict[str, Any] = Field(default_factory=dict)
 
 
 Endpoint = Literal["chat", "completions", "embeddings", "models"]
@@ -75,6 +93,8 @@ class AccessRules(_Strict):
     #: the largest `max_tokens` / `max_completion_tokens` a request may ask for
     max_tokens: int | None = Field(None, gt=0)
     allow_streaming: bool | None = None
+    #: names of guards (see `guards`) applied to this consumer's or group's calls
+    guards: list[str] = Field(default_factory=list)
 
 
 class GroupConfig(AccessRules):
@@ -179,3 +199,4 @@ class GatewayConfig(_Strict):
     groups: list[GroupConfig] = Field(default_factory=list)
     consumers: list[ConsumerConfig] = Field(default_factory=list)
     jwt_issuers: list[JWTIssuerConfig] = Field(default_factory=list)
+    guards: list[GuardConfig] = Field(default_factory=list)

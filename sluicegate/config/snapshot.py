@@ -58,6 +58,8 @@ class Consumer:
     max_tokens_rule: str = ""
     allow_streaming: bool | None = None
     allow_streaming_rule: str = ""
+    #: guard names from the consumer and its groups
+    guards: tuple[str, ...] = ()
 
     def may_use(self, model: str) -> bool:
         """Whether this consumer's model allow-list covers `model`."""
@@ -75,6 +77,7 @@ def compile_consumer(name: str, own: AccessRules | None, own_rule: str, groups: 
     models = [m for _, rules in layers for m in rules.models]
     providers = [p for _, rules in layers for p in rules.providers]
     endpoints = {e for _, rules in layers for e in rules.endpoints}
+    guards = tuple(dict.fromkeys(g for _, rules in layers for g in rules.guards))
     fields: dict[str, object] = {}
     for name_ in ("time_windows", "source_ips", "max_tokens", "allow_streaming"):
         for rule, rules in layers:
@@ -100,6 +103,7 @@ def compile_consumer(name: str, own: AccessRules | None, own_rule: str, groups: 
         providers_rule=rule_of("providers"),
         endpoints=frozenset(endpoints) if endpoints else None,
         endpoints_rule=rule_of("endpoints"),
+        guards=guards,
         **fields,  # type: ignore[arg-type]
     )
 

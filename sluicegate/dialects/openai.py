@@ -157,3 +157,68 @@ def models_list(names: list[str], created: int) -> bytes:
             "data": [{"id": n, "object": "model", "created": created, "owned_by": "sluicegate"} for n in names],
         }
     )
+
+
+# -- texts for guards -----------------------------------------------------------------------------
+
+Path = tuple[str | int, ...]
+
+#: keys whose string values are identifiers or enums, not text a model reads or writes
+NON_TEXT_KEYS = frozenset(
+    {"role", "type", "id", "tool_call_id", "model", "object", "finish_reason", "detail", "format", "url",
+     "image_url", "input_audio", "data", "file_id", "filename", "file_data", "encoding_format", "user",
+     "service_tier", "system_fingerprint", "tool_choice", "reasoning_effort", "stop", "modalities"}
+)  # fmt: skip
+
+
+def _strings(value: Any, path: Path, out: list[tuple[Path, str]]) -> None:
+    """Every string leaf under `value` that is text, with its path."""
+    if isinstance(value, str):
+        if value:
+            out.append((path, value))
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if key not in NON_TEXT_KEYS:
+                _strings(item, (*path, key), out)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _strings(item, (*path, i), out)
+
+
+def request_texts(endpoint: str, body: dict[str, Any]) -> list[tuple[Path, str]]:
+    """Every text of a request the model will read: all roles and parts, tool definitions,
+    tool-call names and arguments, tool results, reasoning; prompts and embedding inputs."""
+    out: list[tuple[Path, str]] = []
+    if endpoint == "chat":
+        _strings(body.get("messages"), ("messages",), out)
+        _strings(body.get("tools"), ("tools",), out)
+        _strings(body.get("functions"), ("functions",), out)
+    elif endpoint == "completions":
+        _strings(body.get("prompt"), ("prompt",), out)
+        _strings(body.get("suffix"), ("suffix",), out)
+    elif endpoint == "embeddings":
+        _strings(body.get("input"), ("input",), out)
+    return out
+
+
+def response_texts(endpoint: str, data: dict[str, Any]) -> list[tuple[Path, str]]:
+    """Every text of a complete answer: message content, refusals, reasoning, tool calls."""
+    out: list[tuple[Path, str]] = []
+    if endpoint in ("chat", "completions"):
+        _strings(data.get("choices"), ("choices",), out)
+    return [(p, t) for p, t in out if "logprobs" not in p]
+
+
+def set_path(obj: Any, path: Path, value: str) -> None:
+    """Replace the string at `path` inside `obj` (copies made by the caller)."""
+    for key in path[:-1]:
+        obj = obj[key]
+    obj[path[-1]] = value
+
+
+def format_path(path: Path) -> str:
+    """('messages', 2, 'content') -> 'messages[2].content'."""
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
+    return out

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import orjson
+
 from sluicegate.audit.events import AuditEvent
 from sluicegate.audit.failures import AuthFailureAggregator
 from sluicegate.errors import ServiceUnavailable
@@ -67,6 +69,7 @@ def event_of(call: Call) -> AuditEvent:
         outcome=call.outcome,
         reason=error.message if error is not None else None,
         rule=error.rule if error is not None else None,
+        guards=_guards(call),
         prompt_tokens=call.prompt_tokens,
         completion_tokens=call.completion_tokens,
         total_tokens=call.total_tokens,
@@ -75,6 +78,13 @@ def event_of(call: Call) -> AuditEvent:
         latency_ms=round(call.elapsed_ms(), 3),
         ttft_ms=round(call.ttft_ms, 3) if call.ttft_ms is not None else None,
     )
+
+
+def _guards(call: Call) -> str | None:
+    state = call.guards
+    if state is None or not state.records:
+        return None
+    return orjson.dumps([r.as_dict() for r in state.records]).decode()
 
 
 def _factory(snapshot: Snapshot, services: Services) -> AuditStage:

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from sluicegate.audit.writer import AuditWriter
     from sluicegate.call import Call
     from sluicegate.config.snapshot import Snapshot
+    from sluicegate.guardrails.base import GuardContext
     from sluicegate.stages.identity import KeyIndex
     from sluicegate.vault import Vault
 
@@ -50,6 +51,8 @@ class Services:
     auth_failures: AuthFailureAggregator = field(default_factory=AuthFailureAggregator)
     #: JWKS documents of the JWT issuers, kept across config reloads
     jwks: JWKSCache = field(default_factory=JWKSCache)
+    #: what guards may use (HTTP session, vault, the gateway's own model calls)
+    guard_context: GuardContext | None = None
 
 
 #: builds a stage for a snapshot, or None when the config does not need it (it then costs nothing)
@@ -72,4 +75,4 @@ def stage_factories() -> dict[str, StageFactory]:
 
 
 def _load_builtins() -> None:
-    from sluicegate.stages import access, accounting, audit, identity, router  # noqa: F401
+    from sluicegate.stages import access, accounting, audit, guardrails, identity, router  # noqa: F401

@@ -54,6 +54,8 @@ audit_events = sa.Table(
     sa.Column("outcome", sa.String(64), nullable=False),
     sa.Column("reason", sa.Text),
     sa.Column("rule", sa.String(200)),
+    #: guard decisions as JSON: guard, kind, action, direction, part, label (never the matched text)
+    sa.Column("guards", sa.Text),
     sa.Column("prompt_tokens", sa.Integer),
     sa.Column("completion_tokens", sa.Integer),
     sa.Column("total_tokens", sa.Integer),

@@ -42,6 +42,25 @@ SYSTEM_FINGERPRINT = "fp_f4ke0c0ffee"
 ECHO_PREFIX = "echo:"
 MODELS_CREATED = 1715367049
 FAULTS = (None, "reset", "hang")
+DEFAULT_MODERATION_MODEL = "omni-moderation-latest"
+#: the categories `omni-moderation` scores
+MODERATION_CATEGORIES: tuple[str, ...] = (
+    "harassment",
+    "harassment/threatening",
+    "hate",
+    "hate/threatening",
+    "illicit",
+    "illicit/violent",
+    "self-harm",
+    "self-harm/intent",
+    "self-harm/instructions",
+    "sexual",
+    "sexual/minors",
+    "violence",
+    "violence/graphic",
+)
+#: a moderation input containing one of these words (any case) is flagged in its category with score 0.9
+MODERATION_TRIGGERS: dict[str, str] = {"kill": "violence", "hate": "hate", "bully": "harassment"}
 
 # A stream piece is a run of whitespace plus the following word ("Hello", " world"); joining gives the text back.
 _PIECE = re.compile(r"\s*\S+|\s+")
@@ -782,6 +801,45 @@ class FakeUpstream:
             obj["usage"] = {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}
         await _send_bytes(send, 200, orjson.dumps(obj), reply.headers)
 
+    async def _moderations(self, data: dict[str, Any], receive: Receive, send: Send) -> None:
+        """Flags an input in a category when it holds that category's word of ``MODERATION_TRIGGERS``.
+
+        A scripted ``Reply`` applies its status, fault, delay, model and headers; its content is not used.
+        """
+        raw = data.get("input")
+        if raw is None:
+            raise _BadRequest("Missing required parameter: 'input'.", "input", "missing_required_parameter")
+        inputs: list[str]
+        if isinstance(raw, str):
+            inputs = [raw]
+        elif isinstance(raw, list) and raw and all(isinstance(x, str) for x in raw):
+            inputs = raw
+        elif isinstance(raw, list) and raw and all(isinstance(x, dict) for x in raw):
+            inputs = [_text_of(raw)]  # multi-modal parts moderate as one input
+        else:
+            raise _BadRequest("'$.input' is invalid. Please check the API reference.", "input", "invalid_value")
+        model = data.get("model", DEFAULT_MODERATION_MODEL)
+        if not isinstance(model, str):
+            raise _BadRequest("Invalid type for 'model': expected a string.", "model", "invalid_type")
+
+        reply = self._next_reply()
+        if not await self._begin(reply, False, receive, send):
+            return
+        results = []
+        for text in inputs:
+            lowered = text.lower()
+            hits = {category for word, category in MODERATION_TRIGGERS.items() if word in lowered}
+            results.append(
+                {
+                    "flagged": bool(hits),
+                    "categories": {c: c in hits for c in MODERATION_CATEGORIES},
+                    "category_scores": {c: 0.9 if c in hits else 0.01 for c in MODERATION_CATEGORIES},
+                    "category_applied_input_types": {c: ["text"] for c in MODERATION_CATEGORIES},
+                }
+            )
+        obj = {"id": "modr-" + _rand(24), "model": reply.model or model, "results": results}
+        await _send_bytes(send, 200, orjson.dumps(obj), reply.headers)
+
     def _model_obj(self, model_id: str) -> dict[str, Any]:
         return {"id": model_id, "object": "model", "created": MODELS_CREATED, "owned_by": "fake-upstream"}
 
@@ -807,6 +865,7 @@ _ROUTES: dict[str, tuple[str, Callable[..., Awaitable[None]] | None]] = {
     "/v1/chat/completions": ("POST", FakeUpstream._chat),
     "/v1/completions": ("POST", FakeUpstream._completions),
     "/v1/embeddings": ("POST", FakeUpstream._embeddings),
+    "/v1/moderations": ("POST", FakeUpstream._moderations),
     "/v1/models": ("GET", None),
 }
 

@@ -33,6 +33,7 @@ def event(i: int) -> AuditEvent:
         outcome="ok",
         reason=None,
         rule=None,
+        guards=None,
         prompt_tokens=1,
         completion_tokens=2,
         total_tokens=3,

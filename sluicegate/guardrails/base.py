@@ -1,0 +1,162 @@
+"""The guard contract, its findings, and the registry of guard kinds.
+
+A guard kind is one module: a settings model (pydantic, `extra="forbid"`, validated when the
+config loads), a class that scans texts and reports `Finding`s, and one `register_guard_kind`
+line. Guards see *normalised* text (see `normalize`) and report offsets into it; the framework
+maps them back, redacts, blocks or flags, and audits kinds and labels, never the matched text.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    from aiohttp import ClientSession
+
+    from sluicegate.config.model import GuardConfig
+    from sluicegate.vault import Vault
+
+Action = Literal["block", "redact", "flag"]
+Direction = Literal["input", "output"]
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One match: which text (by index in the list scanned), where in it, and what it is."""
+
+    index: int
+    start: int
+    end: int
+    #: what matched, as a label safe to audit: `EMAIL`, `aws_access_key`, `deny[2]` - never the text
+    label: str
+    #: a detector's confidence in [0, 1] where it has one (classifiers, judges)
+    score: float | None = None
+
+
+class GuardUnavailable(Exception):
+    """A guard could not run (its service down or too slow); the guard's `on_error` decides."""
+
+
+class GuardSettings(BaseModel):
+    """Base of every guard kind's settings: unknown keys are config errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True, slots=True)
+class GuardContext:
+    """What a guard may use besides its settings; built once by the gateway."""
+
+    #: the gateway's HTTP client session (None until startup)
+    http: Callable[[], ClientSession | None]
+    vault: Vault
+    #: ask a configured model through the gateway's own routing, without guards (no recursion):
+    #: `await complete(model, messages, max_tokens)` -> the answer's text
+    complete: Callable[[str, list[dict[str, object]], int], Awaitable[str]]
+
+
+class Guard:
+    """A configured guard: scans normalised texts and reports findings.
+
+    Local kinds override `scan_text` (one text at a time) or `scan` (the whole request at once,
+    for limits across texts); remote kinds set `remote = True` and override `ascan`.
+    """
+
+    #: the kind's settings model; the registry validates `GuardConfig.settings` with it
+    Settings: ClassVar[type[GuardSettings]] = GuardSettings
+    #: calls a service: scanned off the hot path with `ascan`, bounded by a timeout
+    remote: ClassVar[bool] = False
+    #: False for kinds whose patterns depend on letter case (API keys): they get text without case folding
+    casefold: ClassVar[bool] = True
+
+    def __init__(self, config: GuardConfig, settings: GuardSettings, context: GuardContext) -> None:
+        self.name = config.name
+        self.kind = config.kind
+        self.action: Action = config.action
+        self.config = config
+        self.context = context
+
+    @property
+    def reach(self) -> int | None:
+        """The longest span (characters) a finding can cover; None when it needs the whole text.
+
+        On streams the output is held back by the largest reach of the output guards, so the
+        first tokens are not delayed by more than that.
+        """
+        return None
+
+    def scan_text(self, text: str) -> list[tuple[int, int, str]]:
+        """Matches in one normalised text, as (start, end, label)."""
+        raise NotImplementedError
+
+    def scan(self, texts: Sequence[str]) -> list[Finding]:
+        """Findings across every text of a request.
+
+        The default scans the texts joined by newlines, so a phrase split across two messages or
+        two parts is still found, and maps each match back to the texts it touches.
+        """
+        if len(texts) == 1:
+            return [Finding(0, s, e, label) for s, e, label in self.scan_text(texts[0])]
+        starts = []
+        pos = 0
+        for text in texts:
+            starts.append(pos)
+            pos += len(text) + 1
+        findings = []
+        for s, e, label in self.scan_text("\n".join(texts)):
+            i = bisect_right(starts, s) - 1
+            while i < len(texts) and starts[i] < e:
+                lo = max(s - starts[i], 0)
+                hi = min(e - starts[i], len(texts[i]))
+                if hi > lo or s == e:
+                    findings.append(Finding(i, lo, hi, label))
+                i += 1
+        return findings
+
+    async def ascan(self, texts: Sequence[str]) -> list[Finding]:
+        """Remote kinds: findings across every text (raise `GuardUnavailable` when the service fails)."""
+        return self.scan(texts)
+
+
+GuardFactory = Callable[["GuardConfig", GuardSettings, GuardContext], Guard]
+
+
+@dataclass(frozen=True, slots=True)
+class GuardKind:
+    """A registered `kind:` of the guards config."""
+
+    name: str
+    cls: type[Guard]
+
+
+_KINDS: dict[str, GuardKind] = {}
+
+
+def register_guard_kind(name: str, cls: type[Guard]) -> None:
+    """Make `kind: <name>` available in the guards config."""
+    if name in _KINDS:
+        raise ValueError(f"guard kind {name!r} is registered twice")
+    _KINDS[name] = GuardKind(name, cls)
+
+
+def guard_kinds() -> dict[str, GuardKind]:
+    """Every registered guard kind."""
+    _load_builtins()
+    return _KINDS
+
+
+def _load_builtins() -> None:
+    # Importing a kind's module runs its registration line; missing modules are not built yet.
+    import importlib
+
+    for module in ("regex", "words", "length", "pii", "secrets", "injection", "webhook", "llm_judge", "moderation"):
+        try:
+            importlib.import_module(f"sluicegate.guardrails.{module}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"sluicegate.guardrails.{module}":
+                raise

@@ -1,0 +1,268 @@
+"""Running guards on a call: pick the guards, scan, and block, redact or flag.
+
+`Guardrails` is built once per config snapshot: it constructs every configured guard and, per
+(consumer, model), the input and output guard lists, so a call with no guard attached pays one
+dict lookup. Guards see normalised texts; findings map back to the client's own text, so
+redaction replaces exactly what was sent. The audit gets guard, action, part and label only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from sluicegate.dialects.openai import Path, format_path, request_texts, response_texts, set_path
+from sluicegate.errors import BadRequest, ServiceUnavailable
+from sluicegate.guardrails.base import Finding, Guard, GuardContext, GuardUnavailable, guard_kinds
+from sluicegate.guardrails.normalize import Normalized, normalize
+
+if TYPE_CHECKING:
+    from sluicegate.call import Call
+    from sluicegate.config.model import GatewayConfig, GuardConfig
+    from sluicegate.config.snapshot import Consumer, Route
+
+log = logging.getLogger("sluicegate.guardrails")
+
+
+class Blocked(BadRequest):
+    """A guard refused the call's content."""
+
+    code = "content_blocked"
+    decision = "blocked"
+
+
+class GuardFailed(ServiceUnavailable):
+    """A guard could not run and fails closed."""
+
+    code = "guard_unavailable"
+
+
+@dataclass(frozen=True, slots=True)
+class GuardSet:
+    """The guards of one (consumer, model): what they read and how far a match can reach."""
+
+    input: tuple[Guard, ...]
+    output: tuple[Guard, ...]
+    #: the stream hold-back window in characters; None: hold the whole answer (an unbounded guard)
+    window: int | None
+
+
+@dataclass(slots=True)
+class GuardRecord:
+    """One guard decision, as the audit keeps it (no matched text)."""
+
+    guard: str
+    kind: str
+    action: str
+    direction: str
+    part: str
+    label: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {
+            "guard": self.guard,
+            "kind": self.kind,
+            "action": self.action,
+            "direction": self.direction,
+            "part": self.part,
+            "label": self.label,
+        }
+
+
+@dataclass(slots=True)
+class CallGuards:
+    """Guard state of one call: the set that applies, decisions so far, placeholders made."""
+
+    guards: GuardSet
+    records: list[GuardRecord] = field(default_factory=list)
+    placeholders: dict[tuple[str, str], str] = field(default_factory=dict)
+
+
+def build_guard(config: GuardConfig, context: GuardContext) -> Guard:
+    """Construct one configured guard (raises ValueError with a clear message)."""
+    kind = guard_kinds().get(config.kind)
+    if kind is None:
+        raise ValueError(f"unknown guard kind '{config.kind}' (known: {', '.join(sorted(guard_kinds()))})")
+    settings = kind.cls.Settings.model_validate(config.settings)
+    return kind.cls(config, settings, context)
+
+
+class Guardrails:
+    """The guards of one snapshot, compiled, and the lists that apply per consumer and model."""
+
+    def __init__(self, config: GatewayConfig, context: GuardContext) -> None:
+        self.guards = {g.name: build_guard(g, context) for g in config.guards}
+        self._sets: dict[tuple[str, str], GuardSet | None] = {}
+
+    def for_call(self, consumer: Consumer, route: Route) -> GuardSet | None:
+        """The guards of this consumer (and its groups) and this model; None when there are none."""
+        key = (consumer.name, route.name)
+        try:
+            return self._sets[key]
+        except KeyError:
+            pass
+        names = list(dict.fromkeys([*consumer.guards, *route.config.guards]))
+        guards = [self.guards[n] for n in names if n in self.guards]
+        inputs = tuple(g for g in guards if g.config.applies_to in ("input", "both"))
+        outputs = tuple(g for g in guards if g.config.applies_to in ("output", "both"))
+        reaches = [g.reach for g in outputs]
+        window = None if None in reaches else max((r for r in reaches if r is not None), default=0)
+        result = GuardSet(inputs, outputs, window) if guards else None
+        if len(self._sets) > 10_000:
+            self._sets.clear()
+        self._sets[key] = result
+        return result
+
+
+async def run_guards(
+    state: CallGuards, guards: Sequence[Guard], texts: Sequence[str], direction: str
+) -> tuple[list[tuple[Guard, Finding]], dict[bool | None, list[Normalized]]]:
+    """Scan `texts` with `guards`; raise `Blocked` on a block, `GuardFailed` when one fails closed."""
+    norms: dict[bool | None, list[Normalized]] = {}
+    hits: list[tuple[Guard, Finding]] = []
+    for guard in guards:
+        # Remote services get the text as sent (they do their own analysis); local rules match
+        # on normalised text. The key is the variant, so each is computed once per request.
+        variant = None if guard.remote else guard.casefold
+        normalized = norms.get(variant)
+        if normalized is None:
+            normalized = norms[variant] = (
+                [Normalized(t, None, t) for t in texts]
+                if variant is None
+                else [normalize(t, casefold=variant) for t in texts]
+            )
+        plain = [n.text for n in normalized]
+        try:
+            if guard.remote:
+                findings = await asyncio.wait_for(guard.ascan(plain), guard.config.timeout_s)
+            else:
+                findings = guard.scan(plain)
+        except (GuardUnavailable, TimeoutError, OSError) as exc:
+            reason = "timed out" if isinstance(exc, TimeoutError) else "is unavailable"
+            if guard.config.on_error == "block":
+                raise GuardFailed(
+                    f"Guard '{guard.name}' {reason}; the call is refused", rule=f"guards.{guard.name}"
+                ) from None
+            log.warning("guard %s %s; its on_error lets the call through", guard.name, reason)
+            state.records.append(GuardRecord(guard.name, guard.kind, "error_allowed", direction, "", reason))
+            continue
+        for finding in findings:
+            hits.append((guard, finding))
+        if findings and guard.action == "block":
+            for finding in findings:
+                state.records.append(
+                    GuardRecord(guard.name, guard.kind, "block", direction, str(finding.index), finding.label)
+                )
+            raise Blocked(
+                f"Blocked by guard '{guard.name}': the {direction} contains {findings[0].label}",
+                rule=f"guards.{guard.name}",
+            )
+    return hits, norms
+
+
+def placeholder(state: CallGuards, label: str, original: str) -> str:
+    """A stable placeholder per (label, value) within one call: `<EMAIL_1>`."""
+    key = (label, original)
+    token = state.placeholders.get(key)
+    if token is None:
+        n = sum(1 for lab, _ in state.placeholders if lab == label) + 1
+        token = state.placeholders[key] = f"<{label.upper()}_{n}>"
+    return token
+
+
+def apply_redactions(
+    state: CallGuards,
+    texts: Sequence[str],
+    hits: list[tuple[Guard, Finding]],
+    norms: dict[bool | None, list[Normalized]],
+) -> dict[int, str]:
+    """The new text of every part that a `redact` guard matched (others unchanged)."""
+    spans: dict[int, list[tuple[int, int, str]]] = {}
+    for guard, finding in hits:
+        if guard.action != "redact":
+            continue
+        variant = None if guard.remote else guard.casefold
+        start, end = norms[variant][finding.index].span(finding.start, finding.end)
+        spans.setdefault(finding.index, []).append((start, end, finding.label))
+    out: dict[int, str] = {}
+    for index, items in spans.items():
+        text = texts[index]
+        merged: list[tuple[int, int, str]] = []
+        for start, end, label in sorted(items):
+            if merged and start < merged[-1][1]:
+                last = merged[-1]
+                merged[-1] = (last[0], max(last[1], end), last[2])
+            else:
+                merged.append((start, end, label))
+        pieces = []
+        pos = 0
+        for start, end, label in merged:
+            pieces.append(text[pos:start])
+            pieces.append(placeholder(state, label, text[start:end]))
+            pos = end
+        pieces.append(text[pos:])
+        out[index] = "".join(pieces)
+    return out
+
+
+def _record(state: CallGuards, hits: list[tuple[Guard, Finding]], paths: Sequence[Path], direction: str) -> None:
+    for guard, finding in hits:
+        part = format_path(paths[finding.index]) if finding.index < len(paths) else str(finding.index)
+        state.records.append(GuardRecord(guard.name, guard.kind, guard.action, direction, part, finding.label))
+
+
+async def check_request(call: Call, state: CallGuards) -> None:
+    """Input guards on every text of the request; redactions replace `call.body` with a copy."""
+    body = call.body
+    if body is None or not state.guards.input:
+        return
+    refs = request_texts(call.endpoint, body)
+    if not refs:
+        return
+    paths = [p for p, _ in refs]
+    texts = [t for _, t in refs]
+    try:
+        hits, norms = await run_guards(state, state.guards.input, texts, "input")
+    except Blocked:
+        _fix_parts(state, paths)
+        raise
+    _record(state, hits, paths, "input")
+    redacted = apply_redactions(state, texts, hits, norms)
+    if redacted:
+        # The client's parsed body stays untouched; the redacted copy is what goes upstream.
+        new_body = copy.deepcopy(body)
+        for index, text in redacted.items():
+            set_path(new_body, paths[index], text)
+        call.body = new_body
+
+
+async def check_answer(call: Call, state: CallGuards, data: dict[str, Any]) -> bool:
+    """Output guards on a complete answer; True when `data` was changed (redacted)."""
+    if not state.guards.output:
+        return False
+    refs = response_texts(call.endpoint, data)
+    if not refs:
+        return False
+    paths = [p for p, _ in refs]
+    texts = [t for _, t in refs]
+    try:
+        hits, norms = await run_guards(state, state.guards.output, texts, "output")
+    except Blocked:
+        _fix_parts(state, paths)
+        raise
+    _record(state, hits, paths, "output")
+    redacted = apply_redactions(state, texts, hits, norms)
+    for index, text in redacted.items():
+        set_path(data, paths[index], text)
+    return bool(redacted)
+
+
+def _fix_parts(state: CallGuards, paths: Sequence[Path]) -> None:
+    # Block records carry the text index until the paths are known here.
+    for record in state.records:
+        if record.part.isdigit() and int(record.part) < len(paths):
+            record.part = format_path(paths[int(record.part)])

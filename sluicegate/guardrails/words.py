@@ -1,0 +1,107 @@
+"""Guard kind `words`: a word list matched as whole words (or whole phrases) in normalised text.
+
+The words are normalised like the texts (NFKC, case folding, confusables) and compiled into one
+trie-shaped pattern when the config loads, so a long list costs little more than a short one.
+Findings are labelled `words[i]` (the entry's index in `words`), never with the matched text.
+"""
+
+from __future__ import annotations
+
+import re
+
+from pydantic import Field, field_validator
+
+from sluicegate.config.model import GuardConfig
+from sluicegate.guardrails.base import Guard, GuardContext, GuardSettings, register_guard_kind
+from sluicegate.guardrails.normalize import normalize
+
+#: the whitespace a phrase's words may have between them in the text
+MAX_GAP_CHARS = 8
+MAX_WORD_CHARS = 256
+
+
+class WordsSettings(GuardSettings):
+    """Settings of a `words` guard."""
+
+    #: words or phrases; a phrase matches with any run of whitespace between its words
+    words: list[str] = Field(min_length=1)
+
+    @field_validator("words")
+    @classmethod
+    def _not_blank(cls, words: list[str]) -> list[str]:
+        for i, word in enumerate(words):
+            if not normalize(word).text.split():
+                raise ValueError(f"word [{i}] is blank")
+            if len(word) > MAX_WORD_CHARS:
+                raise ValueError(f"word [{i}] is longer than {MAX_WORD_CHARS} characters")
+        return words
+
+
+class WordsGuard(Guard):
+    """Finds the listed words and phrases where they stand as whole words."""
+
+    Settings = WordsSettings
+
+    def __init__(self, config: GuardConfig, settings: GuardSettings, context: GuardContext) -> None:
+        super().__init__(config, settings, context)
+        if not isinstance(settings, WordsSettings):
+            raise TypeError(f"a words guard needs WordsSettings, not {type(settings).__name__}")
+        self.settings = settings
+        #: normalised phrase (words joined by one space) -> index of its first entry in `words`
+        self._index: dict[str, int] = {}
+        for i, word in enumerate(settings.words):
+            self._index.setdefault(" ".join(normalize(word).text.split()), i)
+        phrases = list(self._index)
+        # Whole words by lookaround rather than \b, so entries that start or end with a symbol
+        # (`c++`, `.env`) still need a non-word character (or the text's edge) beside them.
+        self._pattern = re.compile(rf"(?<!\w)(?:{_trie_pattern(phrases)})(?!\w)", re.IGNORECASE)
+        self._reach = max(len(p) + p.count(" ") * (MAX_GAP_CHARS - 1) for p in phrases)
+
+    @property
+    def reach(self) -> int | None:
+        """The longest entry, with the widest whitespace its words may have between them."""
+        return self._reach
+
+    def scan_text(self, text: str) -> list[tuple[int, int, str]]:
+        """Whole-word occurrences of the listed words and phrases in `text`."""
+        found: list[tuple[int, int, str]] = []
+        for m in self._pattern.finditer(text):
+            index = self._index.get(" ".join(m.group().casefold().split()))
+            if index is not None:
+                found.append((m.start(), m.end(), f"words[{index}]"))
+        return found
+
+
+def _trie_pattern(phrases: list[str]) -> str:
+    """One pattern matching any of `phrases`, shaped as a trie: alternatives share their prefixes."""
+    root = _Node()
+    for phrase in phrases:
+        node = root
+        for char in phrase:  # a space stands for the gap between a phrase's words
+            node = node.children.setdefault(char, _Node())
+        node.is_end = True
+    return root.render()
+
+
+class _Node:
+    __slots__ = ("children", "is_end")
+
+    def __init__(self) -> None:
+        self.children: dict[str, _Node] = {}
+        self.is_end = False
+
+    def render(self) -> str:
+        branches = [
+            (rf"\s{{1,{MAX_GAP_CHARS}}}" if char == " " else re.escape(char)) + child.render()
+            for char, child in self.children.items()
+        ]
+        if not branches:
+            return ""
+        body = branches[0] if len(branches) == 1 else "(?:" + "|".join(branches) + ")"
+        # Greedy: a longer entry is tried before stopping at the shorter one that ends here.
+        return f"(?:{body})?" if self.is_end else body
+
+
+register_guard_kind("words", WordsGuard)
+
+__all__ = ["WordsGuard", "WordsSettings"]

