@@ -192,7 +192,11 @@ async def relay_json(call: Call, resp: aiohttp.ClientResponse, send: Send) -> No
             call.usage_text = _answer_texts(data)
         guards = call.guards
         # Output guards see the answer before any of it is sent; usage is already accounted.
-        if guards is not None and guards.guards.output and await check_answer(call, guards, data):
+        if (
+            guards is not None
+            and (guards.guards.output or guards.restorable)
+            and await check_answer(call, guards, data)
+        ):
             raw = orjson.dumps(data)
     call.ttft_ms = call.elapsed_ms()
     call.status = 200

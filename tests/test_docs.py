@@ -42,6 +42,16 @@ def test_every_setting_is_documented() -> None:
             assert field in example and f"`{field}`" in README, field
 
 
+def test_every_guard_kind_and_guard_setting_is_documented() -> None:
+    from sluicegate.config.model import GuardConfig
+    from sluicegate.guardrails.base import guard_kinds
+
+    for kind in guard_kinds():
+        assert f"`{kind}`" in README, kind
+    for name in GuardConfig.model_fields:
+        assert f"`{name}`" in README, name
+
+
 def test_every_cli_command_is_documented() -> None:
     runner = CliRunner()
     for group, commands in {"": main.commands}.items():

@@ -65,6 +65,11 @@ class GuardConfig(_Strict):
     #: when the guard cannot run (service down, timeout): `block` fails closed, `allow` fails open
     on_error: Literal["block", "allow"] = "block"
     timeout_s: float = Field(5.0, gt=0, le=120)
+    #: also scan the decoded form of base64-looking runs (16+ characters) in the text
+    decode_base64: bool = False
+    #: with `action: redact` on input: put the original values back where the answer repeats
+    #: their placeholders (non-streamed answers), so the provider never sees them but the client does
+    restore: bool = False
     #: the kind's own settings, validated by the kind
     settings: dict[str, Any] = Field(default_factory=dict)
 

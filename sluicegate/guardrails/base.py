@@ -73,6 +73,8 @@ class Guard:
     remote: ClassVar[bool] = False
     #: False for kinds whose patterns depend on letter case (API keys): they get text without case folding
     casefold: ClassVar[bool] = True
+    #: True when `scan` takes long (a model): the engine runs it in a worker thread, off the event loop
+    blocking: bool = False
 
     def __init__(self, config: GuardConfig, settings: GuardSettings, context: GuardContext) -> None:
         self.name = config.name

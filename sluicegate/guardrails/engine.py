@@ -9,8 +9,11 @@ redaction replaces exactly what was sent. The audit gets guard, action, part and
 from __future__ import annotations
 
 import asyncio
+import base64
 import copy
 import logging
+import re
+from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -49,6 +52,8 @@ class GuardSet:
     output: tuple[Guard, ...]
     #: the stream hold-back window in characters; None: hold the whole answer (an unbounded guard)
     window: int | None
+    #: an input `redact` guard asks for its placeholders to be restored in the answer
+    restore: bool = False
 
 
 @dataclass(slots=True)
@@ -80,6 +85,8 @@ class CallGuards:
     guards: GuardSet
     records: list[GuardRecord] = field(default_factory=list)
     placeholders: dict[tuple[str, str], str] = field(default_factory=dict)
+    #: placeholder -> original value, for the guards with `restore: true`
+    restorable: dict[str, str] = field(default_factory=dict)
 
 
 def build_guard(config: GuardConfig, context: GuardContext) -> Guard:
@@ -111,7 +118,8 @@ class Guardrails:
         outputs = tuple(g for g in guards if g.config.applies_to in ("output", "both"))
         reaches = [g.reach for g in outputs]
         window = None if None in reaches else max((r for r in reaches if r is not None), default=0)
-        result = GuardSet(inputs, outputs, window) if guards else None
+        restore = any(g.config.restore and g.action == "redact" for g in inputs)
+        result = GuardSet(inputs, outputs, window, restore) if guards else None
         if len(self._sets) > 10_000:
             self._sets.clear()
         self._sets[key] = result
@@ -139,8 +147,12 @@ async def run_guards(
         try:
             if guard.remote:
                 findings = await asyncio.wait_for(guard.ascan(plain), guard.config.timeout_s)
+            elif guard.blocking:
+                findings = await asyncio.to_thread(guard.scan, plain)
             else:
                 findings = guard.scan(plain)
+            if not guard.remote and guard.config.decode_base64:
+                findings += _scan_base64(guard, texts, normalized)
         except (GuardUnavailable, TimeoutError, OSError) as exc:
             reason = "timed out" if isinstance(exc, TimeoutError) else "is unavailable"
             if guard.config.on_error == "block":
@@ -164,6 +176,31 @@ async def run_guards(
     return hits, norms
 
 
+_BASE64 = re.compile(r"(?<![A-Za-z0-9+/=])[A-Za-z0-9+/]{16,}={0,2}(?![A-Za-z0-9+/=])")
+
+
+def _scan_base64(guard: Guard, texts: Sequence[str], normalized: list[Normalized]) -> list[Finding]:
+    """Findings in the decoded form of base64 runs, reported over the whole run."""
+    out: list[Finding] = []
+    for index, text in enumerate(texts):
+        for match in _BASE64.finditer(text):
+            try:
+                decoded = base64.b64decode(match.group(), validate=True).decode("utf-8")
+            except (ValueError, UnicodeDecodeError):
+                continue
+            inner = normalize(decoded, casefold=guard.casefold).text
+            found = guard.scan([inner])
+            if not found:
+                continue
+            # The run is found in the client's text; map it onto the normalised text guards use.
+            origin = normalized[index].origin
+            start, end = match.span()
+            if origin is not None:
+                start, end = bisect_left(origin, start), bisect_left(origin, end)
+            out.extend(Finding(index, start, end, f"{f.label}:base64", f.score) for f in found)
+    return out
+
+
 def placeholder(state: CallGuards, label: str, original: str) -> str:
     """A stable placeholder per (label, value) within one call: `<EMAIL_1>`."""
     key = (label, original)
@@ -181,28 +218,31 @@ def apply_redactions(
     norms: dict[bool | None, list[Normalized]],
 ) -> dict[int, str]:
     """The new text of every part that a `redact` guard matched (others unchanged)."""
-    spans: dict[int, list[tuple[int, int, str]]] = {}
+    spans: dict[int, list[tuple[int, int, str, bool]]] = {}
     for guard, finding in hits:
         if guard.action != "redact":
             continue
         variant = None if guard.remote else guard.casefold
         start, end = norms[variant][finding.index].span(finding.start, finding.end)
-        spans.setdefault(finding.index, []).append((start, end, finding.label))
+        spans.setdefault(finding.index, []).append((start, end, finding.label, guard.config.restore))
     out: dict[int, str] = {}
     for index, items in spans.items():
         text = texts[index]
-        merged: list[tuple[int, int, str]] = []
-        for start, end, label in sorted(items):
+        merged: list[tuple[int, int, str, bool]] = []
+        for start, end, label, restore in sorted(items):
             if merged and start < merged[-1][1]:
                 last = merged[-1]
-                merged[-1] = (last[0], max(last[1], end), last[2])
+                merged[-1] = (last[0], max(last[1], end), last[2], last[3] and restore)
             else:
-                merged.append((start, end, label))
+                merged.append((start, end, label, restore))
         pieces = []
         pos = 0
-        for start, end, label in merged:
+        for start, end, label, restore in merged:
             pieces.append(text[pos:start])
-            pieces.append(placeholder(state, label, text[start:end]))
+            token = placeholder(state, label, text[start:end])
+            if restore:
+                state.restorable[token] = text[start:end]
+            pieces.append(token)
             pos = end
         pieces.append(text[pos:])
         out[index] = "".join(pieces)
@@ -241,24 +281,32 @@ async def check_request(call: Call, state: CallGuards) -> None:
 
 
 async def check_answer(call: Call, state: CallGuards, data: dict[str, Any]) -> bool:
-    """Output guards on a complete answer; True when `data` was changed (redacted)."""
-    if not state.guards.output:
-        return False
+    """Output guards on a complete answer, then placeholders restored; True when `data` changed."""
     refs = response_texts(call.endpoint, data)
     if not refs:
         return False
     paths = [p for p, _ in refs]
     texts = [t for _, t in refs]
-    try:
-        hits, norms = await run_guards(state, state.guards.output, texts, "output")
-    except Blocked:
-        _fix_parts(state, paths)
-        raise
-    _record(state, hits, paths, "output")
-    redacted = apply_redactions(state, texts, hits, norms)
-    for index, text in redacted.items():
+    changed: dict[int, str] = {}
+    if state.guards.output:
+        try:
+            hits, norms = await run_guards(state, state.guards.output, texts, "output")
+        except Blocked:
+            _fix_parts(state, paths)
+            raise
+        _record(state, hits, paths, "output")
+        changed = apply_redactions(state, texts, hits, norms)
+    if state.restorable:
+        for index, original in enumerate(texts):
+            text = changed.get(index, original)
+            for token, value in state.restorable.items():
+                if token in text:
+                    text = text.replace(token, value)
+            if text != original:
+                changed[index] = text
+    for index, text in changed.items():
         set_path(data, paths[index], text)
-    return bool(redacted)
+    return bool(changed)
 
 
 def _fix_parts(state: CallGuards, paths: Sequence[Path]) -> None:

@@ -74,8 +74,11 @@ Span = tuple[int, int]
 class PiiSettings(GuardSettings):
     """Settings of a `pii` guard."""
 
-    #: which entities to look for; default: all (PERSON, LOCATION, ORGANIZATION need Presidio)
-    entities: list[Entity] = Field(default_factory=lambda: list(ENTITIES), min_length=1)
+    #: which entities to look for; default: every pattern entity. PERSON, LOCATION and
+    #: ORGANIZATION (Presidio's NER, several ms per text, run off the event loop) are opt-in
+    entities: list[Entity] = Field(
+        default_factory=lambda: [e for e in ENTITIES if e not in NER_ENTITIES], min_length=1
+    )
     #: a match that one of these (case-insensitive) finds in the matched text is not a finding,
     #: e.g. `@example\\.com$` lets documentation addresses through
     allow: list[str] = Field(default_factory=list)
@@ -120,6 +123,8 @@ class PiiGuard(Guard):
         self._analyzer: NerAnalyzer | None = None
         if self._ner_entities:
             self._analyzer = _load_analyzer(self.name, self._ner_entities)
+            # NER takes milliseconds per text: the engine runs this guard in a worker thread.
+            self.blocking = self._analyzer is not None
 
     @property
     def reach(self) -> int | None:

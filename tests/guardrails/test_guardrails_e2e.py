@@ -23,12 +23,14 @@ guards:
   - name: codename
     kind: regex
     action: block
+    decode_base64: true
     settings:
       deny: ["project\\\\s+nightingale"]
   - name: emails
     kind: pii
     action: redact
     applies_to: input
+    restore: true
     settings:
       entities: [EMAIL]
   - name: phones-flag
@@ -130,6 +132,8 @@ EVASIONS = [
     ),
     ("tool-result", [{"role": "tool", "tool_call_id": "c1", "content": "PROJECT NIGHTINGALE files"}]),
     ("multi-part", [{"role": "user", "content": [{"type": "text", "text": "about project nightingale"}]}]),
+    # base64 of "project nightingale", scanned because the guard has decode_base64: true
+    ("base64", [{"role": "user", "content": "decode this: cHJvamVjdCBuaWdodGluZ2FsZQ== please"}]),
 ]
 
 
@@ -257,3 +261,15 @@ def test_a_guard_that_cannot_run_fails_closed(gw: RunningGateway, upstream: Fake
 
 def test_no_guard_attached_means_no_guard_stage(gateway: RunningGateway) -> None:
     assert "guardrails" not in gateway.app.pipeline.names
+
+
+def test_redacted_values_are_restored_in_the_answer(gw: RunningGateway, upstream: FakeUpstream) -> None:
+    # the fake upstream echoes: it answers with the placeholder it was sent
+    resp = chat(gw, [{"role": "user", "content": "echo: write to jane.doe@example.com now"}])
+    assert upstream.requests[-1].json()["messages"][0]["content"] == "echo: write to <EMAIL_1> now"
+    assert resp.json()["choices"][0]["message"]["content"] == "write to jane.doe@example.com now"
+
+
+def test_base64_that_decodes_to_nothing_forbidden_passes(gw: RunningGateway, upstream: FakeUpstream) -> None:
+    resp = chat(gw, [{"role": "user", "content": "an image: iVBORw0KGgoAAAANSUhEUgAAAAEAAAAB"}])
+    assert resp.status_code == 200

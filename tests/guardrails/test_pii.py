@@ -126,9 +126,16 @@ def test_without_presidio_ner_entities_are_skipped_with_one_warning(
 ) -> None:
     monkeypatch.setattr(pii, "ner_available", lambda: False)
     with caplog.at_level(logging.WARNING, logger="sluicegate.guardrails.pii"):
-        guard = make("pii")
+        guard = make("pii", entities=["PERSON", "LOCATION", "ORGANIZATION", "EMAIL"])
     assert len(caplog.records) == 1
     assert "PERSON, LOCATION, ORGANIZATION" in caplog.records[0].getMessage()
+    assert labels(guard, "John Smith lives in Paris, mail js@corp.io") == ["EMAIL"]
+
+
+def test_ner_is_opt_in() -> None:
+    # the default is every pattern entity: no NER model loaded, nothing run in a thread
+    guard = make("pii")
+    assert not guard.blocking
     assert labels(guard, "John Smith lives in Paris, mail js@corp.io") == ["EMAIL"]
 
 
@@ -136,6 +143,7 @@ def test_without_presidio_ner_entities_are_skipped_with_one_warning(
 def test_presidio_finds_names_places_and_organisations() -> None:
     guard = make("pii", entities=["PERSON", "LOCATION", "ORGANIZATION", "EMAIL"])
     text = "My name is John Smith, I live in Paris and work at Microsoft; mail js@corp.io"
+    assert guard.blocking  # NER runs off the event loop
     found = labels(guard, text)
     assert {"PERSON", "LOCATION", "ORGANIZATION", "EMAIL"} <= set(found)
     assert matched(guard, text)[0] == "John Smith"
