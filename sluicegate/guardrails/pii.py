@@ -76,9 +76,7 @@ class PiiSettings(GuardSettings):
 
     #: which entities to look for; default: every pattern entity. PERSON, LOCATION and
     #: ORGANIZATION (Presidio's NER, several ms per text, run off the event loop) are opt-in
-    entities: list[Entity] = Field(
-        default_factory=lambda: [e for e in ENTITIES if e not in NER_ENTITIES], min_length=1
-    )
+    entities: list[Entity] = Field(default_factory=lambda: [e for e in ENTITIES if e not in NER_ENTITIES], min_length=1)
     #: a match that one of these (case-insensitive) finds in the matched text is not a finding,
     #: e.g. `@example\\.com$` lets documentation addresses through
     allow: list[str] = Field(default_factory=list)
