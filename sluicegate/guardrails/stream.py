@@ -1,54 +1,85 @@
 """Output guards on a stream: a bounded hold-back window, scanned as the answer arrives.
 
 Events are held until the text they carry is more than `window` characters (the largest reach of
-the output guards) behind the newest text, so a match can still be stopped before any of it
-reaches the client; the first tokens wait for at most `window` characters. A guard without a
-bounded reach holds the whole answer. On a match `feed` raises `Blocked`: the relay then ends
-the stream with an error event and cancels the upstream.
+the output guards) behind the newest text, so a match is always found while all of it is still
+held: a block stops the stream before any of it reaches the client, a redaction rewrites the held
+events. The first tokens wait for at most `window` characters; a guard without a bounded reach
+holds the whole answer. On a block `feed` raises `Blocked`: the relay then ends the stream with
+an error event and cancels the upstream.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from sluicegate.guardrails.engine import Blocked, CallGuards, GuardRecord, run_guards
+from sluicegate.dialects.openai import Path, set_path
+from sluicegate.guardrails.engine import Blocked, CallGuards, GuardRecord, placeholder, run_guards
 
 if TYPE_CHECKING:
     from sluicegate.guardrails.base import Guard
 
 
-def _delta_texts(data: dict[str, Any]) -> list[tuple[str, str]]:
-    """(channel, text) pairs an OpenAI stream chunk adds: content, refusal, reasoning, tool calls."""
-    out: list[tuple[str, str]] = []
-    for choice in data.get("choices") or ():
+def _delta_texts(data: dict[str, Any]) -> list[tuple[str, Path, str]]:
+    """(channel, path, text) an OpenAI stream chunk adds: content, refusal, reasoning, tool calls."""
+    out: list[tuple[str, Path, str]] = []
+    for ci, choice in enumerate(data.get("choices") or ()):
         if not isinstance(choice, dict):
             continue
         index = choice.get("index", 0)
         text = choice.get("text")
         if isinstance(text, str) and text:
-            out.append((f"{index}.text", text))
+            out.append((f"{index}.text", ("choices", ci, "text"), text))
         delta = choice.get("delta")
         if not isinstance(delta, dict):
             continue
         for key in ("content", "refusal", "reasoning_content"):
             value = delta.get(key)
             if isinstance(value, str) and value:
-                out.append((f"{index}.{key}", value))
-        for call in delta.get("tool_calls") or ():
+                out.append((f"{index}.{key}", ("choices", ci, "delta", key), value))
+        for k, call in enumerate(delta.get("tool_calls") or ()):
             fn = call.get("function") if isinstance(call, dict) else None
             if isinstance(fn, dict):
                 for key in ("name", "arguments"):
                     value = fn.get(key)
                     if isinstance(value, str) and value:
-                        out.append((f"{index}.tool_calls[{call.get('index', 0)}].{key}", value))
+                        channel = f"{index}.tool_calls[{call.get('index', 0)}].{key}"
+                        out.append((channel, ("choices", ci, "delta", "tool_calls", k, "function", key), value))
     return out
 
 
+@dataclass(slots=True)
+class _Piece:
+    """A piece of a channel's text carried by one held event, and where it sits in the event."""
+
+    channel: str
+    path: Path
+    start: int
+    text: str
+
+
+@dataclass(slots=True)
+class _Held:
+    """An event not yet sent; `data` is kept to rewrite it when a redaction touches it."""
+
+    raw: bytes
+    data: dict[str, Any] | None
+    pieces: list[_Piece] = field(default_factory=list)
+    dirty: bool = False
+
+    def encode(self) -> bytes:
+        if not self.dirty or self.data is None:
+            return self.raw
+        for piece in self.pieces:
+            set_path(self.data, piece.path, piece.text)
+        return b"data: " + orjson.dumps(self.data) + b"\n\n"
+
+
 class StreamGuard:
-    """Holds back and scans the events of one streamed answer."""
+    """Holds back, scans and (for `redact`) rewrites the events of one streamed answer."""
 
     def __init__(self, state: CallGuards, guards: tuple[Guard, ...], window: int | None) -> None:
         self.state = state
@@ -56,27 +87,27 @@ class StreamGuard:
         self.window = window
         self._text: dict[str, str] = {}
         self._scanned: dict[str, int] = {}
-        #: held events, each with the text end it needs scanned past `window` before release
-        self._held: deque[tuple[bytes, dict[str, int]]] = deque()
+        self._held: deque[_Held] = deque()
         self._seen: set[tuple[str, str, int, str]] = set()
 
     async def feed(self, event: bytes) -> list[bytes]:
         """Take one SSE event; return the events that may go to the client now."""
-        needs: dict[str, int] = {}
+        held = _Held(event, None)
         if event.startswith(b"data: {"):
             try:
                 data = orjson.loads(event[6:])
             except orjson.JSONDecodeError:
                 data = None
             if isinstance(data, dict):
-                for channel, piece in _delta_texts(data):
-                    text = self._text.get(channel, "") + piece
-                    self._text[channel] = text
-                    needs[channel] = len(text)
-        self._held.append((event, needs))
+                held.data = data
+                for channel, path, piece in _delta_texts(data):
+                    text = self._text.get(channel, "")
+                    held.pieces.append(_Piece(channel, path, len(text), piece))
+                    self._text[channel] = text + piece
+        self._held.append(held)
         if self.window is None:
             return []
-        for channel in needs:
+        for channel in {p.channel for p in held.pieces}:
             await self._scan(channel, final=False)
         return self._release()
 
@@ -84,52 +115,77 @@ class StreamGuard:
         """End of the answer: scan what is left and release every held event."""
         for channel in list(self._text):
             await self._scan(channel, final=True)
-        out = [event for event, _ in self._held]
+        out = [held.encode() for held in self._held]
         self._held.clear()
         return out
 
     async def _scan(self, channel: str, *, final: bool) -> None:
         text = self._text[channel]
         done = self._scanned.get(channel, 0)
-        window = self.window
-        if window is None:
-            start = 0
-        else:
-            # Rescan the last `window` characters: a match may straddle the previous scan's end.
-            start = max(0, done - window)
         if len(text) <= done and not final:
             return
-        region = text[start:]
+        # Rescan the last `window` characters: a match may straddle the previous scan's end.
+        start = 0 if self.window is None else max(0, done - self.window)
         before = len(self.state.records)
         try:
-            hits, _ = await run_guards(self.state, self.guards, [region], "output")
+            hits, norms = await run_guards(self.state, self.guards, [text[start:]], "output")
         except Blocked:
             for record in self.state.records[before:]:
                 record.part = channel
             raise
+        redactions: list[tuple[int, int, str]] = []
         for guard, finding in hits:
-            key = (guard.name, channel, start + finding.start, finding.label)
+            variant = None if guard.remote else guard.casefold
+            s, e = norms[variant][0].span(finding.start, finding.end)
+            key = (guard.name, channel, start + s, finding.label)
             if key in self._seen:
                 continue
             self._seen.add(key)
-            # `redact` on a stream is applied as a block: the text cannot be recalled once sent, and
-            # the held window is rewritten nowhere else; a block is the safe reading of the rule.
-            action = "flag" if guard.action == "flag" else "block"
-            self.state.records.append(GuardRecord(guard.name, guard.kind, action, "output", channel, finding.label))
-            if action == "block":
-                raise Blocked(
-                    f"Blocked by guard '{guard.name}': the output contains {finding.label}",
-                    rule=f"guards.{guard.name}",
-                )
-        self._scanned[channel] = len(text)
+            self.state.records.append(
+                GuardRecord(guard.name, guard.kind, guard.action, "output", channel, finding.label)
+            )
+            if guard.action == "redact":
+                redactions.append((start + s, start + e, finding.label))
+        # Later spans first, so earlier offsets stay valid while the text is rewritten.
+        for s, e, label in sorted(redactions, reverse=True):
+            self._redact(channel, s, e, label)
+        self._scanned[channel] = len(self._text[channel])
+
+    def _redact(self, channel: str, s: int, e: int, label: str) -> None:
+        text = self._text[channel]
+        if s >= e or e > len(text):
+            return
+        token = placeholder(self.state, label, text[s:e])
+        self._text[channel] = text[:s] + token + text[e:]
+        # Held pieces of a channel are its text's tail, in order: rewrite the ones the span
+        # touches (the first gets the placeholder), then lay them out again from where they began.
+        pieces = [p for held in self._held for p in held.pieces if p.channel == channel]
+        if not pieces or pieces[0].start > s:
+            return  # cannot happen while window >= reach: the match would have been released
+        placed = False
+        for held in self._held:
+            for piece in held.pieces:
+                if piece.channel != channel:
+                    continue
+                end = piece.start + len(piece.text)
+                if end <= s or piece.start >= e:
+                    continue
+                lo, hi = max(s, piece.start) - piece.start, min(e, end) - piece.start
+                piece.text = piece.text[:lo] + ("" if placed else token) + piece.text[hi:]
+                placed = True
+                held.dirty = True
+        pos = pieces[0].start
+        for piece in pieces:
+            piece.start = pos
+            pos += len(piece.text)
 
     def _release(self) -> list[bytes]:
         window = self.window or 0
         out = []
         while self._held:
-            event, needs = self._held[0]
-            if any(end > self._scanned.get(ch, 0) - window for ch, end in needs.items()):
+            held = self._held[0]
+            if any(p.start + len(p.text) > self._scanned.get(p.channel, 0) - window for p in held.pieces):
                 break
-            out.append(event)
+            out.append(held.encode())
             self._held.popleft()
         return out

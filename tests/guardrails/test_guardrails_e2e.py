@@ -273,3 +273,20 @@ def test_redacted_values_are_restored_in_the_answer(gw: RunningGateway, upstream
 def test_base64_that_decodes_to_nothing_forbidden_passes(gw: RunningGateway, upstream: FakeUpstream) -> None:
     resp = chat(gw, [{"role": "user", "content": "an image: iVBORw0KGgoAAAANSUhEUgAAAAEAAAAB"}])
     assert resp.status_code == 200
+
+
+def test_stream_redaction_rewrites_the_held_events(gw: RunningGateway, upstream: FakeUpstream) -> None:
+    filler = " ".join(f"w{i}" for i in range(120))
+    upstream.enqueue(Reply(content=f"{filler} write to ops.team@corp.io or ops.team@corp.io today {filler}"))
+    client = openai.OpenAI(base_url=gw.url + "/v1", api_key=gw.keys["alice"], max_retries=0)
+    chunks = list(
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}], stream=True)
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == f"{filler} write to <EMAIL_1> or <EMAIL_1> today {filler}"
+    event = gw.last_audit()
+    assert event["decision"] == "allowed"
+    assert [(r["guard"], r["action"], r["part"]) for r in guards_of(event)] == [
+        ("answer-emails", "redact", "0.content"),
+        ("answer-emails", "redact", "0.content"),
+    ]
