@@ -297,10 +297,15 @@ async def relay_stream(
                     if kept_bytes < MAX_KEPT_STREAM_BYTES:
                         kept.append(event)
                         kept_bytes += len(event)
-                if held is None:
+                if held is None or done or relayed_error:
+                    # [DONE] follows what the guard window released; an upstream error event goes
+                    # out at once (the held, unchecked text after it never does).
                     out.append(event)
-                    continue
-                out.extend(await _release(held.feed(event), out, send))
+                else:
+                    held.add(event)
+            if held is not None and not done:
+                # One scan per read from the upstream, however many events it brought.
+                out.extend(await _release(held.drain(), out, send))
             if out:
                 await send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
             if client_gone():

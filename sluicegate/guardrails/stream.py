@@ -92,6 +92,11 @@ class StreamGuard:
 
     async def feed(self, event: bytes) -> list[bytes]:
         """Take one SSE event; return the events that may go to the client now."""
+        self.add(event)
+        return await self.drain()
+
+    def add(self, event: bytes) -> None:
+        """Hold one SSE event without scanning yet (`drain` scans what arrived since)."""
         held = _Held(event, None)
         if event.startswith(b"data: {"):
             try:
@@ -105,10 +110,15 @@ class StreamGuard:
                     held.pieces.append(_Piece(channel, path, len(text), piece))
                     self._text[channel] = text + piece
         self._held.append(held)
+
+    async def drain(self) -> list[bytes]:
+        """Scan the text added since the last scan (one pass per channel for many events) and
+        return the events that may go to the client now."""
         if self.window is None:
             return []
-        for channel in {p.channel for p in held.pieces}:
-            await self._scan(channel, final=False)
+        for channel, text in self._text.items():
+            if len(text) > self._scanned.get(channel, 0):
+                await self._scan(channel, final=False)
         return self._release()
 
     async def finish(self) -> list[bytes]:

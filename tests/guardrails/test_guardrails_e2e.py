@@ -207,7 +207,8 @@ def test_output_redaction_on_a_json_answer(gw: RunningGateway, upstream: FakeUps
 def test_stream_block_never_leaks_the_blocked_text(gw: RunningGateway, upstream: FakeUpstream) -> None:
     # ~590 characters before the match: more than the 256-character hold-back window
     words = " ".join(f"w{i}" for i in range(150))
-    upstream.enqueue(Reply(content=f"{words} the secret is nightingale and more {words}"))
+    # paced chunks, so the text before the window is released while the answer still streams
+    upstream.enqueue(Reply(content=f"{words} the secret is nightingale and more {words}", chunk_interval_s=0.001))
     with gw.client() as c:
         resp = c.post(
             CHAT, json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}], "stream": True}
