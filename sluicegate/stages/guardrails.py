@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from sluicegate.guardrails.base import GuardContext
 from sluicegate.guardrails.engine import CallGuards, Guardrails, check_request
 from sluicegate.stages.base import Services, register_stage
 
@@ -53,5 +52,3 @@ def _factory(snapshot: Snapshot, services: Services) -> GuardrailsStage | None:
 
 
 register_stage("guardrails", _factory)
-
-__all__ = ["GuardContext", "GuardrailsStage"]
