@@ -11,7 +11,7 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -36,6 +36,16 @@ class Finding:
     label: str
     #: a detector's confidence in [0, 1] where it has one (classifiers, judges)
     score: float | None = None
+
+
+S = TypeVar("S", bound="GuardSettings")
+
+
+def settings_as(settings: GuardSettings, cls: type[S]) -> S:
+    """The settings as the kind's own model (the registry validated them with `cls`)."""
+    if not isinstance(settings, cls):
+        raise TypeError(f"this guard kind needs {cls.__name__}, not {type(settings).__name__}")
+    return settings
 
 
 class GuardUnavailable(Exception):

@@ -21,7 +21,7 @@ from typing import Protocol
 from pydantic import Field, field_validator
 
 from sluicegate.config.model import GuardConfig
-from sluicegate.guardrails.base import Finding, Guard, GuardContext, GuardSettings, register_guard_kind
+from sluicegate.guardrails.base import Finding, Guard, GuardContext, GuardSettings, register_guard_kind, settings_as
 from sluicegate.guardrails.regex import pattern_width
 
 log = logging.getLogger(__name__)
@@ -112,9 +112,7 @@ class InjectionGuard(Guard):
 
     def __init__(self, config: GuardConfig, settings: GuardSettings, context: GuardContext) -> None:
         super().__init__(config, settings, context)
-        if not isinstance(settings, InjectionSettings):
-            raise TypeError(f"a prompt_injection guard needs InjectionSettings, not {type(settings).__name__}")
-        self.settings = settings
+        self.settings = settings = settings_as(settings, InjectionSettings)
         self._rules = [
             (label, weight, re.compile(pattern, re.IGNORECASE))
             for label, (weight, pattern) in RULES.items()

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pydantic import Field, model_validator
 
 from sluicegate.config.model import GuardConfig
-from sluicegate.guardrails.base import Finding, Guard, GuardContext, GuardSettings, register_guard_kind
+from sluicegate.guardrails.base import Finding, Guard, GuardContext, GuardSettings, register_guard_kind, settings_as
 from sluicegate.tokens import count_tokens, encoding_for
 
 _WORD = re.compile(r"\S+")
@@ -45,9 +45,7 @@ class LengthGuard(Guard):
 
     def __init__(self, config: GuardConfig, settings: GuardSettings, context: GuardContext) -> None:
         super().__init__(config, settings, context)
-        if not isinstance(settings, LengthSettings):
-            raise TypeError(f"a length guard needs LengthSettings, not {type(settings).__name__}")
-        self.settings = settings
+        self.settings = settings = settings_as(settings, LengthSettings)
 
     def scan(self, texts: Sequence[str]) -> list[Finding]:
         """Findings for each limit the request exceeds, covering what lies past it."""

@@ -22,6 +22,7 @@ from sluicegate.guardrails.base import (
     GuardSettings,
     GuardUnavailable,
     register_guard_kind,
+    settings_as,
 )
 
 DEFAULT_PROMPT = """\
@@ -98,9 +99,7 @@ class LLMJudgeGuard(Guard):
 
     def __init__(self, config: GuardConfig, settings: GuardSettings, context: GuardContext) -> None:
         super().__init__(config, settings, context)
-        if not isinstance(settings, JudgeSettings):
-            raise TypeError(f"an llm_judge guard needs JudgeSettings, not {type(settings).__name__}")
-        self.settings = settings
+        self.settings = settings = settings_as(settings, JudgeSettings)
 
     async def ascan(self, texts: Sequence[str]) -> list[Finding]:
         """One judge call for the joined texts (finding on the last), or one per text with `per_text`."""

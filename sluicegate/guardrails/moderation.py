@@ -20,6 +20,7 @@ from sluicegate.guardrails.base import (
     GuardSettings,
     GuardUnavailable,
     register_guard_kind,
+    settings_as,
 )
 from sluicegate.guardrails.webhook import (
     DEFAULT_MAX_RESPONSE_BYTES,
@@ -72,9 +73,7 @@ class ModerationGuard(Guard):
 
     def __init__(self, config: GuardConfig, settings: GuardSettings, context: GuardContext) -> None:
         super().__init__(config, settings, context)
-        if not isinstance(settings, ModerationSettings):
-            raise TypeError(f"a moderation guard needs ModerationSettings, not {type(settings).__name__}")
-        self.settings = settings
+        self.settings = settings = settings_as(settings, ModerationSettings)
         self._categories = frozenset(settings.categories) if settings.categories is not None else None
 
     async def ascan(self, texts: Sequence[str]) -> list[Finding]:

@@ -18,7 +18,7 @@ from typing import ClassVar, Literal, Protocol, get_args
 from pydantic import Field, field_validator
 
 from sluicegate.config.model import GuardConfig
-from sluicegate.guardrails.base import Guard, GuardContext, GuardSettings, register_guard_kind
+from sluicegate.guardrails.base import Guard, GuardContext, GuardSettings, register_guard_kind, settings_as
 from sluicegate.guardrails.regex import any_overlap
 
 log = logging.getLogger(__name__)
@@ -103,9 +103,7 @@ class PiiGuard(Guard):
 
     def __init__(self, config: GuardConfig, settings: GuardSettings, context: GuardContext) -> None:
         super().__init__(config, settings, context)
-        if not isinstance(settings, PiiSettings):
-            raise TypeError(f"a pii guard needs PiiSettings, not {type(settings).__name__}")
-        self.settings = settings
+        self.settings = settings = settings_as(settings, PiiSettings)
         self._allow = [re.compile(p, FLAGS) for p in settings.allow]
         # Earlier detectors win overlaps: a valid SSN is not also reported as a phone.
         order: list[tuple[Entity, Callable[[str], list[Span]]]] = [

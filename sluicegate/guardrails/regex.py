@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pydantic import Field, field_validator
 
 from sluicegate.config.model import GuardConfig
-from sluicegate.guardrails.base import Guard, GuardContext, GuardSettings, register_guard_kind
+from sluicegate.guardrails.base import Guard, GuardContext, GuardSettings, register_guard_kind, settings_as
 
 FLAGS = re.IGNORECASE
 
@@ -47,9 +47,7 @@ class RegexGuard(Guard):
 
     def __init__(self, config: GuardConfig, settings: GuardSettings, context: GuardContext) -> None:
         super().__init__(config, settings, context)
-        if not isinstance(settings, RegexSettings):
-            raise TypeError(f"a regex guard needs RegexSettings, not {type(settings).__name__}")
-        self.settings = settings
+        self.settings = settings = settings_as(settings, RegexSettings)
         self._deny = [re.compile(p, FLAGS) for p in settings.deny]
         self._allow = [re.compile(p, FLAGS) for p in settings.allow]
         widths = [pattern_width(p) for p in (*settings.deny, *settings.allow)]

@@ -15,7 +15,7 @@ from typing import ClassVar, Literal, get_args
 from pydantic import Field
 
 from sluicegate.config.model import GuardConfig
-from sluicegate.guardrails.base import Guard, GuardContext, GuardSettings, register_guard_kind
+from sluicegate.guardrails.base import Guard, GuardContext, GuardSettings, register_guard_kind, settings_as
 from sluicegate.guardrails.regex import any_overlap, pattern_width
 
 Detector = Literal[
@@ -84,9 +84,7 @@ class SecretsGuard(Guard):
 
     def __init__(self, config: GuardConfig, settings: GuardSettings, context: GuardContext) -> None:
         super().__init__(config, settings, context)
-        if not isinstance(settings, SecretsSettings):
-            raise TypeError(f"a secrets guard needs SecretsSettings, not {type(settings).__name__}")
-        self.settings = settings
+        self.settings = settings = settings_as(settings, SecretsSettings)
         self._patterns = [(name, re.compile(p)) for name, p in PATTERNS.items() if name in settings.detectors]
         self._token: re.Pattern[str] | None = None
         widths = [pattern_width(p.pattern) or MAX_TOKEN_CHARS for _, p in self._patterns]

@@ -25,6 +25,7 @@ from sluicegate.guardrails.base import (
     GuardSettings,
     GuardUnavailable,
     register_guard_kind,
+    settings_as,
 )
 from sluicegate.vault import SECRET_SCHEMES, SecretUnavailable, Vault
 
@@ -163,9 +164,7 @@ class WebhookGuard(Guard):
 
     def __init__(self, config: GuardConfig, settings: GuardSettings, context: GuardContext) -> None:
         super().__init__(config, settings, context)
-        if not isinstance(settings, WebhookSettings):
-            raise TypeError(f"a webhook guard needs WebhookSettings, not {type(settings).__name__}")
-        self.settings = settings
+        self.settings = settings = settings_as(settings, WebhookSettings)
 
     async def ascan(self, texts: Sequence[str]) -> list[Finding]:
         """POST the texts, return the verdict's findings; `GuardUnavailable` on any failure."""

@@ -12,7 +12,7 @@ import re
 from pydantic import Field, field_validator
 
 from sluicegate.config.model import GuardConfig
-from sluicegate.guardrails.base import Guard, GuardContext, GuardSettings, register_guard_kind
+from sluicegate.guardrails.base import Guard, GuardContext, GuardSettings, register_guard_kind, settings_as
 from sluicegate.guardrails.normalize import normalize
 
 #: the whitespace a phrase's words may have between them in the text
@@ -44,9 +44,7 @@ class WordsGuard(Guard):
 
     def __init__(self, config: GuardConfig, settings: GuardSettings, context: GuardContext) -> None:
         super().__init__(config, settings, context)
-        if not isinstance(settings, WordsSettings):
-            raise TypeError(f"a words guard needs WordsSettings, not {type(settings).__name__}")
-        self.settings = settings
+        self.settings = settings = settings_as(settings, WordsSettings)
         #: normalised phrase (words joined by one space) -> index of its first entry in `words`
         self._index: dict[str, int] = {}
         for i, word in enumerate(settings.words):
