@@ -264,14 +264,7 @@ async def check_request(call: Call, state: CallGuards) -> None:
     if not refs:
         return
     paths = [p for p, _ in refs]
-    texts = [t for _, t in refs]
-    try:
-        hits, norms = await run_guards(state, state.guards.input, texts, "input")
-    except Blocked:
-        _fix_parts(state, paths)
-        raise
-    _record(state, hits, paths, "input")
-    redacted = apply_redactions(state, texts, hits, norms)
+    redacted = await _guard_parts(state, state.guards.input, paths, [t for _, t in refs], "input")
     if redacted:
         # The client's parsed body stays untouched; the redacted copy is what goes upstream.
         new_body = copy.deepcopy(body)
@@ -289,13 +282,7 @@ async def check_answer(call: Call, state: CallGuards, data: dict[str, Any]) -> b
     texts = [t for _, t in refs]
     changed: dict[int, str] = {}
     if state.guards.output:
-        try:
-            hits, norms = await run_guards(state, state.guards.output, texts, "output")
-        except Blocked:
-            _fix_parts(state, paths)
-            raise
-        _record(state, hits, paths, "output")
-        changed = apply_redactions(state, texts, hits, norms)
+        changed = await _guard_parts(state, state.guards.output, paths, texts, "output")
     if state.restorable:
         for index, original in enumerate(texts):
             text = changed.get(index, original)
@@ -307,6 +294,19 @@ async def check_answer(call: Call, state: CallGuards, data: dict[str, Any]) -> b
     for index, text in changed.items():
         set_path(data, paths[index], text)
     return bool(changed)
+
+
+async def _guard_parts(
+    state: CallGuards, guards: Sequence[Guard], paths: Sequence[Path], texts: Sequence[str], direction: str
+) -> dict[int, str]:
+    """Run guards over the parts of a request or answer; record decisions; return redacted parts."""
+    try:
+        hits, norms = await run_guards(state, guards, texts, direction)
+    except Blocked:
+        _fix_parts(state, paths)
+        raise
+    _record(state, hits, paths, direction)
+    return apply_redactions(state, texts, hits, norms)
 
 
 def _fix_parts(state: CallGuards, paths: Sequence[Path]) -> None:
