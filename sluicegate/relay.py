@@ -100,7 +100,8 @@ class Relay:
         ref = self._pick_key(provider, refs) if isinstance(refs, list) else refs
         # A cache hit (nearly every call) costs a dict lookup; only a miss awaits the vault.
         secret = (self.vault.cached(ref) or await self.vault.aresolve(ref)) if ref else None
-        url = self._url(provider.url_for(_UPSTREAM_PATHS[call.endpoint]))
+        upstream_model = route.upstream_model or call.model_requested or ""
+        url = self._url(provider.url_for(_UPSTREAM_PATHS[call.endpoint], upstream_model))
         body = provider.prepare_body(call)
         name = provider.name
         try:

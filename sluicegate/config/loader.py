@@ -145,6 +145,15 @@ def check_references(config: GatewayConfig) -> list[ConfigIssue]:
             issues.append(ConfigIssue((*at, "base_url"), f"provider type '{p.type}' needs a base_url"))
         elif urlsplit(base_url).scheme not in ("http", "https") or not urlsplit(base_url).hostname:
             issues.append(ConfigIssue((*at, "base_url"), f"not an http(s) URL: '{base_url}'"))
+        options_model = getattr(ptype.factory, "Options", None)
+        if options_model is not None:
+            try:
+                options_model.model_validate(p.options)
+            except ValidationError as exc:
+                for err in exc.errors():
+                    issues.append(ConfigIssue((*at, "options", *err["loc"]), _pydantic_message(err)))
+        elif p.options:
+            issues.append(ConfigIssue((*at, "options"), f"provider type '{p.type}' takes no options"))
         if p.api_key is None or p.api_key == []:
             if ptype.preset.needs_key:
                 issues.append(ConfigIssue((*at, "api_key"), f"provider type '{p.type}' needs an api_key reference"))

@@ -38,6 +38,8 @@ class ProviderConfig(_Strict):
     key_rotation: Literal["round_robin", "on_429"] = "round_robin"
     headers: dict[str, str] = Field(default_factory=dict)
     timeouts: Timeouts = Field(default_factory=Timeouts)
+    #: settings of this provider type (e.g. `api_version` for `azure_openai`), checked by the type
+    options: dict[str, Any] = Field(default_factory=dict)
 
 
 class ModelConfig(_Strict):

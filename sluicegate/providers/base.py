@@ -41,8 +41,8 @@ class Provider:
         self.base_url = (config.base_url or preset.base_url or "").rstrip("/")
         self.timeouts = config.timeouts
 
-    def url_for(self, endpoint: str) -> str:
-        """Absolute upstream URL of one endpoint (`chat/completions`, `embeddings` ...)."""
+    def url_for(self, endpoint: str, model: str) -> str:
+        """Absolute upstream URL of one endpoint (`chat/completions`, `embeddings` ...) for a model."""
         raise NotImplementedError
 
     def auth_headers(self, secret: str | None) -> dict[str, str]:
@@ -88,4 +88,4 @@ def provider_types() -> dict[str, ProviderType]:
 
 def _load_builtins() -> None:
     # Importing a provider module runs its registration lines.
-    from sluicegate.providers import openai  # noqa: F401
+    from sluicegate.providers import azure, openai  # noqa: F401

@@ -46,7 +46,7 @@ class OpenAIProvider(Provider):
         self._extra_headers = dict(config.headers)
         self._headers: tuple[str | None, dict[str, str]] | None = None
 
-    def url_for(self, endpoint: str) -> str:
+    def url_for(self, endpoint: str, model: str) -> str:
         url = self._urls.get(endpoint)
         if url is None:
             url = self._urls[endpoint] = f"{self.base_url}/{endpoint}"
@@ -58,9 +58,14 @@ class OpenAIProvider(Provider):
             return cached[1]
         headers = {"Content-Type": "application/json", **self._extra_headers}
         if secret:
-            headers["Authorization"] = f"Bearer {secret}"
+            name, value = self.credential_header(secret)
+            headers[name] = value
         self._headers = (secret, headers)
         return headers
+
+    def credential_header(self, secret: str) -> tuple[str, str]:
+        """The header that carries the credential."""
+        return "Authorization", f"Bearer {secret}"
 
     def prepare_body(self, call: Call) -> bytes:
         body = call.body

@@ -457,6 +457,19 @@ class FakeUpstream:
         self._note(method, path, scope, headers, body or b"")
         if body is None:
             return
+        azure = _AZURE_PATH.match(path)
+        if azure is not None:
+            # Azure OpenAI: /openai/deployments/{deployment}/{operation}?api-version=..., key in `api-key`
+            # (https://learn.microsoft.com/azure/ai-services/openai/reference)
+            if "api-version=" not in scope.get("query_string", b"").decode("latin-1"):
+                await _send_error(send, 404, "Resource not found", code="404")
+                return
+            path = "/v1/" + azure.group("operation")
+            headers = dict(headers)  # the recorded request keeps what was sent
+            key = headers.pop("api-key", None)
+            headers.pop("authorization", None)
+            if key:
+                headers["authorization"] = f"Bearer {key}"
         route = _ROUTES.get(path)
         if route is None:
             if path.startswith("/v1/models/") and method == "GET":
@@ -861,6 +874,8 @@ def _token_count(raw: list[Any]) -> int:
 
 
 # path -> (method, handler); handler None is the models list.
+_AZURE_PATH = re.compile(r"^/openai/deployments/[^/]+/(?P<operation>chat/completions|completions|embeddings)$")
+
 _ROUTES: dict[str, tuple[str, Callable[..., Awaitable[None]] | None]] = {
     "/v1/chat/completions": ("POST", FakeUpstream._chat),
     "/v1/completions": ("POST", FakeUpstream._completions),
