@@ -8,6 +8,7 @@ maps them back, redacts, blocks or flags, and audits kinds and labels, never the
 
 from __future__ import annotations
 
+import re
 from bisect import bisect_right
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -46,6 +47,16 @@ def settings_as(settings: GuardSettings, cls: type[S]) -> S:
     if not isinstance(settings, cls):
         raise TypeError(f"this guard kind needs {cls.__name__}, not {type(settings).__name__}")
     return settings
+
+
+def check_patterns(patterns: list[str], flags: int, what: str = "pattern") -> list[str]:
+    """Settings validator: every pattern compiles (a bad one is a config error with its index)."""
+    for i, pattern in enumerate(patterns):
+        try:
+            re.compile(pattern, flags)
+        except re.error as exc:
+            raise ValueError(f"{what} [{i}] is not a valid regular expression: {exc}") from None
+    return patterns
 
 
 class GuardUnavailable(Exception):

@@ -94,8 +94,6 @@ class LLMJudgeGuard(Guard):
 
     Settings = JudgeSettings
     remote = True
-    #: a service reads text as written: case carries meaning (shouting, names, keys)
-    casefold = False
 
     def __init__(self, config: GuardConfig, settings: GuardSettings, context: GuardContext) -> None:
         super().__init__(config, settings, context)

@@ -18,7 +18,14 @@ from typing import ClassVar, Literal, Protocol, get_args
 from pydantic import Field, field_validator
 
 from sluicegate.config.model import GuardConfig
-from sluicegate.guardrails.base import Guard, GuardContext, GuardSettings, register_guard_kind, settings_as
+from sluicegate.guardrails.base import (
+    Guard,
+    GuardContext,
+    GuardSettings,
+    check_patterns,
+    register_guard_kind,
+    settings_as,
+)
 from sluicegate.guardrails.regex import any_overlap
 
 log = logging.getLogger(__name__)
@@ -86,12 +93,7 @@ class PiiSettings(GuardSettings):
     @field_validator("allow")
     @classmethod
     def _compile(cls, patterns: list[str]) -> list[str]:
-        for i, pattern in enumerate(patterns):
-            try:
-                re.compile(pattern, FLAGS)
-            except re.error as exc:
-                raise ValueError(f"allow pattern [{i}] is not a valid regular expression: {exc}") from None
-        return patterns
+        return check_patterns(patterns, FLAGS, "allow pattern")
 
 
 class PiiGuard(Guard):

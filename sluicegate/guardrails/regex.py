@@ -13,7 +13,14 @@ from collections.abc import Sequence
 from pydantic import Field, field_validator
 
 from sluicegate.config.model import GuardConfig
-from sluicegate.guardrails.base import Guard, GuardContext, GuardSettings, register_guard_kind, settings_as
+from sluicegate.guardrails.base import (
+    Guard,
+    GuardContext,
+    GuardSettings,
+    check_patterns,
+    register_guard_kind,
+    settings_as,
+)
 
 FLAGS = re.IGNORECASE
 
@@ -32,12 +39,7 @@ class RegexSettings(GuardSettings):
     @field_validator("deny", "allow")
     @classmethod
     def _compile(cls, patterns: list[str]) -> list[str]:
-        for i, pattern in enumerate(patterns):
-            try:
-                re.compile(pattern, FLAGS)
-            except re.error as exc:
-                raise ValueError(f"pattern [{i}] is not a valid regular expression: {exc}") from None
-        return patterns
+        return check_patterns(patterns, FLAGS)
 
 
 class RegexGuard(Guard):

@@ -159,8 +159,6 @@ class WebhookGuard(Guard):
 
     Settings = WebhookSettings
     remote = True
-    #: a service reads text as written: case carries meaning (shouting, names, keys)
-    casefold = False
 
     def __init__(self, config: GuardConfig, settings: GuardSettings, context: GuardContext) -> None:
         super().__init__(config, settings, context)

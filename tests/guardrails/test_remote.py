@@ -11,7 +11,7 @@ import logging
 import os
 import re
 import textwrap
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -582,5 +582,20 @@ async def test_moderation_unreadable_key_is_unavailable(
 
 
 def test_remote_guards_read_text_as_written() -> None:
+    # the engine hands remote kinds the client's own text, not the normalised form
+    from sluicegate.guardrails.engine import CallGuards, GuardSet, run_guards
+
+    seen: list[list[str]] = []
+
+    class Probe(WebhookGuard):
+        async def ascan(self, texts: Sequence[str]) -> list[Finding]:
+            seen.append(list(texts))
+            return []
+
     for cls in (WebhookGuard, ModerationGuard, LLMJudgeGuard):
-        assert cls.casefold is False
+        assert cls.remote
+    config = GuardConfig(name="probe", kind="webhook", settings={"url": "http://127.0.0.1:9/x"})
+    guard = Probe(config, WebhookGuard.Settings.model_validate(config.settings), make_context(None))
+    text = "".join(chr(ord(c) + 0xFEE0) for c in "Project") + "\u200b X"  # full-width, zero-width
+    asyncio.run(run_guards(CallGuards(GuardSet((guard,), (), 0)), [guard], [text], "input"))
+    assert seen == [[text]]
