@@ -97,11 +97,7 @@ def parse_config(text: str, source: str = "<config>") -> tuple[Snapshot | None, 
     try:
         config = GatewayConfig.model_validate(raw)
     except ValidationError as exc:
-        issues = [
-            ConfigIssue(tuple(err["loc"]), _pydantic_message(err), lines.line_of(tuple(err["loc"])))
-            for err in exc.errors()
-        ]
-        return None, issues
+        return None, [ConfigIssue(i.path, i.message, lines.line_of(i.path)) for i in validation_issues((), exc)]
     issues = [
         ConfigIssue(issue.path, issue.message, lines.line_of(issue.path), issue.warning)
         for issue in check_references(config)
@@ -109,6 +105,11 @@ def parse_config(text: str, source: str = "<config>") -> tuple[Snapshot | None, 
     if any(not i.warning for i in issues):
         return None, issues
     return build_snapshot(config, source), issues
+
+
+def validation_issues(at: tuple[PathPart, ...], exc: ValidationError) -> list[ConfigIssue]:
+    """A pydantic validation error as config issues under the path `at`."""
+    return [ConfigIssue((*at, *err["loc"]), _pydantic_message(err)) for err in exc.errors()]
 
 
 def _pydantic_message(err: Any) -> str:
@@ -150,8 +151,7 @@ def check_references(config: GatewayConfig) -> list[ConfigIssue]:
             try:
                 options_model.model_validate(p.options)
             except ValidationError as exc:
-                for err in exc.errors():
-                    issues.append(ConfigIssue((*at, "options", *err["loc"]), _pydantic_message(err)))
+                issues.extend(validation_issues((*at, "options"), exc))
         elif p.options:
             issues.append(ConfigIssue((*at, "options"), f"provider type '{p.type}' takes no options"))
         if p.api_key is None or p.api_key == []:
@@ -211,8 +211,6 @@ def check_references(config: GatewayConfig) -> list[ConfigIssue]:
 
 def _check_guards(config: GatewayConfig) -> list[ConfigIssue]:
     """Guard kinds, settings (validated by each kind) and every reference to a guard by name."""
-    from pydantic import ValidationError as SettingsError
-
     from sluicegate.guardrails.base import GuardContext, guard_kinds
 
     issues: list[ConfigIssue] = []
@@ -233,9 +231,8 @@ def _check_guards(config: GatewayConfig) -> list[ConfigIssue]:
         try:
             settings = kind.cls.Settings.model_validate(g.settings)
             kind.cls(g, settings, context)
-        except SettingsError as exc:
-            for err in exc.errors():
-                issues.append(ConfigIssue((*at, "settings", *err["loc"]), _pydantic_message(err)))
+        except ValidationError as exc:
+            issues.extend(validation_issues((*at, "settings"), exc))
         except (ValueError, TypeError) as exc:
             issues.append(ConfigIssue((*at, "settings"), str(exc)))
     refs: list[tuple[tuple[PathPart, ...], list[str]]] = [
