@@ -26,6 +26,7 @@ class Call:
         "consumer",
         "cost_micro_usd",
         "decision",
+        "dialect",
         "endpoint",
         "error",
         "guards",
@@ -45,17 +46,29 @@ class Call:
         "status",
         "stream",
         "total_tokens",
+        "translated",
         "ttft_ms",
         "upstream_status",
         "usage_source",
         "usage_text",
     )
 
-    def __init__(self, request_id: str, endpoint: str, snapshot: Snapshot, headers: dict[bytes, bytes]) -> None:
+    def __init__(
+        self,
+        request_id: str,
+        endpoint: str,
+        snapshot: Snapshot,
+        headers: dict[bytes, bytes],
+        dialect: str = "openai",
+    ) -> None:
         self.started = time.perf_counter()
         self.started_wall = time.time()
         self.request_id = request_id
         self.endpoint = endpoint
+        #: the client's wire format: openai | anthropic | responses
+        self.dialect = dialect
+        #: the provider does not speak the client's dialect: request and answer are translated
+        self.translated = False
         self.snapshot = snapshot
         #: request headers the gateway reads (lower-case names); not the whole set
         self.headers = headers

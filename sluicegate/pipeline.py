@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +30,7 @@ from sluicegate.stages.base import Services, Stage, stage_factories
 if TYPE_CHECKING:
     from sluicegate.call import Call
     from sluicegate.config.snapshot import Snapshot
+    from sluicegate.dialects.base import StreamEncoder
     from sluicegate.relay import Relay
     from sluicegate.types import Receive, Send
 
@@ -53,13 +54,23 @@ FINISH_ORDER = ("accounting", "limits", "cache", "audit")
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
-    """A data-plane endpoint of a dialect: its name and how its body is parsed."""
+    """A data-plane endpoint of a dialect: how its body is parsed, translated and rendered."""
 
     name: str
     parse_body: Callable[[bytes], dict[str, Any]]
     fill_call: Callable[[Call, dict[str, Any]], None]
     render_error: Callable[[SluicegateError], bytes]
     render_stream_error: Callable[[SluicegateError], bytes]
+    #: the client's wire format (a provider whose `native_dialect` is this one gets passthrough)
+    dialect: str = "openai"
+    #: the neutral chat body of a request (None: the body already is one)
+    to_chat: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    #: a neutral completion as this endpoint's JSON answer
+    render_response: Callable[[dict[str, Any], Call], dict[str, Any]] | None = None
+    #: neutral chunks as this endpoint's stream events
+    stream_encoder: Callable[[Call], StreamEncoder] | None = None
+    #: answers the call without an upstream when the provider cannot (count_tokens elsewhere)
+    local: Callable[[Call], Awaitable[bytes]] | None = None
 
 
 class ClientGone(Exception):
@@ -92,7 +103,7 @@ class Pipeline:
 
     async def run(self, call: Call, endpoint: Endpoint, relay: Relay, receive: Receive, send: Send) -> None:
         """Take one call through every stage; always finish with accounting and audit."""
-        from sluicegate.relay import relay_json, relay_stream
+        from sluicegate.relay import relay_json, relay_stream, relay_translated_json, relay_translated_stream
 
         started = False
         watcher: asyncio.Future[Any] | None = None
@@ -111,8 +122,15 @@ class Pipeline:
             endpoint.fill_call(call, body)
             for stage in self.body_stages:
                 await stage.on_request(call)
-            resp = await relay.open(call)
-            if call.stream and (resp.content_type or "").startswith("text/event-stream"):
+            if endpoint.local is not None and (call.route is None or not _native(call)):
+                # Nothing goes upstream: the gateway answers (count_tokens for other providers).
+                await _send_local(call, send, await endpoint.local(call))
+                return
+            resp = await relay.open(call, endpoint.to_chat)
+            # A translated answer is made neutral and rendered in the client's dialect; so is a
+            # passthrough stream of another protocol than OpenAI's (decoded, then re-encoded).
+            neutral = call.translated or call.dialect != "openai"
+            if call.stream and (neutral or (resp.content_type or "").startswith("text/event-stream")):
                 task = asyncio.current_task()
                 assert task is not None
 
@@ -126,7 +144,12 @@ class Pipeline:
                 watcher.add_done_callback(on_disconnect)
                 started = streaming = True
                 try:
-                    await relay_stream(call, resp, send, client_gone, endpoint.render_stream_error)
+                    if neutral:
+                        assert endpoint.stream_encoder is not None
+                        encoder = endpoint.stream_encoder(call)
+                        await relay_translated_stream(call, resp, send, client_gone, encoder)
+                    else:
+                        await relay_stream(call, resp, send, client_gone, endpoint.render_stream_error)
                 except asyncio.CancelledError:
                     if not gone:
                         raise
@@ -137,6 +160,9 @@ class Pipeline:
                 if gone:
                     call.outcome = "client_disconnected"
                     call.status = 499
+            elif call.translated:
+                assert endpoint.render_response is not None
+                await relay_translated_json(call, resp, send, endpoint.render_response)
             else:
                 # relay_json raises before it sends anything, so its errors are still answered.
                 await relay_json(call, resp, send)
@@ -174,6 +200,23 @@ class Pipeline:
                 log.exception("stage %s failed to finish request %s", stage.name, call.request_id)
         if cancelled:
             raise asyncio.CancelledError
+
+
+def _native(call: Call) -> bool:
+    """Whether the call's provider speaks the client's dialect."""
+    return call.route is not None and call.route.provider.native_dialect == call.dialect
+
+
+async def _send_local(call: Call, send: Send, body: bytes) -> None:
+    call.status = 200
+    call.ttft_ms = call.elapsed_ms()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"x-request-id", call.request_id.encode()),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 async def read_body(receive: Receive, limit: int, content_length: bytes | None) -> bytes:

@@ -9,7 +9,7 @@ reading from it only what accounting needs: usage, the model served, the time to
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
 import orjson
@@ -18,9 +18,11 @@ from yarl import URL
 from sluicegate.errors import SluicegateError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from sluicegate.guardrails.engine import Blocked, GuardFailed, check_answer
 from sluicegate.guardrails.stream import StreamGuard
+from sluicegate.neutral import unsupported
 
 if TYPE_CHECKING:
     from sluicegate.call import Call
+    from sluicegate.dialects.base import StreamEncoder
     from sluicegate.providers.base import Provider
     from sluicegate.types import Send
     from sluicegate.vault import Vault
@@ -91,8 +93,13 @@ class Relay:
         if refs[n % len(refs)] == used:
             self._key_turns[name] = n + 1
 
-    async def open(self, call: Call) -> aiohttp.ClientResponse:
-        """Send the call upstream; return the response once its headers say success."""
+    async def open(
+        self, call: Call, to_chat: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    ) -> aiohttp.ClientResponse:
+        """Send the call upstream; return the response once its headers say success.
+
+        When the provider does not speak the client's dialect, the body is translated: `to_chat`
+        gives the neutral chat body of the client's (None: it already is one)."""
         route = call.route
         assert route is not None
         provider = route.provider
@@ -101,14 +108,27 @@ class Relay:
         # A cache hit (nearly every call) costs a dict lookup; only a miss awaits the vault.
         secret = (self.vault.cached(ref) or await self.vault.aresolve(ref)) if ref else None
         upstream_model = route.upstream_model or call.model_requested or ""
-        url = self._url(provider.url_for(_UPSTREAM_PATHS[call.endpoint], upstream_model))
-        body = provider.prepare_body(call)
+        if provider.native_dialect == call.dialect:
+            # Same protocol on both sides: the client's body passes through.
+            call.translated = False
+            endpoint = call.endpoint
+            body = provider.prepare_body(call)
+        else:
+            call.translated = True
+            endpoint = _NEUTRAL_ENDPOINTS.get(call.endpoint, call.endpoint)
+            if endpoint not in provider.translated_endpoints:
+                raise unsupported(f"The '{call.endpoint}' endpoint", f"{provider.label} (provider '{provider.name}')")
+            assert call.body is not None
+            chat = call.body if to_chat is None else to_chat(call.body)
+            body = provider.build_request(call, chat)
+        url_text = provider.url_for(endpoint, upstream_model, call.stream)
+        url = self._url(url_text)
         name = provider.name
         try:
             resp = await self.session.post(
                 url,
                 data=body,
-                headers=provider.auth_headers(secret),
+                headers=provider.request_headers(call, secret, url_text, body),
                 timeout=self._timeout(provider),
                 allow_redirects=False,
             )
@@ -138,7 +158,8 @@ class Relay:
             resp.release()
 
 
-_UPSTREAM_PATHS = {"chat": "chat/completions", "completions": "completions", "embeddings": "embeddings"}
+#: the neutral endpoint a translated call of each client endpoint goes to
+_NEUTRAL_ENDPOINTS = {"messages": "chat", "responses": "chat"}
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -167,8 +188,8 @@ def _take_usage(call: Call, usage: Any) -> None:
         call.usage_source = "upstream"
 
 
-async def relay_json(call: Call, resp: aiohttp.ClientResponse, send: Send) -> None:
-    """Forward a complete JSON answer, reading its usage and model."""
+async def _read_answer(call: Call, resp: aiohttp.ClientResponse) -> tuple[bytes, Any]:
+    """The whole upstream answer, raw and parsed as JSON."""
     name = call.provider
     try:
         if (resp.content_length or 0) > MAX_RESPONSE_BYTES:
@@ -181,30 +202,65 @@ async def relay_json(call: Call, resp: aiohttp.ClientResponse, send: Send) -> No
     finally:
         resp.release()
     try:
-        data = orjson.loads(raw)
+        return raw, orjson.loads(raw)
     except orjson.JSONDecodeError:
         raise UpstreamError(f"provider '{name}' answered with a body that is not JSON") from None
-    if isinstance(data, dict):
-        model = data.get("model")
-        if isinstance(model, str):
-            call.model_served = model
-        _take_usage(call, data.get("usage"))
-        if call.usage_source == "none":
-            call.usage_text = _answer_texts(data)
-        guards = call.guards
-        # Output guards see the answer before any of it is sent; usage is already accounted.
-        if (
-            guards is not None
-            and (guards.guards.output or guards.restorable)
-            and await check_answer(call, guards, data)
-        ):
-            raw = orjson.dumps(data)
+
+
+def _take_answer(call: Call, data: dict[str, Any]) -> None:
+    """Model served and usage of a complete neutral (OpenAI) answer."""
+    model = data.get("model")
+    if isinstance(model, str):
+        call.model_served = model
+    _take_usage(call, data.get("usage"))
+    if call.usage_source == "none":
+        call.usage_text = _answer_texts(data)
+
+
+async def _send_json_answer(call: Call, send: Send, raw: bytes) -> None:
     call.ttft_ms = call.elapsed_ms()
     call.status = 200
     headers = response_headers(call, _JSON_HEADERS)
     headers.append((b"content-length", str(len(raw)).encode()))
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": raw})
+
+
+async def relay_json(call: Call, resp: aiohttp.ClientResponse, send: Send) -> None:
+    """Forward a complete JSON answer in the client's own dialect, reading its usage and model."""
+    raw, data = await _read_answer(call, resp)
+    if isinstance(data, dict):
+        if call.dialect == "openai":
+            _take_answer(call, data)
+        elif call.route is not None and call.endpoint != "count_tokens":
+            # Passthrough of another protocol: its provider reads usage (the answer goes as is).
+            _take_answer(call, call.route.provider.parse_response(data, call))
+        guards = call.guards
+        # Output guards see the answer before any of it is sent; usage is already accounted.
+        if (
+            guards is not None
+            and (guards.guards.output or guards.restorable)
+            and await check_answer(call, guards, data, call.endpoint)
+        ):
+            raw = orjson.dumps(data)
+    await _send_json_answer(call, send, raw)
+
+
+async def relay_translated_json(
+    call: Call,
+    resp: aiohttp.ClientResponse,
+    send: Send,
+    render: Callable[[dict[str, Any], Call], dict[str, Any]],
+) -> None:
+    """A complete answer in the provider's protocol, made neutral, then rendered in the client's."""
+    _, data = await _read_answer(call, resp)
+    assert call.route is not None
+    neutral = call.route.provider.parse_response(data, call)
+    _take_answer(call, neutral)
+    guards = call.guards
+    if guards is not None and (guards.guards.output or guards.restorable):
+        await check_answer(call, guards, neutral, "chat")
+    await _send_json_answer(call, send, orjson.dumps(render(neutral, call)))
 
 
 def _answer_texts(data: dict[str, Any]) -> list[str]:
@@ -333,7 +389,93 @@ async def relay_stream(
     await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-async def _release(pending: Awaitable[list[bytes]], out: list[bytes], send: Send) -> list[bytes]:
+async def relay_translated_stream(
+    call: Call,
+    resp: aiohttp.ClientResponse,
+    send: Send,
+    client_gone: Callable[[], bool],
+    encoder: StreamEncoder,
+) -> None:
+    """A stream in the provider's protocol, decoded into neutral chunks, encoded in the client's.
+
+    The same guarantees as `relay_stream`: usage always read (the encoder drops what the client
+    did not ask for), output guards on the hold-back window, and on a cut or an upstream error an
+    in-band error event in the client's dialect instead of a clean end.
+    """
+    assert call.route is not None
+    provider = call.route.provider
+    decoder = provider.stream_decoder(call)
+    await send({"type": "http.response.start", "status": 200, "headers": response_headers(call, _SSE_HEADERS)})
+    call.status = 200
+    guards = call.guards
+    held = (
+        StreamGuard(guards, guards.guards.output, guards.guards.window)
+        if guards is not None and guards.guards.output
+        else None
+    )
+    error: SluicegateError | None = None
+    saw_model = False
+    kept: list[str] = []
+    ended = False
+    try:
+        body = resp.content.iter_any()
+        while not ended:
+            try:
+                data = await body.__anext__()
+            except StopAsyncIteration:
+                chunks = decoder.close()
+                ended = True
+            else:
+                if call.ttft_ms is None:
+                    call.ttft_ms = call.elapsed_ms()
+                chunks = decoder.feed(data)
+            for chunk in chunks:
+                if "usage" in chunk:
+                    _take_usage(call, chunk["usage"])
+                if not saw_model:
+                    saw_model = _take_model(call, chunk)
+                if call.usage_source == "none" and len(kept) < 100_000:
+                    kept.extend(_answer_texts(chunk))
+            out: list[bytes] = []
+            if held is not None:
+                for chunk in chunks:
+                    held.add_chunk(chunk)
+                pending = held.finish_chunks() if decoder.done else held.drain_chunks()
+                chunks = await _release(pending, out, send)
+            out.extend(encoder.encode(chunk) for chunk in chunks)
+            if decoder.done:
+                out.append(encoder.finish())
+                ended = True
+            if out:
+                await send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
+            if client_gone():
+                return
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        timeout = isinstance(exc, TimeoutError)
+        error = StreamCut(
+            f"provider '{provider.name}' {'went silent' if timeout else 'broke the connection'} "
+            "before the end of the stream"
+        )
+    except SluicegateError as exc:
+        # A guard block, or the upstream's own error event (or garbage): stop the upstream.
+        error = exc
+        resp.close()
+    finally:
+        resp.release()
+        if call.usage_source == "none" and kept:
+            call.usage_text = kept
+    if error is None and not decoder.done:
+        error = StreamCut(f"provider '{provider.name}' ended the stream before its end marker")
+    if error is not None:
+        call.fail(error)
+        await send({"type": "http.response.body", "body": encoder.error(error), "more_body": True})
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+_T = TypeVar("_T")
+
+
+async def _release(pending: Awaitable[list[_T]], out: list[bytes], send: Send) -> list[_T]:
     """Events the guard window lets go; on a block, first send what it had already released."""
     try:
         return await pending

@@ -76,7 +76,7 @@ class GuardConfig(_Strict):
     settings: dict[str, Any] = Field(default_factory=dict)
 
 
-Endpoint = Literal["chat", "completions", "embeddings", "models"]
+Endpoint = Literal["chat", "completions", "embeddings", "models", "responses", "messages", "count_tokens"]
 
 
 class AccessRules(_Strict):

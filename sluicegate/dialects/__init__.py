@@ -1,1 +1,37 @@
-"""Client-facing wire formats: each parses requests into a `Call` and renders results and errors."""
+"""Client-facing wire formats: each parses requests into a `Call` and renders results and errors.
+
+`request_texts` / `response_texts` give the guardrails every text of a request or answer in the
+shape of its endpoint (OpenAI `chat`, `completions`, `embeddings`; Anthropic `messages`,
+`count_tokens`; `responses`); translated answers are neutral, so `chat`-shaped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from sluicegate.dialects import anthropic, openai, responses
+from sluicegate.dialects.openai import Path
+
+Texts = Callable[[str, dict[str, Any]], list[tuple[Path, str]]]
+
+_BY_ENDPOINT: dict[str, tuple[Texts, Texts]] = {
+    "chat": (openai.request_texts, openai.response_texts),
+    "completions": (openai.request_texts, openai.response_texts),
+    "embeddings": (openai.request_texts, openai.response_texts),
+    "messages": (anthropic.request_texts, anthropic.response_texts),
+    "count_tokens": (anthropic.request_texts, anthropic.response_texts),
+    "responses": (responses.request_texts, responses.response_texts),
+}
+
+
+def request_texts(endpoint: str, body: dict[str, Any]) -> list[tuple[Path, str]]:
+    """Every text of a request the model will read, with its path in the body."""
+    pair = _BY_ENDPOINT.get(endpoint)
+    return pair[0](endpoint, body) if pair is not None else []
+
+
+def response_texts(endpoint: str, data: dict[str, Any]) -> list[tuple[Path, str]]:
+    """Every text of a complete answer, with its path."""
+    pair = _BY_ENDPOINT.get(endpoint)
+    return pair[1](endpoint, data) if pair is not None else []

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from sluicegate.dialects.base import StreamEncoder
 from sluicegate.errors import BadRequest, InvalidJSON, SluicegateError
 
 if TYPE_CHECKING:
@@ -171,18 +172,18 @@ NON_TEXT_KEYS = frozenset(
 )  # fmt: skip
 
 
-def _strings(value: Any, path: Path, out: list[tuple[Path, str]]) -> None:
-    """Every string leaf under `value` that is text, with its path."""
+def strings(value: Any, path: Path, out: list[tuple[Path, str]], skip: frozenset[str] = NON_TEXT_KEYS) -> None:
+    """Every string leaf under `value` that is text (not under a key in `skip`), with its path."""
     if isinstance(value, str):
         if value:
             out.append((path, value))
     elif isinstance(value, dict):
         for key, item in value.items():
-            if key not in NON_TEXT_KEYS:
-                _strings(item, (*path, key), out)
+            if key not in skip:
+                strings(item, (*path, key), out, skip)
     elif isinstance(value, list):
         for i, item in enumerate(value):
-            _strings(item, (*path, i), out)
+            strings(item, (*path, i), out, skip)
 
 
 def request_texts(endpoint: str, body: dict[str, Any]) -> list[tuple[Path, str]]:
@@ -190,14 +191,14 @@ def request_texts(endpoint: str, body: dict[str, Any]) -> list[tuple[Path, str]]
     tool-call names and arguments, tool results, reasoning; prompts and embedding inputs."""
     out: list[tuple[Path, str]] = []
     if endpoint == "chat":
-        _strings(body.get("messages"), ("messages",), out)
-        _strings(body.get("tools"), ("tools",), out)
-        _strings(body.get("functions"), ("functions",), out)
+        strings(body.get("messages"), ("messages",), out)
+        strings(body.get("tools"), ("tools",), out)
+        strings(body.get("functions"), ("functions",), out)
     elif endpoint == "completions":
-        _strings(body.get("prompt"), ("prompt",), out)
-        _strings(body.get("suffix"), ("suffix",), out)
+        strings(body.get("prompt"), ("prompt",), out)
+        strings(body.get("suffix"), ("suffix",), out)
     elif endpoint == "embeddings":
-        _strings(body.get("input"), ("input",), out)
+        strings(body.get("input"), ("input",), out)
     return out
 
 
@@ -205,7 +206,7 @@ def response_texts(endpoint: str, data: dict[str, Any]) -> list[tuple[Path, str]
     """Every text of a complete answer: message content, refusals, reasoning, tool calls."""
     out: list[tuple[Path, str]] = []
     if endpoint in ("chat", "completions"):
-        _strings(data.get("choices"), ("choices",), out)
+        strings(data.get("choices"), ("choices",), out)
     return [(p, t) for p, t in out if "logprobs" not in p]
 
 
@@ -222,3 +223,36 @@ def format_path(path: Path) -> str:
     for part in path:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
     return out
+
+
+# -- translated calls (the provider does not speak OpenAI) ------------------------------------------
+
+
+def render_chat(completion: dict[str, Any], call: Call) -> dict[str, Any]:
+    """A neutral completion is an OpenAI chat completion: only the extensions come off."""
+    for choice in completion.get("choices") or ():
+        message = choice.get("message") if isinstance(choice, dict) else None
+        if isinstance(message, dict):
+            message.pop("reasoning_signature", None)
+    return completion
+
+
+class ChatStreamEncoder(StreamEncoder):
+    """Neutral chunks are OpenAI chunks: each goes out as an SSE event, then `[DONE]`."""
+
+    def encode(self, chunk: dict[str, Any]) -> bytes:
+        if not chunk.get("choices") and "usage" in chunk and not self.call.include_usage:
+            return b""  # the usage the gateway asked for, the client did not
+        for choice in chunk.get("choices") or ():
+            delta = choice.get("delta") if isinstance(choice, dict) else None
+            if isinstance(delta, dict) and "reasoning_signature" in delta:
+                del delta["reasoning_signature"]
+                if not delta and choice.get("finish_reason") is None:
+                    return b""
+        return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+    def finish(self) -> bytes:
+        return b"data: [DONE]\n\n"
+
+    def error(self, error: SluicegateError) -> bytes:
+        return sse_error(error)

@@ -18,7 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sluicegate.dialects.openai import Path, format_path, request_texts, response_texts, set_path
+from sluicegate.dialects import request_texts, response_texts
+from sluicegate.dialects.openai import Path, format_path, set_path
 from sluicegate.errors import BadRequest, ServiceUnavailable
 from sluicegate.guardrails.base import Finding, Guard, GuardContext, GuardUnavailable, guard_kinds
 from sluicegate.guardrails.normalize import Normalized, normalize
@@ -273,9 +274,10 @@ async def check_request(call: Call, state: CallGuards) -> None:
         call.body = new_body
 
 
-async def check_answer(call: Call, state: CallGuards, data: dict[str, Any]) -> bool:
-    """Output guards on a complete answer, then placeholders restored; True when `data` changed."""
-    refs = response_texts(call.endpoint, data)
+async def check_answer(call: Call, state: CallGuards, data: dict[str, Any], endpoint: str) -> bool:
+    """Output guards on a complete answer (of `endpoint`'s shape), then placeholders restored;
+    True when `data` changed."""
+    refs = response_texts(endpoint, data)
     if not refs:
         return False
     paths = [p for p, _ in refs]

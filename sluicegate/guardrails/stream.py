@@ -73,9 +73,16 @@ class _Held:
     def encode(self) -> bytes:
         if not self.dirty or self.data is None:
             return self.raw
-        for piece in self.pieces:
-            set_path(self.data, piece.path, piece.text)
-        return b"data: " + orjson.dumps(self.data) + b"\n\n"
+        return b"data: " + orjson.dumps(self.chunk()) + b"\n\n"
+
+    def chunk(self) -> dict[str, Any]:
+        """The event's data (a neutral chunk), with the redactions that touched it applied."""
+        assert self.data is not None
+        if self.dirty:
+            for piece in self.pieces:
+                set_path(self.data, piece.path, piece.text)
+            self.dirty = False
+        return self.data
 
 
 class StreamGuard:
@@ -97,23 +104,37 @@ class StreamGuard:
 
     def add(self, event: bytes) -> None:
         """Hold one SSE event without scanning yet (`drain` scans what arrived since)."""
-        held = _Held(event, None)
+        data = None
         if event.startswith(b"data: {"):
             try:
                 data = orjson.loads(event[6:])
             except orjson.JSONDecodeError:
                 data = None
-            if isinstance(data, dict):
-                held.data = data
-                for channel, path, piece in _delta_texts(data):
-                    text = self._text.get(channel, "")
-                    held.pieces.append(_Piece(channel, path, len(text), piece))
-                    self._text[channel] = text + piece
+        self._hold(event, data if isinstance(data, dict) else None)
+
+    def add_chunk(self, chunk: dict[str, Any]) -> None:
+        """Hold one neutral chunk (a translated stream) without scanning yet."""
+        self._hold(b"", chunk)
+
+    def _hold(self, event: bytes, data: dict[str, Any] | None) -> None:
+        held = _Held(event, data)
+        if data is not None:
+            for channel, path, piece in _delta_texts(data):
+                text = self._text.get(channel, "")
+                held.pieces.append(_Piece(channel, path, len(text), piece))
+                self._text[channel] = text + piece
         self._held.append(held)
 
     async def drain(self) -> list[bytes]:
         """Scan the text added since the last scan (one pass per channel for many events) and
         return the events that may go to the client now."""
+        return [held.encode() for held in await self._drain()]
+
+    async def drain_chunks(self) -> list[dict[str, Any]]:
+        """`drain` for neutral chunks."""
+        return [held.chunk() for held in await self._drain()]
+
+    async def _drain(self) -> list[_Held]:
         if self.window is None:
             return []
         for channel, text in self._text.items():
@@ -123,9 +144,16 @@ class StreamGuard:
 
     async def finish(self) -> list[bytes]:
         """End of the answer: scan what is left and release every held event."""
+        return [held.encode() for held in await self._finish()]
+
+    async def finish_chunks(self) -> list[dict[str, Any]]:
+        """`finish` for neutral chunks."""
+        return [held.chunk() for held in await self._finish()]
+
+    async def _finish(self) -> list[_Held]:
         for channel in list(self._text):
             await self._scan(channel, final=True)
-        out = [held.encode() for held in self._held]
+        out = list(self._held)
         self._held.clear()
         return out
 
@@ -189,13 +217,13 @@ class StreamGuard:
             piece.start = pos
             pos += len(piece.text)
 
-    def _release(self) -> list[bytes]:
+    def _release(self) -> list[_Held]:
         window = self.window or 0
         out = []
         while self._held:
             held = self._held[0]
             if any(p.start + len(p.text) > self._scanned.get(p.channel, 0) - window for p in held.pieces):
                 break
-            out.append(held.encode())
+            out.append(held)
             self._held.popleft()
         return out

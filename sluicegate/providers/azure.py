@@ -12,7 +12,7 @@ from urllib.parse import quote
 from pydantic import BaseModel, ConfigDict, Field
 
 from sluicegate.providers.base import Preset, register_provider_type
-from sluicegate.providers.openai import OpenAIProvider
+from sluicegate.providers.openai import PATHS, OpenAIProvider
 
 if TYPE_CHECKING:
     from sluicegate.config.model import ProviderConfig
@@ -37,12 +37,13 @@ class AzureOpenAIProvider(OpenAIProvider):
         self.options = AzureOptions.model_validate(config.options)
         self._deployment_urls: dict[tuple[str, str], str] = {}
 
-    def url_for(self, endpoint: str, model: str) -> str:
+    def url_for(self, endpoint: str, model: str, stream: bool = False) -> str:
         key = (endpoint, model)
         url = self._deployment_urls.get(key)
         if url is None:
             deployment = quote(model, safe="")
-            url = f"{self.base_url}/openai/deployments/{deployment}/{endpoint}?api-version={self.options.api_version}"
+            path = f"openai/deployments/{deployment}/{PATHS[endpoint]}"
+            url = f"{self.base_url}/{path}?api-version={self.options.api_version}"
             self._deployment_urls[key] = url
         return url
 

@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from sluicegate.errors import RateLimited, SluicegateError, UpstreamError, UpstreamUnavailable
-from sluicegate.providers.base import Preset, Provider, register_provider_type
+from sluicegate.errors import UpstreamError
+from sluicegate.providers.base import Preset, Provider, StreamDecoder, json_error_message, register_provider_type
+from sluicegate.providers.framing import SSEParser, event_json
 
 if TYPE_CHECKING:
     from sluicegate.call import Call
@@ -35,44 +36,44 @@ PRESETS: dict[str, Preset] = {
 }
 
 
+#: OpenAI paths of the neutral endpoints
+PATHS = {"chat": "chat/completions", "completions": "completions", "embeddings": "embeddings"}
+
+
 class OpenAIProvider(Provider):
     """An upstream speaking the OpenAI HTTP API."""
 
     native_dialect = "openai"
+    translated_endpoints = frozenset({"chat"})
+    label = "an OpenAI-compatible provider"
 
     def __init__(self, config: Any, preset: Preset) -> None:
         super().__init__(config, preset)
         self._urls: dict[str, str] = {}
-        self._extra_headers = dict(config.headers)
-        self._headers: tuple[str | None, dict[str, str]] | None = None
 
-    def url_for(self, endpoint: str, model: str) -> str:
+    def url_for(self, endpoint: str, model: str, stream: bool = False) -> str:
         url = self._urls.get(endpoint)
         if url is None:
-            url = self._urls[endpoint] = f"{self.base_url}/{endpoint}"
+            url = self._urls[endpoint] = f"{self.base_url}/{PATHS[endpoint]}"
         return url
-
-    def auth_headers(self, secret: str | None) -> dict[str, str]:
-        cached = self._headers
-        if cached is not None and cached[0] == secret:
-            return cached[1]
-        headers = {"Content-Type": "application/json", **self._extra_headers}
-        if secret:
-            name, value = self.credential_header(secret)
-            headers[name] = value
-        self._headers = (secret, headers)
-        return headers
-
-    def credential_header(self, secret: str) -> tuple[str, str]:
-        """The header that carries the credential."""
-        return "Authorization", f"Bearer {secret}"
 
     def prepare_body(self, call: Call) -> bytes:
         body = call.body
-        assert body is not None and call.route is not None
+        assert body is not None
+        return self._body(call, body)
+
+    def build_request(self, call: Call, chat: dict[str, Any]) -> bytes:
+        # The neutral chat body is this protocol; only its extensions are not.
+        body = {k: v for k, v in chat.items() if k not in NEUTRAL_EXTENSIONS}
+        if self.type in _COMPLETION_TOKENS_TYPES and "max_tokens" in body:
+            # OpenAI's reasoning models refuse `max_tokens`; every OpenAI model takes this one.
+            body.setdefault("max_completion_tokens", body.pop("max_tokens"))
+        return self._body(call, body)
+
+    def _body(self, call: Call, body: dict[str, Any]) -> bytes:
+        assert call.route is not None
         out = dict(body)  # shallow copy: the parsed body stays as the client sent it
-        upstream_model = call.route.upstream_model or call.model_requested
-        out["model"] = upstream_model
+        out["model"] = call.route.upstream_model or call.model_requested
         if call.stream:
             # Ask for the usage chunk whatever the client asked: accounting needs it. The
             # gateway drops that chunk again when the client did not ask for it.
@@ -82,54 +83,71 @@ class OpenAIProvider(Provider):
             out["stream_options"] = options
         return orjson.dumps(out)
 
-    def parse_error(self, status: int, body: bytes, retry_after: float | None, secret: str | None) -> SluicegateError:
-        detail = _error_message(body)
-        if secret and detail:
-            detail = detail.replace(secret, "[redacted]")
-        where = f"provider '{self.name}'"
-        if status in (401, 403):
-            # Upstream auth messages quote (part of) the gateway's key: never relay them.
-            return UpstreamError(
-                f"{where} refused the gateway's credentials (HTTP {status}); an operator must fix its key",
-                code="upstream_auth_error",
-                status=502,
-            )
-        if status == 429:
-            return RateLimited(
-                f"{where} is rate limiting: {detail or 'too many requests'}",
-                code="upstream_rate_limited",
-                retry_after=retry_after,
-            )
-        if 400 <= status < 500:
-            # The client's request was refused on its merits: same status, the upstream's reason.
-            return UpstreamError(
-                f"{where} rejected the request: {detail or f'HTTP {status}'}",
-                code="upstream_bad_request" if status != 404 else "upstream_not_found",
-                status=status if status in (400, 404, 409, 413, 422) else 400,
-            )
-        if status in (502, 503, 529):
-            return UpstreamUnavailable(
-                f"{where} is unavailable (HTTP {status}): {detail or 'overloaded'}", retry_after=retry_after
-            )
-        return UpstreamError(f"{where} failed (HTTP {status}): {detail or 'server error'}")
+    def parse_response(self, data: Any, call: Call) -> dict[str, Any]:
+        if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
+            raise UpstreamError(f"provider '{self.name}' answered with a body that is not a chat completion")
+        return data
+
+    def stream_decoder(self, call: Call) -> StreamDecoder:
+        return OpenAIStreamDecoder(self.name)
+
+    def error_message(self, body: bytes) -> str:
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return body[:300].decode("utf-8", "replace").strip()
+        return json_error_message(data, ("error", "message"), ("error",), ("message",), ("detail",))
 
 
-def _error_message(body: bytes) -> str:
-    """The human message of an OpenAI-style error body, bounded; empty when there is none."""
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return body[:300].decode("utf-8", "replace").strip()
-    if isinstance(data, dict):
-        err = data.get("error", data)
-        if isinstance(err, dict):
-            msg = err.get("message")
-            if isinstance(msg, str):
-                return msg[:1000]
-        elif isinstance(err, str):
-            return err[:1000]
-    return ""
+#: types whose translated calls say `max_completion_tokens` (OpenAI's own API; others vary)
+_COMPLETION_TOKENS_TYPES = frozenset({"openai", "azure_openai"})
+#: keys of the neutral chat body that are not OpenAI's (dropped on the way to an OpenAI upstream)
+NEUTRAL_EXTENSIONS = frozenset({"top_k", "thinking_budget"})
+
+
+class OpenAIStreamDecoder(StreamDecoder):
+    """OpenAI SSE: each `data:` is a chunk already in the neutral shape; `[DONE]` ends it."""
+
+    def __init__(self, provider: str) -> None:
+        self.provider = provider
+        self.sse = SSEParser()
+        self.done = False
+
+    def feed(self, data: bytes) -> list[dict[str, Any]]:
+        out = []
+        for _, payload in self.sse.feed(data):
+            if payload == b"[DONE]":
+                self.done = True
+                continue
+            chunk = event_json(self.provider, payload)
+            if "error" in chunk:
+                detail = json_error_message(chunk, ("error", "message"))
+                raise UpstreamError(f"provider '{self.provider}' reported an error in the stream: {detail}")
+            out.append(chunk)
+        return out
+
+
+class MistralProvider(OpenAIProvider):
+    """Mistral's API (https://docs.mistral.ai/api/#tag/chat): OpenAI's shape, with its own quirks.
+
+    It refuses fields it does not know (422), so the gateway does not ask for the usage chunk
+    (the last chunk of a Mistral stream carries the usage anyway), sends `max_completion_tokens`
+    as `max_tokens` and `seed` as `random_seed`.
+    """
+
+    label = "Mistral"
+
+    def _body(self, call: Call, body: dict[str, Any]) -> bytes:
+        assert call.route is not None
+        out = dict(body)
+        out["model"] = call.route.upstream_model or call.model_requested
+        out.pop("stream_options", None)
+        if "max_completion_tokens" in out:
+            out.setdefault("max_tokens", out.pop("max_completion_tokens"))
+        if "seed" in out:
+            out["random_seed"] = out.pop("seed")
+        return orjson.dumps(out)
 
 
 for _name, _preset in PRESETS.items():
-    register_provider_type(_name, OpenAIProvider, _preset)
+    register_provider_type(_name, MistralProvider if _name == "mistral" else OpenAIProvider, _preset)

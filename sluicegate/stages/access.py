@@ -116,7 +116,7 @@ class ModelAccessStage:
             )
         cap = consumer.max_tokens
         if cap is not None and call.body is not None:
-            for param in ("max_tokens", "max_completion_tokens"):
+            for param in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
                 asked = call.body.get(param)
                 if isinstance(asked, int) and asked > cap:
                     raise Forbidden(

@@ -11,37 +11,53 @@ import base64
 import contextlib
 import functools
 import hashlib
-import logging
 import math
-import random
 import re
 import socket
-import string
 import struct
 import sys
 import threading
 import time
 from array import array
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
 import orjson
 import uvicorn
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
+from sluicegate.testing.wire import (  # noqa: F401  (re-exported names)
+    ARG_FRAGMENT,
+    DEFAULT_TEXT,
+    FORMAT_ROUTES,
+    ASGIApp,
+    InjectedFault,
+    Receive,
+    ReceivedRequest,
+    Reply,
+    Request,
+    Scope,
+    Send,
+    begin,
+    drop_connection,
+    echo,
+    install_log_filter,
+    rand,
+    read_body,
+    send_bytes,
+    stream_events,
+    text_of,
+    tool_call,
+    wait_disconnect,
+    words,
+)
+from sluicegate.testing.wire import (
+    pieces as split_pieces,
+)
 
-DEFAULT_TEXT = "This is a mock response from the fake upstream."
 DEFAULT_MODELS: tuple[str, ...] = ("gpt-4o-mini", "gpt-4o", "text-embedding-3-small")
 SYSTEM_FINGERPRINT = "fp_f4ke0c0ffee"
-ECHO_PREFIX = "echo:"
 MODELS_CREATED = 1715367049
-FAULTS = (None, "reset", "hang")
 DEFAULT_MODERATION_MODEL = "omni-moderation-latest"
 #: the categories `omni-moderation` scores
 MODERATION_CATEGORIES: tuple[str, ...] = (
@@ -62,108 +78,7 @@ MODERATION_CATEGORIES: tuple[str, ...] = (
 #: a moderation input containing one of these words (any case) is flagged in its category with score 0.9
 MODERATION_TRIGGERS: dict[str, str] = {"kill": "violence", "hate": "hate", "bully": "harassment"}
 
-# A stream piece is a run of whitespace plus the following word ("Hello", " world"); joining gives the text back.
-_PIECE = re.compile(r"\s*\S+|\s+")
-# Tool-call arguments stream as alternating word / non-word fragments ('{"', 'city', '":"', 'Paris', '"}').
-_ARG_FRAGMENT = re.compile(r"\w+|\W+")
-_ALNUM = string.ascii_letters + string.digits
-
-
-@dataclass(slots=True)
-class Reply:
-    """What the fake answers to one request (scripted by a test)."""
-
-    content: str | None = None
-    tool_calls: list[dict[str, Any]] | None = None
-    status: int = 200
-    error_message: str | None = None
-    retry_after: float | None = None
-    fault: str | None = None
-    delay_s: float = 0.0
-    chunk_interval_s: float = 0.0
-    chunks_before_fault: int = 2
-    usage: bool = True
-    model: str | None = None
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    headers: dict[str, str] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.fault not in FAULTS:
-            raise ValueError(f"Reply.fault must be one of {FAULTS}, not {self.fault!r}")
-
-
-@dataclass(slots=True, frozen=True)
-class ReceivedRequest:
-    """One HTTP request as the fake received it (header names lower-cased)."""
-
-    method: str
-    path: str
-    query: str
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        """The body parsed as JSON."""
-        return orjson.loads(self.body)
-
-
-class _InjectedFault(Exception):
-    """Raised inside the app to make the server drop the connection mid-response."""
-
-
-class _DropInjectedFaults(logging.Filter):
-    """Keeps uvicorn from logging a traceback for faults injected on purpose."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info
-        return not (exc and isinstance(exc[1], _InjectedFault))
-
-
-_log_filter_installed = False
-
-
-def _install_log_filter() -> None:
-    global _log_filter_installed
-    if not _log_filter_installed:
-        logging.getLogger("uvicorn.error").addFilter(_DropInjectedFaults())
-        _log_filter_installed = True
-
-
 # --------------------------------------------------------------------------------------------- wire helpers
-
-
-def _rand(n: int) -> str:
-    return "".join(random.choices(_ALNUM, k=n))
-
-
-def _pieces(text: str) -> list[str]:
-    return _PIECE.findall(text)
-
-
-def _words(text: str) -> int:
-    return len(text.split())
-
-
-def _text_of(content: Any) -> str:
-    """Text of a message content: a string, or the text parts of a multi-part list joined together."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(
-            p["text"]
-            for p in content
-            if isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
-        )
-    return ""
-
-
-def _echo(text: str) -> str | None:
-    """``"echo: X"`` -> ``"X"`` (one space after the colon is eaten); None when the text is no echo request."""
-    if not text.startswith(ECHO_PREFIX):
-        return None
-    rest = text[len(ECHO_PREFIX) :]
-    return rest[1:] if rest.startswith(" ") else rest
 
 
 def _chat_usage(prompt: int, completion: int) -> dict[str, Any]:
@@ -230,29 +145,6 @@ def mask_key(key: str) -> str:
     return f"{key[:keep]}***{key[-2:]}"
 
 
-def _headers(content_type: bytes, extra: dict[str, str], length: int | None = None) -> list[tuple[bytes, bytes]]:
-    out = [(b"content-type", content_type), (b"x-request-id", b"req_" + _rand(32).encode())]
-    if length is not None:
-        out.append((b"content-length", b"%d" % length))
-    for k, v in extra.items():
-        out.append((k.lower().encode("latin-1"), v.encode("latin-1")))
-    return out
-
-
-async def _send_bytes(
-    send: Send,
-    status: int,
-    payload: bytes,
-    extra: dict[str, str] | None = None,
-    *,
-    content_type: bytes = b"application/json",
-) -> None:
-    await send(
-        {"type": "http.response.start", "status": status, "headers": _headers(content_type, extra or {}, len(payload))}
-    )
-    await send({"type": "http.response.body", "body": payload, "more_body": False})
-
-
 async def _send_error(
     send: Send,
     status: int,
@@ -266,40 +158,7 @@ async def _send_error(
     headers = dict(extra or {})
     if retry_after is not None:
         headers["retry-after"] = str(int(retry_after)) if float(retry_after).is_integer() else str(retry_after)
-    await _send_bytes(send, status, error_body(status, message, param=param, code=code), headers)
-
-
-async def _read_body(receive: Receive) -> bytes | None:
-    """The whole request body, or None when the client went away first."""
-    message = await receive()
-    if message["type"] == "http.disconnect":
-        return None
-    body: bytes = message.get("body", b"")
-    if not message.get("more_body", False):
-        return body
-    parts = [body]
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return None
-        parts.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            return b"".join(parts)
-
-
-async def _wait_disconnect(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
-
-
-async def _drop_connection(send: Send, receive: Receive) -> None:
-    """Close the connection without any response (aborts the transport when the server exposes it, as uvicorn does)."""
-    transport = getattr(getattr(send, "__self__", None), "transport", None)
-    if transport is None or not hasattr(transport, "abort"):
-        raise _InjectedFault("connection reset by the fake upstream")
-    transport.abort()
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(_wait_disconnect(receive), 1.0)
+    await send_bytes(send, status, error_body(status, message, param=param, code=code), headers)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -348,19 +207,16 @@ def _include_usage(data: dict[str, Any]) -> bool:
     return isinstance(options, dict) and options.get("include_usage") is True
 
 
-def _tool_call(raw: dict[str, Any]) -> dict[str, Any]:
-    fn = raw.get("function", raw)
-    arguments = fn.get("arguments", "")
-    if not isinstance(arguments, str):
-        arguments = orjson.dumps(arguments).decode()
-    return {
-        "id": raw.get("id") or f"call_{_rand(24)}",
-        "type": "function",
-        "function": {"name": fn["name"], "arguments": arguments},
-    }
-
-
 # --------------------------------------------------------------------------------------------- the app
+
+
+async def _send_openai_error(send: Send, status: int, message: str | None, extra: dict[str, str]) -> None:
+    await send_bytes(send, status, error_body(status, message), extra)
+
+
+def _tool_call(raw: dict[str, Any]) -> dict[str, Any]:
+    tc = tool_call(raw)
+    return {"id": tc.id, "type": "function", "function": {"name": tc.name, "arguments": tc.arguments}}
 
 
 class FakeUpstream:
@@ -394,7 +250,7 @@ class FakeUpstream:
         self.calls_by_path: dict[str, int] = {}
         self._queue: deque[Reply] = deque()
         self._lock = threading.Lock()
-        _install_log_filter()
+        install_log_filter()
 
     # ----------------------------------------------------------------------------------------- scripting
 
@@ -453,10 +309,18 @@ class FakeUpstream:
         method: str = scope["method"]
         path: str = scope["path"]
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        body = await _read_body(receive)
+        body = await read_body(receive)
         self._note(method, path, scope, headers, body or b"")
         if body is None:
             return
+        for pattern, format_handler in FORMAT_ROUTES:
+            match = pattern.fullmatch(path)
+            if match is not None:
+                query = scope.get("query_string", b"").decode("latin-1")
+                raw_path = (scope.get("raw_path") or path.encode()).decode("latin-1")
+                request = Request(method, path, query, headers, body, match, raw_path)
+                await format_handler(self, request, receive, send)
+                return
         azure = _AZURE_PATH.match(path)
         if azure is not None:
             # Azure OpenAI: /openai/deployments/{deployment}/{operation}?api-version=..., key in `api-key`
@@ -531,42 +395,33 @@ class FakeUpstream:
 
     async def _begin(self, reply: Reply, stream: bool, receive: Receive, send: Send) -> bool:
         """Apply delay, faults and error statuses; True when the normal answer should follow."""
-        if reply.delay_s > 0:
-            await asyncio.sleep(reply.delay_s)
-        if reply.fault == "hang":
-            await _wait_disconnect(receive)
-            return False
-        if reply.fault == "reset" and (not stream or reply.status != 200):
-            await _drop_connection(send, receive)
-            return False
-        if reply.status != 200:
-            await _send_error(
-                send, reply.status, reply.error_message, extra=reply.headers, retry_after=reply.retry_after
-            )
-            return False
-        return True
+        return await begin(reply, stream, receive, send, _send_openai_error)
 
     async def _stream(self, reply: Reply, head: list[bytes], body: list[bytes], tail: list[bytes], send: Send) -> None:
-        """Send SSE events one ASGI message each; with fault="reset", drop the connection inside ``body``."""
-        headers = _headers(b"text/event-stream; charset=utf-8", reply.headers)
-        headers.append((b"cache-control", b"no-cache"))
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        reset = reply.fault == "reset"
-        events = head + (body[: reply.chunks_before_fault] if reset else body + tail)
-        interval = reply.chunk_interval_s
-        for i, event in enumerate(events):
-            if interval > 0 and i:
-                await asyncio.sleep(interval)
-            await send({"type": "http.response.body", "body": event, "more_body": True})
-        if reset:
-            if interval > 0:
-                await asyncio.sleep(interval)
-            raise _InjectedFault("stream reset by the fake upstream")
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        await stream_events(reply, head, body, tail, send)
 
     # ----------------------------------------------------------------------------------------- endpoints
 
-    async def _chat(self, data: dict[str, Any], receive: Receive, send: Send) -> None:
+    async def _mistral_chat(self, data: dict[str, Any], receive: Receive, send: Send) -> None:
+        """Mistral's chat completions (https://docs.mistral.ai/api/#tag/chat): the OpenAI shape, but
+        unknown fields are refused (422) and a stream's last chunk always carries the usage."""
+        extra = [k for k in ("stream_options", "max_completion_tokens", "seed") if k in data]
+        if extra:
+            detail = [
+                {
+                    "type": "extra_forbidden",
+                    "loc": ["body", k],
+                    "msg": "Extra inputs are not permitted",
+                    "input": data[k],
+                }
+                for k in extra
+            ]
+            body = {"object": "error", "message": {"detail": detail}, "type": "invalid_request_error", "param": None}
+            await send_bytes(send, 422, orjson.dumps({**body, "code": None}))
+            return
+        await self._chat(data, receive, send, usage_on_finish=True)
+
+    async def _chat(self, data: dict[str, Any], receive: Receive, send: Send, usage_on_finish: bool = False) -> None:
         model = _require_model(data)
         messages = data.get("messages")
         if messages is None:
@@ -596,22 +451,22 @@ class FakeUpstream:
         content = reply.content
         if content is None and tool_calls is None:
             last_user = next((m for m in reversed(messages) if m.get("role") == "user"), None)
-            echoed = _echo(_text_of(last_user.get("content"))) if last_user is not None else None
+            echoed = echo(text_of(last_user.get("content"))) if last_user is not None else None
             content = DEFAULT_TEXT if echoed is None else echoed
-        pieces = _pieces(content) if content is not None else []
+        pieces = split_pieces(content) if content is not None else []
         finish = "tool_calls" if tool_calls else "stop"
         if max_tokens is not None and len(pieces) > max_tokens:
             pieces = pieces[:max_tokens]
             content = "".join(pieces)
             finish = "length"
-        fragments = [_ARG_FRAGMENT.findall(tc["function"]["arguments"]) for tc in tool_calls or []]
+        fragments = [ARG_FRAGMENT.findall(tc["function"]["arguments"]) for tc in tool_calls or []]
         per_choice = len(pieces) + sum(len(f) + 1 for f in fragments)
         prompt_tokens = reply.prompt_tokens
         if prompt_tokens is None:
-            prompt_tokens = sum(_words(_text_of(m.get("content"))) + 3 for m in messages)
+            prompt_tokens = sum(words(text_of(m.get("content"))) + 3 for m in messages)
         completion_tokens = reply.completion_tokens if reply.completion_tokens is not None else per_choice * n
         usage = _chat_usage(prompt_tokens, completion_tokens) if reply.usage else None
-        cid = "chatcmpl-" + _rand(29)
+        cid = "chatcmpl-" + rand(29)
         created = int(time.time())
         model_name = reply.model or model
 
@@ -621,7 +476,7 @@ class FakeUpstream:
                 message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": None, "annotations": []}
                 if tool_calls:
                     message["tool_calls"] = (
-                        tool_calls if i == 0 else [dict(tc, id=f"call_{_rand(24)}") for tc in tool_calls]
+                        tool_calls if i == 0 else [dict(tc, id=f"call_{rand(24)}") for tc in tool_calls]
                     )
                 choices.append({"index": i, "message": message, "logprobs": None, "finish_reason": finish})
             obj: dict[str, Any] = {
@@ -635,7 +490,7 @@ class FakeUpstream:
                 obj["usage"] = usage
             obj["service_tier"] = "default"
             obj["system_fingerprint"] = SYSTEM_FINGERPRINT
-            await _send_bytes(send, 200, orjson.dumps(obj), reply.headers)
+            await send_bytes(send, 200, orjson.dumps(obj), reply.headers)
             return
 
         include_usage = _include_usage(data) and usage is not None
@@ -662,7 +517,7 @@ class FakeUpstream:
         body = [event(choice(i, {"content": piece})) for piece in pieces for i in range(n)]
         for i in range(n):
             for t, (tc, frags) in enumerate(zip(tool_calls or [], fragments, strict=True)):
-                call_id = tc["id"] if i == 0 else f"call_{_rand(24)}"
+                call_id = tc["id"] if i == 0 else f"call_{rand(24)}"
                 opening = {
                     "index": t,
                     "id": call_id,
@@ -674,7 +529,11 @@ class FakeUpstream:
                     event(choice(i, {"tool_calls": [{"index": t, "function": {"arguments": f}}]})) for f in frags
                 )
         tail = [event(choice(i, {}, finish)) for i in range(n)]
-        if include_usage:
+        if usage_on_finish and usage is not None:
+            last = orjson.loads(tail[-1][6:])
+            last["usage"] = usage
+            tail[-1] = b"data: " + orjson.dumps(last) + b"\n\n"
+        elif include_usage:
             tail.append(event([], usage))
         tail.append(b"data: [DONE]\n\n")
         await self._stream(reply, head, body, tail, send)
@@ -686,10 +545,10 @@ class FakeUpstream:
             raise _BadRequest("Missing required parameter: 'prompt'.", "prompt", "missing_required_parameter")
         if isinstance(prompt, str):
             prompts = [prompt]
-            prompt_words = _words(prompt)
+            prompt_words = words(prompt)
         elif isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
             prompts = prompt
-            prompt_words = sum(_words(p) for p in prompt)
+            prompt_words = sum(words(p) for p in prompt)
         elif isinstance(prompt, list) and prompt:  # token arrays
             prompts = [""] * (1 if all(isinstance(p, int) for p in prompt) else len(prompt))
             prompt_words = _token_count(prompt)
@@ -707,9 +566,9 @@ class FakeUpstream:
         for p in prompts:
             text = reply.content
             if text is None:
-                echoed = _echo(p)
+                echoed = echo(p)
                 text = DEFAULT_TEXT if echoed is None else echoed
-            pieces = _pieces(text)
+            pieces = split_pieces(text)
             finish = "stop"
             if max_tokens is not None and len(pieces) > max_tokens:
                 text = "".join(pieces[:max_tokens])
@@ -718,9 +577,9 @@ class FakeUpstream:
         prompt_tokens = reply.prompt_tokens if reply.prompt_tokens is not None else prompt_words
         completion_tokens = reply.completion_tokens
         if completion_tokens is None:
-            completion_tokens = sum(len(_pieces(t)) for t, _ in texts) * n
+            completion_tokens = sum(len(split_pieces(t)) for t, _ in texts) * n
         usage = _plain_usage(prompt_tokens, completion_tokens) if reply.usage else None
-        cid = "cmpl-" + _rand(29)
+        cid = "cmpl-" + rand(29)
         created = int(time.time())
         model_name = reply.model or model
 
@@ -740,7 +599,7 @@ class FakeUpstream:
             }
             if usage is not None:
                 obj["usage"] = usage
-            await _send_bytes(send, 200, orjson.dumps(obj), reply.headers)
+            await send_bytes(send, 200, orjson.dumps(obj), reply.headers)
             return
 
         include_usage = _include_usage(data) and usage is not None
@@ -765,7 +624,7 @@ class FakeUpstream:
                 index = k * n + j
                 body.extend(
                     event([{"text": piece, "index": index, "logprobs": None, "finish_reason": None}])
-                    for piece in _pieces(text)
+                    for piece in split_pieces(text)
                 )
                 tail.append(event([{"text": "", "index": index, "logprobs": None, "finish_reason": finish}]))
         if include_usage:
@@ -781,10 +640,10 @@ class FakeUpstream:
         inputs: list[str]
         if isinstance(raw, str):
             inputs = [raw]
-            tokens = _words(raw)
+            tokens = words(raw)
         elif isinstance(raw, list) and raw and all(isinstance(x, str) for x in raw):
             inputs = raw
-            tokens = sum(_words(x) for x in raw)
+            tokens = sum(words(x) for x in raw)
         elif isinstance(raw, list) and raw and all(isinstance(x, int) for x in raw):
             inputs = ["tokens:" + ",".join(map(str, raw))]
             tokens = len(raw)
@@ -812,7 +671,7 @@ class FakeUpstream:
         obj: dict[str, Any] = {"object": "list", "data": items, "model": reply.model or model}
         if reply.usage:
             obj["usage"] = {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}
-        await _send_bytes(send, 200, orjson.dumps(obj), reply.headers)
+        await send_bytes(send, 200, orjson.dumps(obj), reply.headers)
 
     async def _moderations(self, data: dict[str, Any], receive: Receive, send: Send) -> None:
         """Flags an input in a category when it holds that category's word of ``MODERATION_TRIGGERS``.
@@ -828,7 +687,7 @@ class FakeUpstream:
         elif isinstance(raw, list) and raw and all(isinstance(x, str) for x in raw):
             inputs = raw
         elif isinstance(raw, list) and raw and all(isinstance(x, dict) for x in raw):
-            inputs = [_text_of(raw)]  # multi-modal parts moderate as one input
+            inputs = [text_of(raw)]  # multi-modal parts moderate as one input
         else:
             raise _BadRequest("'$.input' is invalid. Please check the API reference.", "input", "invalid_value")
         model = data.get("model", DEFAULT_MODERATION_MODEL)
@@ -850,15 +709,15 @@ class FakeUpstream:
                     "category_applied_input_types": {c: ["text"] for c in MODERATION_CATEGORIES},
                 }
             )
-        obj = {"id": "modr-" + _rand(24), "model": reply.model or model, "results": results}
-        await _send_bytes(send, 200, orjson.dumps(obj), reply.headers)
+        obj = {"id": "modr-" + rand(24), "model": reply.model or model, "results": results}
+        await send_bytes(send, 200, orjson.dumps(obj), reply.headers)
 
     def _model_obj(self, model_id: str) -> dict[str, Any]:
         return {"id": model_id, "object": "model", "created": MODELS_CREATED, "owned_by": "fake-upstream"}
 
     async def _models(self, send: Send) -> None:
         payload = orjson.dumps({"object": "list", "data": [self._model_obj(m) for m in self.models]})
-        await _send_bytes(send, 200, payload)
+        await send_bytes(send, 200, payload)
 
     async def _model(self, model_id: str, send: Send) -> None:
         if model_id not in self.models:
@@ -866,7 +725,7 @@ class FakeUpstream:
                 send, 404, f"The model '{model_id}' does not exist or you do not have access to it.", param="model"
             )
             return
-        await _send_bytes(send, 200, orjson.dumps(self._model_obj(model_id)))
+        await send_bytes(send, 200, orjson.dumps(self._model_obj(model_id)))
 
 
 def _token_count(raw: list[Any]) -> int:
@@ -878,6 +737,7 @@ _AZURE_PATH = re.compile(r"^/openai/deployments/[^/]+/(?P<operation>chat/complet
 
 _ROUTES: dict[str, tuple[str, Callable[..., Awaitable[None]] | None]] = {
     "/v1/chat/completions": ("POST", FakeUpstream._chat),
+    "/mistral/v1/chat/completions": ("POST", FakeUpstream._mistral_chat),
     "/v1/completions": ("POST", FakeUpstream._completions),
     "/v1/embeddings": ("POST", FakeUpstream._embeddings),
     "/v1/moderations": ("POST", FakeUpstream._moderations),
@@ -886,6 +746,10 @@ _ROUTES: dict[str, tuple[str, Callable[..., Awaitable[None]] | None]] = {
 
 
 # --------------------------------------------------------------------------------------------- running servers
+
+
+# The other wire formats register their routes when imported.
+from sluicegate.testing import fake_anthropic, fake_bedrock, fake_cohere, fake_gemini, fake_ollama  # noqa: E402, F401
 
 
 def _config(app: ASGIApp, host: str, port: int) -> uvicorn.Config:

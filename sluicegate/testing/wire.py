@@ -1,0 +1,346 @@
+"""What every fake upstream wire format shares: the scripted `Reply`, the answer it plans, faults,
+and the low-level ASGI helpers. Each format module (`fake_anthropic`, `fake_gemini` ...) renders a
+planned answer in its provider's documented shape and registers its routes with `add_route`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import re
+import string
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+if TYPE_CHECKING:
+    from sluicegate.testing.upstream import FakeUpstream
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
+
+DEFAULT_TEXT = "This is a mock response from the fake upstream."
+ECHO_PREFIX = "echo:"
+FAULTS = (None, "reset", "hang")
+
+# A stream piece is a run of whitespace plus the following word ("Hello", " world"); joining gives the text back.
+PIECE = re.compile(r"\s*\S+|\s+")
+# Tool-call arguments stream as alternating word / non-word fragments ('{"', 'city', '":"', 'Paris', '"}').
+ARG_FRAGMENT = re.compile(r"\w+|\W+")
+_ALNUM = string.ascii_letters + string.digits
+
+
+@dataclass(slots=True)
+class Reply:
+    """What the fake answers to one request (scripted by a test), in whichever wire format.
+
+    `tool_calls` entries are `{"name", "arguments"}` (arguments a JSON string or an object), or
+    OpenAI-shaped `{"id", "function": {...}}`. `cached_tokens` / `reasoning_tokens` are reported
+    in the format's usage where it has a place for them; `reasoning` is thinking text, sent before
+    the answer by formats that carry it.
+    """
+
+    content: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    status: int = 200
+    error_message: str | None = None
+    retry_after: float | None = None
+    fault: str | None = None
+    delay_s: float = 0.0
+    chunk_interval_s: float = 0.0
+    chunks_before_fault: int = 2
+    usage: bool = True
+    model: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    cached_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    reasoning: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.fault not in FAULTS:
+            raise ValueError(f"Reply.fault must be one of {FAULTS}, not {self.fault!r}")
+
+
+@dataclass(slots=True, frozen=True)
+class ReceivedRequest:
+    """One HTTP request as the fake received it (header names lower-cased)."""
+
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        """The body parsed as JSON."""
+        return orjson.loads(self.body)
+
+
+@dataclass(slots=True)
+class ToolCall:
+    """A planned tool call: id, name, JSON arguments text and how they stream."""
+
+    id: str
+    name: str
+    arguments: str
+    fragments: list[str]
+
+
+@dataclass(slots=True)
+class Answer:
+    """What a format renders for one request: the same for every wire format, so tests can script
+    any provider alike. Token counts: prompt = words of every message text + 3 per message
+    (unless scripted); completion = stream pieces + per tool call its argument fragments + 1."""
+
+    text: str | None
+    pieces: list[str]
+    tool_calls: list[ToolCall]
+    finish: str  # stop | length | tool_calls
+    prompt_tokens: int
+    completion_tokens: int
+    reply: Reply
+    model: str
+
+    @property
+    def reasoning(self) -> str | None:
+        return self.reply.reasoning
+
+
+def plan_answer(
+    reply: Reply,
+    model: str,
+    last_user_text: str,
+    prompt_words: int,
+    messages: int,
+    max_tokens: int | None = None,
+    id_prefix: str = "call_",
+) -> Answer:
+    """The answer to one request: the scripted content or tool calls, else an echo of the last
+    user text (`"echo: X"` answers `X`), else `DEFAULT_TEXT`; cut to `max_tokens` pieces."""
+    tool_calls = [tool_call(raw, id_prefix) for raw in reply.tool_calls or ()]
+    text = reply.content
+    if text is None and not tool_calls:
+        echoed = echo(last_user_text)
+        text = DEFAULT_TEXT if echoed is None else echoed
+    pieces_ = pieces(text) if text is not None else []
+    finish = "tool_calls" if tool_calls else "stop"
+    if max_tokens is not None and len(pieces_) > max_tokens:
+        pieces_ = pieces_[:max_tokens]
+        text = "".join(pieces_)
+        finish = "length"
+    prompt = reply.prompt_tokens if reply.prompt_tokens is not None else prompt_words + 3 * messages
+    completion = reply.completion_tokens
+    if completion is None:
+        completion = len(pieces_) + sum(len(tc.fragments) + 1 for tc in tool_calls)
+    return Answer(text, pieces_, tool_calls, finish, prompt, completion, reply, reply.model or model)
+
+
+def tool_call(raw: dict[str, Any], id_prefix: str = "call_") -> ToolCall:
+    """A scripted tool call, normalised."""
+    fn = raw.get("function", raw)
+    arguments = fn.get("arguments", "")
+    if not isinstance(arguments, str):
+        arguments = orjson.dumps(arguments).decode()
+    return ToolCall(raw.get("id") or f"{id_prefix}{rand(24)}", fn["name"], arguments, ARG_FRAGMENT.findall(arguments))
+
+
+class InjectedFault(Exception):
+    """Raised inside the app to make the server drop the connection mid-response."""
+
+
+class _DropInjectedFaults(logging.Filter):
+    """Keeps uvicorn from logging a traceback for faults injected on purpose."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info
+        return not (exc and isinstance(exc[1], InjectedFault))
+
+
+_log_filter_installed = False
+
+
+def install_log_filter() -> None:
+    global _log_filter_installed
+    if not _log_filter_installed:
+        logging.getLogger("uvicorn.error").addFilter(_DropInjectedFaults())
+        _log_filter_installed = True
+
+
+def rand(n: int) -> str:
+    return "".join(random.choices(_ALNUM, k=n))
+
+
+def pieces(text: str) -> list[str]:
+    return PIECE.findall(text)
+
+
+def words(text: str) -> int:
+    return len(text.split())
+
+
+def text_of(content: Any) -> str:
+    """Text of a message content: a string, or the text parts of a multi-part list joined together."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(
+            p["text"]
+            for p in content
+            if isinstance(p, dict) and p.get("type") in ("text", "input_text") and isinstance(p.get("text"), str)
+        )
+    return ""
+
+
+def echo(text: str) -> str | None:
+    """``"echo: X"`` -> ``"X"`` (one space after the colon is eaten); None when the text is no echo request."""
+    if not text.startswith(ECHO_PREFIX):
+        return None
+    rest = text[len(ECHO_PREFIX) :]
+    return rest[1:] if rest.startswith(" ") else rest
+
+
+def headers(content_type: bytes, extra: dict[str, str], length: int | None = None) -> list[tuple[bytes, bytes]]:
+    out = [(b"content-type", content_type), (b"x-request-id", b"req_" + rand(32).encode())]
+    if length is not None:
+        out.append((b"content-length", b"%d" % length))
+    for k, v in extra.items():
+        out.append((k.lower().encode("latin-1"), v.encode("latin-1")))
+    return out
+
+
+async def send_bytes(
+    send: Send,
+    status: int,
+    payload: bytes,
+    extra: dict[str, str] | None = None,
+    *,
+    content_type: bytes = b"application/json",
+) -> None:
+    await send(
+        {"type": "http.response.start", "status": status, "headers": headers(content_type, extra or {}, len(payload))}
+    )
+    await send({"type": "http.response.body", "body": payload, "more_body": False})
+
+
+async def read_body(receive: Receive) -> bytes | None:
+    """The whole request body, or None when the client went away first."""
+    message = await receive()
+    if message["type"] == "http.disconnect":
+        return None
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body", False):
+        return body
+    parts = [body]
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        parts.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(parts)
+
+
+async def wait_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def drop_connection(send: Send, receive: Receive) -> None:
+    """Close the connection without any response (aborts the transport when the server exposes it, as uvicorn does)."""
+    transport = getattr(getattr(send, "__self__", None), "transport", None)
+    if transport is None or not hasattr(transport, "abort"):
+        raise InjectedFault("connection reset by the fake upstream")
+    transport.abort()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(wait_disconnect(receive), 1.0)
+
+
+#: sends a format's error body: (send, status, message or None for the format's default, extra headers)
+ErrorSender = Callable[[Send, int, "str | None", dict[str, str]], Awaitable[None]]
+
+
+async def begin(reply: Reply, stream: bool, receive: Receive, send: Send, send_error: ErrorSender) -> bool:
+    """Apply delay, faults and error statuses; True when the normal answer should follow."""
+    if reply.delay_s > 0:
+        await asyncio.sleep(reply.delay_s)
+    if reply.fault == "hang":
+        await wait_disconnect(receive)
+        return False
+    if reply.fault == "reset" and (not stream or reply.status != 200):
+        await drop_connection(send, receive)
+        return False
+    if reply.status != 200:
+        extra = dict(reply.headers)
+        if reply.retry_after is not None:
+            ra = reply.retry_after
+            extra["retry-after"] = str(int(ra)) if float(ra).is_integer() else str(ra)
+        await send_error(send, reply.status, reply.error_message, extra)
+        return False
+    return True
+
+
+async def stream_events(
+    reply: Reply,
+    head: list[bytes],
+    body: list[bytes],
+    tail: list[bytes],
+    send: Send,
+    content_type: bytes = b"text/event-stream; charset=utf-8",
+) -> None:
+    """Send stream frames one ASGI message each; with fault="reset", drop the connection inside ``body``."""
+    hdrs = headers(content_type, reply.headers)
+    hdrs.append((b"cache-control", b"no-cache"))
+    await send({"type": "http.response.start", "status": 200, "headers": hdrs})
+    reset = reply.fault == "reset"
+    events = head + (body[: reply.chunks_before_fault] if reset else body + tail)
+    interval = reply.chunk_interval_s
+    for i, event in enumerate(events):
+        if interval > 0 and i:
+            await asyncio.sleep(interval)
+        await send({"type": "http.response.body", "body": event, "more_body": True})
+    if reset:
+        if interval > 0:
+            await asyncio.sleep(interval)
+        raise InjectedFault("stream reset by the fake upstream")
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def sse(data: Any, event: str | None = None) -> bytes:
+    """One SSE frame: optional `event:` line, then `data:` with compact JSON (or the bytes given)."""
+    payload = data if isinstance(data, bytes) else orjson.dumps(data)
+    return (b"event: " + event.encode() + b"\n" if event else b"") + b"data: " + payload + b"\n\n"
+
+
+@dataclass(slots=True, frozen=True)
+class Request:
+    """One request handed to a format route."""
+
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]
+    body: bytes
+    match: re.Match[str]
+    #: the path as sent, percent-escapes kept (`path` is decoded)
+    raw_path: str = ""
+
+
+#: a format route's handler: (fake, request, receive, send)
+Handler = Callable[["FakeUpstream", Request, Receive, Send], Awaitable[None]]
+
+#: routes of the non-OpenAI formats, tried in order before the OpenAI ones
+FORMAT_ROUTES: list[tuple[re.Pattern[str], Handler]] = []
+
+
+def add_route(pattern: str, handler: Handler) -> None:
+    """Serve paths matching `pattern` (a full-match regex) with `handler`."""
+    FORMAT_ROUTES.append((re.compile(pattern), handler))
