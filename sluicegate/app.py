@@ -27,7 +27,10 @@ from sluicegate.audit.writer import AuditWriter
 from sluicegate.call import Call
 from sluicegate.config.loader import ConfigInvalid, load_config
 from sluicegate.config.snapshot import Snapshot
+from sluicegate.dialects import anthropic as anthropic_dialect
 from sluicegate.dialects import openai as openai_dialect
+from sluicegate.dialects import request_texts
+from sluicegate.dialects import responses as responses_dialect
 from sluicegate.errors import MethodNotAllowed, NotFound, SluicegateError
 from sluicegate.guardrails.base import GuardContext, GuardUnavailable
 from sluicegate.pipeline import Endpoint, Pipeline, send_error
@@ -44,7 +47,15 @@ log = logging.getLogger("sluicegate")
 
 
 def _openai(name: str, fill: Any) -> Endpoint:
-    return Endpoint(name, openai_dialect.parse_body, fill, openai_dialect.error_body, openai_dialect.sse_error)
+    return Endpoint(
+        name,
+        openai_dialect.parse_body,
+        fill,
+        openai_dialect.error_body,
+        openai_dialect.sse_error,
+        render_response=openai_dialect.render_chat,
+        stream_encoder=openai_dialect.ChatStreamEncoder,
+    )
 
 
 _OPENAI_ENDPOINTS = {
@@ -52,12 +63,62 @@ _OPENAI_ENDPOINTS = {
     "/completions": _openai("completions", openai_dialect.parse_completions),
     "/embeddings": _openai("embeddings", openai_dialect.parse_embeddings),
 }
-#: POST routes of the data plane; each also answers without the `/v1` prefix, as OpenAI clients vary
+
+
+async def _count_tokens(call: Call) -> bytes:
+    """count_tokens for a model whose provider has no such endpoint: the gateway's estimate."""
+    assert call.body is not None
+    texts = [text for _, text in request_texts(call.endpoint, call.body)]
+    model = call.route.upstream_model if call.route is not None else None
+    return anthropic_dialect.count_tokens_body(tokens.count_tokens(texts, model or call.model_requested))
+
+
+_ANTHROPIC: dict[str, Any] = {
+    "dialect": "anthropic",
+    "to_chat": anthropic_dialect.to_chat,
+    "render_response": anthropic_dialect.render_response,
+    "stream_encoder": anthropic_dialect.MessagesStreamEncoder,
+}
+#: the Responses and Anthropic Messages endpoints: translated for every provider but their own
+_DIALECT_ENDPOINTS = {
+    "/responses": Endpoint(
+        "responses",
+        openai_dialect.parse_body,
+        responses_dialect.parse_responses,
+        openai_dialect.error_body,
+        openai_dialect.sse_error,
+        dialect="responses",
+        to_chat=responses_dialect.to_chat,
+        render_response=responses_dialect.render_response,
+        stream_encoder=responses_dialect.ResponsesStreamEncoder,
+    ),
+    "/messages": Endpoint(
+        "messages",
+        anthropic_dialect.parse_body,
+        anthropic_dialect.parse_messages,
+        anthropic_dialect.error_body,
+        anthropic_dialect.sse_error,
+        **_ANTHROPIC,
+    ),
+    "/messages/count_tokens": Endpoint(
+        "count_tokens",
+        anthropic_dialect.parse_body,
+        anthropic_dialect.parse_count_tokens,
+        anthropic_dialect.error_body,
+        anthropic_dialect.sse_error,
+        local=_count_tokens,
+        **_ANTHROPIC,
+    ),
+}
+_ROUTES = {**_OPENAI_ENDPOINTS, **_DIALECT_ENDPOINTS}
+#: POST routes of the data plane; each also answers without the `/v1` prefix, as clients vary
 ENDPOINTS: dict[str, Endpoint] = {
-    **{f"/v1{path}": ep for path, ep in _OPENAI_ENDPOINTS.items()},
-    **_OPENAI_ENDPOINTS,
+    **{f"/v1{path}": ep for path, ep in _ROUTES.items()},
+    **_ROUTES,
 }
 _JSON = (b"content-type", b"application/json")
+#: `/v1/models` runs the header stages only; it has no body to parse
+_MODELS = _openai("models", lambda call, body: None)
 
 
 class Gateway:
@@ -135,9 +196,15 @@ class Gateway:
         elif kind == "lifespan":
             await self._lifespan(receive, send)
 
-    def _new_call(self, scope: Scope, endpoint: str, snapshot: Snapshot) -> Call:
+    def _new_call(self, scope: Scope, endpoint: Endpoint, snapshot: Snapshot) -> Call:
         # A random per-process prefix and a counter: unique across restarts, no syscall per request.
-        call = Call(f"{self._id_prefix}{next(self._ids):010x}", endpoint, snapshot, dict(scope["headers"]))
+        call = Call(
+            f"{self._id_prefix}{next(self._ids):010x}",
+            endpoint.name,
+            snapshot,
+            dict(scope["headers"]),
+            endpoint.dialect,
+        )
         client = scope.get("client")
         if client:
             call.client_ip = client[0]
@@ -145,7 +212,7 @@ class Gateway:
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send, endpoint: Endpoint) -> None:
         snapshot, pipeline = self._state
-        call = self._new_call(scope, endpoint.name, snapshot)
+        call = self._new_call(scope, endpoint, snapshot)
         relay = self.relay
         if relay is None:
             raise RuntimeError("the gateway serves requests only after its lifespan startup")
@@ -153,7 +220,7 @@ class Gateway:
 
     async def _models(self, scope: Scope, receive: Receive, send: Send) -> None:
         snapshot, pipeline = self._state
-        call = self._new_call(scope, "models", snapshot)
+        call = self._new_call(scope, _MODELS, snapshot)
         try:
             if scope["method"] != "GET":
                 raise MethodNotAllowed("Use GET for /v1/models")
@@ -204,6 +271,8 @@ class Gateway:
         try:
             resp = await self.relay.open(call)
             data = await resp.json(content_type=None)
+            if call.translated:
+                data = route.provider.parse_response(data, call)
         except (SluicegateError, aiohttp.ClientError, ValueError) as exc:
             raise GuardUnavailable(f"model '{model}' failed: {type(exc).__name__}") from None
         try:
