@@ -183,7 +183,7 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 5) -> None:
 def gateway_process(data_dir: Path, *args: str, cwd: Path | None = None) -> Iterator[GatewayProcess]:
     """Run `sluicegate serve ARGS` on a free port until it is ready; stop it (SIGTERM) on exit."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY")}
     env.update(SLUICEGATE_DATA_DIR=str(data_dir), TEST_UPSTREAM_KEY=CANARY_KEY)
     proc = subprocess.Popen(
         [sys.executable, "-m", "sluicegate.cli", "serve", "--port", str(port), *args],

@@ -58,7 +58,8 @@ ERROR_TYPES = {
     529: "overloaded_error",
 }
 
-ROLES = ("user", "assistant")
+#: `system` mid-conversation: Anthropic's `mid-conversation-system` beta, which Claude Code uses
+ROLES = ("user", "assistant", "system")
 TOOL_CHOICES = ("auto", "any", "tool", "none")
 THINKING_TYPES = ("enabled", "disabled", "adaptive")
 EFFORTS = ("low", "medium", "high")
@@ -166,27 +167,35 @@ def _messages(body: dict[str, Any]) -> None:
         if role is None:
             raise _missing(f"{where}.role")
         if role not in ROLES:
-            raise _bad(f"{where}.role", "Input should be 'user' or 'assistant'")
+            raise _bad(f"{where}.role", "Input should be 'user', 'assistant' or 'system'")
         content = message.get("content")
         if content is None:
             raise _missing(f"{where}.content")
-        if not isinstance(content, str):
+        if role == "system":
+            _system_blocks(f"{where}.content", content)
+        elif not isinstance(content, str):
             _blocks(f"{where}.content", content)
 
 
 def _system(body: dict[str, Any]) -> None:
     system = body.get("system")
-    if system is None or isinstance(system, str):
+    if system is not None:
+        _system_blocks("system", system)
+
+
+def _system_blocks(where: str, system: Any) -> None:
+    """A system prompt: a string, or a list of text blocks."""
+    if isinstance(system, str):
         return
     if not isinstance(system, list):
-        raise _bad("system", "Input should be a valid string or a valid list")
+        raise _bad(where, "Input should be a valid string or a valid list")
     for j, block in enumerate(system):
         if not isinstance(block, dict):
-            raise _bad(f"system.{j}", "Input should be a valid dictionary")
+            raise _bad(f"{where}.{j}", "Input should be a valid dictionary")
         if block.get("type") != "text":
-            raise _bad(f"system.{j}.type", "Input should be 'text'")
+            raise _bad(f"{where}.{j}.type", "Input should be 'text'")
         if not isinstance(block.get("text"), str):
-            raise _bad(f"system.{j}.text", "Input should be a valid string")
+            raise _bad(f"{where}.{j}.text", "Input should be a valid string")
 
 
 def _tools(body: dict[str, Any]) -> None:
@@ -515,8 +524,15 @@ def to_chat(body: dict[str, Any]) -> dict[str, Any]:
     if system is not None:
         messages.append(system)
     for message in body["messages"]:
-        if message["role"] == "user":
+        role = message["role"]
+        if role == "user":
             _user(message["content"], messages)
+        elif role == "system":
+            # A system message mid-conversation stays where it stands: providers that take
+            # system text only up front gather it there.
+            inner = _system_message(message["content"])
+            if inner is not None:
+                messages.append(inner)
         else:
             _assistant(message["content"], messages)
     cache = body.get("cache_control")

@@ -101,7 +101,7 @@ async def _messages(fake: FakeUpstream, request: Request, receive: Receive, send
     if data is None:
         return
     try:
-        max_tokens = _check_messages_request(data)
+        max_tokens = _check_messages_request(data, request.headers.get("anthropic-beta", ""))
     except _Invalid as exc:
         await send_error(send, exc.status, exc.message, {})
         return
@@ -131,7 +131,7 @@ async def _count_tokens(fake: FakeUpstream, request: Request, receive: Receive, 
     if data is None:
         return
     try:
-        _check_common(data)
+        _check_common(data, request.headers.get("anthropic-beta", ""))
     except _Invalid as exc:
         await send_error(send, exc.status, exc.message, {})
         return
@@ -179,20 +179,15 @@ async def _accept(fake: FakeUpstream, request: Request, send: Send) -> dict[str,
 # ----------------------------------------------------------------------------------------- validation
 
 
-def _check_common(data: dict[str, Any]) -> None:
+def _check_common(data: dict[str, Any], betas: str = "") -> None:
     """What Messages and count_tokens both check: model, system, messages and their tool pairing."""
     model = data.get("model")
     if model is None:
         raise _Invalid("model: Field required")
     if not isinstance(model, str):
         raise _Invalid("model: Input should be a valid string")
-    system = data.get("system")
-    if system is not None and not isinstance(system, (str, list)):
-        raise _Invalid("system: Input should be a valid string or a list of text blocks")
-    if isinstance(system, list):
-        for j, block in enumerate(system):
-            if not isinstance(block, dict) or block.get("type") != "text" or not isinstance(block.get("text"), str):
-                raise _Invalid(f"system.{j}: Input should be a text block")
+    if data.get("system") is not None:
+        _check_system(data["system"], "system")
     messages = data.get("messages")
     if messages is None:
         raise _Invalid("messages: Field required")
@@ -204,6 +199,10 @@ def _check_common(data: dict[str, Any]) -> None:
         if not isinstance(message, dict):
             raise _Invalid(f"messages.{i}: Input should be a valid dictionary")
         role = message.get("role")
+        if role == "system" and "mid-conversation-system" in betas:
+            # The beta Claude Code sends: system text between turns, as a string or text blocks.
+            _check_system(message.get("content"), f"messages.{i}.content")
+            continue
         if role == "system":
             raise _Invalid(
                 'messages: Unexpected role "system". The Messages API accepts a top-level `system` parameter, '
@@ -228,6 +227,15 @@ def _check_common(data: dict[str, Any]) -> None:
     if messages[0].get("role") != "user":
         raise _Invalid('messages: first message must use the "user" role')
     _check_tool_pairing(messages)
+
+
+def _check_system(system: Any, at: str) -> None:
+    if not isinstance(system, (str, list)):
+        raise _Invalid(f"{at}: Input should be a valid string or a list of text blocks")
+    if isinstance(system, list):
+        for j, block in enumerate(system):
+            if not isinstance(block, dict) or block.get("type") != "text" or not isinstance(block.get("text"), str):
+                raise _Invalid(f"{at}.{j}: Input should be a text block")
 
 
 #: content block types a request may hold, by role
@@ -301,9 +309,9 @@ def _check_tool_pairing(messages: list[dict[str, Any]]) -> None:
             previous_ids = [b["id"] for b in blocks if b.get("type") == "tool_use"]
 
 
-def _check_messages_request(data: dict[str, Any]) -> int:
+def _check_messages_request(data: dict[str, Any], betas: str = "") -> int:
     """The Messages create checks (https://docs.anthropic.com/en/api/messages); the max_tokens."""
-    _check_common(data)
+    _check_common(data, betas)
     max_tokens = data.get("max_tokens")
     if max_tokens is None:
         raise _Invalid("max_tokens: Field required")

@@ -90,7 +90,10 @@ def test_valid_body_fills_the_call() -> None:
         ({"messages": None}, "messages: Field required"),
         ({"messages": "hi"}, "messages: Input should be a valid list"),
         ({"messages": []}, "messages: at least one message is required"),
-        ({"messages": [{"role": "system", "content": "x"}]}, "messages.0.role: Input should be 'user' or 'assistant'"),
+        (
+            {"messages": [{"role": "tool", "content": "x"}]},
+            "messages.0.role: Input should be 'user', 'assistant' or 'system'",
+        ),
         ({"messages": [{"role": "user"}]}, "messages.0.content: Field required"),
         ({"messages": [{"role": "user", "content": 5}]}, "messages.0.content: Input should be a valid string or"),
         ({"messages": [{"role": "user", "content": [{"text": "x"}]}]}, "messages.0.content.0.type: Field required"),
