@@ -221,6 +221,8 @@ class Gateway:
     async def _models(self, scope: Scope, receive: Receive, send: Send) -> None:
         snapshot, pipeline = self._state
         call = self._new_call(scope, _MODELS, snapshot)
+        # Anthropic clients (they send `anthropic-version`) get Anthropic's list and errors.
+        anthropic = b"anthropic-version" in call.headers
         try:
             if scope["method"] != "GET":
                 raise MethodNotAllowed("Use GET for /v1/models")
@@ -228,7 +230,7 @@ class Gateway:
                 await stage.on_request(call)
             names = snapshot.models_for(call.consumer) if call.consumer is not None else []
             call.status = 200
-            body = openai_dialect.models_list(names, self.created)
+            body = (anthropic_dialect.models_list if anthropic else openai_dialect.models_list)(names, self.created)
             await send(
                 {
                     "type": "http.response.start",
@@ -239,7 +241,7 @@ class Gateway:
             await send({"type": "http.response.body", "body": body})
         except SluicegateError as exc:
             call.fail(exc)
-            await send_error(call, send, exc, openai_dialect.error_body)
+            await send_error(call, send, exc, anthropic_dialect.error_body if anthropic else openai_dialect.error_body)
         finally:
             await pipeline.finish(call)
 

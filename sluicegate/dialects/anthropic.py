@@ -26,6 +26,7 @@ What a translated call does not carry, or carries with a loss (everything else r
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -862,3 +863,17 @@ def response_texts(endpoint: str, data: dict[str, Any]) -> list[tuple[Path, str]
     if endpoint == "messages":
         _strings(data.get("content"), ("content",), out)
     return out
+
+
+def models_list(names: list[str], created: int) -> bytes:
+    """The body of `GET /v1/models` for Anthropic clients (https://docs.anthropic.com/en/api/models-list)."""
+    stamp = datetime.fromtimestamp(created, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    data = [{"type": "model", "id": n, "display_name": n, "created_at": stamp} for n in names]
+    return orjson.dumps(
+        {
+            "data": data,
+            "has_more": False,
+            "first_id": names[0] if names else None,
+            "last_id": names[-1] if names else None,
+        }
+    )

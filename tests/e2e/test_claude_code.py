@@ -204,3 +204,12 @@ def test_real_claude_code_cli(gw: RunningGateway, upstream: FakeUpstream, model:
     events = [e for e in gw.audit(20) if e["model_requested"] == model]
     assert events and all(e["outcome"] == "ok" for e in events), events
     assert CANARY_KEY not in done.stdout + done.stderr
+
+
+def test_models_list_in_anthropic_shape(gw: RunningGateway) -> None:
+    client = anthropic.Anthropic(base_url=gw.url, api_key=gw.keys["bob"], max_retries=0)
+    assert [m.id for m in client.models.list()] == ["gpt-4o-mini"]  # only what bob may use
+    bad = anthropic.Anthropic(base_url=gw.url, api_key="sg-nope", max_retries=0)
+    with pytest.raises(anthropic.AuthenticationError) as caught:
+        bad.models.list()
+    assert caught.value.response.json()["type"] == "error"
