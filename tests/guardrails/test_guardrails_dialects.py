@@ -103,7 +103,7 @@ MESSAGES_CASES: dict[str, dict[str, Any]] = {
                         "content": [{"type": "text", "text": f"{SECRET} files"}],
                     }
                 ],
-            },  # fmt: skip
+            },
         ],
     },
     "tool-description": {
