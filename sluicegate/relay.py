@@ -288,6 +288,12 @@ class StreamCut(UpstreamError):
     code = "upstream_stream_cut"
 
 
+def _cut(name: str | None, exc: BaseException) -> StreamCut:
+    """The error for a stream the upstream broke (a read error) or left silent (a timeout)."""
+    how = "went silent" if isinstance(exc, TimeoutError) else "broke the connection"
+    return StreamCut(f"provider '{name}' {how} before the end of the stream")
+
+
 async def relay_stream(
     call: Call,
     resp: aiohttp.ClientResponse,
@@ -368,10 +374,7 @@ async def relay_stream(
             if client_gone():
                 return
     except (aiohttp.ClientError, TimeoutError) as exc:
-        timeout = isinstance(exc, TimeoutError)
-        error = StreamCut(
-            f"provider '{name}' {'went silent' if timeout else 'broke the connection'} before the end of the stream"
-        )
+        error = _cut(name, exc)
     except (Blocked, GuardFailed) as exc:
         # Nothing of the blocked text was released; stop the upstream and say why in-band.
         error = exc
@@ -451,11 +454,7 @@ async def relay_translated_stream(
             if client_gone():
                 return
     except (aiohttp.ClientError, TimeoutError) as exc:
-        timeout = isinstance(exc, TimeoutError)
-        error = StreamCut(
-            f"provider '{provider.name}' {'went silent' if timeout else 'broke the connection'} "
-            "before the end of the stream"
-        )
+        error = _cut(provider.name, exc)
     except SluicegateError as exc:
         # A guard block, or the upstream's own error event (or garbage): stop the upstream.
         error = exc

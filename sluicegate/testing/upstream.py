@@ -81,14 +81,14 @@ MODERATION_TRIGGERS: dict[str, str] = {"kill": "violence", "hate": "hate", "bull
 # --------------------------------------------------------------------------------------------- wire helpers
 
 
-def _chat_usage(prompt: int, completion: int) -> dict[str, Any]:
+def _chat_usage(prompt: int, completion: int, cached: int = 0, reasoning: int = 0) -> dict[str, Any]:
     return {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
-        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+        "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0},
         "completion_tokens_details": {
-            "reasoning_tokens": 0,
+            "reasoning_tokens": reasoning,
             "audio_tokens": 0,
             "accepted_prediction_tokens": 0,
             "rejected_prediction_tokens": 0,
@@ -465,7 +465,11 @@ class FakeUpstream:
         if prompt_tokens is None:
             prompt_tokens = sum(words(text_of(m.get("content"))) + 3 for m in messages)
         completion_tokens = reply.completion_tokens if reply.completion_tokens is not None else per_choice * n
-        usage = _chat_usage(prompt_tokens, completion_tokens) if reply.usage else None
+        usage = (
+            _chat_usage(prompt_tokens, completion_tokens, reply.cached_tokens or 0, reply.reasoning_tokens or 0)
+            if reply.usage
+            else None
+        )
         cid = "chatcmpl-" + rand(29)
         created = int(time.time())
         model_name = reply.model or model

@@ -280,3 +280,38 @@ def test_cut_stream_ends_with_an_error(
         DIALECTS[dialect](gw, family.model, "hi", True, False)
     event = gw.last_audit()
     assert event["outcome"] == "upstream_stream_cut", event
+
+
+# -- usage details -------------------------------------------------------------------------------
+
+#: families whose wire format reports cached prompt tokens, and reasoning tokens
+CACHED = {"openai", "azure", "anthropic", "gemini", "bedrock"}
+REASONING = {"openai", "azure", "gemini"}
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+@pytest.mark.parametrize("family", FAMILIES, ids=[f.name for f in FAMILIES])
+def test_cached_and_reasoning_tokens_reach_openai_clients(
+    gw: RunningGateway, upstream: FakeUpstream, family: Family, stream: bool
+) -> None:
+    upstream.enqueue(
+        Reply(content="ok then", prompt_tokens=20, completion_tokens=9, cached_tokens=12, reasoning_tokens=5)
+    )
+    client = openai.OpenAI(base_url=gw.url + "/v1", api_key=gw.keys["alice"], max_retries=0)
+    messages: list[Any] = [{"role": "user", "content": "hi"}]
+    if stream:
+        chunks = list(
+            client.chat.completions.create(
+                model=family.model, messages=messages, stream=True, stream_options={"include_usage": True}
+            )
+        )
+        usage = chunks[-1].usage
+    else:
+        usage = client.chat.completions.create(model=family.model, messages=messages).usage
+    assert usage is not None and (usage.prompt_tokens, usage.completion_tokens) == (20, 9)
+    cached = usage.prompt_tokens_details.cached_tokens if usage.prompt_tokens_details else None
+    reasoning = usage.completion_tokens_details.reasoning_tokens if usage.completion_tokens_details else None
+    if family.name in CACHED:
+        assert cached == 12
+    if family.name in REASONING:
+        assert reasoning == 5
