@@ -298,7 +298,7 @@ class OllamaNativeProvider(Provider):
         try:
             data = orjson.loads(body)
         except orjson.JSONDecodeError:
-            return body[:300].decode("utf-8", "replace").strip()
+            return super().error_message(body)
         return json_error_message(data, ("error",), ("error", "message"), ("message",))
 
 

@@ -437,6 +437,8 @@ def test_blocked_prompt_is_a_content_filter_completion() -> None:
     assert out["usage"]["prompt_tokens"] == 8 and out["usage"]["completion_tokens"] == 0
     with pytest.raises(UpstreamError):
         provider().parse_response([1], call())
+    # candidates holding no object: an empty answer, not a crash
+    assert provider().parse_response({"candidates": [None, 3]}, call())["choices"][0]["message"]["content"] == ""
 
 
 # ------------------------------------------------------------------------------------ round trips over HTTP

@@ -1,0 +1,98 @@
+"""Cohere stream: v2 chat SSE events -> neutral chunks (`CohereStreamDecoder`).
+
+Part of `sluicegate.providers.cohere`; finish reasons and usage are read as `response.py` reads them.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from sluicegate import neutral
+from sluicegate.providers.base import StreamDecoder
+from sluicegate.providers.cohere.response import finish_reason, obj, usage_of
+from sluicegate.providers.framing import SSEParser, event_json
+
+
+class CohereStreamDecoder(StreamDecoder):
+    """Cohere v2 SSE (https://docs.cohere.com/reference/chat-stream): each `data:` is a JSON event
+    whose `type` names it; `message-end` carries the finish reason and usage and ends the stream."""
+
+    def __init__(self, provider: str, model: str) -> None:
+        self.provider = provider
+        self.sse = SSEParser()
+        self.done = False
+        self.id = ""
+        self.model = model
+        self.created = int(time.time())
+        self.started = False
+        self.tools = 0
+
+    def _chunk(self, delta: dict[str, Any] | None = None, finish: str | None = None) -> dict[str, Any]:
+        return neutral.chunk(self.id, self.model, self.created, delta, finish)
+
+    def _open(self, out: list[dict[str, Any]]) -> None:
+        self.started = True
+        out.append(self._chunk({"role": "assistant", "content": ""}))
+
+    def feed(self, data: bytes) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for name, payload in self.sse.feed(data):
+            if self.done:
+                break
+            if not payload:
+                continue
+            event = event_json(self.provider, payload)
+            self._event(event.get("type") or name, event, out)
+        return out
+
+    def _event(self, kind: Any, event: dict[str, Any], out: list[dict[str, Any]]) -> None:
+        delta = obj(event.get("delta"))
+        message = obj(delta.get("message"))
+        if kind == "message-start":
+            self.id = str(event.get("id") or self.id)
+            self._open(out)
+            return
+        if not self.started and kind != "message-end":
+            self._open(out)  # Cohere always opens with message-start; be lenient if it did not
+        if kind == "content-delta":
+            content = obj(message.get("content"))
+            if isinstance(content.get("thinking"), str) and content["thinking"]:
+                out.append(self._chunk({"reasoning_content": content["thinking"]}))
+            if isinstance(content.get("text"), str) and content["text"]:
+                out.append(self._chunk({"content": content["text"]}))
+        elif kind == "tool-plan-delta":
+            plan = message.get("tool_plan")
+            if isinstance(plan, str) and plan:
+                out.append(self._chunk({"reasoning_content": plan}))
+        elif kind == "tool-call-start":
+            tc = obj(message.get("tool_calls"))
+            fn = obj(tc.get("function"))
+            index = self._tool_index(event)
+            delta_call = neutral.tool_call_delta(
+                index, id_=str(tc.get("id") or ""), name=str(fn.get("name") or ""), arguments=fn.get("arguments") or ""
+            )
+            out.append(self._chunk({"tool_calls": [delta_call]}))
+        elif kind == "tool-call-delta":
+            tc = obj(message.get("tool_calls"))
+            fn = obj(tc.get("function"))
+            arguments = fn.get("arguments")
+            if isinstance(arguments, str) and arguments:
+                at = event.get("index")
+                index = at if isinstance(at, int) else max(self.tools - 1, 0)
+                out.append(self._chunk({"tool_calls": [neutral.tool_call_delta(index, arguments=arguments)]}))
+        elif kind == "message-end":
+            finish = finish_reason(self.provider, delta.get("finish_reason"), delta.get("error"))
+            out.append(self._chunk(None, finish))
+            usage = usage_of(delta.get("usage"))
+            if usage is not None:
+                out.append(neutral.usage_chunk(self.id, self.model, self.created, usage))
+            self.done = True
+        # content-start/-end, tool-call-end, citation-start/-end, debug: nothing to relay
+
+    def _tool_index(self, event: dict[str, Any]) -> int:
+        index = event.get("index")
+        if not isinstance(index, int):
+            index = self.tools
+        self.tools = max(self.tools, index + 1)
+        return index

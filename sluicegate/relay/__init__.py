@@ -1,0 +1,158 @@
+"""Provider send and relay: the call goes upstream, the answer comes back to the client.
+
+`Relay.open` sends the call to its provider (credential from the vault, explicit timeouts, no
+redirects, the body passed through or translated) and maps every failure before the first byte
+to an `UpstreamError`. `answer.py` relays complete answers and `stream.py` streams.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+from yarl import URL
+
+from sluicegate.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from sluicegate.neutral import unsupported
+from sluicegate.relay.answer import relay_json, relay_translated_json
+from sluicegate.relay.stream import StreamCut, relay_stream, relay_translated_stream
+
+if TYPE_CHECKING:
+    from sluicegate.call import Call
+    from sluicegate.providers.base import Provider
+    from sluicegate.vault import Vault
+
+__all__ = ["Relay", "StreamCut", "relay_json", "relay_stream", "relay_translated_json", "relay_translated_stream"]
+
+
+class Relay:
+    """Sends calls upstream over one shared, pooled HTTP client session."""
+
+    def __init__(self, session: aiohttp.ClientSession, vault: Vault, max_error_body_bytes: int = 64 * 1024) -> None:
+        self.session = session
+        self.vault = vault
+        self.max_error_body_bytes = max_error_body_bytes
+        # Built once per provider and URL, not per request (a config reload adds new entries).
+        self._timeouts: dict[Provider, aiohttp.ClientTimeout] = {}
+        self._urls: dict[str, URL] = {}
+        #: per provider with several keys: calls made (`round_robin`) or 429s seen (`on_429`)
+        self._key_turns: dict[str, int] = {}
+
+    def _timeout(self, provider: Provider) -> aiohttp.ClientTimeout:
+        timeout = self._timeouts.get(provider)
+        if timeout is None:
+            if len(self._timeouts) > 10_000:
+                self._timeouts.clear()
+            t = provider.timeouts
+            timeout = self._timeouts[provider] = aiohttp.ClientTimeout(
+                total=t.total_s, connect=t.connect_s, sock_connect=t.connect_s, sock_read=t.read_s
+            )
+        return timeout
+
+    def _url(self, url: str) -> URL:
+        parsed = self._urls.get(url)
+        if parsed is None:
+            if len(self._urls) > 10_000:
+                self._urls.clear()
+            parsed = self._urls[url] = URL(url)
+        return parsed
+
+    def _pick_key(self, provider: Provider, refs: list[str]) -> str | None:
+        """The reference this call uses among a provider's several keys."""
+        if not refs:
+            return None
+        # Per provider name, so the position survives a config reload that rebuilds the provider.
+        name = provider.name
+        n = self._key_turns.get(name, 0)
+        if provider.config.key_rotation == "round_robin":
+            self._key_turns[name] = n + 1
+        return refs[n % len(refs)]
+
+    def _rate_limited(self, provider: Provider, refs: list[str], used: str | None) -> None:
+        """With `on_429`, move the provider on to its next key after the current one got a 429."""
+        if provider.config.key_rotation != "on_429" or len(refs) < 2:
+            return
+        name = provider.name
+        n = self._key_turns.get(name, 0)
+        # Several calls may come back 429 from one key; only the first moves on, so keys aren't skipped.
+        if refs[n % len(refs)] == used:
+            self._key_turns[name] = n + 1
+
+    async def open(
+        self, call: Call, to_chat: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    ) -> aiohttp.ClientResponse:
+        """Send the call upstream; return the response once its headers say success.
+
+        When the provider does not speak the client's dialect, the body is translated: `to_chat`
+        gives the neutral chat body of the client's (None: it already is one)."""
+        route = call.route
+        assert route is not None
+        provider = route.provider
+        refs = provider.config.api_key
+        ref = self._pick_key(provider, refs) if isinstance(refs, list) else refs
+        # A cache hit (nearly every call) costs a dict lookup; only a miss awaits the vault.
+        secret = (self.vault.cached(ref) or await self.vault.aresolve(ref)) if ref else None
+        upstream_model = route.upstream_model or call.model_requested or ""
+        if provider.native_dialect == call.dialect:
+            # Same protocol on both sides: the client's body passes through.
+            call.translated = False
+            endpoint = call.endpoint
+            body = provider.prepare_body(call)
+        else:
+            call.translated = True
+            endpoint = _NEUTRAL_ENDPOINTS.get(call.endpoint, call.endpoint)
+            if endpoint not in provider.translated_endpoints:
+                raise unsupported(f"The '{call.endpoint}' endpoint", f"{provider.label} (provider '{provider.name}')")
+            assert call.body is not None
+            chat = call.body if to_chat is None else to_chat(call.body)
+            body = provider.build_request(call, chat)
+        url_text = provider.url_for(endpoint, upstream_model, call.stream)
+        url = self._url(url_text)
+        name = provider.name
+        try:
+            resp = await self.session.post(
+                url,
+                data=body,
+                headers=provider.request_headers(call, secret, url_text, body),
+                timeout=self._timeout(provider),
+                allow_redirects=False,
+            )
+        except TimeoutError:
+            raise UpstreamTimeout(f"provider '{name}' did not answer in time") from None
+        except aiohttp.ClientConnectorError:
+            raise UpstreamUnavailable(f"cannot connect to provider '{name}'") from None
+        except aiohttp.ClientError as exc:
+            # The exception text may carry the URL; the class name says enough.
+            raise UpstreamError(f"provider '{name}' failed before answering ({type(exc).__name__})") from None
+        call.upstream_status = status = resp.status
+        if status < 300:
+            return resp
+        if status == 429 and isinstance(refs, list):
+            self._rate_limited(provider, refs, ref)
+        try:
+            if 300 <= status < 400:
+                raise UpstreamError(
+                    f"provider '{name}' answered with a redirect (HTTP {status}), which is not followed"
+                )
+            try:
+                raw = await resp.content.read(self.max_error_body_bytes)
+            except (aiohttp.ClientError, TimeoutError):
+                raw = b""
+            raise provider.parse_error(status, raw, _retry_after(resp.headers.get("retry-after")), secret)
+        finally:
+            resp.release()
+
+
+#: the neutral endpoint a translated call of each client endpoint goes to
+_NEUTRAL_ENDPOINTS = {"messages": "chat", "responses": "chat"}
+
+
+def _retry_after(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return seconds if seconds >= 0 else None
