@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from sluicegate.testing.upstream import FakeUpstream, run_server, serve_in_thread, start_server
+from sluicegate.testing.servers import run_server, serve_in_thread, start_server
+from sluicegate.testing.upstream import FakeUpstream
 from sluicegate.testing.wire import ReceivedRequest, Reply
 
 __all__ = ["FakeUpstream", "ReceivedRequest", "Reply", "run_server", "serve_in_thread", "start_server"]
