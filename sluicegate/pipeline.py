@@ -7,7 +7,8 @@
     guardrails    input guards: block / redact / flag     400 content_blocked
     router        model -> provider + upstream model      404
     audit         (strict mode: refuse while the audit store is down)
-    [send]        provider request, then relay of the answer (JSON or SSE stream)
+    [send]        provider request (the client's body, or translated through the neutral model),
+                  then relay of the answer (as sent, or rendered in the client's dialect)
     accounting    tokens and cost                         (finally, always)
     audit         one event per call                      (finally, always)
 
