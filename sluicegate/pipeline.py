@@ -104,7 +104,13 @@ class Pipeline:
 
     async def run(self, call: Call, endpoint: Endpoint, relay: Relay, receive: Receive, send: Send) -> None:
         """Take one call through every stage; always finish with accounting and audit."""
-        from sluicegate.relay import relay_json, relay_stream, relay_translated_json, relay_translated_stream
+        from sluicegate.relay import (
+            relay_json,
+            relay_native_stream,
+            relay_stream,
+            relay_translated_json,
+            relay_translated_stream,
+        )
 
         started = False
         watcher: asyncio.Future[Any] | None = None
@@ -128,10 +134,11 @@ class Pipeline:
                 await _send_local(call, send, await endpoint.local(call))
                 return
             resp = await relay.open(call, endpoint.to_chat)
-            # A translated answer is made neutral and rendered in the client's dialect; so is a
-            # passthrough stream of another protocol than OpenAI's (decoded, then re-encoded).
-            neutral = call.translated or call.dialect != "openai"
-            if call.stream and (neutral or (resp.content_type or "").startswith("text/event-stream")):
+            # A translated answer is made neutral and rendered in the client's dialect; a
+            # passthrough stream of another protocol than OpenAI's is relayed as sent, read
+            # alongside by its provider's decoder.
+            native = not call.translated and call.dialect != "openai"
+            if call.stream and (call.translated or native or (resp.content_type or "").startswith("text/event-stream")):
                 task = asyncio.current_task()
                 assert task is not None
 
@@ -145,10 +152,11 @@ class Pipeline:
                 watcher.add_done_callback(on_disconnect)
                 started = streaming = True
                 try:
-                    if neutral:
+                    if call.translated or native:
                         assert endpoint.stream_encoder is not None
                         encoder = endpoint.stream_encoder(call)
-                        await relay_translated_stream(call, resp, send, client_gone, encoder)
+                        relay_neutral = relay_native_stream if native else relay_translated_stream
+                        await relay_neutral(call, resp, send, client_gone, encoder)
                     else:
                         await relay_stream(call, resp, send, client_gone, endpoint.render_stream_error)
                 except asyncio.CancelledError:

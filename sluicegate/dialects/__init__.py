@@ -25,6 +25,13 @@ _BY_ENDPOINT: dict[str, tuple[Texts, Texts]] = {
 }
 
 
+#: (channel, path, text) of one stream event, per dialect whose streams pass through as sent
+#: (other than OpenAI's, whose chunks are the neutral ones)
+STREAM_EVENT_TEXTS: dict[str, Callable[[dict[str, Any]], list[tuple[str, Path, str]]]] = {
+    "anthropic": anthropic.stream_event_texts,
+}
+
+
 def request_texts(endpoint: str, body: dict[str, Any]) -> list[tuple[Path, str]]:
     """Every text of a request the model will read, with its path in the body."""
     pair = _BY_ENDPOINT.get(endpoint)

@@ -11,6 +11,7 @@ an error event and cancels the upstream.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -73,7 +74,9 @@ class _Held:
     def encode(self) -> bytes:
         if not self.dirty or self.data is None:
             return self.raw
-        return b"data: " + orjson.dumps(self.chunk()) + b"\n\n"
+        # Lines before `data:` (an `event:` name) stay as they were.
+        head = self.raw[: max(0, self.raw.find(b"data:"))]
+        return head + b"data: " + orjson.dumps(self.chunk()) + b"\n\n"
 
     def chunk(self) -> dict[str, Any]:
         """The event's data (a neutral chunk), with the redactions that touched it applied."""
@@ -88,10 +91,18 @@ class _Held:
 class StreamGuard:
     """Holds back, scans and (for `redact`) rewrites the events of one streamed answer."""
 
-    def __init__(self, state: CallGuards, guards: tuple[Guard, ...], window: int | None) -> None:
+    def __init__(
+        self,
+        state: CallGuards,
+        guards: tuple[Guard, ...],
+        window: int | None,
+        texts: Callable[[dict[str, Any]], list[tuple[str, Path, str]]] | None = None,
+    ) -> None:
         self.state = state
         self.guards = guards
         self.window = window
+        #: (channel, path, text) an event adds; default: an OpenAI (neutral) chunk's
+        self._texts = texts or _delta_texts
         self._text: dict[str, str] = {}
         self._scanned: dict[str, int] = {}
         self._held: deque[_Held] = deque()
@@ -116,10 +127,14 @@ class StreamGuard:
         """Hold one neutral chunk (a translated stream) without scanning yet."""
         self._hold(b"", chunk)
 
+    def add_parsed(self, event: bytes, data: dict[str, Any] | None) -> None:
+        """Hold one event whose data the caller parsed already (another protocol's stream)."""
+        self._hold(event, data)
+
     def _hold(self, event: bytes, data: dict[str, Any] | None) -> None:
         held = _Held(event, data)
         if data is not None:
-            for channel, path, piece in _delta_texts(data):
+            for channel, path, piece in self._texts(data):
                 text = self._text.get(channel, "")
                 held.pieces.append(_Piece(channel, path, len(text), piece))
                 self._text[channel] = text + piece

@@ -16,14 +16,22 @@ from yarl import URL
 from sluicegate.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from sluicegate.neutral import unsupported
 from sluicegate.relay.answer import relay_json, relay_translated_json
-from sluicegate.relay.stream import StreamCut, relay_stream, relay_translated_stream
+from sluicegate.relay.stream import StreamCut, relay_native_stream, relay_stream, relay_translated_stream
 
 if TYPE_CHECKING:
     from sluicegate.call import Call
     from sluicegate.providers.base import Provider
     from sluicegate.vault import Vault
 
-__all__ = ["Relay", "StreamCut", "relay_json", "relay_stream", "relay_translated_json", "relay_translated_stream"]
+__all__ = [
+    "Relay",
+    "StreamCut",
+    "relay_json",
+    "relay_native_stream",
+    "relay_stream",
+    "relay_translated_json",
+    "relay_translated_stream",
+]
 
 
 class Relay:

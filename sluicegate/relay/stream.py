@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import aiohttp
 import orjson
 
+from sluicegate.dialects import STREAM_EVENT_TEXTS
 from sluicegate.errors import SluicegateError, UpstreamError
 from sluicegate.guardrails.engine import Blocked, GuardFailed
 from sluicegate.guardrails.stream import StreamGuard
@@ -218,6 +219,87 @@ async def relay_translated_stream(
     await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
+async def relay_native_stream(
+    call: Call,
+    resp: aiohttp.ClientResponse,
+    send: Send,
+    client_gone: Callable[[], bool],
+    encoder: StreamEncoder,
+) -> None:
+    """A passthrough stream of another protocol than OpenAI's (Anthropic's): every event goes to
+    the client as the upstream sent it, unknown kinds included (server tools, citations), while
+    the provider's decoder reads the same events for usage, the end of the stream and in-band
+    errors. Output guards hold and scan the events' texts, and rewrite only what they redact.
+    """
+    assert call.route is not None
+    provider = call.route.provider
+    decoder = provider.stream_decoder(call)
+    await send({"type": "http.response.start", "status": 200, "headers": response_headers(call, _SSE_HEADERS)})
+    call.status = 200
+    guards = call.guards
+    held = (
+        StreamGuard(guards, guards.guards.output, guards.guards.window, STREAM_EVENT_TEXTS[call.dialect])
+        if guards is not None and guards.guards.output
+        else None
+    )
+    error: SluicegateError | None = None
+    relayed_error = False
+    saw_model = False
+    buffer = b""
+    try:
+        async for data in resp.content.iter_any():
+            if call.ttft_ms is None:
+                call.ttft_ms = call.elapsed_ms()
+            if b"\r" in data:
+                data = data.replace(b"\r\n", b"\n")
+            buffer += data
+            out: list[bytes] = []
+            while not decoder.done:
+                end = buffer.find(b"\n\n")
+                if end < 0:
+                    break
+                event, buffer = buffer[: end + 2], buffer[end + 2 :]
+                try:
+                    chunks = decoder.feed(event)
+                except SluicegateError as exc:
+                    # The upstream's own error event: it goes to the client as sent, and ends it.
+                    error, relayed_error = exc, True
+                    out.append(event)
+                    break
+                for chunk in chunks:
+                    if "usage" in chunk:
+                        take_usage(call, chunk["usage"])
+                    if not saw_model:
+                        saw_model = take_model(call, chunk)
+                if held is None:
+                    out.append(event)
+                else:
+                    held.add_parsed(event, _event_json(event))
+            if held is not None and not relayed_error:
+                pending = held.finish() if decoder.done else held.drain()
+                out[:0] = await _release(pending, out, send)
+            if out:
+                await send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
+            if decoder.done or relayed_error or client_gone():
+                break
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        error = _cut(provider.name, exc)
+    except SluicegateError as exc:
+        error = exc  # a guard block: nothing of the blocked text was released
+        resp.close()
+    finally:
+        resp.release()
+    if client_gone():
+        return
+    if error is None and not decoder.done:
+        error = StreamCut(f"provider '{provider.name}' ended the stream before its end marker")
+    if error is not None:
+        call.fail(error)
+        if not relayed_error:
+            await send({"type": "http.response.body", "body": encoder.error(error), "more_body": True})
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
 _T = TypeVar("_T")
 
 
@@ -234,10 +316,12 @@ async def _release(pending: Awaitable[list[_T]], out: list[bytes], send: Send) -
 
 
 def _event_json(event: bytes) -> dict[str, Any] | None:
-    if not event.startswith(b"data:"):
+    """The JSON of an SSE event's `data:` line (after an `event:` line, if any)."""
+    at = 0 if event.startswith(b"data:") else event.find(b"\ndata:") + 1
+    if at <= 0 and not event.startswith(b"data:"):
         return None
     try:
-        data = orjson.loads(event[5:])
+        data = orjson.loads(event[at + 5 :])
     except orjson.JSONDecodeError:
         return None
     return data if isinstance(data, dict) else None

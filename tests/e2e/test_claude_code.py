@@ -213,3 +213,15 @@ def test_models_list_in_anthropic_shape(gw: RunningGateway) -> None:
     with pytest.raises(anthropic.AuthenticationError) as caught:
         bad.models.list()
     assert caught.value.response.json()["type"] == "error"
+
+
+def test_anthropic_stream_passes_through_as_sent(gw: RunningGateway, upstream: FakeUpstream) -> None:
+    """Events the gateway does not model (here `ping`; in production server-tool blocks and
+    citations) reach an Anthropic client of an Anthropic model unchanged."""
+    upstream.enqueue(Reply(content="Two files.", prompt_tokens=40, completion_tokens=3))
+    events = stream_events(gw, claude_code_body("claude-sonnet", FIRST_TURN))
+    names = [name for name, _ in events]
+    assert "ping" in names and names[-1] == "message_stop"
+    start = events[0][1]["message"]
+    assert start["model"] == "claude-sonnet-4-5" and start["id"].startswith("msg_")  # the upstream's own
+    assert gw.last_audit()["completion_tokens"] == 3

@@ -30,7 +30,7 @@ from sluicegate.dialects.anthropic.bodies import count_tokens_body, error_body, 
 from sluicegate.dialects.anthropic.parse import parse_body, parse_count_tokens, parse_messages
 from sluicegate.dialects.anthropic.render import message_id, render_response
 from sluicegate.dialects.anthropic.stream import MessagesStreamEncoder
-from sluicegate.dialects.anthropic.texts import request_texts, response_texts
+from sluicegate.dialects.anthropic.texts import request_texts, response_texts, stream_event_texts
 from sluicegate.dialects.anthropic.translate import to_chat
 
 __all__ = [
@@ -47,5 +47,6 @@ __all__ = [
     "request_texts",
     "response_texts",
     "sse_error",
+    "stream_event_texts",
     "to_chat",
 ]

@@ -54,3 +54,23 @@ def response_texts(endpoint: str, data: dict[str, Any]) -> list[tuple[Path, str]
     if endpoint == "messages":
         _strings(data.get("content"), ("content",), out)
     return out
+
+
+#: the field of each `content_block_delta` kind that carries the model's text
+_DELTA_TEXT = {"text_delta": "text", "thinking_delta": "thinking", "input_json_delta": "partial_json"}
+
+
+def stream_event_texts(event: dict[str, Any]) -> list[tuple[str, Path, str]]:
+    """(channel, path, text) one Messages stream event adds: text, thinking and tool input deltas,
+    one channel per content block (https://docs.anthropic.com/en/api/messages-streaming)."""
+    if event.get("type") != "content_block_delta":
+        return []
+    delta = event.get("delta")
+    key = _DELTA_TEXT.get(delta.get("type", "")) if isinstance(delta, dict) else None
+    if key is None:
+        return []
+    assert isinstance(delta, dict)
+    text = delta.get(key)
+    if not isinstance(text, str) or not text:
+        return []
+    return [(f"{event.get('index', 0)}.{key}", ("delta", key), text)]
