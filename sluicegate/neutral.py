@@ -43,6 +43,13 @@ from sluicegate.errors import BadRequest
 
 FINISH_REASONS = ("stop", "length", "tool_calls", "content_filter")
 
+#: chat body keys a translation may leave out without changing the answer (the model and the
+#: messages are carried in other ways; the rest is metadata for OpenAI's own services)
+INERT_KEYS = frozenset(
+    {"model", "messages", "stream", "stream_options", "user", "metadata", "store", "service_tier",
+     "prompt_cache_key", "safety_identifier"}
+)  # fmt: skip
+
 
 def usage(
     prompt: int,

@@ -45,20 +45,7 @@ OPTIONS = ("temperature", "top_p", "top_k", "seed", "presence_penalty", "frequen
 THINK: dict[str, bool | str] = {"none": False, "minimal": "low", "low": "low", "medium": "medium", "high": "high"}
 
 #: neutral keys that change nothing in the answer: not sent, nothing lost
-IGNORED = frozenset(
-    {
-        "model",
-        "messages",
-        "stream",
-        "stream_options",
-        "user",
-        "metadata",
-        "store",
-        "service_tier",
-        "prompt_cache_key",
-        "safety_identifier",
-    }
-)
+IGNORED = neutral.INERT_KEYS
 
 #: neutral keys this translation reads (the rest of a body is refused by name)
 HANDLED = frozenset(

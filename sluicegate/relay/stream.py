@@ -19,6 +19,7 @@ from sluicegate.relay.common import answer_texts, response_headers, take_model, 
 if TYPE_CHECKING:
     from sluicegate.call import Call
     from sluicegate.dialects.base import StreamEncoder
+    from sluicegate.dialects.openai import Path
     from sluicegate.types import Send
 
 #: raw stream events kept for token counting, in case the upstream never sends usage
@@ -66,12 +67,7 @@ async def relay_stream(
     error: SluicegateError | None = None
     #: the upstream's own error event went to the client already
     relayed_error = False
-    guards = call.guards
-    held = (
-        StreamGuard(guards, guards.guards.output, guards.guards.window)
-        if guards is not None and guards.guards.output
-        else None
-    )
+    held = _output_guard(call)
     try:
         async for chunk in resp.content.iter_any():
             if call.ttft_ms is None:
@@ -131,13 +127,7 @@ async def relay_stream(
         resp.release()
         if call.usage_source == "none" and kept:
             call.usage_text = _stream_texts(kept)
-    if error is None and not done:
-        error = StreamCut(f"provider '{name}' ended the stream before its end marker")
-    if error is not None:
-        call.fail(error)
-        if not relayed_error:
-            await send({"type": "http.response.body", "body": render_error(error), "more_body": True})
-    await send({"type": "http.response.body", "body": b"", "more_body": False})
+    await _end(call, send, name, done, error, None if relayed_error else render_error)
 
 
 async def relay_translated_stream(
@@ -158,12 +148,7 @@ async def relay_translated_stream(
     decoder = provider.stream_decoder(call)
     await send({"type": "http.response.start", "status": 200, "headers": response_headers(call, _SSE_HEADERS)})
     call.status = 200
-    guards = call.guards
-    held = (
-        StreamGuard(guards, guards.guards.output, guards.guards.window)
-        if guards is not None and guards.guards.output
-        else None
-    )
+    held = _output_guard(call)
     error: SluicegateError | None = None
     saw_model = False
     kept: list[str] = []
@@ -211,12 +196,7 @@ async def relay_translated_stream(
         resp.release()
         if call.usage_source == "none" and kept:
             call.usage_text = kept
-    if error is None and not decoder.done:
-        error = StreamCut(f"provider '{provider.name}' ended the stream before its end marker")
-    if error is not None:
-        call.fail(error)
-        await send({"type": "http.response.body", "body": encoder.error(error), "more_body": True})
-    await send({"type": "http.response.body", "body": b"", "more_body": False})
+    await _end(call, send, provider.name, decoder.done, error, encoder.error)
 
 
 async def relay_native_stream(
@@ -236,12 +216,7 @@ async def relay_native_stream(
     decoder = provider.stream_decoder(call)
     await send({"type": "http.response.start", "status": 200, "headers": response_headers(call, _SSE_HEADERS)})
     call.status = 200
-    guards = call.guards
-    held = (
-        StreamGuard(guards, guards.guards.output, guards.guards.window, STREAM_EVENT_TEXTS[call.dialect])
-        if guards is not None and guards.guards.output
-        else None
-    )
+    held = _output_guard(call, STREAM_EVENT_TEXTS[call.dialect])
     error: SluicegateError | None = None
     relayed_error = False
     saw_model = False
@@ -291,12 +266,36 @@ async def relay_native_stream(
         resp.release()
     if client_gone():
         return
-    if error is None and not decoder.done:
-        error = StreamCut(f"provider '{provider.name}' ended the stream before its end marker")
+    await _end(call, send, provider.name, decoder.done, error, None if relayed_error else encoder.error)
+
+
+def _output_guard(
+    call: Call, texts: Callable[[dict[str, Any]], list[tuple[str, Path, str]]] | None = None
+) -> StreamGuard | None:
+    """The hold-back window of the call's output guards, if it has any."""
+    guards = call.guards
+    if guards is None or not guards.guards.output:
+        return None
+    return StreamGuard(guards, guards.guards.output, guards.guards.window, texts)
+
+
+async def _end(
+    call: Call,
+    send: Send,
+    name: str | None,
+    done: bool,
+    error: SluicegateError | None,
+    render_error: Callable[[SluicegateError], bytes] | None,
+) -> None:
+    """End the client's stream: a stream that stopped before its end marker is a cut; a failure
+    is recorded and, unless the upstream's own error event went out already (`render_error`
+    None), told in-band; then the body closes."""
+    if error is None and not done:
+        error = StreamCut(f"provider '{name}' ended the stream before its end marker")
     if error is not None:
         call.fail(error)
-        if not relayed_error:
-            await send({"type": "http.response.body", "body": encoder.error(error), "more_body": True})
+        if render_error is not None:
+            await send({"type": "http.response.body", "body": render_error(error), "more_body": True})
     await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 

@@ -19,20 +19,7 @@ TOOL_CHOICES = {"none": "NONE", "required": "REQUIRED"}
 SAME_NAME = ("temperature", "seed", "frequency_penalty", "presence_penalty")
 
 #: neutral keys that change nothing in the answer: not sent, nothing lost
-IGNORED = frozenset(
-    {
-        "model",
-        "messages",
-        "stream",
-        "stream_options",
-        "user",
-        "metadata",
-        "store",
-        "service_tier",
-        "prompt_cache_key",
-        "safety_identifier",
-    }
-)
+IGNORED = neutral.INERT_KEYS
 
 #: neutral keys this translation reads (the rest of a body is refused by name)
 HANDLED = frozenset(
