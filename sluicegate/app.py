@@ -143,6 +143,8 @@ class Gateway:
             batch_size=audit_cfg.batch_size,
             flush_interval_s=audit_cfg.flush_interval_s,
             retry_s=audit_cfg.retry_s,
+            max_queue_events=audit_cfg.max_queue_events,
+            spill_dir=self.settings.data_dir,
         )
         self.keys = KeyIndex(KeyStore(self.engine), refresh_s=key_refresh_s)
         self.vault = Vault(snapshot.config.vault, engine=self.engine)
@@ -223,6 +225,9 @@ class Gateway:
         call = self._new_call(scope, _MODELS, snapshot)
         # Anthropic clients (they send `anthropic-version`) get Anthropic's list and errors.
         anthropic = b"anthropic-version" in call.headers
+        finishing = pipeline.finishing_send(call, send)
+        if finishing is not None:
+            send = finishing
         try:
             if scope["method"] != "GET":
                 raise MethodNotAllowed("Use GET for /v1/models")
@@ -243,21 +248,26 @@ class Gateway:
             call.fail(exc)
             await send_error(call, send, exc, anthropic_dialect.error_body if anthropic else openai_dialect.error_body)
         finally:
-            await pipeline.finish(call)
+            if finishing is None or not finishing.finished:
+                await pipeline.finish(call)
 
     async def _refuse(self, send: Send, error: SluicegateError) -> None:
         await _send_json(send, error.status, orjson.loads(openai_dialect.error_body(error)))
 
     async def _ready(self, send: Send) -> None:
+        audit = self.audit
         problems = []
         if not self.started:
             problems.append("starting")
-        if not self.audit.healthy:
-            problems.append(f"audit store failing ({self.audit.last_error})")
+        if not audit.healthy:
+            problems.append(f"audit store failing ({audit.last_error}); events go to the spill file")
+        if audit.spill_error is not None:
+            problems.append(f"audit spill file cannot be written ({audit.spill_error})")
+        details = {"durability": self.snapshot.audit.durability, **audit.status()}
         if problems:
-            await _send_json(send, 503, {"status": "unavailable", "problems": problems})
+            await _send_json(send, 503, {"status": "unavailable", "problems": problems, "audit": details})
         else:
-            await _send_json(send, 200, {"status": "ready", "audit_pending": self.audit.pending})
+            await _send_json(send, 200, {"status": "ready", "audit_pending": audit.pending, "audit": details})
 
     async def complete(self, model: str, messages: list[dict[str, object]], max_tokens: int) -> str:
         """Ask a configured model directly through its route, with no stage (guards use this:
@@ -302,8 +312,10 @@ class Gateway:
                 return
 
     async def startup(self) -> None:
-        """Start the background parts and open the upstream session."""
-        self.audit.start()
+        """Start the background parts and open the upstream session.
+
+        Audit events an earlier run spilled are replayed into the store first, when it answers."""
+        await asyncio.to_thread(self.audit.start)
         await asyncio.to_thread(self.keys.start)
         connector = aiohttp.TCPConnector(
             limit=self.snapshot.server.max_upstream_connections, ttl_dns_cache=300, keepalive_timeout=30

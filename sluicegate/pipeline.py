@@ -12,6 +12,10 @@
     accounting    tokens and cost                         (finally, always)
     audit         one event per call                      (finally, always)
 
+With `audit.durability: before_response`, accounting and audit run just before the response's
+last body message is sent (`FinishingSend`), so the event is committed before the client has
+the whole answer; the `finally` then has nothing left to do.
+
 Output guards run inside the relay (on the JSON answer, or on the stream's hold-back window).
 Later stages slot into `STAGE_ORDER` (limits after access, cache before the router) by name; a
 stage whose factory returns None for this config is not in the list at all.
@@ -25,6 +29,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from sluicegate.audit.writer import AuditNotDurable
 from sluicegate.errors import BodyTooLarge, SluicegateError
 from sluicegate.stages.base import Services, Stage, stage_factories
 
@@ -33,7 +38,7 @@ if TYPE_CHECKING:
     from sluicegate.config.snapshot import Snapshot
     from sluicegate.dialects.base import StreamEncoder
     from sluicegate.relay import Relay
-    from sluicegate.types import Receive, Send
+    from sluicegate.types import Message, Receive, Send
 
 log = logging.getLogger("sluicegate.pipeline")
 
@@ -101,6 +106,12 @@ class Pipeline:
         self.header_stages = ordered[:split]
         self.body_stages = ordered[split:]
         self.finishers = [stages[n] for n in FINISH_ORDER if n in stages]
+        #: `audit.durability: before_response`: finish (and commit the event) before the last byte
+        self.finish_before_last_byte = snapshot.audit.durability == "before_response"
+
+    def finishing_send(self, call: Call, send: Send) -> FinishingSend | None:
+        """The `send` that finishes the call before its last byte, when the config asks for it."""
+        return FinishingSend(self, call, send) if self.finish_before_last_byte else None
 
     async def run(self, call: Call, endpoint: Endpoint, relay: Relay, receive: Receive, send: Send) -> None:
         """Take one call through every stage; always finish with accounting and audit."""
@@ -112,6 +123,9 @@ class Pipeline:
             relay_translated_stream,
         )
 
+        finishing = self.finishing_send(call, send)
+        if finishing is not None:
+            send = finishing
         started = False
         watcher: asyncio.Future[Any] | None = None
         gone = False
@@ -195,20 +209,53 @@ class Pipeline:
         finally:
             if watcher is not None and not watcher.done():
                 watcher.cancel()
-            await self.finish(call)
+            if finishing is None or not finishing.finished:
+                await self.finish(call)
 
-    async def finish(self, call: Call) -> None:
-        """Run every finisher (accounting, audit ...), even when the task is being cancelled."""
+    async def finish(self, call: Call) -> bool:
+        """Run every finisher (accounting, audit ...), even when the task is being cancelled.
+
+        False when the audit event could not be made durable (`before_response` only)."""
         cancelled = False
+        durable = True
         for stage in self.finishers:
             try:
                 await stage.on_finish(call)
             except asyncio.CancelledError:
                 cancelled = True
+            except AuditNotDurable:
+                durable = False
             except Exception:
                 log.exception("stage %s failed to finish request %s", stage.name, call.request_id)
         if cancelled:
             raise asyncio.CancelledError
+        return durable
+
+
+class FinishingSend:
+    """An ASGI `send` that runs the pipeline's finishers before the response's last body message.
+
+    Every answer path (JSON, stream end, error, local answer) has settled the call's status,
+    outcome and usage before that message, so the audit event is complete. When the event could
+    not be made durable, the last message is withheld: the client sees an incomplete response,
+    never a complete one that left no record.
+    """
+
+    __slots__ = ("call", "finished", "pipeline", "send")
+
+    def __init__(self, pipeline: Pipeline, call: Call, send: Send) -> None:
+        self.pipeline = pipeline
+        self.call = call
+        self.send = send
+        #: the finishers have run (the caller's `finally` must not run them again)
+        self.finished = False
+
+    async def __call__(self, message: Message) -> None:
+        if not self.finished and message["type"] == "http.response.body" and not message.get("more_body"):
+            self.finished = True
+            if not await self.pipeline.finish(self.call):
+                return
+        await self.send(message)
 
 
 def _native(call: Call) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from sluicegate.config.rules import RuleError, is_glob, parse_network, parse_tim
 from sluicegate.config.snapshot import Snapshot, build_snapshot
 from sluicegate.providers.base import provider_types
 from sluicegate.vault import SECRET_SCHEMES, Vault
+from sluicegate.vault.refs import env_name_problem, is_credential_header, looks_like_credential, parse_ref
 
 PathPart = str | int
 _NO_VAULT = Vault()
@@ -162,6 +164,8 @@ def check_references(config: GatewayConfig) -> list[ConfigIssue]:
         else:
             for j, ref in enumerate(p.api_key):
                 issues.extend(_check_secret_ref(ref, (*at, "api_key", j), config.vault))
+        for name, value in p.headers.items():
+            issues.extend(_check_header(name, value, (*at, "headers", name), config.vault))
     names: set[str] = set()
     for i, m in enumerate(config.models):
         if m.name in names:
@@ -256,18 +260,46 @@ def _glob_match(pattern: str, name: str) -> bool:
 
 
 def _check_secret_ref(ref: str, at: tuple[PathPart, ...], vault: VaultConfig | None = None) -> list[ConfigIssue]:
+    """A secret reference's problems; no message quotes a value that may be a credential."""
     scheme, sep, rest = ref.partition("://")
     if not sep or scheme not in SECRET_SCHEMES:
         schemes = ", ".join(f"{s}://" for s in SECRET_SCHEMES)
         return [ConfigIssue(at, f"must be a secret reference ({schemes}), never the key itself")]
     if not rest or rest.startswith("#") or rest.endswith("#"):
         return [ConfigIssue(at, "the reference names nothing")]
+    # A key pasted where its variable's name (or file, or secret name) belongs: refused unquoted.
+    problem = env_name_problem(rest) if scheme == "env" else None
+    if problem is None and scheme != "env" and looks_like_credential(rest):
+        problem = "the reference holds what looks like a credential itself, not where one is kept"
+    if problem is not None:
+        return [ConfigIssue(at, f"{problem}; the value is not shown")]
     if scheme == "env" and rest not in os.environ:
         return [ConfigIssue(at, f"environment variable {rest} is not set", warning=True)]
     if vault is not None and scheme == "aws-sm" and vault.aws is None:
         return [ConfigIssue(at, "aws-sm:// references need a `vault.aws` block")]
     if vault is not None and scheme == "vault" and vault.hashicorp is None:
         return [ConfigIssue(at, "vault:// references need a `vault.hashicorp` block")]
+    return []
+
+
+#: an HTTP header name (RFC 9110 token)
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def _check_header(name: str, value: str, at: tuple[PathPart, ...], vault: VaultConfig) -> list[ConfigIssue]:
+    """A provider header: a credential goes as a secret reference, never as its value (not quoted)."""
+    if _HEADER_NAME.fullmatch(name) is None:
+        return [ConfigIssue(at, "not a valid HTTP header name")]
+    ref = parse_ref(value, allow_prefix=True)
+    if ref is not None:
+        return _check_secret_ref(ref.ref, at, vault)
+    if any(c in value for c in "\r\n\0"):
+        return [ConfigIssue(at, f"the value of header '{name}' holds a line break")]
+    how = "give it as a secret reference (env://NAME, file:///path, secret://name ..., after a word such as `Bearer `)"
+    if is_credential_header(name):
+        return [ConfigIssue(at, f"header '{name}' carries a credential: {how}, never the value itself")]
+    if looks_like_credential(value):
+        return [ConfigIssue(at, f"the value of header '{name}' looks like a credential: {how}; it is not shown")]
     return []
 
 

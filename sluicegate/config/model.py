@@ -180,11 +180,19 @@ class ServerConfig(_Strict):
 class AuditConfig(_Strict):
     """Where and how audit events are written."""
 
+    #: `queued`: a call's event is queued before its last byte is sent and committed within about
+    #: `flush_interval_s` (a crash loses what is queued); `before_response`: it is committed (to the
+    #: store, or the spill file) before the last byte is sent, shared group commits
+    durability: Literal["queued", "before_response"] = "queued"
     batch_size: int = Field(500, gt=0, le=10000)
     #: how long the writer waits to fill a batch once it holds one event
     flush_interval_s: float = Field(0.05, ge=0, le=10)
-    #: a failed write is retried after this delay; events stay queued meanwhile
+    #: while the store fails, events go to the spill file and the store is tried again this often
     retry_s: float = Field(1.0, gt=0)
+    #: `before_response`: past this wait for the commit, the event goes to the spill file first
+    commit_timeout_s: float = Field(5.0, gt=0, le=300)
+    #: events held in memory at most; past it they go to the spill file (`refuse`: calls are refused)
+    max_queue_events: int = Field(100_000, gt=0)
     on_failure: Literal["log", "refuse"] = "log"
     #: failed authentications audited one by one per source address and window; the rest are
     #: counted into one summary event per source when the window closes

@@ -2,7 +2,10 @@
 
 A provider turns a `Call` into the upstream HTTP request (URL, headers, body bytes) and the
 upstream's answers and failures back. Credentials come from the vault at send time and are
-attached by the provider's `request_headers`, never stored on the call.
+attached by the provider's `request_headers`, never stored on the call: the api key, and config
+`headers` whose values are secret references (`X-Org-Token: env://ORG_TOKEN`,
+`Authorization: Bearer file:///run/secrets/token`). `secret_values` lists them all, for scrubbing
+upstream text.
 
 Two ways through a provider (see `sluicegate.neutral` for the shapes in between):
 - passthrough, when the client's dialect is the provider's `native_dialect`: `prepare_body`
@@ -21,10 +24,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import orjson
 
 from sluicegate.errors import RateLimited, SluicegateError, UpstreamError, UpstreamUnavailable
+from sluicegate.vault.refs import SecretRef, parse_ref
 
 if TYPE_CHECKING:
     from sluicegate.call import Call
     from sluicegate.config.model import ProviderConfig
+    from sluicegate.vault import Vault
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +80,21 @@ class Provider:
         self.timeouts = config.timeouts
         #: how translation refusals name this provider
         self.target = f"{self.label} (provider '{self.name}')"
-        self._headers: tuple[str | None, dict[str, str]] | None = None
+        static: dict[str, str] = {}
+        refs: list[tuple[str, SecretRef]] = []
+        for name, value in config.headers.items():
+            ref = parse_ref(value, allow_prefix=True)
+            if ref is None:
+                static[name] = value
+            else:
+                refs.append((name, ref))
+        #: config headers sent as written
+        self.static_headers = static
+        #: config headers whose values are secret references, resolved by the vault at send time
+        self.header_refs = tuple(refs)
+        #: resolves `header_refs` (bound by the pipeline for each config snapshot)
+        self.vault: Vault | None = None
+        self._headers: tuple[tuple[str | None, tuple[str, ...]], dict[str, str]] | None = None
 
     def url_for(self, endpoint: str, model: str, stream: bool = False) -> str:
         """Absolute upstream URL of one endpoint (`chat`, `completions`, `embeddings`, `messages`,
@@ -85,20 +104,76 @@ class Provider:
     def request_headers(self, call: Call, secret: str | None, url: str, body: bytes) -> Mapping[str, str]:
         """Request headers for one upstream request, credential included (signers see the body;
         `call.headers` holds the client's request headers, lower-case bytes names). The default:
-        `base_headers` plus `credential_header`, built once per secret."""
+        `base_headers`, the referenced headers, then `credential_header`, built once per set of
+        secret values."""
+        values = self.header_secret_values() if self.header_refs else ()
         cached = self._headers
-        if cached is not None and cached[0] == secret:
+        if cached is not None and cached[0] == (secret, values):
             return cached[1]
         headers = self.base_headers()
+        headers.update(self.referenced_headers(values))
         if secret:
             name, value = self.credential_header(secret)
             headers[name] = value
-        self._headers = (secret, headers)
+        self._headers = ((secret, values), headers)
         return headers
 
     def base_headers(self) -> dict[str, str]:
-        """Headers of every request, before the credential: JSON, then the config's `headers`."""
-        return {"Content-Type": "application/json", **self.config.headers}
+        """Headers of every request, before the credential: JSON, then the config's plain `headers`."""
+        return {"Content-Type": "application/json", **self.static_headers}
+
+    def bind_vault(self, vault: Vault) -> None:
+        """The vault that resolves the referenced headers."""
+        self.vault = vault
+
+    async def resolve_header_secrets(self) -> None:
+        """Read the referenced headers' secrets into the vault's cache without blocking the loop
+        (the router does it before the send; a cached value costs a dict lookup)."""
+        vault = self.vault
+        if vault is None:
+            return
+        for _, ref in self.header_refs:
+            if vault.cached(ref.ref) is None:
+                await vault.aresolve(ref.ref)
+
+    def header_secret_values(self) -> tuple[str, ...]:
+        """The values of the referenced headers, from the vault (its cache, nearly always).
+
+        A value that is missing, or holds a line break, fails closed (`SecretUnavailable`, 503
+        `credential_unavailable`), naming the header and never a value."""
+        from sluicegate.vault import SecretUnavailable, Vault
+
+        vault = self.vault
+        if vault is None:
+            vault = self.vault = Vault()
+        values = []
+        for name, ref in self.header_refs:
+            value = vault.cached(ref.ref) or vault.resolve(ref.ref)
+            if any(c in value for c in "\r\n\0"):
+                raise SecretUnavailable(f"the secret for header '{name}' of provider '{self.name}' holds a line break")
+            values.append(value)
+        return tuple(values)
+
+    def referenced_headers(self, values: tuple[str, ...] | None = None) -> dict[str, str]:
+        """The referenced headers with their secrets (`values`: `header_secret_values()`)."""
+        if values is None:
+            values = self.header_secret_values()
+        return {
+            name: f"{ref.prefix} {value}" if ref.prefix else value
+            for (name, ref), value in zip(self.header_refs, values, strict=True)
+        }
+
+    def secret_values(self, secret: str | None) -> tuple[str, ...]:
+        """Every secret this provider sends upstream with `secret` as its key: what a scrubber must
+        remove from upstream text (the key, then the referenced headers' values that are cached)."""
+        out = [secret] if secret else []
+        vault = self.vault
+        if vault is not None:
+            for _, ref in self.header_refs:
+                value = vault.cached(ref.ref)
+                if value:
+                    out.append(value)
+        return tuple(out)
 
     def credential_header(self, secret: str) -> tuple[str, str]:
         """The header that carries the credential (default: a Bearer token)."""

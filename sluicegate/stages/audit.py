@@ -1,17 +1,23 @@
-"""Audit: exactly one event per call, queued for the group-committing writer.
+"""Audit: exactly one event per call, handed to the group-committing writer.
 
-With `audit.on_failure: refuse`, calls are refused (503 `audit_unavailable`) while the audit
-store cannot be written, so nothing goes unrecorded.
+With `audit.durability: queued` the event is queued (no I/O); with `before_response` the stage
+waits until the writer has committed it (to the store, or else the spill file) and the pipeline
+sends the response's last byte only then. With `audit.on_failure: refuse`, calls are refused
+(503 `audit_unavailable`) while the audit store cannot be written or the queue is full, so
+nothing goes unrecorded.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import TYPE_CHECKING
 
 import orjson
 
 from sluicegate.audit.events import AuditEvent
 from sluicegate.audit.failures import AuthFailureAggregator
+from sluicegate.audit.writer import AuditNotDurable
 from sluicegate.errors import ServiceUnavailable
 from sluicegate.stages.base import Services, register_stage
 
@@ -20,6 +26,8 @@ if TYPE_CHECKING:
     from sluicegate.call import Call
     from sluicegate.config.snapshot import Snapshot
 
+log = logging.getLogger("sluicegate.audit")
+
 
 class AuditStage:
     """Turns the finished call into its audit event."""
@@ -27,13 +35,23 @@ class AuditStage:
     name = "audit"
     needs_body = False
 
-    def __init__(self, writer: AuditWriter, refuse_when_unhealthy: bool, failures: AuthFailureAggregator) -> None:
+    def __init__(
+        self,
+        writer: AuditWriter,
+        refuse_when_unhealthy: bool,
+        failures: AuthFailureAggregator,
+        *,
+        before_response: bool = False,
+        commit_timeout_s: float = 5.0,
+    ) -> None:
         self.writer = writer
         self.refuse_when_unhealthy = refuse_when_unhealthy
         self.failures = failures
+        self.before_response = before_response
+        self.commit_timeout_s = commit_timeout_s
 
     async def on_request(self, call: Call) -> None:
-        if self.refuse_when_unhealthy and not self.writer.healthy:
+        if self.refuse_when_unhealthy and not self.writer.accepting:
             raise ServiceUnavailable(
                 "The audit store cannot be written; calls are refused until it recovers",
                 code="audit_unavailable",
@@ -43,9 +61,36 @@ class AuditStage:
         failures = self.failures
         if call.status == 401 and not failures.admit(call.client_ip):
             return  # counted: the source's summary event will say how many
-        self.writer.submit(event_of(call))
+        event = event_of(call)
         for summary in failures.due():
             self.writer.submit(summary)
+        if self.before_response:
+            await self._commit(event)
+        else:
+            self.writer.submit(event)
+
+    async def _commit(self, event: AuditEvent) -> None:
+        """Wait until the event is durable; past `commit_timeout_s`, write it to the spill file first.
+
+        Raises `AuditNotDurable` when neither the store nor the spill file took it: the pipeline
+        then leaves the response without its last byte, so the client sees it fail.
+        """
+        writer = self.writer
+        future = writer.commit(event)
+        try:
+            async with asyncio.timeout(self.commit_timeout_s):
+                durable = await future
+        except TimeoutError:
+            # The store is slow: the spill file holds the event before the response completes (the
+            # writer still writes its queued copy; the replay skips whichever comes second).
+            durable = await asyncio.shield(asyncio.to_thread(writer.spill_now, event))
+        if not durable:
+            log.critical(
+                "audit event %s could be written neither to the store nor to the spill file: "
+                "its response is not completed",
+                event.request_id,
+            )
+            raise AuditNotDurable(event.request_id)
 
 
 def event_of(call: Call) -> AuditEvent:
@@ -88,8 +133,16 @@ def _guards(call: Call) -> str | None:
 
 
 def _factory(snapshot: Snapshot, services: Services) -> AuditStage:
-    services.auth_failures.configure(snapshot.audit.auth_failure_window_s, snapshot.audit.auth_failures_per_window)
-    return AuditStage(services.audit, snapshot.audit.on_failure == "refuse", services.auth_failures)
+    cfg = snapshot.audit
+    services.auth_failures.configure(cfg.auth_failure_window_s, cfg.auth_failures_per_window)
+    services.audit.configure(cfg.batch_size, cfg.flush_interval_s, cfg.retry_s, cfg.max_queue_events)
+    return AuditStage(
+        services.audit,
+        cfg.on_failure == "refuse",
+        services.auth_failures,
+        before_response=cfg.durability == "before_response",
+        commit_timeout_s=cfg.commit_timeout_s,
+    )
 
 
 register_stage("audit", _factory)

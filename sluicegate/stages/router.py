@@ -25,13 +25,19 @@ class RouterStage:
         if route is None:
             raise model_not_found(model)
         call.route = route
-        call.provider = route.provider.name
+        provider = route.provider
+        call.provider = provider.name
+        if provider.header_refs:
+            # Secrets of referenced headers are read here, off the send path's synchronous code.
+            await provider.resolve_header_secrets()
 
     async def on_finish(self, call: Call) -> None:
         return None
 
 
 def _factory(snapshot: Snapshot, services: Services) -> RouterStage:
+    for provider in snapshot.providers.values():
+        provider.bind_vault(services.vault)
     return RouterStage()
 
 

@@ -13,12 +13,11 @@ from typing import TYPE_CHECKING, Protocol
 
 from sluicegate.config.model import VaultConfig
 from sluicegate.errors import ServiceUnavailable
+from sluicegate.vault.refs import SECRET_SCHEMES
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
-#: every scheme a reference may use; `aws-sm` needs `vault.aws`, `vault` needs `vault.hashicorp`
-SECRET_SCHEMES = ("env", "file", "secret", "aws-sm", "vault")
 #: schemes read on the event loop: an environment lookup or a small local file
 _LOCAL_SCHEMES = frozenset({"env", "file"})
 #: the cache holds one entry per configured reference; this only bounds a pathological config

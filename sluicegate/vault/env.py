@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from sluicegate.vault import SecretUnavailable
+from sluicegate.vault.refs import describe
 
 
 class EnvBackend:
@@ -15,5 +16,5 @@ class EnvBackend:
         name = ref.removeprefix("env://")
         value = os.environ.get(name)
         if not value:
-            raise SecretUnavailable(f"secret reference env://{name} is not set")
+            raise SecretUnavailable(f"secret reference {describe(ref)} is not set")
         return value

@@ -79,7 +79,7 @@ class AnthropicProvider(Provider):
 
     def base_headers(self) -> dict[str, str]:
         return {"content-type": "application/json", "anthropic-version": self.options.anthropic_version,
-                **self.config.headers}  # fmt: skip
+                **self.static_headers}  # fmt: skip
 
     def credential_header(self, secret: str) -> tuple[str, str]:
         return "x-api-key", secret

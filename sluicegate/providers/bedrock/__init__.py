@@ -75,7 +75,7 @@ class BedrockProvider(Provider):
         if not config.base_url:
             self.base_url = endpoint_for(self.options.region)
         self._urls: dict[tuple[str, bool], str] = {}
-        extra_headers = dict(config.headers)
+        extra_headers = dict(self.static_headers)
         # secret -> a signer (SigV4) or the headers of an API key; a handful of distinct secrets at most
         self._auth: dict[str, Signer | tuple[dict[str, str], dict[str, str]]] = {}
         self._base = (
@@ -102,6 +102,9 @@ class BedrockProvider(Provider):
 
     def request_headers(self, call: Call, secret: str | None, url: str, body: bytes) -> dict[str, str]:
         base = self._base[1 if call.stream else 0]
+        referenced = self.referenced_headers() if self.header_refs else None
+        if referenced:
+            base = {**base, **referenced}
         if not secret:
             return base
         auth = self._auth.get(secret)
@@ -109,7 +112,8 @@ class BedrockProvider(Provider):
             auth = self._credentials(secret)
         if isinstance(auth, Signer):
             return auth.headers(url, body, base)
-        return auth[1 if call.stream else 0]
+        headers = auth[1 if call.stream else 0]
+        return {**headers, **referenced} if referenced else headers
 
     def _credentials(self, secret: str) -> Signer | tuple[dict[str, str], dict[str, str]]:
         try:
