@@ -59,6 +59,20 @@ class JsonLinesFile:
                 finally:
                     os.close(fd)
 
+    def check(self) -> None:
+        """Whether the file takes an append (opened for append and fsynced, nothing written);
+        raises `OSError` when it does not."""
+        with self._lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                _lock(fd)
+                os.fsync(fd)
+                if os.fstat(fd).st_size == 0 and _same_file(os.fstat(fd), self.path):
+                    self.path.unlink()  # leave no empty file behind
+            finally:
+                os.close(fd)
+
 
 class SpillFile(JsonLinesFile):
     """Events waiting for the store; `set_aside` and `read` serve the replay."""

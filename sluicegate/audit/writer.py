@@ -25,9 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import queue
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -164,6 +162,11 @@ class AuditWriter:
         return self.healthy and self._queue.qsize() < self.max_queue_events
 
     @property
+    def queued(self) -> int:
+        """Events waiting in the queue (not yet taken by the writer thread)."""
+        return self._queue.qsize()
+
+    @property
     def pending(self) -> int:
         """Events queued or being written (spilled and set-aside ones are no longer pending)."""
         settled = self.written + self.spilled + self._overflow_spilled + self._poisoned_fresh + self.lost
@@ -173,6 +176,7 @@ class AuditWriter:
         """What `/readyz` shows of the audit trail."""
         return {
             "pending": self.pending,
+            "queued": self.queued,
             "written": self.written,
             "spilled": self.spilled + self._overflow_spilled,
             "replayed": self.replayed,
@@ -358,6 +362,7 @@ class AuditWriter:
             self.replayed += len(items)
         if not self.healthy:
             log.warning("audit store writes recovered after %d failed attempts", self.failures)
+            self._alarms.pop("store", None)
             self.healthy = True
             self.last_error = None
             self._replay_due = self.spill is not None
@@ -367,6 +372,8 @@ class AuditWriter:
         self.healthy = False
         self.last_error = type(exc).__name__
         self._next_try = time.monotonic() + self.retry_s
+        if not self._alarm("store"):
+            return
         where = f"the spill file {self.spill.path}" if self.spill is not None else "memory"
         log.error(
             "AUDIT STORE WRITE FAILED (%s); events go to %s until it recovers; next try in %.1fs",
@@ -383,7 +390,9 @@ class AuditWriter:
                 self._spill_failed(exc, len(items))
             else:
                 self.spilled += len(items)
-                self.spill_error = None
+                if self.spill_error is not None:
+                    self.spill_error = None
+                    self._alarms.pop("spill", None)
                 self._replay_due = True
                 _settle(items, True)
                 return
@@ -474,13 +483,8 @@ class AuditWriter:
     def _check_spill_dir(self) -> None:
         """Whether the spill folder takes a write (at start, and while a spill error is shown)."""
         assert self.spill is not None
-        folder = self.spill.path.parent
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=folder, prefix=".audit-probe-") as probe:
-                probe.write(b"\n")
-                probe.flush()
-                os.fsync(probe.fileno())
+            self.spill.check()
         except OSError as exc:
             self._spill_failed(exc, 0)
         else:
@@ -495,11 +499,12 @@ class AuditWriter:
                 self.spill_error or self.last_error,
             )
             self._held = []
-        if self.spill is not None and self.spill.exists():
+        waiting = self.spill.count() if self.spill is not None else 0
+        if waiting and self.spill is not None:
             log.warning(
                 "AUDIT EVENTS SPILLED: %d events could not be written to the store (%s); they are in %s "
                 "and are written to the store at the next start",
-                self.spill.count(),
+                waiting,
                 self.last_error or "it was unavailable",
                 self.spill.path,
             )
