@@ -11,7 +11,8 @@ stack, also on core 0), then measures chat completions against each at each conc
 Prints Markdown tables (added latency = p50(gateway) - p50(direct)), writes every figure as JSON to --out,
 and checks that the audit trail holds one row per request the gateway received.
 
-    .venv/bin/python bench/run.py [--duration 10] [--concurrency 1,16,64] [--quick] [--out bench/results/latest.json]
+    .venv/bin/python bench/run.py [--duration 10] [--concurrency 1,16,64] [--quick] [--durability before_response]
+        [--out bench/results/latest.json]
 """
 
 from __future__ import annotations
@@ -320,6 +321,7 @@ def report(res: dict[str, Any]) -> str:
         f"- gateway on core {GATEWAY_CORE}; upstream, wrk and streaming client on core {CLIENT_CORE}",
         f"- {s['duration_s']:g} s per run after {s['warmup_s']:g} s warm-up; latencies in ms; "
         "TTFT = first SSE event with non-empty delta content",
+        f"- audit.durability: {s['durability']}",
     ]
     sections = [
         (
@@ -424,7 +426,7 @@ def bench(args: argparse.Namespace, tmp: Path, info: dict[str, Any]) -> dict[str
     while floor_port in (up_port, gw_port):
         floor_port = free_port()
     config = tmp / "sluicegate.yaml"
-    config.write_text(CONFIG.format(port=up_port))
+    config.write_text(CONFIG.format(port=up_port) + f"audit:\n  durability: {args.durability}\n")
     env = {**os.environ, "SLUICEGATE_DATA_DIR": str(tmp / "data"), "BENCH_UPSTREAM_KEY": "sk-bench-upstream"}
     sg = sluicegate_bin()
     created = subprocess.run(
@@ -453,7 +455,12 @@ def bench(args: argparse.Namespace, tmp: Path, info: dict[str, Any]) -> dict[str
     ]
     res: dict[str, Any] = {
         "machine": info,
-        "settings": {"duration_s": args.duration, "warmup_s": args.warmup, "concurrency": args.concurrency},
+        "settings": {
+            "duration_s": args.duration,
+            "warmup_s": args.warmup,
+            "concurrency": args.concurrency,
+            "durability": args.durability,
+        },
         "wrk": [],
         "stream": [],
     }
@@ -502,6 +509,12 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up before each run (default 2)")
     parser.add_argument("--concurrency", default="1,16,64", help="comma-separated (default 1,16,64)")
     parser.add_argument("--quick", action="store_true", help="3 s runs after 1 s warm-up")
+    parser.add_argument(
+        "--durability",
+        choices=("queued", "before_response"),
+        default="queued",
+        help="the gateway's audit.durability (default queued; before_response commits each event first)",
+    )
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "results" / "latest.json")
     args = parser.parse_args()
     args.concurrency = [int(c) for c in args.concurrency.split(",")]

@@ -293,16 +293,20 @@ class AuditWriter:
             stopping = True
         else:
             batch.append(_item(first))
+        # A caller waits on a commit: write what is queued now, without waiting to fill the batch
+        # (group commit: what arrives during this write goes in the next one).
+        waiting = first is not _STOP and not isinstance(first, AuditEvent)
         deadline = time.monotonic() + self.flush_interval_s
         while len(batch) < self.batch_size:
             try:
-                left = 0.0 if stopping else deadline - time.monotonic()
+                left = 0.0 if stopping or waiting else deadline - time.monotonic()
                 raw = self._queue.get(timeout=left) if left > 0 else self._queue.get_nowait()
             except queue.Empty:
                 break
             if raw is _STOP:
                 stopping = True
                 continue
+            waiting = waiting or not isinstance(raw, AuditEvent)
             batch.append(_item(raw))
         return batch, stopping
 
@@ -440,7 +444,11 @@ class AuditWriter:
         if spill is None:
             return
         try:
-            paths = spill.set_aside()
+            # While the store fails, a replay is its probe: it retries the files already set aside
+            # rather than setting the live one aside again, so an outage leaves two files, not one per try.
+            paths = spill.waiting()
+            if self.healthy or not paths:
+                paths = spill.set_aside()
         except OSError as exc:
             log.error("audit spill file cannot be moved aside for a replay (%s)", exc.strerror or exc)
             self._replay_due = True
@@ -506,7 +514,7 @@ class AuditWriter:
                 "and are written to the store at the next start",
                 waiting,
                 self.last_error or "it was unavailable",
-                self.spill.path,
+                self.spill.path.with_name(f"{self.spill.path.stem}*.jsonl"),
             )
 
     def _alarm(self, name: str) -> bool:
