@@ -7,13 +7,14 @@ bounds every value to its column (`audit.rows`) and writes the batch in one tran
 driver-level `executemany` of plain tuples, so it holds the interpreter lock as little as it can.
 
 When a write fails, the error decides:
-- the store is unavailable (connection, lock, disk, missing table ...): the batch goes to the
-  spill file (fsynced) and the writer is unhealthy (`/readyz` 503; `on_failure: refuse` refuses
-  calls). Every `retry_s` it tries the store again; once a write succeeds it replays the spill
-  file, skipping events the store holds already, and removes it;
-- the store refused a value (out of range, a constraint): the batch is bisected, the rows that
-  fail go to the poison file (logged, counted) and the others are written. No batch is retried
-  forever, so no value can stop the audit.
+- the store is unavailable (connection, lock, disk, missing table, or it refuses a plain row
+  too): the batch goes to the spill file (fsynced) and the writer is unhealthy (`/readyz` 503;
+  `on_failure: refuse` refuses calls). Every `retry_s` it tries the store again; once a write
+  succeeds it replays the spill file, skipping events the store holds already, and removes it;
+- the store refused the batch but takes a plain row (probed in a transaction rolled back): some
+  rows hold a value it refuses (out of range, a constraint, a trigger). The batch is bisected,
+  the rows that fail go to the poison file (logged, counted) and the others are written. No
+  batch is retried forever, so no value can stop the audit.
 If the spill file cannot be written either, the events stay in memory and both are retried
 (log critical, `/readyz` 503). Past `max_queue_events` queued, further events go straight to the
 spill file from a second thread, so memory stays bounded even while a store write hangs. `close`
@@ -63,19 +64,48 @@ def _insert_sql(engine: Engine) -> str:
     return f"INSERT INTO {audit_events.name} ({columns}) VALUES ({', '.join([marker] * len(FIELDS))})"
 
 
-def refused_value(exc: BaseException) -> bool:
-    """Whether a failed write was refused for a value in it (a row problem), not for want of a store.
+def unavailable(exc: BaseException) -> bool:
+    """Whether a failed write means the store cannot be reached or written at all.
 
-    Drivers raise `DataError` (out of range, too long) or `IntegrityError` (a constraint) through
-    SQLAlchemy, or a Python error before the value reaches the database (SQLite's
-    `OverflowError` past 64 bits, an `UnicodeEncodeError`). Everything else (operational,
-    interface, programming errors, timeouts, OS errors) means the store cannot take any row.
+    Connection, lock, disk and missing-table failures (`OperationalError`, `InterfaceError`, a
+    dropped connection, a pool timeout, an OS error) are the store's. Anything else (a value out
+    of range, a constraint, a trigger, a driver refusing a value) may be one row's: the writer
+    then asks the store to take a plain row (`_store_takes_rows`) before it blames the batch.
     """
     if isinstance(exc, sa.exc.DBAPIError):
-        return isinstance(exc, sa.exc.DataError | sa.exc.IntegrityError) and not exc.connection_invalidated
-    if isinstance(exc, sa.exc.StatementError):
-        return isinstance(exc.orig, OverflowError | ValueError | TypeError)
-    return isinstance(exc, OverflowError | ValueError | TypeError)
+        return exc.connection_invalidated or isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError)
+    return isinstance(exc, sa.exc.DisconnectionError | sa.exc.TimeoutError | OSError)
+
+
+#: a plain row, written in a transaction that is rolled back, to tell a refused row from a refusing store
+_CANARY_ROW = row_of(
+    AuditEvent(
+        request_id="audit-store-probe",
+        ts=0.0,
+        endpoint="probe",
+        consumer=None,
+        key_id=None,
+        client_ip=None,
+        model_requested=None,
+        model_served=None,
+        provider=None,
+        stream=False,
+        status=0,
+        upstream_status=None,
+        decision="probe",
+        outcome="probe",
+        reason=None,
+        rule=None,
+        guards=None,
+        prompt_tokens=None,
+        completion_tokens=None,
+        total_tokens=None,
+        usage_source="none",
+        cost_micro_usd=None,
+        latency_ms=0.0,
+        ttft_ms=None,
+    )
+)
 
 
 class AuditWriter:
@@ -321,14 +351,17 @@ class AuditWriter:
         """Store `items`, setting aside rows the store refuses; return those not written because
         the store is unavailable (none when all went in or aside)."""
         parts = [items]
+        store_takes_rows = False
         while parts:
             part = parts.pop()
             try:
                 self._insert([row for row, _ in part], dedupe=not fresh)
             except Exception as exc:
-                if not refused_value(exc):
+                if not store_takes_rows and (unavailable(exc) or not self._store_takes_rows()):
                     self._store_failed(exc)
                     return [item for p in [part, *reversed(parts)] for item in p]
+                # The store takes a plain row but not this batch: some of its rows are refused.
+                store_takes_rows = True
                 if len(part) == 1:
                     self._set_aside(part[0], exc, fresh)
                 else:
@@ -355,6 +388,19 @@ class AuditWriter:
                 rows = fresh_rows
             if rows:
                 conn.exec_driver_sql(self._sql, rows)
+
+    def _store_takes_rows(self) -> bool:
+        """Whether the store takes a plain row (written, then rolled back)."""
+        try:
+            with self.engine.connect() as conn:
+                transaction = conn.begin()
+                try:
+                    conn.exec_driver_sql(self._sql, [_CANARY_ROW])
+                finally:
+                    transaction.rollback()
+        except Exception:
+            return False
+        return True
 
     def _stored(self, items: list[Item], fresh: bool) -> None:
         if fresh:

@@ -272,3 +272,24 @@ def test_commit_resolves_once_the_event_is_durable(tmp_path: Path) -> None:
 def _rename(engine: sa.Engine, old: str, new: str) -> None:
     with engine.begin() as conn:
         conn.execute(sa.text(f"ALTER TABLE {old} RENAME TO {new}"))
+
+
+def test_a_store_that_refuses_every_row_is_unavailable_not_a_poison_source(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path / 'a.db'}")
+    with engine.begin() as conn:  # e.g. permissions revoked: every insert fails, not for a value of its own
+        conn.execute(
+            sa.text("CREATE TRIGGER refuse BEFORE INSERT ON audit_events BEGIN SELECT RAISE(ABORT, 'no'); END")
+        )
+    writer = AuditWriter(engine, batch_size=20, flush_interval_s=0.01, retry_s=0.05, spill_dir=tmp_path)
+    writer.start()
+    for i in range(10):
+        writer.submit(event(i))
+    assert writer.wait_idle(5)
+    assert not writer.healthy and writer.poisoned == 0 and writer.status()["spilled"] == 10
+    with engine.begin() as conn:
+        conn.execute(sa.text("DROP TRIGGER refuse"))
+    deadline = time.monotonic() + 5
+    while count(engine) < 10 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert count(engine) == 10 and not (tmp_path / "audit-poison.jsonl").exists()
+    writer.close()
