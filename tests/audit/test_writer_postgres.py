@@ -1,0 +1,193 @@
+"""The audit writer against a real PostgreSQL: its ranges, its aborted transactions, its outages.
+
+A server is started for the module from the machine's PostgreSQL binaries (initdb in a temporary
+folder, loopback only); the tests are skipped where there are none.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from sluicegate.audit.writer import AuditWriter
+from sluicegate.store.db import create_engine
+from tests.audit.test_writer import event
+from tests.conftest import free_port
+
+psycopg = pytest.importorskip("psycopg")
+BIN = Path("/usr/lib/postgresql")
+
+
+def _pg_bin() -> Path | None:
+    found = shutil.which("initdb")
+    if found:
+        return Path(os.path.realpath(found)).parent
+    versions = sorted(BIN.glob("*/bin/initdb")) if BIN.exists() else []
+    return versions[-1].parent if versions else None
+
+
+class Postgres:
+    """One PostgreSQL server on loopback, run as the `postgres` user when the tests run as root."""
+
+    def __init__(self, root: Path) -> None:
+        bindir = _pg_bin()
+        if bindir is None:
+            pytest.skip("PostgreSQL is not installed")
+        self.bindir = bindir
+        self.data = root / "data"
+        self.port = free_port()
+        self.prefix: list[str] = []
+        if os.geteuid() == 0:
+            if shutil.which("runuser") is None:
+                pytest.skip("PostgreSQL refuses to run as root and runuser is missing")
+            shutil.chown(root, "postgres")
+            self.prefix = ["runuser", "-u", "postgres", "--"]
+        subprocess.run(
+            [*self.prefix, str(bindir / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres"],
+            check=True, capture_output=True, cwd=root,
+        )  # fmt: skip
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [*self.prefix, str(self.bindir / "postgres"), "-D", str(self.data), "-p", str(self.port),
+             "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.data}", "-c", "fsync=off"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self.data.parent,
+        )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                psycopg.connect(f"host=127.0.0.1 port={self.port} user=postgres", connect_timeout=1).close()
+                return
+            except psycopg.OperationalError:
+                assert self.proc.poll() is None, "PostgreSQL exited"
+                assert time.monotonic() < deadline, "PostgreSQL did not start"
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            # pg_ctl as the server's own user (a signal to `runuser` would not reach the server)
+            subprocess.run(
+                [*self.prefix, str(self.bindir / "pg_ctl"), "stop", "-D", str(self.data), "-m", "fast", "-w"],
+                capture_output=True, cwd=self.data.parent, check=False,
+            )  # fmt: skip
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.send_signal(signal.SIGKILL)
+                self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[Postgres]:
+    # Not under pytest's temporary folder: the `postgres` user must be able to reach it.
+    root = Path(tempfile.mkdtemp(prefix="sluicegate-pg-"))
+    try:
+        server = Postgres(root)
+        server.start()
+        try:
+            yield server
+        finally:
+            server.stop()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def engine(postgres: Postgres) -> Iterator[sa.Engine]:
+    engine = create_engine(postgres.url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM audit_events"))
+    yield engine
+    engine.dispose()
+
+
+def count(engine: sa.Engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(sa.text("SELECT count(*) FROM audit_events")).scalar_one())
+
+
+def test_values_past_postgres_ranges_are_bounded(engine: sa.Engine, tmp_path: Path) -> None:
+    writer = AuditWriter(engine, flush_interval_s=0.01, retry_s=0.05, spill_dir=tmp_path)
+    writer.start()
+    bad = event(0)
+    bad.prompt_tokens = 2**40  # INTEGER is 32 bits in PostgreSQL
+    bad.cost_micro_usd = 2**63
+    bad.model_requested = "m" * 5000  # VARCHAR(200)
+    bad.reason = "NUL\0inside"  # PostgreSQL text holds no NUL
+    bad.consumer = "\ud800"
+    writer.submit(bad)
+    writer.submit(event(1))
+    assert writer.wait_idle(10)
+    assert writer.healthy and writer.poisoned == 0 and count(engine) == 2
+    with engine.connect() as conn:
+        row = conn.execute(sa.text("SELECT * FROM audit_events WHERE request_id = 'req_0'")).one()._mapping
+    assert row["prompt_tokens"] == 2**31 - 1 and row["cost_micro_usd"] == 2**63 - 1
+    assert len(row["model_requested"]) == 200 and row["reason"] == "NULinside"
+    writer.close()
+
+
+@pytest.mark.parametrize("kind", ["check", "trigger"])
+def test_rows_postgres_refuses_are_set_aside_each_part_in_its_own_transaction(
+    engine: sa.Engine, tmp_path: Path, kind: str
+) -> None:
+    with engine.begin() as conn:
+        if kind == "check":  # IntegrityError
+            conn.execute(sa.text("ALTER TABLE audit_events ADD CONSTRAINT no_poison CHECK (request_id <> 'req_13')"))
+        else:  # RAISE EXCEPTION: an InternalError, neither a value's nor a connection's error class
+            conn.execute(
+                sa.text(
+                    "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                    "IF NEW.request_id = 'req_13' THEN RAISE EXCEPTION 'refused'; END IF; RETURN NEW; END $$"
+                )
+            )
+            conn.execute(
+                sa.text("CREATE TRIGGER refuse BEFORE INSERT ON audit_events FOR EACH ROW EXECUTE FUNCTION refuse()")
+            )
+    try:
+        writer = AuditWriter(engine, batch_size=40, flush_interval_s=0.05, retry_s=0.05, spill_dir=tmp_path)
+        for i in range(40):
+            writer.submit(event(i))
+        writer.start()
+        assert writer.wait_idle(10)
+        assert writer.healthy and writer.poisoned == 1 and count(engine) == 39
+        assert b'"req_13"' in (tmp_path / "audit-poison.jsonl").read_bytes()
+        writer.close()
+    finally:
+        with engine.begin() as conn:
+            conn.execute(sa.text("ALTER TABLE audit_events DROP CONSTRAINT IF EXISTS no_poison"))
+            conn.execute(sa.text("DROP TRIGGER IF EXISTS refuse ON audit_events"))
+            conn.execute(sa.text("DROP FUNCTION IF EXISTS refuse()"))
+
+
+def test_a_postgres_outage_spills_and_the_spill_is_replayed(
+    postgres: Postgres, engine: sa.Engine, tmp_path: Path
+) -> None:
+    writer = AuditWriter(engine, batch_size=10, flush_interval_s=0.01, retry_s=0.1, spill_dir=tmp_path)
+    writer.start()
+    writer.submit(event(0))
+    assert writer.wait_idle(10) and count(engine) == 1
+    postgres.stop()
+    try:
+        for i in range(1, 21):
+            writer.submit(event(i))
+        assert writer.wait_idle(20)
+        assert not writer.healthy and writer.status()["spilled"] == 20 and writer.poisoned == 0
+    finally:
+        postgres.start()
+    deadline = time.monotonic() + 20
+    while (count(engine) < 21 or not writer.healthy) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert count(engine) == 21 and writer.healthy
+    assert not list(tmp_path.glob("audit-spill*"))
+    writer.close()
