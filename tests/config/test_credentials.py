@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import secrets
 import string
 import subprocess
@@ -19,8 +20,11 @@ from sluicegate.vault.refs import env_name_problem, looks_like_credential
 from tests.conftest import CANARY_KEY, run_gateway, wait_for
 
 _ALNUM = string.ascii_letters + string.digits
-OPENAI_SHAPED = "sk-proj-" + "".join(secrets.choice(_ALNUM) for _ in range(48))
-RANDOM_40 = "Q" + "".join(secrets.choice(_ALNUM) for _ in range(39))
+# Random-looking, but the same in every test process (pytest-xdist compares test ids).
+_RNG = random.Random(20240607)
+OPENAI_SHAPED = "sk-proj-" + "".join(_RNG.choice(_ALNUM) for _ in range(48))
+RANDOM_40 = "Q" + "".join(_RNG.choice(_ALNUM) for _ in range(39))
+HEX_48 = "".join(_RNG.choice("0123456789abcdef") for _ in range(48))
 PROVIDER = """\
 providers:
   - name: p
@@ -48,7 +52,7 @@ def issues(text: str) -> list[str]:
         f"env://{OPENAI_SHAPED}",
         f"env://{RANDOM_40}",
         "env://AKIAIOSFODNN7EXAMPLE",
-        f"env://{secrets.token_hex(24)}",
+        f"env://{HEX_48}",
         f"secret://{OPENAI_SHAPED}",
         f"file:///run/{OPENAI_SHAPED}",
     ],
@@ -111,7 +115,7 @@ def test_serve_refuses_it_without_printing_it(tmp_path: Path) -> None:
         ("X-Password", "x"),
         ("X-Custom", OPENAI_SHAPED),
         ("X-Custom", RANDOM_40),
-        ("X-Custom", f"Token {secrets.token_hex(20)}"),
+        ("X-Custom", f"Token {HEX_48}"),
     ],
 )
 def test_a_literal_credential_in_provider_headers_is_refused_naming_the_header(name: str, value: str) -> None:
