@@ -1,7 +1,7 @@
 """Write sluicegate/guardrails/data/unicode_fold.txt: the data the guards' text normalisation reads.
 
 A development tool, not a runtime dependency: it needs ICU's Python binding (`pip install --group
-unicode-data -e .`, which brings `icukit-pyicu`, ICU with its Unicode data bundled) and runs
+gen-data -e .`, which brings `icukit-pyicu`, ICU with its Unicode data bundled) and runs
 offline. It writes
 
 - `[ignorable]`: every Default_Ignorable_Code_Point (the normaliser removes them), as ranges;
