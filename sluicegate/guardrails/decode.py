@@ -250,6 +250,11 @@ def _base64_text(run: str, budget: list[int]) -> str | None:
     return text
 
 
+def base64_text(run: str) -> str | None:
+    """The UTF-8 text that the base64 `run` encodes, or None when it does not encode text."""
+    return _base64_text(run, [len(run)])
+
+
 def _decode(data: str, altchars: bytes | None) -> bytes | None:
     padded = data + "=" * (-len(data) % 4)
     try:
@@ -262,4 +267,4 @@ def _looks_like_text(text: str) -> bool:
     return bool(text) and len(_CONTROL.findall(text)) * 20 <= len(text)
 
 
-__all__ = ["ENCODINGS", "MAX_DEPTH", "Encoding", "View", "compose", "views"]
+__all__ = ["ENCODINGS", "MAX_DEPTH", "Encoding", "View", "base64_text", "compose", "views"]
