@@ -214,7 +214,7 @@ def _scan_decoded(
     target = norms[guard.casefold]
     out: list[Finding] = []
     for index, text_views in enumerate(per_text):
-        taken = [(f.start, f.end) for f in found if f.index == index]
+        taken = [(f.start, f.end, f.label) for f in found if f.index == index]
         for view in text_views:
             inner = normalize(view.text, casefold=guard.casefold)
             for f in guard.scan([inner.text]):
@@ -223,9 +223,9 @@ def _scan_decoded(
                 origin = target[index].origin
                 if origin is not None:
                     start, end = bisect_left(origin, start), bisect_left(origin, end)
-                if any(s < end and start < e for s, e in taken):
-                    continue  # the plain text showed it already
-                taken.append((start, end))
+                if any(s < end and start < e and label == f.label for s, e, label in taken):
+                    continue  # the plain text (or another view) showed it already
+                taken.append((start, end, f.label))
                 out.append(Finding(index, start, end, f"{f.label}:{view.encoding}", f.score))
     return out
 

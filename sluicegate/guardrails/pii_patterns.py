@@ -35,10 +35,23 @@ class Detector:
     entity: str
     pattern: re.Pattern[str]
     validate: Validator
+    #: a candidate that fails may still hold a valid one ending at an earlier space or dash
+    #: (an IBAN's groups run on into the next word: `SA03 8000 ... 7519 today`)
+    shrink: bool = False
 
     def find(self, text: str) -> list[tuple[int, int]]:
         """The spans of valid candidates in `text`."""
-        return [m.span() for m in self.pattern.finditer(text) if self.validate(text, m.start(), m.end())]
+        out = []
+        for m in self.pattern.finditer(text):
+            start, end = m.span()
+            if self.validate(text, start, end):
+                out.append((start, end))
+            elif self.shrink:
+                for cut in sorted((i for i in range(start, end) if text[i] in " -"), reverse=True):
+                    if self.validate(text, start, cut):
+                        out.append((start, cut))
+                        break
+        return out
 
 
 def before(text: str, start: int, n: int = 32) -> str:
@@ -146,15 +159,45 @@ IPV4 = re.compile(r"(?<![\w.])\d{1,3}(?:\.\d{1,3}){3}(?![\w]|\.\d)")
 IPV6 = re.compile(r"(?<![\w:.])(?=[0-9a-f.]*:[0-9a-f.]*:)[0-9a-f:.]{1,44}[0-9a-f:](?![\w:])", FLAGS)
 #: what makes a dotted quad a version (`v10.0.0.1`, `version 1.2.3.4`, `pkg@1.2.3.4`, `==1.2.3.4`)
 _VERSION_BEFORE = re.compile(
-    r"(?:\bv|\bversion\s*:?\s*|\bver\.?\s*|\brelease\s*|\bbuild\s*|[@=~^<>]=?\s*|\bnode\s+|\bpython\s+)$", FLAGS
+    r"(?:\bv|\bversion\s*:?\s*|\bver\.?\s*|\brelease\s*|\bbuild\s*|\bfirmware\s*|\bfw\s*|[@=~^<>]=?\s*"
+    r"|\bnode\s+|\bpython\s+)$",
+    FLAGS,
 )
+
+
+#: public DNS resolvers, in every resolver config and network how-to: infrastructure, not people
+PUBLIC_RESOLVERS = frozenset(
+    ipaddress.ip_address(a)
+    for a in (
+        "8.8.8.8", "8.8.4.4", "1.1.1.1", "1.0.0.1", "9.9.9.9", "149.112.112.112", "208.67.222.222",
+        "208.67.220.220", "2001:4860:4860::8888", "2001:4860:4860::8844", "2606:4700:4700::1111",
+        "2606:4700:4700::1001", "2620:fe::fe",
+    )
+)  # fmt: skip
 
 
 def ip_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     """Addresses that can point at someone: global unicast. Private networks (RFC 1918, unique
     local), loopback, link-local, documentation (RFC 5737, RFC 3849), shared, benchmarking,
-    multicast and reserved ranges say nothing of a person."""
-    return address.is_global and not address.is_multicast
+    multicast and reserved ranges, and the public DNS resolvers, say nothing of a person."""
+    return address.is_global and not address.is_multicast and address not in PUBLIC_RESOLVERS
+
+
+_VERSION_WORD = re.compile(
+    r"\b(?:versions?|releases?|upgrade|firmware|builds?|updates?|patch|changelog|compatible|supported|deprecated)\b",
+    FLAGS,
+)
+_LIST_BEFORE = re.compile(r"\d+(?:\.\d+){2,}\s*(?:→|->|=>|,|and|or|to)\s*$")
+_LIST_AFTER = re.compile(r"\s*(?:→|->|=>|,|and|or|to)\s*\d+(?:\.\d+){2,}")
+
+
+def in_version_list(text: str, start: int, end: int) -> bool:
+    """A dotted number listed beside other versions (`1.10.0.4 → 1.12.3.1`) on a line that
+    speaks of versions (`upgrade path`, `supported`, `firmware`)."""
+    line_start = text.rfind("\n", 0, start) + 1
+    if not _VERSION_WORD.search(text, line_start, start):
+        return False
+    return bool(_LIST_BEFORE.search(before(text, start, 40)) or _LIST_AFTER.match(text, end))
 
 
 def ipv4_ok(text: str, start: int, end: int) -> bool:
@@ -166,17 +209,17 @@ def ipv4_ok(text: str, start: int, end: int) -> bool:
     if not ip_public(address):
         return False
     head = before(text, start)
-    if _VERSION_BEFORE.search(head) or head.endswith("://"):
+    if _VERSION_BEFORE.search(head) or head.endswith("://") or in_version_list(text, start, end):
         return False
     # `1.2.3.4-beta`, `1.2.3.4+build`: a version's suffix
     return not (end < len(text) and text[end] in "-+" and end + 1 < len(text) and text[end + 1].isalnum())
 
 
 def ipv6_ok(text: str, start: int, end: int) -> bool:
-    """A public IPv6 address with a digit in it (`dead::beef` is a C++ name as often as not)."""
+    """A public IPv6 address of three groups or more with a digit in it."""
     candidate = text[start:end]
-    if not any(c.isdigit() for c in candidate):
-        return False
+    if not any(c.isdigit() for c in candidate) or len([g for g in candidate.split(":") if g]) < 3:
+        return False  # `::2` in a slice, `dead::beef` in C++
     try:
         address = ipaddress.IPv6Address(candidate)
     except ValueError:
@@ -189,7 +232,7 @@ def ipv6_ok(text: str, start: int, end: int) -> bool:
 # Compact E.164 (`+33612345678`), or digit groups with separators and an optional `+cc` and
 # `(area)`. Groups are at most 8 digits, so a bare run of digits (an order number) never matches.
 PHONE = re.compile(
-    r"(?<![\w+.:/-])(?:\+\d{7,15}|(?:\+\d{1,3}[ .-]?)?(?:\(0?\d{1,5}\)[ .-]?)?"
+    r"(?<![\w+.:/%-])(?:\+\d{7,15}|(?:\+\d{1,3}[ .-]?)?(?:\(0?\d{1,5}\)[ .-]?)?"
     r"\d{1,8}(?:(?:[ .-]|\s?\(\d{1,5}\)\s?)\d{1,8}){0,6})"
     r"(?![\w+%]|[.,:/-]\d)",
     FLAGS,
@@ -198,7 +241,7 @@ PHONE = re.compile(
 _REFERENCE_BEFORE = re.compile(
     r"\b(?:order|invoice|ref|reference|tracking|ticket|case|account|acct|sku|po|booking|confirmation|serial|"
     r"customer|transaction|receipt|id|pid|port|build|version|isbn|issn|lot|batch|model|part|item)\s*"
-    r"(?:no\.?|nr\.?|number|id|#)?\s*[:#=]?\s*$|#\s*$|\bno\.\s*$|[$€£¥]\s*$",
+    r"(?:no\.?|nr\.?|number|id|#)?\s*[:#=]?\s*$|#\s*$|\b(?:no|nr|n[°º])\.?\s*$|[$€£¥]\s*$",
     FLAGS,
 )
 _DATE = re.compile(
@@ -206,6 +249,8 @@ _DATE = re.compile(
     r"|(?:0?[1-9]|[12]\d|3[01])[-./ ](?:0?[1-9]|1[0-2])[-./ ](?:19|20)\d\d"
     r"|(?:0?[1-9]|1[0-2])[-./ ](?:0?[1-9]|[12]\d|3[01])[-./ ](?:19|20)\d\d"
 )
+#: a token of letters and digits just before: the number is the end of a longer code
+_CODE_BEFORE = re.compile(r"\b(?=[A-Z]*\d)(?=\d*[A-Z])[A-Z0-9]{2,}[ -]$")
 _AFTER_NOT_PHONE = re.compile(r"\s*(?:%|[kKmMgGtT]?[bB]\b|ms\b|s\b|sec|min|bytes|rows|items|tokens|px|em\b)")
 #: the countries whose national numbering plans a number without `+` is checked against
 DEFAULT_PHONE_REGIONS = ("US", "GB", "FR", "DE", "ES", "IT", "NL", "BE", "CH", "IN", "BR", "AU")
@@ -224,21 +269,34 @@ def phone_validator(regions: Sequence[str] = DEFAULT_PHONE_REGIONS) -> Validator
             return False
         if _REFERENCE_BEFORE.search(before(text, start)) or _AFTER_NOT_PHONE.match(text, end):
             return False
+        if _CODE_BEFORE.search(before(text, start, 16)):
+            return False  # the tail of a longer code: a tracking number, a part number
         if number.startswith("+"):
             return _valid_number(number, (None,))
         groups = re.findall(r"\d+", re.sub(r"\(\d+\)", "", number))
+        sizes = [len(g) for g in groups]
         separators = set(re.findall(r"[ .-]", re.sub(r"\s?\(\d+\)\s?", "", number)))
-        if digits > 12 or len(groups) < 2 or len(separators) > 1 or _DATE.search(number):
+        if not 9 <= digits <= 12 or len(groups) < 2 or len(separators) > 1 or _DATE.search(number):
             return False
-        if [len(g) for g in groups] == [3, 2, 4]:
+        if sizes == [3, 2, 4]:
             return False  # the shape of a US SSN (a sample one, or the id detector had it)
-        if "." in separators and all(len(g) <= 3 for g in groups):
-            return False  # a version or an address
-        if all(len(g) == 3 for g in groups[1:]) and len(groups[0]) <= 3:
+        if "." in separators and (len(groups) < 3 or min(sizes) < 2 or max(sizes) > 4 or len(groups) == 4 > max(sizes)):
+            return False  # a decimal number, a version, an IPv4 address
+        if all(n == 3 for n in sizes[1:]) and sizes[0] <= 3:
             return False  # thousands: 1 234 567 890
         return _valid_number(number, regions)
 
     return phone_ok
+
+
+#: ranges set aside for drama and documentation (Ofcom, NANPA 555-01XX, ARCEP), by country
+#: code and national number prefix: they ring no one
+_FICTIONAL = {
+    44: ("1134960", "1144960", "1154960", "1164960", "1174960", "1184960", "1214960", "1314960", "1414960",
+         "1514960", "1614960", "1632960", "2079460", "2890180", "2920180", "7700900", "8081570", "9098790",
+         "3069990"),
+    33: ("19900", "26191", "36391", "46391", "56391", "63998", "73998"),
+}  # fmt: skip
 
 
 def _valid_number(number: str, regions: Sequence[str | None]) -> bool:
@@ -248,7 +306,10 @@ def _valid_number(number: str, regions: Sequence[str | None]) -> bool:
         except phonenumbers.NumberParseException:
             continue
         if phonenumbers.is_valid_number(parsed):
-            return True
+            national, country = str(parsed.national_number), parsed.country_code or 0
+            if national.startswith(_FICTIONAL.get(country, ())):
+                return False
+            return not (country == 1 and national[3:7] == "5550" and national[7:8] == "1")
     return False
 
 
@@ -257,7 +318,7 @@ def detectors(phone_regions: Sequence[str] = DEFAULT_PHONE_REGIONS) -> dict[str,
     return {
         "EMAIL": [Detector("EMAIL", EMAIL, email_ok)],
         "CREDIT_CARD": [Detector("CREDIT_CARD", CARD, card_ok)],
-        "IBAN": [Detector("IBAN", IBAN, iban_ok)],
+        "IBAN": [Detector("IBAN", IBAN, iban_ok, shrink=True)],
         "IP_ADDRESS": [Detector("IP_ADDRESS", IPV4, ipv4_ok), Detector("IP_ADDRESS", IPV6, ipv6_ok)],
         "PHONE": [Detector("PHONE", PHONE, phone_validator(phone_regions))],
     }
@@ -265,6 +326,7 @@ def detectors(phone_regions: Sequence[str] = DEFAULT_PHONE_REGIONS) -> dict[str,
 
 __all__ = [
     "DEFAULT_PHONE_REGIONS",
+    "PUBLIC_RESOLVERS",
     "TEST_CARDS",
     "Detector",
     "Validator",

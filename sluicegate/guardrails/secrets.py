@@ -62,7 +62,8 @@ PATTERNS: dict[Detector, str] = {
     "google_api_key": r"(?<![\w-])AIza[A-Za-z0-9_-]{35}(?![\w-])",
 }
 _HEX = re.compile(r"[0-9a-fA-F-]+")
-_TOKEN = r"(?<![A-Za-z0-9+/=_-])[A-Za-z0-9+/=_-]{%d,%d}(?![A-Za-z0-9+/=_-])"
+# `=` only as padding at the end: `name=value` is two tokens
+_TOKEN = r"(?<![A-Za-z0-9+/_-])[A-Za-z0-9+/_-]{%d,%d}={0,2}(?![A-Za-z0-9+/=_-])"
 #: what a key's body holds when it is a placeholder in docs and templates, not a key
 _PLACEHOLDER = re.compile(
     r"(.)\1{3}|your|here|example|placeholder|redacted|dummy|fake|sample|changeme|replace|secret|token|xxx",
@@ -74,6 +75,7 @@ _SAMPLE_JWT_SIGNATURE = "SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c"
 _DIGEST_BEFORE = re.compile(
     r"(?:sha(?:1|224|256|384|512)|md5|blake2[bs]?|h1|integrity|checksum|digest)[-:=\s\"']{1,3}$", re.IGNORECASE
 )
+_DIGEST_TOKEN = re.compile(r"(?:sha(?:1|224|256|384|512)|md5)-", re.IGNORECASE)
 #: words of an identifier or a path: `Profile`, `card`, `HTTP`
 _WORD = re.compile(r"[A-Z]?[a-z]{2,}")
 _PIECE = re.compile(r"(?:[A-Z]?[a-z]+|[A-Z]+|[a-z]+)\d*|\w{1,3}")
@@ -200,7 +202,9 @@ class SecretsGuard(Guard):
             return False
         if shannon_entropy(token) < self.settings.entropy_threshold:
             return False
-        if _DIGEST_BEFORE.search(text, max(0, start - 16), start) or is_identifier(token):
+        if _DIGEST_BEFORE.search(text, max(0, start - 16), start) or _DIGEST_TOKEN.match(token):
+            return False
+        if is_identifier(token) or _PLACEHOLDER.search(token):
             return False
         # Base64 of text is text (its decoded form is scanned as such), not a key.
         return base64_text(token) is None
