@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+from importlib import resources
 
 import pytest
 from pydantic import ValidationError
 
 from sluicegate.guardrails import pii
 from sluicegate.guardrails.pii import PiiGuard, ner_available
-from sluicegate.guardrails.pii_patterns import card_ok, iban_ok
+from sluicegate.guardrails.pii_patterns import card_ok, iban_ok, top_level_domains
 from tests.guardrails import assert_no_text_in_labels, labels, make, matched, scan
 
 PATTERN_ENTITIES = ["EMAIL", "PHONE", "CREDIT_CARD", "IBAN", "NATIONAL_ID", "IP_ADDRESS"]
@@ -124,6 +125,37 @@ def test_checksums_and_ranges() -> None:
     assert not whole(iban_ok, "GB82WEST12345698765433")
     assert whole(iban_ok, "XK051212012345678906")  # Kosovo: every IBAN country is known
     assert not whole(iban_ok, "DE89370400440532013")  # Germany's length is 22
+
+
+def test_top_level_domains_come_from_the_public_suffix_list() -> None:
+    header = (resources.files("sluicegate.guardrails") / "data" / "tlds.txt").read_text("utf-8").splitlines()[1]
+    assert header.startswith("# version publicsuffixlist = ")
+    tlds = top_level_domains()
+    assert len(tlds) > 1000 and {"com", "org", "io", "fr", "app", "xn--p1ai"} <= tlds
+    assert not {"local", "internal", "test", "example", "invalid", "localhost", "shape"} & tlds
+
+
+def test_phone_regions_are_checked_at_load() -> None:
+    assert labels(patterns(phone_regions=["DE"]), "Tel. 030 12345678") == ["PHONE"]
+    assert labels(patterns(phone_regions=["US"]), "Tel. 030 12345678") == []
+    with pytest.raises(ValidationError):
+        patterns(phone_regions=["XX"])
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Chrome 122.0.6261.94, order 1048-2291-7734, total 812000.00, at 2024-03-15 10:30",
+        "[  187.312345] usb 1-2: new device, see tracking 1Z 999 AA1 01 2345 6784",
+        "population 1 234 567 in 2010; ping took 12 345 678 ms",
+        "upgrade path: 1.10.0.4 -> 1.12.3.1 -> 1.14.2.0",
+        "nameserver 8.8.8.8 and curl http://81.2.69.160/health",
+        "x = A[1:3, ::2]; std::dead::beef",
+        "Author: bot <release-bot@users.noreply.github.com>, from noreply@acme.com",
+    ],
+)
+def test_developer_text_is_not_personal_data(text: str) -> None:
+    assert labels(patterns(), text) == []
 
 
 def test_reach_is_bounded() -> None:
