@@ -28,7 +28,7 @@ from sluicegate.guardrails.base import (
     settings_as,
 )
 from sluicegate.guardrails.pii_ids import NATIONAL_IDS
-from sluicegate.guardrails.pii_patterns import DEFAULT_PHONE_REGIONS, EMAIL_MAX, Detector, detectors
+from sluicegate.guardrails.pii_patterns import DEFAULT_PHONE_REGIONS, EMAIL_MAX, Detector, count_digits, detectors
 from sluicegate.guardrails.regex import any_overlap, fold_pattern
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,10 @@ class PiiGuard(Guard):
         """Personal data in `text`, as (start, end, entity)."""
         found: list[tuple[int, int, str]] = []
         taken: list[Span] = []
+        digits = count_digits(text)
         for detector in self._detectors:
+            if not detector.applies(text, digits):
+                continue
             for start, end in detector.find(text):
                 if not any_overlap(taken, start, end) and not self._is_allowed(text[start:end]):
                     found.append((start, end, detector.entity))

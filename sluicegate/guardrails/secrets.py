@@ -109,6 +109,19 @@ def _always(match: re.Match[str], text: str) -> bool:
     return True
 
 
+#: per detector, literals one of which every match holds; a text with none of them is not searched
+GATES: dict[Detector, tuple[str, ...]] = {
+    "private_key": ("-----BEGIN",),
+    "jwt": ("eyJ",),
+    "anthropic_api_key": ("sk-ant-",),
+    "openai_api_key": ("sk-",),
+    "aws_access_key_id": ("AKIA", "ASIA", "ABIA", "ACCA"),
+    "aws_secret_access_key": ("ecret", "ECRET"),
+    "github_token": ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"),
+    "slack_token": ("xox",),
+    "stripe_secret_key": ("_live_",),
+    "google_api_key": ("AIza",),
+}
 #: per detector: is a match a finding (from the match and the text around it)
 VALIDATORS: dict[Detector, Callable[[re.Match[str], str], bool]] = {
     "private_key": _always,
@@ -175,6 +188,8 @@ class SecretsGuard(Guard):
         found: list[tuple[int, int, str]] = []
         taken: list[tuple[int, int]] = []
         for name, pattern in self._patterns:
+            if not any(literal in text for literal in GATES[name]):
+                continue  # the key's prefix is nowhere: the pattern cannot match
             validate = VALIDATORS.get(name, key_ok)
             for m in pattern.finditer(text):
                 start, end = m.span("secret") if "secret" in pattern.groupindex else m.span()
@@ -220,6 +235,7 @@ register_guard_kind("secrets", SecretsGuard)
 
 __all__ = [
     "DETECTORS",
+    "GATES",
     "PATTERNS",
     "VALIDATORS",
     "SecretsGuard",
