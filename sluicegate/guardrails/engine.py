@@ -157,7 +157,10 @@ async def run_guards(
             else:
                 findings = guard.scan(plain)
             if not guard.remote and guard.config.decodings():
-                findings += _scan_decoded(guard, findings, texts, norms, decoded)
+                if guard.blocking:
+                    findings += await asyncio.to_thread(_scan_decoded, guard, findings, texts, norms, decoded)
+                else:
+                    findings += _scan_decoded(guard, findings, texts, norms, decoded)
         except (GuardUnavailable, TimeoutError, OSError) as exc:
             reason = "timed out" if isinstance(exc, TimeoutError) else "is unavailable"
             if guard.config.on_error == "block":
