@@ -288,6 +288,8 @@ def phone_validator(regions: Sequence[str] = DEFAULT_PHONE_REGIONS) -> Validator
         separators = set(re.findall(r"[ .-]", re.sub(r"\s?\(\d+\)\s?", "", number)))
         if not 9 <= digits <= 12 or len(groups) < 2 or len(separators) > 1 or _DATE.search(number):
             return False
+        if len(groups) == 2 and sizes[0] == sizes[1] and int(groups[1]) > int(groups[0]):
+            return False  # a range: ports 30000-32767, ids 100000-199999
         if sizes == [3, 2, 4]:
             return False  # the shape of a US SSN (a sample one, or the id detector had it)
         if "." in separators and (len(groups) < 3 or min(sizes) < 2 or max(sizes) > 4 or len(groups) == 4 > max(sizes)):

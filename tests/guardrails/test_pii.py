@@ -147,7 +147,7 @@ def test_phone_regions_are_checked_at_load() -> None:
     [
         "Chrome 122.0.6261.94, order 1048-2291-7734, total 812000.00, at 2024-03-15 10:30",
         "[  187.312345] usb 1-2: new device, see tracking 1Z 999 AA1 01 2345 6784",
-        "population 1 234 567 in 2010; ping took 12 345 678 ms",
+        "population 1 234 567 in 2010; ping took 12 345 678 ms; ports 30000-32767",
         "upgrade path: 1.10.0.4 -> 1.12.3.1 -> 1.14.2.0",
         "nameserver 8.8.8.8 and curl http://81.2.69.160/health",
         "x = A[1:3, ::2]; std::dead::beef",
