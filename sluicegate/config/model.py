@@ -55,6 +55,11 @@ class ModelConfig(_Strict):
     guards: list[str] = Field(default_factory=list)
 
 
+#: encodings a guard can see through (`sluicegate.guardrails.decode`)
+Decoding = Literal["base64", "percent", "html"]
+DECODINGS: tuple[Decoding, ...] = ("base64", "percent", "html")
+
+
 class GuardConfig(_Strict):
     """A content guard, configured once and attached to consumers, groups or models by name."""
 
@@ -67,13 +72,23 @@ class GuardConfig(_Strict):
     #: when the guard cannot run (service down, timeout): `block` fails closed, `allow` fails open
     on_error: Literal["block", "allow"] = "block"
     timeout_s: float = Field(5.0, gt=0, le=120)
-    #: also scan the decoded form of base64-looking runs (16+ characters) in the text
-    decode_base64: bool = False
+    #: local kinds also scan the text with these encodings undone (nested, bounded): `html`
+    #: entities, `percent` escapes, `base64` runs of 16+ characters that decode to UTF-8 text
+    decode: list[Decoding] = Field(default_factory=lambda: list(DECODINGS))
+    #: shorthand kept from earlier configs: true adds `base64` to `decode`, false takes it out
+    decode_base64: bool | None = None
     #: with `action: redact` on input: put the original values back where the answer repeats
     #: their placeholders (non-streamed answers), so the provider never sees them but the client does
     restore: bool = False
     #: the kind's own settings, validated by the kind
     settings: dict[str, Any] = Field(default_factory=dict)
+
+    def decodings(self) -> frozenset[Decoding]:
+        """The encodings whose decoded form this guard scans too (`decode`, with `decode_base64`)."""
+        out = set(self.decode)
+        if self.decode_base64 is not None:
+            (out.add if self.decode_base64 else out.discard)("base64")
+        return frozenset(out)
 
 
 Endpoint = Literal["chat", "completions", "embeddings", "models", "responses", "messages", "count_tokens"]

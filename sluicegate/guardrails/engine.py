@@ -9,10 +9,8 @@ redaction replaces exactly what was sent. The audit gets guard, action, part and
 from __future__ import annotations
 
 import asyncio
-import base64
 import copy
 import logging
-import re
 from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,14 +20,17 @@ from sluicegate.dialects import request_texts, response_texts
 from sluicegate.dialects.openai import Path, format_path, set_path
 from sluicegate.errors import BadRequest, ServiceUnavailable
 from sluicegate.guardrails.base import Finding, Guard, GuardContext, GuardUnavailable, guard_kinds
+from sluicegate.guardrails.decode import View, views
 from sluicegate.guardrails.normalize import Normalized, normalize
 
 if TYPE_CHECKING:
     from sluicegate.call import Call
-    from sluicegate.config.model import GatewayConfig, GuardConfig
+    from sluicegate.config.model import Decoding, GatewayConfig, GuardConfig
     from sluicegate.config.snapshot import Consumer, Route
 
 log = logging.getLogger("sluicegate.guardrails")
+#: the audit record's kind and label when a text held Unicode tag characters (never a block alone)
+TAGS_RECORD = "unicode_tags"
 
 
 class Blocked(BadRequest):
@@ -132,6 +133,7 @@ async def run_guards(
 ) -> tuple[list[tuple[Guard, Finding]], dict[bool | None, list[Normalized]]]:
     """Scan `texts` with `guards`; raise `Blocked` on a block, `GuardFailed` when one fails closed."""
     norms: dict[bool | None, list[Normalized]] = {}
+    decoded: dict[frozenset[Decoding], list[list[View]]] = {}
     hits: list[tuple[Guard, Finding]] = []
     for guard in guards:
         # Remote services get the text as sent (they do their own analysis); local rules match
@@ -144,6 +146,8 @@ async def run_guards(
                 if variant is None
                 else [normalize(t, casefold=variant) for t in texts]
             )
+            if variant is not None:
+                _note_tags(state, normalized, direction)
         plain = [n.text for n in normalized]
         try:
             if guard.remote:
@@ -152,8 +156,11 @@ async def run_guards(
                 findings = await asyncio.to_thread(guard.scan, plain)
             else:
                 findings = guard.scan(plain)
-            if not guard.remote and guard.config.decode_base64:
-                findings += _scan_base64(guard, texts, normalized)
+            if not guard.remote and guard.config.decodings():
+                if guard.blocking:
+                    findings += await asyncio.to_thread(_scan_decoded, guard, findings, texts, norms, decoded)
+                else:
+                    findings += _scan_decoded(guard, findings, texts, norms, decoded)
         except (GuardUnavailable, TimeoutError, OSError) as exc:
             reason = "timed out" if isinstance(exc, TimeoutError) else "is unavailable"
             if guard.config.on_error == "block":
@@ -177,28 +184,52 @@ async def run_guards(
     return hits, norms
 
 
-_BASE64 = re.compile(r"(?<![A-Za-z0-9+/=])[A-Za-z0-9+/]{16,}={0,2}(?![A-Za-z0-9+/=])")
+def _note_tags(state: CallGuards, normalized: Sequence[Normalized], direction: str) -> None:
+    """Audit that a text held Unicode tag characters (decoded for the guards), once per text."""
+    for index, norm in enumerate(normalized):
+        if not norm.tags:
+            continue
+        record = GuardRecord("", TAGS_RECORD, "flag", direction, str(index), TAGS_RECORD)
+        if record not in state.records:
+            state.records.append(record)
 
 
-def _scan_base64(guard: Guard, texts: Sequence[str], normalized: list[Normalized]) -> list[Finding]:
-    """Findings in the decoded form of base64 runs, reported over the whole run."""
+def _scan_decoded(
+    guard: Guard,
+    found: Sequence[Finding],
+    texts: Sequence[str],
+    norms: dict[bool | None, list[Normalized]],
+    decoded: dict[frozenset[Decoding], list[list[View]]],
+) -> list[Finding]:
+    """Findings in the decoded views of the texts, reported over the encoded run they come from."""
+    encodings = guard.config.decodings()
+    per_text = decoded.get(encodings)
+    if per_text is None:
+        # Views are decoded from the text normalised without case folding (base64 is
+        # case-sensitive; zero-width padding and look-alikes are gone), once per request.
+        cased = norms.get(False)
+        if cased is None:
+            cased = norms[False] = [normalize(t, casefold=False) for t in texts]
+        per_text = decoded[encodings] = [views(n.text, encodings) for n in cased]
+    if not any(per_text):
+        return []
+    cased = norms[False]
+    target = norms[guard.casefold]
     out: list[Finding] = []
-    for index, text in enumerate(texts):
-        for match in _BASE64.finditer(text):
-            try:
-                decoded = base64.b64decode(match.group(), validate=True).decode("utf-8")
-            except (ValueError, UnicodeDecodeError):
-                continue
-            inner = normalize(decoded, casefold=guard.casefold).text
-            found = guard.scan([inner])
-            if not found:
-                continue
-            # The run is found in the client's text; map it onto the normalised text guards use.
-            origin = normalized[index].origin
-            start, end = match.span()
-            if origin is not None:
-                start, end = bisect_left(origin, start), bisect_left(origin, end)
-            out.extend(Finding(index, start, end, f"{f.label}:base64", f.score) for f in found)
+    for index, text_views in enumerate(per_text):
+        taken = [(f.start, f.end, f.label) for f in found if f.index == index]
+        for view in text_views:
+            inner = normalize(view.text, casefold=guard.casefold)
+            for f in guard.scan([inner.text]):
+                # view -> text normalised with case kept -> the client's text -> the guard's variant
+                start, end = cased[index].span(*view.span(*inner.span(f.start, f.end)))
+                origin = target[index].origin
+                if origin is not None:
+                    start, end = bisect_left(origin, start), bisect_left(origin, end)
+                if any(s < end and start < e and label == f.label for s, e, label in taken):
+                    continue  # the plain text (or another view) showed it already
+                taken.append((start, end, f.label))
+                out.append(Finding(index, start, end, f"{f.label}:{view.encoding}", f.score))
     return out
 
 
@@ -304,15 +335,14 @@ async def _guard_parts(
     """Run guards over the parts of a request or answer; record decisions; return redacted parts."""
     try:
         hits, norms = await run_guards(state, guards, texts, direction)
-    except Blocked:
+    finally:
         _fix_parts(state, paths)
-        raise
     _record(state, hits, paths, direction)
     return apply_redactions(state, texts, hits, norms)
 
 
 def _fix_parts(state: CallGuards, paths: Sequence[Path]) -> None:
-    # Block records carry the text index until the paths are known here.
+    # Records made while scanning (blocks, tag characters) carry the text index until here.
     for record in state.records:
         if record.part.isdigit() and int(record.part) < len(paths):
             record.part = format_path(paths[int(record.part)])

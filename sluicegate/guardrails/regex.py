@@ -1,6 +1,7 @@
 """Guard kind `regex`: deny-list patterns, with allow-list patterns that exempt what they overlap.
 
-Patterns compile when the config loads, case-insensitive, and run on normalised text. Findings are
+Patterns compile when the config loads, case-insensitive, and run on normalised text (their own
+non-ASCII letters normalised alike, so `café` finds `CAFÉ` and `cafe`). Findings are
 labelled `deny[i]` (the pattern's index in `deny`), never with the matched text.
 """
 
@@ -21,6 +22,7 @@ from sluicegate.guardrails.base import (
     register_guard_kind,
     settings_as,
 )
+from sluicegate.guardrails.normalize import fold_char, tables
 
 FLAGS = re.IGNORECASE
 
@@ -39,7 +41,9 @@ class RegexSettings(GuardSettings):
     @field_validator("deny", "allow")
     @classmethod
     def _compile(cls, patterns: list[str]) -> list[str]:
-        return check_patterns(patterns, FLAGS)
+        check_patterns(patterns, FLAGS)
+        check_patterns([fold_pattern(p, casefold=True) for p in patterns], FLAGS)
+        return patterns
 
 
 class RegexGuard(Guard):
@@ -50,9 +54,11 @@ class RegexGuard(Guard):
     def __init__(self, config: GuardConfig, settings: GuardSettings, context: GuardContext) -> None:
         super().__init__(config, settings, context)
         self.settings = settings = settings_as(settings, RegexSettings)
-        self._deny = [re.compile(p, FLAGS) for p in settings.deny]
-        self._allow = [re.compile(p, FLAGS) for p in settings.allow]
-        widths = [pattern_width(p) for p in (*settings.deny, *settings.allow)]
+        deny = [fold_pattern(p, casefold=True) for p in settings.deny]
+        allow = [fold_pattern(p, casefold=True) for p in settings.allow]
+        self._deny = [re.compile(p, FLAGS) for p in deny]
+        self._allow = [re.compile(p, FLAGS) for p in allow]
+        widths = [pattern_width(p) for p in (*deny, *allow)]
         self._reach = max(settings.max_match_chars if w is None else w for w in widths)
 
     @property
@@ -87,6 +93,43 @@ def pattern_width(pattern: str) -> int | None:
     return width
 
 
+def fold_pattern(pattern: str, *, casefold: bool) -> str:
+    """`pattern` with its non-ASCII literals normalised as the text it runs on (`é` is `e`).
+
+    Outside brackets a character that folds to several (`ﬁ`) or to none (a zero-width space)
+    becomes a group; inside brackets only one-for-one folds fit, others are a config error.
+    """
+    if pattern.isascii():
+        return pattern
+    data = tables()
+    out: list[str] = []
+    in_class = escaped = False
+    for i, ch in enumerate(pattern):
+        if escaped:
+            escaped = False
+            if ch.isascii():
+                out.append(ch)
+                continue
+            out.pop()  # an escaped non-ASCII character is a literal: fold it as one
+        elif ch == "\\":
+            escaped = True
+        elif ch == "[" and not in_class:
+            in_class = True
+        elif ch == "]" and in_class and pattern[i - 1] != "[" and pattern[i - 2 : i] != "[^":
+            in_class = False
+        if ch.isascii():
+            out.append(ch)
+            continue
+        folded = fold_char(ch, casefold, data)
+        if len(folded) == 1:
+            out.append(re.escape(folded))
+        elif in_class:
+            raise ValueError(f"{ch!r} (U+{ord(ch):04X}) inside [...] normalises to {len(folded)} characters")
+        else:
+            out.append(f"(?:{re.escape(folded)})")
+    return "".join(out)
+
+
 def any_overlap(spans: Sequence[tuple[int, int]], start: int, end: int) -> bool:
     """True when [start, end) overlaps one of `spans`."""
     return any(s < end and start < e for s, e in spans)
@@ -94,4 +137,4 @@ def any_overlap(spans: Sequence[tuple[int, int]], start: int, end: int) -> bool:
 
 register_guard_kind("regex", RegexGuard)
 
-__all__ = ["RegexGuard", "RegexSettings", "pattern_width"]
+__all__ = ["RegexGuard", "RegexSettings", "fold_pattern", "pattern_width"]

@@ -10,12 +10,15 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
+from collections.abc import Callable
+from itertools import pairwise
 from typing import ClassVar, Literal, get_args
 
 from pydantic import Field
 
 from sluicegate.config.model import GuardConfig
 from sluicegate.guardrails.base import Guard, GuardContext, GuardSettings, register_guard_kind, settings_as
+from sluicegate.guardrails.decode import base64_text
 from sluicegate.guardrails.regex import any_overlap, pattern_width
 
 Detector = Literal[
@@ -59,7 +62,89 @@ PATTERNS: dict[Detector, str] = {
     "google_api_key": r"(?<![\w-])AIza[A-Za-z0-9_-]{35}(?![\w-])",
 }
 _HEX = re.compile(r"[0-9a-fA-F-]+")
-_TOKEN = r"(?<![A-Za-z0-9+/=_-])[A-Za-z0-9+/=_-]{%d,%d}(?![A-Za-z0-9+/=_-])"
+# `=` only as padding at the end: `name=value` is two tokens
+_TOKEN = r"(?<![A-Za-z0-9+/_-])[A-Za-z0-9+/_-]{%d,%d}={0,2}(?![A-Za-z0-9+/=_-])"
+#: what a key's body holds when it is a placeholder in docs and templates, not a key
+_PLACEHOLDER = re.compile(
+    r"(.)\1{3}|your|here|example|placeholder|redacted|dummy|fake|sample|changeme|replace|secret|token|xxx",
+    re.IGNORECASE,
+)
+#: the published sample token of jwt.io ("John Doe"), in documentation everywhere
+_SAMPLE_JWT_SIGNATURE = "SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c"
+#: a digest's name before it: integrity fields (`sha512-`), go.sum (`h1:`), pip (`sha256:`), ...
+_DIGEST_BEFORE = re.compile(
+    r"(?:sha(?:1|224|256|384|512)|md5|blake2[bs]?|h1|integrity|checksum|digest)[-:=\s\"']{1,3}$", re.IGNORECASE
+)
+_DIGEST_TOKEN = re.compile(r"(?:sha(?:1|224|256|384|512)|md5)-", re.IGNORECASE)
+#: words of an identifier or a path: `Profile`, `card`, `HTTP`
+_WORD = re.compile(r"[A-Z]?[a-z]{2,}")
+_PIECE = re.compile(r"(?:[A-Z]?[a-z]+|[A-Z]+|[a-z]+)\d*|\w{1,3}")
+_SEPARATORS = re.compile(r"[_\-/.]")
+
+
+def _body(match: re.Match[str]) -> str:
+    """A provider key without its prefix (`sk-proj-`, `ghp_`, `xoxb-`, `AKIA`...)."""
+    text = match.group()
+    cut = max(text.rfind("-", 0, 12), text.rfind("_", 0, 12))
+    return text[cut + 1 :] if cut >= 0 else text[4:]
+
+
+def key_ok(match: re.Match[str], text: str) -> bool:
+    """A provider key, not a placeholder (`sk-your-key-here`, `AKIA...EXAMPLE`, `xxxx`)."""
+    return not is_placeholder(_body(match))
+
+
+def is_placeholder(body: str) -> bool:
+    """True when a key's body is a stand-in: a word such as `your` or `example`, a run of one
+    character, or too little entropy for a random key."""
+    return bool(_PLACEHOLDER.search(body)) or shannon_entropy(body) < 3.0
+
+
+def jwt_ok(match: re.Match[str], text: str) -> bool:
+    """A token, not jwt.io's sample."""
+    return not match.group().endswith(_SAMPLE_JWT_SIGNATURE)
+
+
+def _always(match: re.Match[str], text: str) -> bool:
+    return True
+
+
+#: per detector, literals one of which every match holds; a text with none of them is not searched
+GATES: dict[Detector, tuple[str, ...]] = {
+    "private_key": ("-----BEGIN",),
+    "jwt": ("eyJ",),
+    "anthropic_api_key": ("sk-ant-",),
+    "openai_api_key": ("sk-",),
+    "aws_access_key_id": ("AKIA", "ASIA", "ABIA", "ACCA"),
+    "aws_secret_access_key": ("ecret", "ECRET"),
+    "github_token": ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"),
+    "slack_token": ("xox",),
+    "stripe_secret_key": ("_live_",),
+    "google_api_key": ("AIza",),
+}
+#: per detector: is a match a finding (from the match and the text around it)
+VALIDATORS: dict[Detector, Callable[[re.Match[str], str], bool]] = {
+    "private_key": _always,
+    "jwt": jwt_ok,
+    "aws_secret_access_key": lambda m, text: not is_placeholder(m.group("secret")),
+}
+
+
+def is_identifier(token: str) -> bool:
+    """True when `token` reads as names rather than noise: a path or a snake/kebab/dotted name
+    whose every piece is a word, or a camelCase name mostly of words with few case changes."""
+    pieces = [p for p in _SEPARATORS.split(token) if p]
+    if len(pieces) >= 2 and all(_PIECE.fullmatch(p) for p in pieces):
+        return True
+    words = sum(len(m.group()) for m in _WORD.finditer(token))
+    return words >= 0.6 * len(token) and class_changes(token) <= 0.5
+
+
+def class_changes(token: str) -> float:
+    """How often neighbouring characters change class (upper, lower, digit, other): about 0.6
+    for random base62, 0.3 for camelCase names."""
+    classes = ["u" if c.isupper() else "l" if c.islower() else "d" if c.isdigit() else "o" for c in token]
+    return sum(a != b for a, b in pairwise(classes)) / max(1, len(token) - 1)
 
 
 class SecretsSettings(GuardSettings):
@@ -103,20 +188,25 @@ class SecretsGuard(Guard):
         found: list[tuple[int, int, str]] = []
         taken: list[tuple[int, int]] = []
         for name, pattern in self._patterns:
+            if not any(literal in text for literal in GATES[name]):
+                continue  # the key's prefix is nowhere: the pattern cannot match
+            validate = VALIDATORS.get(name, key_ok)
             for m in pattern.finditer(text):
                 start, end = m.span("secret") if "secret" in pattern.groupindex else m.span()
-                if not any_overlap(taken, start, end):
+                if not any_overlap(taken, start, end) and validate(m, text):
                     found.append((start, end, name))
                     taken.append((start, end))
         if self._token is not None:
             for m in self._token.finditer(text):
                 start, end = m.span()
-                if not any_overlap(taken, start, end) and self._is_random(m.group()):
+                if not any_overlap(taken, start, end) and self.is_random(m.group(), text, start):
                     found.append((start, end, "high_entropy"))
         found.sort()
         return found
 
-    def _is_random(self, token: str) -> bool:
+    def is_random(self, token: str, text: str, start: int) -> bool:
+        """`high_entropy`'s validator: a random-looking token that is not a digest, an encoded
+        text, an identifier or a path."""
         # Keys in base62/base64 mix upper case, lower case and digits; words, paths and identifiers
         # seldom do. Hex alone (hashes, UUIDs) is left out: it fills prompts about code and logs.
         if _HEX.fullmatch(token):
@@ -125,7 +215,14 @@ class SecretsGuard(Guard):
             any(c.isdigit() for c in token) and any(c.isupper() for c in token) and any(c.islower() for c in token)
         ):
             return False
-        return shannon_entropy(token) >= self.settings.entropy_threshold
+        if shannon_entropy(token) < self.settings.entropy_threshold:
+            return False
+        if _DIGEST_BEFORE.search(text, max(0, start - 16), start) or _DIGEST_TOKEN.match(token):
+            return False
+        if is_identifier(token) or _PLACEHOLDER.search(token):
+            return False
+        # Base64 of text is text (its decoded form is scanned as such), not a key.
+        return base64_text(token) is None
 
 
 def shannon_entropy(text: str) -> float:
@@ -136,4 +233,17 @@ def shannon_entropy(text: str) -> float:
 
 register_guard_kind("secrets", SecretsGuard)
 
-__all__ = ["DETECTORS", "PATTERNS", "SecretsGuard", "SecretsSettings", "shannon_entropy"]
+__all__ = [
+    "DETECTORS",
+    "GATES",
+    "PATTERNS",
+    "VALIDATORS",
+    "SecretsGuard",
+    "SecretsSettings",
+    "class_changes",
+    "is_identifier",
+    "is_placeholder",
+    "jwt_ok",
+    "key_ok",
+    "shannon_entropy",
+]

@@ -1,6 +1,6 @@
 """Guard kind `words`: a word list matched as whole words (or whole phrases) in normalised text.
 
-The words are normalised like the texts (NFKC, case folding, confusables) and compiled into one
+The words are normalised like the texts (see `normalize`) and compiled into one
 trie-shaped pattern when the config loads, so a long list costs little more than a short one.
 Findings are labelled `words[i]` (the entry's index in `words`), never with the matched text.
 """
@@ -48,7 +48,10 @@ class WordsGuard(Guard):
         #: normalised phrase (words joined by one space) -> index of its first entry in `words`
         self._index: dict[str, int] = {}
         for i, word in enumerate(settings.words):
-            self._index.setdefault(" ".join(normalize(word).text.split()), i)
+            # Confusables are folded by how each case looks (capital eta looks like `h`, small eta like `n`), so a
+            # word of another script is entered in each of its common cases.
+            for variant in dict.fromkeys((word, word.lower(), word.upper(), word.title())):
+                self._index.setdefault(" ".join(normalize(variant).text.split()), i)
         phrases = list(self._index)
         # Whole words by lookaround rather than \b, so entries that start or end with a symbol
         # (`c++`, `.env`) still need a non-word character (or the text's edge) beside them.
@@ -64,7 +67,10 @@ class WordsGuard(Guard):
         """Whole-word occurrences of the listed words and phrases in `text`."""
         found: list[tuple[int, int, str]] = []
         for m in self._pattern.finditer(text):
-            index = self._index.get(" ".join(m.group().casefold().split()))
+            key = " ".join(m.group().split())
+            index = self._index.get(key)
+            if index is None:
+                index = self._index.get(key.casefold())
             if index is not None:
                 found.append((m.start(), m.end(), f"words[{index}]"))
         return found

@@ -149,13 +149,13 @@ def test_responses_input_blocked_everywhere(gw: RunningGateway, upstream: FakeUp
 @pytest.mark.parametrize("model", [PASSTHROUGH, TRANSLATED])
 def test_messages_input_redacted_before_the_upstream(gw: RunningGateway, upstream: FakeUpstream, model: str) -> None:
     claude(gw).messages.create(
-        model=model, max_tokens=20, messages=[{"role": "user", "content": "mail alice@example.com the report"}]
+        model=model, max_tokens=20, messages=[{"role": "user", "content": "mail alice@acme-mail.com the report"}]
     )
     sent = upstream.requests[-1].body.decode()
-    assert "alice@example.com" not in sent and "<EMAIL_1>" in sent
+    assert "alice@acme-mail.com" not in sent and "<EMAIL_1>" in sent
 
 
-ANSWER = "Write to bob@example.com about it today, please."
+ANSWER = "Write to bob@acme-mail.com about it today, please."
 
 #: (client API, model): every way an answer comes back
 PATHS = [
@@ -193,8 +193,8 @@ def test_answers_redacted_on_every_path(
 ) -> None:
     upstream.enqueue(Reply(content=ANSWER))
     text = answer(gw, api, model, stream)
-    assert "bob@example.com" not in text
-    assert text == ANSWER.replace("bob@example.com", "<EMAIL_1>")
+    assert "bob@acme-mail.com" not in text
+    assert text == ANSWER.replace("bob@acme-mail.com", "<EMAIL_1>")
 
 
 @pytest.mark.parametrize(("api", "model"), PATHS, ids=[f"{a}-{m}" for a, m in PATHS])

@@ -162,8 +162,8 @@ def test_tool_definitions_are_scanned(gw: RunningGateway, upstream: FakeUpstream
 
 def test_input_redaction_is_stable_and_reaches_upstream_redacted(gw: RunningGateway, upstream: FakeUpstream) -> None:
     messages = [
-        {"role": "user", "content": "mail jane.doe@example.com and bob@corp.io"},
-        {"role": "user", "content": "again: jane.doe@example.com"},
+        {"role": "user", "content": "mail jane.doe@acme-mail.com and bob@corp.io"},
+        {"role": "user", "content": "again: jane.doe@acme-mail.com"},
     ]
     resp = chat(gw, messages)
     assert resp.status_code == 200, resp.text
@@ -266,9 +266,9 @@ def test_no_guard_attached_means_no_guard_stage(gateway: RunningGateway) -> None
 
 def test_redacted_values_are_restored_in_the_answer(gw: RunningGateway, upstream: FakeUpstream) -> None:
     # the fake upstream echoes: it answers with the placeholder it was sent
-    resp = chat(gw, [{"role": "user", "content": "echo: write to jane.doe@example.com now"}])
+    resp = chat(gw, [{"role": "user", "content": "echo: write to jane.doe@acme-mail.com now"}])
     assert upstream.requests[-1].json()["messages"][0]["content"] == "echo: write to <EMAIL_1> now"
-    assert resp.json()["choices"][0]["message"]["content"] == "write to jane.doe@example.com now"
+    assert resp.json()["choices"][0]["message"]["content"] == "write to jane.doe@acme-mail.com now"
 
 
 def test_base64_that_decodes_to_nothing_forbidden_passes(gw: RunningGateway, upstream: FakeUpstream) -> None:

@@ -97,6 +97,16 @@ def test_high_entropy_tokens() -> None:
         "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
         "the task-force met; ask-anything sessions are open",
         "a short sk-abc and an akia1234 are not keys",
+        # identifiers and paths made of words, with digits and capitals
+        "class AbstractSingletonProxyFactoryBeanV2: resolveTransactionIsolationLevelForUser2()",
+        "import src/components/UserProfile2Card and MAX_RETRY_COUNT_FOR_HTTP2_STREAMS",
+        # digests after their algorithm's name, base64 of text
+        'integrity: "sha512-/3IjMdb2L9QbBdWiW5e3P2/npwMBaU9mHCSCUzNln0ZCYbcfTsGbTJrU/kGemdH2IWmB2ioZ+zkxtmq6g09fGQ=="',
+        "golang.org/x/net v0.22.0 h1:9sGLhx7iRIHEiX0oAJ3MRZMUCElJgy7Br1nO+AMN3Tc=",
+        "echo dGhlIHF1aWNrIGJyb3duIGZveCBqdW1wcyBvdmVy | base64 -d",
+        # placeholders and published samples
+        "OPENAI_API_KEY=sk-your-openai-key-goes-here and GITHUB_TOKEN=ghp_xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+        "aws_access_key_id = AKIA" + "IOSFODNN7EXAMPLE",
     ],
 )
 def test_lets_through_ordinary_text(text: str) -> None:
@@ -107,8 +117,9 @@ def test_key_formats_are_case_sensitive() -> None:
     guard = make("secrets")
     assert isinstance(guard, SecretsGuard)
     assert type(guard).casefold is False
-    assert labels(guard, "AKIA" + "IOSFODNN7EXAMPLE") == ["aws_access_key_id"]
-    assert guard.scan(["akia" + "iosfodnn7example"]) == []
+    key_id = "AKIA" + rand(16, string.ascii_uppercase + string.digits)
+    assert labels(guard, key_id) == ["aws_access_key_id"]
+    assert guard.scan([key_id.lower()]) == []
 
 
 def test_specific_detectors_win_over_high_entropy() -> None:
