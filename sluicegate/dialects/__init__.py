@@ -2,7 +2,9 @@
 
 `request_texts` / `response_texts` give the guardrails every text of a request or answer in the
 shape of its endpoint (OpenAI `chat`, `completions`, `embeddings`; Anthropic `messages`,
-`count_tokens`; `responses`); translated answers are neutral, so `chat`-shaped.
+`count_tokens`; `responses`); translated answers are neutral, so `chat`-shaped. Each dialect
+reads its bodies whole except a reviewed list of fields that are not model text
+(`sluicegate.dialects.fields`; the lists are in each dialect's `texts` module).
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ from collections.abc import Callable
 from typing import Any
 
 from sluicegate.dialects import anthropic, openai, responses
-from sluicegate.dialects.openai import Path
+from sluicegate.dialects.paths import Path
 
 Texts = Callable[[str, dict[str, Any]], list[tuple[Path, str]]]
+#: (channel, path, text) of one stream event: a channel is one text growing across events
+EventTexts = Callable[[dict[str, Any]], list[tuple[str, Path, str]]]
 
 _BY_ENDPOINT: dict[str, tuple[Texts, Texts]] = {
     "chat": (openai.request_texts, openai.response_texts),
@@ -25,15 +29,18 @@ _BY_ENDPOINT: dict[str, tuple[Texts, Texts]] = {
 }
 
 
-#: (channel, path, text) of one stream event, per dialect whose streams pass through as sent
-#: (other than OpenAI's, whose chunks are the neutral ones)
-STREAM_EVENT_TEXTS: dict[str, Callable[[dict[str, Any]], list[tuple[str, Path, str]]]] = {
+#: the texts of one stream event, per dialect whose streams pass through as sent; OpenAI's
+#: chunks are also the neutral chunks of every translated stream
+STREAM_EVENT_TEXTS: dict[str, EventTexts] = {
+    "openai": openai.chunk_texts,
     "anthropic": anthropic.stream_event_texts,
 }
 
 
 def request_texts(endpoint: str, body: dict[str, Any]) -> list[tuple[Path, str]]:
-    """Every text of a request the model will read, with its path in the body."""
+    """Every text of a request the model will read, with its path in the body.
+
+    Raises `BadRequest` when token ids in a prompt do not decode (the guards cannot read them)."""
     pair = _BY_ENDPOINT.get(endpoint)
     return pair[0](endpoint, body) if pair is not None else []
 

@@ -1,0 +1,290 @@
+"""What guards read in a body: everything, except a reviewed list of fields that are not text.
+
+A dialect describes each body shape with a `Fields`: which fields are skipped (each with the
+reason, in path patterns), which strings hold JSON text, where token ids may stand for text.
+`Fields.texts(body)` then walks the whole body once and returns every text a model reads:
+strings, numbers (as text, so number-shaped rules see a card number sent as a JSON number) and,
+inside user-defined JSON (a tool's schema, a tool call's input, anything not described), every
+key too. A field nobody listed is scanned: a new API field is covered the day it appears.
+
+Patterns are dot-separated steps from the root: a name, or `*` for any list position or key; a
+step may add a condition on the object it reaches, `*(type=image|document)`, which then holds
+only for objects whose `type` is one of those values. Patterns are compiled once, at import.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import orjson
+
+from sluicegate import tokens
+from sluicegate.dialects.paths import JSON, USER, Key, Path, TokenIds, format_path
+from sluicegate.errors import BadRequest
+
+#: most token ids decoded per body (a million tokens is beyond every model's context)
+MAX_TOKEN_IDS = 1_000_000
+
+_STEP = re.compile(r"([^.()]+)(?:\(([A-Za-z_]+)=([^)]*)\))?")
+
+
+class _Node:
+    """One position in a body shape: what happens to the value found there."""
+
+    __slots__ = ("children", "json_text", "skip", "star", "token_ids", "variants")
+
+    def __init__(self) -> None:
+        self.children: dict[str, _Node] = {}
+        self.star: _Node | None = None
+        #: why the value here is not read (None: it is)
+        self.skip: str | None = None
+        self.json_text = False
+        self.token_ids = False
+        #: field -> value -> the node that applies to objects whose `field` has that value
+        self.variants: dict[str, dict[str, _Node]] = {}
+
+
+def _merge(a: _Node | None, b: _Node | None) -> _Node | None:
+    if a is None or b is None:
+        return a or b
+    out = _Node()
+    out.skip = a.skip or b.skip
+    out.json_text = a.json_text or b.json_text
+    out.token_ids = a.token_ids or b.token_ids
+    for key in {*a.children, *b.children}:
+        merged = _merge(a.children.get(key), b.children.get(key))
+        assert merged is not None
+        out.children[key] = merged
+    out.star = _merge(a.star, b.star)
+    for source in (a, b):
+        for field, by_value in source.variants.items():
+            target = out.variants.setdefault(field, {})
+            for value, node in by_value.items():
+                merged = _merge(target.get(value), node)
+                assert merged is not None
+                target[value] = merged
+    return out
+
+
+def _finish(node: _Node) -> _Node:
+    """Resolve wildcards and conditions so a walk does one dict lookup per step: a named child
+    also gets what `*` says, and each condition's node also gets the unconditional rules."""
+    star = node.star
+    for key, child in node.children.items():
+        merged = _merge(child, star) if star is not None else child
+        assert merged is not None
+        node.children[key] = _finish(merged)
+    if star is not None:
+        node.star = _finish(star)
+    if node.variants:
+        base = _Node()
+        base.skip, base.json_text, base.token_ids = node.skip, node.json_text, node.token_ids
+        base.children, base.star = node.children, node.star
+        for by_value in node.variants.values():
+            for value, variant in by_value.items():
+                merged = _merge(base, variant)
+                assert merged is not None
+                merged.variants = {}
+                by_value[value] = _finish(merged)
+    return node
+
+
+class Fields:
+    """The reading of one body shape: skipped fields (with why), JSON-text and token-id fields.
+
+    `skip` maps a pattern to the reason its value is not model text; `json_text` lists strings
+    that hold JSON (read as written, and decoded); `token_ids` lists fields whose value may be a
+    list of token ids (or a list of such lists) standing for text; `envelopes` lists objects whose
+    keys are API field names (every object on the way to a listed pattern is one too): elsewhere,
+    keys are text the model reads.
+    """
+
+    def __init__(
+        self,
+        skip: Mapping[str, str],
+        *,
+        json_text: Iterable[str] = (),
+        token_ids: Iterable[str] = (),
+        envelopes: Iterable[str] = (),
+    ) -> None:
+        self.skip = dict(skip)
+        root = _Node()
+        for pattern, reason in self.skip.items():
+            for node in _add(root, pattern):
+                node.skip = reason
+        for pattern in json_text:
+            for node in _add(root, pattern):
+                node.json_text = True
+        for pattern in token_ids:
+            for node in _add(root, pattern):
+                node.token_ids = True
+        for pattern in envelopes:
+            _add(root, pattern)
+        self.root = _finish(root)
+
+    def texts(
+        self, body: Any, *, model: str | None = None, skipped: list[tuple[Path, str]] | None = None
+    ) -> list[tuple[Path, str]]:
+        """Every text of `body` a model reads, with its path, in document order.
+
+        `model` picks the encoding of token ids; `skipped`, when given, receives the path and
+        reason of every value left out (for tests and documentation). Raises `BadRequest` when
+        token ids do not decode."""
+        walk = _Walk(skipped, model)
+        walk.run(body, self.root)
+        return walk.out
+
+
+def _add(root: _Node, pattern: str) -> list[_Node]:
+    """The nodes a pattern names, created as needed (one per value of a condition)."""
+    nodes = [root]
+    for raw in pattern.split("."):
+        match = _STEP.fullmatch(raw)
+        if match is None:
+            raise ValueError(f"bad field pattern step {raw!r} in {pattern!r}")
+        name, field, values = match.groups()
+        reached = []
+        for node in nodes:
+            if name == "*":
+                if node.star is None:
+                    node.star = _Node()
+                reached.append(node.star)
+            else:
+                reached.append(node.children.setdefault(name, _Node()))
+        if field is not None:
+            nodes = [
+                node.variants.setdefault(field, {}).setdefault(value, _Node())
+                for node in reached
+                for value in values.split("|")
+            ]
+        else:
+            nodes = reached
+    return nodes
+
+
+class _Walk:
+    """One walk over a body: the texts found, and (optionally) what was left out and why.
+
+    The walk keeps its own stack rather than recursing: a body may nest a thousand levels."""
+
+    __slots__ = ("budget", "model", "out", "skipped")
+
+    def __init__(self, skipped: list[tuple[Path, str]] | None, model: str | None) -> None:
+        self.out: list[tuple[Path, str]] = []
+        self.skipped = skipped
+        self.model = model
+        self.budget = MAX_TOKEN_IDS
+
+    def run(self, body: Any, root: _Node) -> None:
+        out = self.out
+        # (value, node, path); node None: user-defined JSON, where keys are text too
+        stack: list[tuple[Any, _Node | None, Path]] = [(body, root, ())]
+        pop, push = stack.pop, stack.append
+        while stack:
+            value, node, path = pop()
+            if node is not None:
+                if node.variants and isinstance(value, dict):
+                    node = _pick(node, value)
+                if node.skip is not None:
+                    if self.skipped is not None:
+                        self.skipped.append((path, node.skip))
+                    continue
+            if isinstance(value, str):
+                if value:
+                    out.append((path, value))
+                    if node is not None and node.json_text:
+                        self.json_text(value, path, push)
+            elif isinstance(value, dict):
+                if node is None:
+                    for key, item in reversed(value.items()):
+                        push((item, None, (*path, key)))
+                        if key:
+                            push((key, None, (*path, Key(key))))
+                    continue
+                children, star = node.children, node.star
+                for key, item in reversed(value.items()):
+                    child = children.get(key, star)
+                    if child is None and isinstance(item, dict | list):
+                        push((item, None, (*path, key, USER)))
+                    else:
+                        push((item, child, (*path, key)))
+            elif isinstance(value, list):
+                star = None
+                if node is not None:
+                    if node.token_ids and value and self.token_ids(value, path):
+                        continue
+                    star = node.star
+                for i in range(len(value) - 1, -1, -1):
+                    item = value[i]
+                    if star is None and node is not None and isinstance(item, dict | list):
+                        push((item, None, (*path, i, USER)))
+                    else:
+                        push((item, star, (*path, i)))
+            elif isinstance(value, int | float) and not isinstance(value, bool):
+                out.append((path, repr(value)))
+
+    def json_text(self, text: str, path: Path, push: Any) -> None:
+        """The decoded JSON of a string that holds JSON: escapes (`\\u0070`) hide nothing."""
+        stripped = text.lstrip()
+        if not stripped or stripped[0] not in '{["':
+            return  # a bare number or word reads the same decoded
+        try:
+            decoded = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            return  # not JSON (yet): read as written
+        push((decoded, None, (*path, JSON)))
+
+    def token_ids(self, value: list[Any], path: Path) -> bool:
+        """Token ids (a list of ints, or a list of such lists) read as their text; False when the
+        list holds something else. Ids that do not decode are refused, naming the field."""
+        first = value[0]
+        if isinstance(first, int) and not isinstance(first, bool):
+            lists = [(path, value)]
+        elif isinstance(first, list):
+            lists = [((*path, i), item) for i, item in enumerate(value)]
+            if not all(isinstance(item, list) for _, item in lists):
+                raise _bad_tokens(path, "mixes arrays of token ids with other values")
+        else:
+            if any(isinstance(item, int | list) and not isinstance(item, bool) for item in value):
+                raise _bad_tokens(path, "mixes token ids with other values")
+            return False
+        encoding = tokens.encoding_name(self.model)
+        for where, ids in lists:
+            self.budget -= len(ids)
+            if self.budget < 0:
+                raise _bad_tokens(path, f"holds more than {MAX_TOKEN_IDS} token ids")
+            try:
+                text = tokens.decode_ids(ids, encoding)
+            except ValueError as exc:
+                raise _bad_tokens(where, str(exc)) from None
+            if text:
+                self.out.append(((*where, TokenIds(encoding)), text))
+        return True
+
+
+def _pick(node: _Node, value: dict[str, Any]) -> _Node:
+    """The node for an object under a condition (`*(type=image)`), or `node` when none holds."""
+    for field, by_value in node.variants.items():
+        tag = value.get(field)
+        if isinstance(tag, str):
+            picked = by_value.get(tag)
+            if picked is not None:
+                return picked
+    return node
+
+
+def _bad_tokens(path: Path, why: str) -> BadRequest:
+    param = format_path(path)
+    return BadRequest(
+        f"Invalid '{param}': {why}; token ids are decoded so the gateway's guards can read them",
+        param=param,
+        code="invalid_value",
+    )
+
+
+def under(prefixes: Iterable[str], patterns: Mapping[str, str]) -> dict[str, str]:
+    """Relative `patterns` (`.name...`, or `(field=value).name...` for a condition on the prefix's
+    last step), with their reasons, repeated under each prefix."""
+    return {prefix + pattern: reason for prefix in prefixes for pattern, reason in patterns.items()}
