@@ -121,7 +121,23 @@ def replace_paths(obj: Any, items: Iterable[tuple[Path, str]], *, copy: bool) ->
 _SET: Final = _Marker("SET")
 
 
+def _json_text(value: Any, original: Any, tree: dict[Any, Any]) -> str:
+    """JSON text with replacements inside its decoded value, written again compactly. When a
+    replacement of the text as written broke its JSON (a match that ran into an escape), the
+    decoded replacements are applied to the original text instead: they hold what it matched."""
+    for text in (value, original) if value is not original else (value,):
+        if not isinstance(text, str):
+            raise PathError("JSON text expected")
+        try:
+            decoded = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            continue
+        return orjson.dumps(_apply(decoded, tree, False)).decode()
+    raise PathError("the JSON text does not parse")
+
+
 def _apply(value: Any, tree: dict[Any, Any], copy: bool) -> Any:
+    original = value
     if _SET in tree:
         text = tree[_SET]
         # A number is read as its text: written back unchanged, it stays a number.
@@ -129,13 +145,7 @@ def _apply(value: Any, tree: dict[Any, Any], copy: bool) -> Any:
             value = text
     json_tree = tree.get(JSON)
     if json_tree is not None:
-        if not isinstance(value, str):
-            raise PathError("JSON text expected")
-        try:
-            decoded = orjson.loads(value)
-        except orjson.JSONDecodeError:
-            raise PathError("the JSON text does not parse after an earlier replacement") from None
-        value = orjson.dumps(_apply(decoded, json_tree, False)).decode()
+        value = _json_text(value, original, json_tree)
     renames: dict[str, str] = {}
     children: list[tuple[Any, dict[Any, Any]]] = []
     for step, sub in tree.items():

@@ -112,7 +112,6 @@ REQUEST = Fields(
         "text.verbosity": PROVIDER,
         "text.format.type": KIND,
         "tool_choice.type": KIND,
-        **under(["prompt.variables.*"], _PART),
         **under(["tools.*", "input.*.tools.*", "instructions.*.tools.*"], _TOOL),
         **under(["input.*", "instructions.*"], _ITEM),
     },
