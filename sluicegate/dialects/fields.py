@@ -110,14 +110,16 @@ class Fields:
         envelopes: Iterable[str] = (),
     ) -> None:
         self.skip = dict(skip)
+        self.json_text = tuple(json_text)
+        self.token_ids = tuple(token_ids)
         root = _Node()
         for pattern, reason in self.skip.items():
             for node in _add(root, pattern):
                 node.skip = reason
-        for pattern in json_text:
+        for pattern in self.json_text:
             for node in _add(root, pattern):
                 node.json_text = True
-        for pattern in token_ids:
+        for pattern in self.token_ids:
             for node in _add(root, pattern):
                 node.token_ids = True
         for pattern in envelopes:
@@ -133,7 +135,7 @@ class Fields:
         reason of every value left out (for tests and documentation). Raises `BadRequest` when
         token ids do not decode."""
         walk = _Walk(skipped, model)
-        walk.run(body, self.root)
+        walk.at(body, self.root, ())
         return walk.out
 
 
@@ -167,7 +169,8 @@ def _add(root: _Node, pattern: str) -> list[_Node]:
 class _Walk:
     """One walk over a body: the texts found, and (optionally) what was left out and why.
 
-    The walk keeps its own stack rather than recursing: a body may nest a thousand levels."""
+    The described part of a body (its envelope) is walked by recursion, as deep as the patterns
+    go; user-defined JSON below it with a stack of its own, however deep it nests."""
 
     __slots__ = ("budget", "model", "out", "skipped")
 
@@ -177,55 +180,81 @@ class _Walk:
         self.model = model
         self.budget = MAX_TOKEN_IDS
 
-    def run(self, body: Any, root: _Node) -> None:
+    def at(self, value: Any, node: _Node, path: Path) -> None:
+        """A value at a described position."""
+        if node.variants and isinstance(value, dict):
+            node = _pick(node, value)
+        if node.skip is not None:
+            if self.skipped is not None:
+                self.skipped.append((path, node.skip))
+            return
+        if isinstance(value, str):
+            if value:
+                self.out.append((path, value))
+                if node.json_text:
+                    self.json_text(value, path)
+        elif isinstance(value, dict):
+            self.fields(value, node, path)
+        elif isinstance(value, list):
+            if node.token_ids and value and self.token_ids(value, path):
+                return
+            star = node.star
+            for i, item in enumerate(value):
+                if star is not None:
+                    self.at(item, star, (*path, i))
+                else:
+                    self.user(item, (*path, i, USER) if isinstance(item, dict | list) else (*path, i))
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            self.out.append((path, repr(value)))
+
+    def fields(self, value: dict[str, Any], node: _Node, path: Path) -> None:
+        """An object at a described position: its keys are API field names, not text."""
         out = self.out
-        # (value, node, path); node None: user-defined JSON, where keys are text too
-        stack: list[tuple[Any, _Node | None, Path]] = [(body, root, ())]
+        children, star = node.children, node.star
+        for key, item in value.items():
+            if item is None or item is True or item is False:
+                continue
+            child = children.get(key, star)
+            if child is None:
+                if isinstance(item, str):
+                    if item:
+                        out.append(((*path, key), item))
+                elif isinstance(item, dict | list):
+                    self.user(item, (*path, key, USER))
+                elif isinstance(item, int | float):
+                    out.append(((*path, key), repr(item)))
+            elif child.variants:
+                self.at(item, child, (*path, key))
+            elif child.skip is not None:
+                if self.skipped is not None:
+                    self.skipped.append(((*path, key), child.skip))
+            elif isinstance(item, dict):
+                self.fields(item, child, (*path, key))  # the common case, without a detour by `at`
+            else:
+                self.at(item, child, (*path, key))
+
+    def user(self, value: Any, path: Path) -> None:
+        """User-defined JSON (or an undescribed value): every string, every key, every number."""
+        out = self.out
+        stack: list[tuple[Any, Path]] = [(value, path)]
         pop, push = stack.pop, stack.append
         while stack:
-            value, node, path = pop()
-            if node is not None:
-                if node.variants and isinstance(value, dict):
-                    node = _pick(node, value)
-                if node.skip is not None:
-                    if self.skipped is not None:
-                        self.skipped.append((path, node.skip))
-                    continue
+            value, path = pop()
             if isinstance(value, str):
                 if value:
                     out.append((path, value))
-                    if node is not None and node.json_text:
-                        self.json_text(value, path, push)
             elif isinstance(value, dict):
-                if node is None:
-                    for key, item in reversed(value.items()):
-                        push((item, None, (*path, key)))
-                        if key:
-                            push((key, None, (*path, Key(key))))
-                    continue
-                children, star = node.children, node.star
                 for key, item in reversed(value.items()):
-                    child = children.get(key, star)
-                    if child is None and isinstance(item, dict | list):
-                        push((item, None, (*path, key, USER)))
-                    else:
-                        push((item, child, (*path, key)))
+                    push((item, (*path, key)))
+                    if key:
+                        push((key, (*path, Key(key))))
             elif isinstance(value, list):
-                star = None
-                if node is not None:
-                    if node.token_ids and value and self.token_ids(value, path):
-                        continue
-                    star = node.star
                 for i in range(len(value) - 1, -1, -1):
-                    item = value[i]
-                    if star is None and node is not None and isinstance(item, dict | list):
-                        push((item, None, (*path, i, USER)))
-                    else:
-                        push((item, star, (*path, i)))
+                    push((value[i], (*path, i)))
             elif isinstance(value, int | float) and not isinstance(value, bool):
                 out.append((path, repr(value)))
 
-    def json_text(self, text: str, path: Path, push: Any) -> None:
+    def json_text(self, text: str, path: Path) -> None:
         """The decoded JSON of a string that holds JSON: escapes (`\\u0070`) hide nothing."""
         stripped = text.lstrip()
         if not stripped or stripped[0] not in '{["':
@@ -234,7 +263,7 @@ class _Walk:
             decoded = orjson.loads(text)
         except orjson.JSONDecodeError:
             return  # not JSON (yet): read as written
-        push((decoded, None, (*path, JSON)))
+        self.user(decoded, (*path, JSON))
 
     def token_ids(self, value: list[Any], path: Path) -> bool:
         """Token ids (a list of ints, or a list of such lists) read as their text; False when the

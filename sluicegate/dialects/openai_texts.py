@@ -234,6 +234,10 @@ def chunk_texts(data: dict[str, Any]) -> list[tuple[str, Path, str]]:
     return out
 
 
+#: channel names by the steps they are made of (a stream repeats a handful of them)
+_CHANNELS: dict[tuple[Step, ...], str] = {}
+
+
 def _channel(data: Any, path: Path) -> str:
     steps: list[Step] = []
     node = data
@@ -249,7 +253,15 @@ def _channel(data: Any, path: Path) -> str:
         elif isinstance(step, str):
             steps.append(step)
             node = node.get(step) if isinstance(node, dict) else None
-    if len(steps) > 2 and steps[0] == "choices" and isinstance(steps[1], int):
-        inside = steps[3:] if steps[2] == "delta" else steps[2:]
-        return f"{steps[1]}.{format_path(tuple(inside))}"
-    return format_path(tuple(steps))
+    key = tuple(steps)
+    name = _CHANNELS.get(key)
+    if name is None:
+        if len(key) > 2 and key[0] == "choices" and isinstance(key[1], int):
+            inside = key[3:] if key[2] == "delta" else key[2:]
+            name = f"{key[1]}.{format_path(inside)}"
+        else:
+            name = format_path(key)
+        if len(_CHANNELS) > 4096:
+            _CHANNELS.clear()
+        _CHANNELS[key] = name
+    return name

@@ -24,7 +24,7 @@ from sluicegate.dialects.anthropic import texts as anthropic_texts
 from sluicegate.dialects.fields import Fields
 from sluicegate.dialects.paths import JSON, USER, Key, Path, TokenIds
 from sluicegate.dialects.responses import texts as responses_texts
-from tests.guardrails import sdk_shapes
+from tests.guardrails import field_docs, sdk_shapes
 
 #: (endpoint, the SDK's request params type, the dialect's reading of it)
 REQUESTS = [
@@ -150,3 +150,55 @@ def test_token_id_prompts_are_read_as_text() -> None:
     cl = tokens.encode_ids("Project Nightingale", "cl100k_base")
     body = {"model": "text-embedding-3-small", "input": cl}
     assert [t for _, t in dialects.request_texts("embeddings", body)] == ["Project Nightingale"]
+
+
+def _found(texts: list[str], body: Any) -> set[str]:
+    return {m for m, _, _ in sdk_shapes.markers(body) if any(m in t for t in texts)}
+
+
+def _chunk_of(completion: dict[str, Any]) -> dict[str, Any]:
+    """The same answer as one stream chunk: each choice's message becomes its delta."""
+    chunk = {k: v for k, v in completion.items() if k != "choices"}
+    chunk["object"] = "chat.completion.chunk"
+    choices = []
+    for i, choice in enumerate(completion.get("choices") or ()):
+        delta = dict(choice.get("message") or {})
+        if isinstance(delta.get("tool_calls"), list):
+            delta["tool_calls"] = [{**call, "index": k} for k, call in enumerate(delta["tool_calls"])]
+        text = {"text": choice["text"]} if "text" in choice else {}
+        choices.append({**text, "index": i, "delta": delta, "finish_reason": choice.get("finish_reason")})
+    chunk["choices"] = choices
+    return chunk
+
+
+@pytest.mark.parametrize("model", [oc.ChatCompletion, ot.Completion], ids=["chat", "completions"])
+def test_stream_reads_what_the_json_answer_reads(model: Any) -> None:
+    """Every text guards read in a JSON answer, they read in the same answer streamed."""
+    for body in sdk_shapes.bodies(model):
+        json_found = _found([t for _, t in dialects.response_texts("chat", body)], body)
+        chunk = _chunk_of(body)
+        stream_found = _found([t for _, _, t in openai_texts.chunk_texts(chunk)], chunk)
+        assert json_found <= stream_found, sorted(json_found - stream_found)
+
+
+def test_anthropic_stream_reads_what_the_message_reads() -> None:
+    """Every text guards read in a message, they read in its stream: whole blocks given in
+    `content_block_start` (a tool's name and input, a server tool's result) included."""
+    for body in sdk_shapes.bodies(at.Message):
+        json_found = _found([t for _, t in dialects.response_texts("messages", body)], body)
+        events = [{"type": "message_start", "message": {**body, "content": []}}]
+        events += [
+            {"type": "content_block_start", "index": i, "content_block": block}
+            for i, block in enumerate(body.get("content") or ())
+        ]
+        stream_found: set[str] = set()
+        for event in events:
+            stream_found |= _found([t for _, _, t in anthropic_texts.stream_event_texts(event)], event)
+        assert json_found <= stream_found, sorted(json_found - stream_found)
+
+
+def test_the_docs_list_what_the_code_leaves_out() -> None:
+    """docs/guardrails-fields.md shows the lists as they are (regenerate it with
+    `python -m tests.guardrails.field_docs`)."""
+    page = field_docs.PAGE.read_text()
+    assert field_docs.page_with(field_docs.render(), page) == page

@@ -46,9 +46,15 @@ guards:
     applies_to: output
     settings:
       deny: ["nightingale"]
+  - name: answer-emails
+    kind: pii
+    action: redact
+    applies_to: output
+    settings:
+      entities: [EMAIL]
 groups:
   - name: guarded
-    guards: [codename, cards, emails, answer-codename]
+    guards: [codename, cards, emails, answer-codename, answer-emails]
 """
 ANTHROPIC = '  - {{name: claude, type: anthropic, base_url: "{upstream}", api_key: env://TEST_UPSTREAM_KEY}}\n'
 PASSTHROUGH, TRANSLATED = "claude-sonnet", "gpt-4o-mini"
@@ -583,3 +589,29 @@ def test_messages_answer_fields_guarded(gw: RunningGateway, upstream: FakeUpstre
     assert "invalid_request_error" in resp.text
     assert resp.status_code == (200 if stream else 400)
     assert gw.last_audit()["outcome"] == "content_blocked"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_tool_input_given_whole_is_redacted(gw: RunningGateway, upstream: FakeUpstream, stream: bool) -> None:
+    """A tool input that comes whole (a JSON message, or a stream's `content_block_start`) is
+    redacted where it stands; its numbers stay numbers, its key order is kept."""
+    block = {"type": "tool_use", "id": "t1", "name": "mail", "input": {"to": "bob@example.com", "n": 3}}
+    upstream.enqueue(Reply(body=_message([block]), events=_events([(block, [])])))
+    kwargs: Any = {"model": PASSTHROUGH, "max_tokens": 20, "messages": USER}
+    if stream:
+        with claude(gw).messages.stream(**kwargs) as events:
+            message = events.get_final_message()
+    else:
+        message = claude(gw).messages.create(**kwargs)
+    used = message.content[0]
+    assert used.type == "tool_use" and used.input == {"to": "<EMAIL_1>", "n": 3}
+
+
+def test_redacted_choice_loses_its_logprobs(gw: RunningGateway, upstream: FakeUpstream) -> None:
+    """Logprobs spell a choice's text token by token: once the text is redacted they would undo it."""
+    answer = _completion({"content": "mail bob@example.com"})
+    answer["choices"][0]["logprobs"] = {"content": [{"token": "bob@example.com", "logprob": -0.1, "bytes": None,
+                                                     "top_logprobs": []}]}  # fmt: skip
+    upstream.enqueue(Reply(body=answer))
+    got = oai(gw).chat.completions.create(model=TRANSLATED, messages=USER, logprobs=True)
+    assert got.choices[0].message.content == "mail <EMAIL_1>" and got.choices[0].logprobs is None
