@@ -5,7 +5,8 @@ reason, in path patterns), which strings hold JSON text, where token ids may sta
 `Fields.texts(body)` then walks the whole body once and returns every text a model reads:
 strings, numbers (as text, so number-shaped rules see a card number sent as a JSON number) and,
 inside user-defined JSON (a tool's schema, a tool call's input, anything not described), every
-key too. A field nobody listed is scanned: a new API field is covered the day it appears.
+key too (but JSON Schema's keywords, which are only themselves). A field nobody listed is read:
+a new API field is covered the day it appears.
 
 Patterns are dot-separated steps from the root: a name, or `*` for any list position or key; a
 step may add a condition on the object it reaches, `*(type=image|document)`, which then holds
@@ -26,6 +27,16 @@ from sluicegate.errors import BadRequest
 
 #: most token ids decoded per body (a million tokens is beyond every model's context)
 MAX_TOKEN_IDS = 1_000_000
+
+#: JSON Schema's own keywords: as keys they are these words and nothing else, so reading them
+#: finds nothing; what they hold, and every other key (a property's name), is read
+SCHEMA_KEYWORDS = frozenset(
+    {"type", "description", "properties", "items", "required", "enum", "default", "title", "format",
+     "pattern", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "minLength", "maxLength",
+     "minItems", "maxItems", "uniqueItems", "additionalProperties", "anyOf", "oneOf", "allOf", "not", "$ref",
+     "$defs", "definitions", "$schema", "$id", "const", "examples", "nullable", "multipleOf", "prefixItems",
+     "patternProperties", "propertyNames", "minProperties", "maxProperties", "strict"}
+)  # fmt: skip
 
 _STEP = re.compile(r"([^.()]+)(?:\(([A-Za-z_]+)=([^)]*)\))?")
 
@@ -246,7 +257,7 @@ class _Walk:
             elif isinstance(value, dict):
                 for key, item in reversed(value.items()):
                     push((item, (*path, key)))
-                    if key:
+                    if key and key not in SCHEMA_KEYWORDS:
                         push((key, (*path, Key(key))))
             elif isinstance(value, list):
                 for i in range(len(value) - 1, -1, -1):

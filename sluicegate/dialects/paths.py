@@ -19,10 +19,22 @@ import orjson
 from sluicegate import tokens
 
 
-class Key(NamedTuple):
+class Key:
     """Last path step: the key `name` of the dictionary the path leads to (not its value)."""
 
-    name: str
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is Key and other.name == self.name
+
+    def __hash__(self) -> int:
+        return hash((Key, self.name))
+
+    def __repr__(self) -> str:
+        return f"Key({self.name!r})"
 
 
 class TokenIds(NamedTuple):
