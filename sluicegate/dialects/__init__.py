@@ -10,16 +10,22 @@ reads its bodies whole except a reviewed list of fields that are not model text
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from sluicegate.dialects import anthropic, openai, responses
 from sluicegate.dialects.paths import Path
 
 Texts = Callable[[str, dict[str, Any]], list[tuple[Path, str]]]
+
+
+class RequestTexts(Protocol):
+    def __call__(self, endpoint: str, body: dict[str, Any], model: str | None = None) -> list[tuple[Path, str]]: ...
+
+
 #: (channel, path, text) of one stream event: a channel is one text growing across events
 EventTexts = Callable[[dict[str, Any]], list[tuple[str, Path, str]]]
 
-_BY_ENDPOINT: dict[str, tuple[Texts, Texts]] = {
+_BY_ENDPOINT: dict[str, tuple[RequestTexts, Texts]] = {
     "chat": (openai.request_texts, openai.response_texts),
     "completions": (openai.request_texts, openai.response_texts),
     "embeddings": (openai.request_texts, openai.response_texts),
@@ -37,12 +43,14 @@ STREAM_EVENT_TEXTS: dict[str, EventTexts] = {
 }
 
 
-def request_texts(endpoint: str, body: dict[str, Any]) -> list[tuple[Path, str]]:
+def request_texts(endpoint: str, body: dict[str, Any], model: str | None = None) -> list[tuple[Path, str]]:
     """Every text of a request the model will read, with its path in the body.
 
-    Raises `BadRequest` when token ids in a prompt do not decode (the guards cannot read them)."""
+    `model` is the upstream's name for the model (its encoding decodes token ids; the body's
+    `model` when not given). Raises `BadRequest` when token ids in a prompt do not decode (the
+    guards could not read them)."""
     pair = _BY_ENDPOINT.get(endpoint)
-    return pair[0](endpoint, body) if pair is not None else []
+    return pair[0](endpoint, body, model) if pair is not None else []
 
 
 def response_texts(endpoint: str, data: dict[str, Any]) -> list[tuple[Path, str]]:

@@ -199,15 +199,18 @@ CHUNK = Fields(
 _REQUESTS = {"chat": CHAT_REQUEST, "completions": COMPLETIONS_REQUEST, "embeddings": EMBEDDINGS_REQUEST}
 
 
-def request_texts(endpoint: str, body: dict[str, Any]) -> list[tuple[Path, str]]:
+def request_texts(endpoint: str, body: dict[str, Any], model: str | None = None) -> list[tuple[Path, str]]:
     """Every text of a request the model will read: all roles and parts, tool definitions and
     schemas, tool calls (arguments also decoded), response formats, predictions, prompts and
-    embedding inputs (token ids decoded); unknown fields included."""
+    embedding inputs (token ids decoded with `model`'s encoding, else the body's `model`'s);
+    unknown fields included."""
     fields = _REQUESTS.get(endpoint)
     if fields is None:
         return []
-    model = body.get("model")
-    return fields.texts(body, model=model if isinstance(model, str) else None)
+    if model is None:
+        named = body.get("model")
+        model = named if isinstance(named, str) else None
+    return fields.texts(body, model=model)
 
 
 def response_texts(endpoint: str, data: dict[str, Any]) -> list[tuple[Path, str]]:

@@ -262,7 +262,9 @@ async def check_request(call: Call, state: CallGuards) -> None:
     body = call.body
     if body is None or not state.guards.input:
         return
-    refs = request_texts(call.endpoint, body)
+    # Token ids mean what the upstream model's encoding says they mean.
+    route = call.snapshot.route_for(call.model_requested) if call.model_requested else None
+    refs = request_texts(call.endpoint, body, route.upstream_model if route is not None else None)
     if not refs:
         return
     paths = [p for p, _ in refs]

@@ -72,6 +72,7 @@ def gw(upstream_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         text = text.replace(
             "models:\n", f"models:\n  - {{name: {PASSTHROUGH}, provider: claude, model: claude-sonnet-4-5}}\n", 1
         )
+        text = text.replace("models:\n", "models:\n  - {name: legacy-alias, provider: mock, model: gpt-4}\n", 1)
         text = text.replace("  - name: alice\n", "  - name: alice\n    groups: [guarded]\n")
         gw.config_path.write_text(text)
         assert asyncio.run(gw.app.reload()), gw.app.last_reload_error
@@ -219,6 +220,16 @@ def test_completions_token_ids_are_guarded(gw: RunningGateway, upstream: FakeUps
             oai(gw).completions.create(model=TRANSLATED, prompt=prompt)
         assert caught.value.response.json()["error"]["code"] == "content_blocked"
         blocked(gw, upstream)
+
+
+def test_token_ids_decode_with_the_upstream_models_encoding(gw: RunningGateway, upstream: FakeUpstream) -> None:
+    """`legacy-alias` is gpt-4 upstream: its ids are cl100k ids, whatever the alias is called."""
+    ids = tokens.encode_ids(f"Tell me about {SECRET}.", "cl100k_base")
+    assert SECRET not in tokens.decode_ids(ids, "o200k_base")
+    with pytest.raises(openai.BadRequestError) as caught:
+        oai(gw).completions.create(model="legacy-alias", prompt=ids)
+    assert caught.value.response.json()["error"]["code"] == "content_blocked"
+    blocked(gw, upstream)
 
 
 def test_embeddings_token_ids_are_guarded(gw: RunningGateway, upstream: FakeUpstream) -> None:

@@ -132,7 +132,7 @@ EVENT = Fields(
 )
 
 
-def request_texts(endpoint: str, body: dict[str, Any]) -> list[tuple[Path, str]]:
+def request_texts(endpoint: str, body: dict[str, Any], model: str | None = None) -> list[tuple[Path, str]]:
     """Every text of a Messages (or count_tokens) request the model will read: the system prompt,
     every message block (text, tool-use inputs, tool results, thinking, text documents, search
     results, citations), tool definitions and their schemas, output formats; unknown fields."""

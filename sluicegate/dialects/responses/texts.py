@@ -146,7 +146,7 @@ ANSWER = Fields(
 )
 
 
-def request_texts(endpoint: str, body: dict[str, Any]) -> list[tuple[Path, str]]:
+def request_texts(endpoint: str, body: dict[str, Any], model: str | None = None) -> list[tuple[Path, str]]:
     """Every text of a Responses request the model will read: instructions, input messages and
     parts, calls (names, arguments also decoded) and their outputs, reasoning, tool definitions
     and schemas, `text.format`, prompt variables; unknown fields."""
