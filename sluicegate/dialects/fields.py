@@ -41,8 +41,25 @@ SCHEMA_KEYWORDS = frozenset(
 _STEP = re.compile(r"([^.()]+)(?:\(([A-Za-z_]+)=([^)]*)\))?")
 
 
+class _Pattern:
+    """One position in the trie of patterns, as written: a name's, a `*`'s, or a condition's."""
+
+    __slots__ = ("children", "json_text", "skip", "star", "token_ids", "variants")
+
+    def __init__(self) -> None:
+        self.children: dict[str, _Pattern] = {}
+        self.star: _Pattern | None = None
+        self.skip: str | None = None
+        self.json_text = False
+        self.token_ids = False
+        #: field -> value -> what applies to objects whose `field` has that value
+        self.variants: dict[str, dict[str, _Pattern]] = {}
+
+
 class _Node:
-    """One position in a body shape: what happens to the value found there."""
+    """One position in a body shape: what happens to the value found there. A node stands for
+    every pattern position that applies at once (a name and a `*`, a condition and the rules
+    without it), so a walk does one dict lookup per step."""
 
     __slots__ = ("children", "json_text", "skip", "star", "token_ids", "variants")
 
@@ -53,53 +70,41 @@ class _Node:
         self.skip: str | None = None
         self.json_text = False
         self.token_ids = False
-        #: field -> value -> the node that applies to objects whose `field` has that value
+        #: field -> value -> the node for objects whose `field` has that value
         self.variants: dict[str, dict[str, _Node]] = {}
 
 
-def _merge(a: _Node | None, b: _Node | None) -> _Node | None:
-    if a is None or b is None:
-        return a or b
-    out = _Node()
-    out.skip = a.skip or b.skip
-    out.json_text = a.json_text or b.json_text
-    out.token_ids = a.token_ids or b.token_ids
-    for key in {*a.children, *b.children}:
-        merged = _merge(a.children.get(key), b.children.get(key))
-        assert merged is not None
-        out.children[key] = merged
-    out.star = _merge(a.star, b.star)
-    for source in (a, b):
-        for field, by_value in source.variants.items():
-            target = out.variants.setdefault(field, {})
-            for value, node in by_value.items():
-                merged = _merge(target.get(value), node)
-                assert merged is not None
-                target[value] = merged
-    return out
+def _compile(root: _Pattern) -> _Node:
+    """The nodes of a pattern trie: each node is a set of pattern positions, built once per
+    distinct set (so nested and repeated patterns cost what they add, not their product)."""
+    built: dict[tuple[frozenset[_Pattern], bool], _Node] = {}
 
+    def build(patterns: frozenset[_Pattern], conditioned: bool) -> _Node:
+        key = (patterns, conditioned)
+        node = built.get(key)
+        if node is not None:
+            return node
+        node = built[key] = _Node()
+        node.skip = next((p.skip for p in patterns if p.skip is not None), None)
+        node.json_text = any(p.json_text for p in patterns)
+        node.token_ids = any(p.token_ids for p in patterns)
+        stars = frozenset(p.star for p in patterns if p.star is not None)
+        if stars:
+            node.star = build(stars, False)
+        for name in {name for p in patterns for name in p.children}:
+            named = frozenset(p.children[name] for p in patterns if name in p.children)
+            node.children[name] = build(named | stars, False)
+        if not conditioned:
+            extra: dict[tuple[str, str], set[_Pattern]] = {}
+            for p in patterns:
+                for field, by_value in p.variants.items():
+                    for value, variant in by_value.items():
+                        extra.setdefault((field, value), set()).add(variant)
+            for (field, value), variants in extra.items():
+                node.variants.setdefault(field, {})[value] = build(patterns | variants, True)
+        return node
 
-def _finish(node: _Node) -> _Node:
-    """Resolve wildcards and conditions so a walk does one dict lookup per step: a named child
-    also gets what `*` says, and each condition's node also gets the unconditional rules."""
-    star = node.star
-    for key, child in node.children.items():
-        merged = _merge(child, star) if star is not None else child
-        assert merged is not None
-        node.children[key] = _finish(merged)
-    if star is not None:
-        node.star = _finish(star)
-    if node.variants:
-        base = _Node()
-        base.skip, base.json_text, base.token_ids = node.skip, node.json_text, node.token_ids
-        base.children, base.star = node.children, node.star
-        for by_value in node.variants.values():
-            for value, variant in by_value.items():
-                merged = _merge(base, variant)
-                assert merged is not None
-                merged.variants = {}
-                by_value[value] = _finish(merged)
-    return node
+    return build(frozenset({root}), False)
 
 
 class Fields:
@@ -123,7 +128,7 @@ class Fields:
         self.skip = dict(skip)
         self.json_text = tuple(json_text)
         self.token_ids = tuple(token_ids)
-        root = _Node()
+        root = _Pattern()
         for pattern, reason in self.skip.items():
             for node in _add(root, pattern):
                 node.skip = reason
@@ -135,7 +140,7 @@ class Fields:
                 node.token_ids = True
         for pattern in envelopes:
             _add(root, pattern)
-        self.root = _finish(root)
+        self.root = _compile(root)
 
     def texts(
         self, body: Any, *, model: str | None = None, skipped: list[tuple[Path, str]] | None = None
@@ -150,7 +155,7 @@ class Fields:
         return walk.out
 
 
-def _add(root: _Node, pattern: str) -> list[_Node]:
+def _add(root: _Pattern, pattern: str) -> list[_Pattern]:
     """The nodes a pattern names, created as needed (one per value of a condition)."""
     nodes = [root]
     for raw in pattern.split("."):
@@ -162,13 +167,13 @@ def _add(root: _Node, pattern: str) -> list[_Node]:
         for node in nodes:
             if name == "*":
                 if node.star is None:
-                    node.star = _Node()
+                    node.star = _Pattern()
                 reached.append(node.star)
             else:
-                reached.append(node.children.setdefault(name, _Node()))
+                reached.append(node.children.setdefault(name, _Pattern()))
         if field is not None:
             nodes = [
-                node.variants.setdefault(field, {}).setdefault(value, _Node())
+                node.variants.setdefault(field, {}).setdefault(value, _Pattern())
                 for node in reached
                 for value in values.split("|")
             ]
