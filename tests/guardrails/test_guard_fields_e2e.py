@@ -18,7 +18,7 @@ import pytest
 
 from sluicegate import tokens
 from sluicegate.testing import FakeUpstream, Reply
-from tests.conftest import CANARY_KEY, RunningGateway, assert_openai_error, run_gateway
+from tests.conftest import CANARY_KEY, RunningGateway, assert_openai_error, run_gateway, wait_for
 
 GUARDS = """\
 guards:
@@ -92,9 +92,22 @@ def schema(name: str, value: Any = SECRET) -> dict[str, Any]:
     return {"type": "object", "properties": {name: {"type": "string", "description": value}}}
 
 
-def blocked(gw: RunningGateway, upstream: FakeUpstream, guard: str = "codename") -> None:
+def audit_of(gw: RunningGateway, resp: httpx.Response) -> dict[str, Any]:
+    """The audit event of the call that got `resp` (it may be written just after the answer)."""
+    request_id = resp.headers["x-request-id"]
+    found: list[dict[str, Any]] = []
+
+    def written() -> bool:
+        found[:] = [e for e in gw.audit(50) if e["request_id"] == request_id]
+        return bool(found)
+
+    wait_for(written)
+    return found[0]
+
+
+def blocked(gw: RunningGateway, upstream: FakeUpstream, resp: httpx.Response, guard: str = "codename") -> None:
     assert upstream.calls == 0, "the hidden text reached the upstream"
-    event = gw.last_audit()
+    event = audit_of(gw, resp)
     assert event["outcome"] == "content_blocked" and guard in event["guards"], event
 
 
@@ -167,7 +180,7 @@ def test_chat_input_blocked(gw: RunningGateway, upstream: FakeUpstream, case: st
     with pytest.raises(openai.BadRequestError) as caught:
         oai(gw).chat.completions.create(model=TRANSLATED, messages=messages, extra_body=extra)
     assert caught.value.response.json()["error"]["code"] == "content_blocked"
-    blocked(gw, upstream, guard)
+    blocked(gw, upstream, caught.value.response, guard)
 
 
 def test_clean_schema_with_those_names_passes(gw: RunningGateway, upstream: FakeUpstream) -> None:
@@ -219,7 +232,7 @@ def test_completions_token_ids_are_guarded(gw: RunningGateway, upstream: FakeUps
         with pytest.raises(openai.BadRequestError) as caught:
             oai(gw).completions.create(model=TRANSLATED, prompt=prompt)
         assert caught.value.response.json()["error"]["code"] == "content_blocked"
-        blocked(gw, upstream)
+        blocked(gw, upstream, caught.value.response)
 
 
 def test_token_ids_decode_with_the_upstream_models_encoding(gw: RunningGateway, upstream: FakeUpstream) -> None:
@@ -229,7 +242,7 @@ def test_token_ids_decode_with_the_upstream_models_encoding(gw: RunningGateway, 
     with pytest.raises(openai.BadRequestError) as caught:
         oai(gw).completions.create(model="legacy-alias", prompt=ids)
     assert caught.value.response.json()["error"]["code"] == "content_blocked"
-    blocked(gw, upstream)
+    blocked(gw, upstream, caught.value.response)
 
 
 def test_embeddings_token_ids_are_guarded(gw: RunningGateway, upstream: FakeUpstream) -> None:
@@ -237,7 +250,7 @@ def test_embeddings_token_ids_are_guarded(gw: RunningGateway, upstream: FakeUpst
     with pytest.raises(openai.BadRequestError) as caught:
         oai(gw).embeddings.create(model="text-embedding-3-small", input=[ids])
     assert caught.value.response.json()["error"]["code"] == "content_blocked"
-    blocked(gw, upstream)
+    blocked(gw, upstream, caught.value.response)
 
 
 def test_token_ids_redacted_are_encoded_again(gw: RunningGateway, upstream: FakeUpstream) -> None:
@@ -328,7 +341,7 @@ def test_responses_input_blocked(gw: RunningGateway, upstream: FakeUpstream, cas
     with gw.client() as c:
         resp = c.post("/v1/responses", json={"model": TRANSLATED, **body})
     assert_openai_error(resp, 400, "content_blocked")
-    blocked(gw, upstream, guard)
+    blocked(gw, upstream, resp, guard)
 
 
 # -- input: Anthropic Messages --------------------------------------------------------------------------
@@ -394,7 +407,7 @@ def test_messages_input_blocked(gw: RunningGateway, upstream: FakeUpstream, case
     with pytest.raises(anthropic.BadRequestError) as caught:
         claude(gw).messages.create(model=model, max_tokens=20, **body)
     assert caught.value.response.json()["type"] == "error"
-    blocked(gw, upstream, guard)
+    blocked(gw, upstream, caught.value.response, guard)
 
 
 # -- output: every answer field, JSON and streamed alike -------------------------------------------------
@@ -463,11 +476,10 @@ OPENAI_ANSWERS: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]] = {
 }  # fmt: skip
 
 
-def _chat_answer(gw: RunningGateway, stream: bool) -> tuple[int, str]:
+def _chat_answer(gw: RunningGateway, stream: bool) -> httpx.Response:
     body = {"model": TRANSLATED, "messages": USER, "stream": stream}
     with gw.client() as c:
-        resp = c.post("/v1/chat/completions", json=body)
-    return resp.status_code, resp.text
+        return c.post("/v1/chat/completions", json=body)
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
@@ -475,7 +487,8 @@ def _chat_answer(gw: RunningGateway, stream: bool) -> tuple[int, str]:
 def test_chat_answer_fields_guarded(gw: RunningGateway, upstream: FakeUpstream, shape: str, stream: bool) -> None:
     message, deltas = OPENAI_ANSWERS[shape]
     upstream.enqueue(Reply(body=_completion(message), events=_chunks(deltas)))
-    status, text = _chat_answer(gw, stream)
+    resp = _chat_answer(gw, stream)
+    status, text = resp.status_code, resp.text
     assert CANARY_KEY not in text
     if shape == "clean":
         assert status == 200 and "content_blocked" not in text
@@ -483,7 +496,7 @@ def test_chat_answer_fields_guarded(gw: RunningGateway, upstream: FakeUpstream, 
     assert "nightingale" not in text.lower() and "nigh" not in text, text
     assert "content_blocked" in text
     assert status == (200 if stream else 400)
-    assert gw.last_audit()["outcome"] == "content_blocked"
+    assert audit_of(gw, resp)["outcome"] == "content_blocked"
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
@@ -599,7 +612,7 @@ def test_messages_answer_fields_guarded(gw: RunningGateway, upstream: FakeUpstre
     assert "nightingale" not in resp.text.lower() and "nigh" not in resp.text, resp.text
     assert "invalid_request_error" in resp.text
     assert resp.status_code == (200 if stream else 400)
-    assert gw.last_audit()["outcome"] == "content_blocked"
+    assert audit_of(gw, resp)["outcome"] == "content_blocked"
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
