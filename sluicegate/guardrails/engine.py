@@ -9,7 +9,6 @@ redaction replaces exactly what was sent. The audit gets guard, action, part and
 from __future__ import annotations
 
 import asyncio
-import copy
 import logging
 from bisect import bisect_left
 from collections.abc import Sequence
@@ -17,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from sluicegate.dialects import request_texts, response_texts
-from sluicegate.dialects.openai import Path, format_path, set_path
+from sluicegate.dialects.paths import Path, PathError, format_path, replace_paths
 from sluicegate.errors import BadRequest, ServiceUnavailable
 from sluicegate.guardrails.base import Finding, Guard, GuardContext, GuardUnavailable, guard_kinds
 from sluicegate.guardrails.decode import View, views
@@ -288,26 +287,26 @@ def _record(state: CallGuards, hits: list[tuple[Guard, Finding]], paths: Sequenc
 
 
 async def check_request(call: Call, state: CallGuards) -> None:
-    """Input guards on every text of the request; redactions replace `call.body` with a copy."""
+    """Input guards on every text of the request; redactions replace `call.body` with a copy.
+
+    The client's parsed body is never changed: the copy shares what no redaction touched."""
     body = call.body
     if body is None or not state.guards.input:
         return
-    refs = request_texts(call.endpoint, body)
+    # Token ids mean what the upstream model's encoding says they mean.
+    route = call.snapshot.route_for(call.model_requested) if call.model_requested else None
+    refs = request_texts(call.endpoint, body, route.upstream_model if route is not None else None)
     if not refs:
         return
     paths = [p for p, _ in refs]
     redacted = await _guard_parts(state, state.guards.input, paths, [t for _, t in refs], "input")
     if redacted:
-        # The client's parsed body stays untouched; the redacted copy is what goes upstream.
-        new_body = copy.deepcopy(body)
-        for index, text in redacted.items():
-            set_path(new_body, paths[index], text)
-        call.body = new_body
+        call.body = _rewrite(state, body, paths, redacted, "input", copy=True)
 
 
 async def check_answer(call: Call, state: CallGuards, data: dict[str, Any], endpoint: str) -> bool:
     """Output guards on a complete answer (of `endpoint`'s shape), then placeholders restored;
-    True when `data` changed."""
+    True when `data` changed (in place)."""
     refs = response_texts(endpoint, data)
     if not refs:
         return False
@@ -324,9 +323,41 @@ async def check_answer(call: Call, state: CallGuards, data: dict[str, Any], endp
                     text = text.replace(token, value)
             if text != original:
                 changed[index] = text
-    for index, text in changed.items():
-        set_path(data, paths[index], text)
-    return bool(changed)
+    if not changed:
+        return False
+    _rewrite(state, data, paths, changed, "output", copy=False)
+    _drop_logprobs(data, [paths[index] for index in changed])
+    return True
+
+
+def _rewrite(
+    state: CallGuards, body: Any, paths: Sequence[Path], changed: dict[int, str], direction: str, *, copy: bool
+) -> Any:
+    """`body` with the changed texts in place: strings replaced, keys renamed, numbers turned into
+    their placeholder, JSON text and token ids written again. When a change cannot be written back
+    (JSON text that an earlier redaction broke, or a body nested too deep) the call is refused
+    rather than sent with the text unredacted."""
+    try:
+        return replace_paths(body, [(paths[index], text) for index, text in changed.items()], copy=copy)
+    except (PathError, RecursionError):
+        part = format_path(paths[min(changed)])
+        state.records.append(GuardRecord("redaction", "engine", "block", direction, part, "unwritable"))
+        raise Blocked(
+            f"A redaction in the {direction} could not be written back ({part}); the call is refused",
+            rule="guards",
+        ) from None
+
+
+def _drop_logprobs(data: dict[str, Any], paths: Sequence[Path]) -> None:
+    """Logprobs repeat a choice's text token by token: a choice whose text changed loses them."""
+    choices = data.get("choices")
+    if not isinstance(choices, list):
+        return
+    for path in paths:
+        if len(path) > 1 and path[0] == "choices" and isinstance(path[1], int) and path[1] < len(choices):
+            choice = choices[path[1]]
+            if isinstance(choice, dict) and choice.get("logprobs") is not None:
+                choice["logprobs"] = None
 
 
 async def _guard_parts(

@@ -17,39 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from sluicegate.dialects.openai import Path, set_path
+from sluicegate.dialects.openai_texts import chunk_texts
+from sluicegate.dialects.paths import Path, set_path
 from sluicegate.guardrails.engine import Blocked, CallGuards, GuardRecord, placeholder, run_guards
 
 if TYPE_CHECKING:
     from sluicegate.guardrails.base import Guard
-
-
-def _delta_texts(data: dict[str, Any]) -> list[tuple[str, Path, str]]:
-    """(channel, path, text) an OpenAI stream chunk adds: content, refusal, reasoning, tool calls."""
-    out: list[tuple[str, Path, str]] = []
-    for ci, choice in enumerate(data.get("choices") or ()):
-        if not isinstance(choice, dict):
-            continue
-        index = choice.get("index", 0)
-        text = choice.get("text")
-        if isinstance(text, str) and text:
-            out.append((f"{index}.text", ("choices", ci, "text"), text))
-        delta = choice.get("delta")
-        if not isinstance(delta, dict):
-            continue
-        for key in ("content", "refusal", "reasoning_content"):
-            value = delta.get(key)
-            if isinstance(value, str) and value:
-                out.append((f"{index}.{key}", ("choices", ci, "delta", key), value))
-        for k, call in enumerate(delta.get("tool_calls") or ()):
-            fn = call.get("function") if isinstance(call, dict) else None
-            if isinstance(fn, dict):
-                for key in ("name", "arguments"):
-                    value = fn.get(key)
-                    if isinstance(value, str) and value:
-                        channel = f"{index}.tool_calls[{call.get('index', 0)}].{key}"
-                        out.append((channel, ("choices", ci, "delta", "tool_calls", k, "function", key), value))
-    return out
 
 
 @dataclass(slots=True)
@@ -102,7 +75,7 @@ class StreamGuard:
         self.guards = guards
         self.window = window
         #: (channel, path, text) an event adds; default: an OpenAI (neutral) chunk's
-        self._texts = texts or _delta_texts
+        self._texts = texts or chunk_texts
         self._text: dict[str, str] = {}
         self._scanned: dict[str, int] = {}
         self._held: deque[_Held] = deque()

@@ -44,7 +44,10 @@ class Reply:
     `tool_calls` entries are `{"name", "arguments"}` (arguments a JSON string or an object), or
     OpenAI-shaped `{"id", "function": {...}}`. `cached_tokens` / `reasoning_tokens` are reported
     in the format's usage where it has a place for them; `reasoning` is thinking text, sent before
-    the answer by formats that carry it.
+    the answer by formats that carry it. `body` (a JSON answer) and `events` (a stream) script the
+    upstream's answer as sent, for shapes the planned answer does not make: each event a dict
+    (sent as `data:`, after `event: <type>` when it has a "type", as Anthropic names its events),
+    or bytes sent as they are (`b"data: [DONE]\n\n"`).
     """
 
     content: str | None = None
@@ -64,6 +67,8 @@ class Reply:
     reasoning_tokens: int | None = None
     reasoning: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    body: Any = None
+    events: list[Any] | None = None
 
     def __post_init__(self) -> None:
         if self.fault not in FAULTS:
@@ -285,7 +290,20 @@ async def begin(reply: Reply, stream: bool, receive: Receive, send: Send, send_e
             extra["retry-after"] = str(int(ra)) if float(ra).is_integer() else str(ra)
         await send_error(send, reply.status, reply.error_message, extra)
         return False
+    if stream and reply.events is not None:
+        await stream_events(reply, [], [_scripted_event(e) for e in reply.events], [], send)
+        return False
+    if not stream and reply.body is not None:
+        await send_bytes(send, 200, orjson.dumps(reply.body), reply.headers)
+        return False
     return True
+
+
+def _scripted_event(event: Any) -> bytes:
+    if isinstance(event, bytes):
+        return event
+    kind = event.get("type") if isinstance(event, dict) else None
+    return sse(event, kind if isinstance(kind, str) else None)
 
 
 async def stream_events(

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from sluicegate.dialects.openai import request_texts, response_texts
+import pytest
+
+from sluicegate import tokens
+from sluicegate.dialects.openai import chunk_texts, format_path, request_texts, response_texts, set_path
+from sluicegate.dialects.paths import JSON, USER, Key, PathError, TokenIds, replace_paths
 
 # A chat request using every text-bearing field of the OpenAI chat completions API
 # (https://platform.openai.com/docs/api-reference/chat/create).
@@ -106,3 +110,106 @@ def test_completions_and_embeddings_inputs() -> None:
     assert [t for _, t in request_texts("completions", {"prompt": ["a", "b"], "suffix": "c"})] == ["a", "b", "c"]
     assert [t for _, t in request_texts("embeddings", {"input": "x"})] == ["x"]
     assert [t for _, t in response_texts("completions", {"choices": [{"text": "y", "index": 0}]})] == ["y"]
+
+
+# -- user-defined JSON, keys, numbers, paths -------------------------------------------------------
+
+
+def test_schemas_and_arguments_are_read_whole() -> None:
+    """Inside a tool's schema and a call's arguments, names like `data` or `type` hide nothing:
+    every key, string and number is read; the arguments also as decoded JSON."""
+    body = {
+        "model": "m",
+        "messages": [
+            {"role": "user", "content": "hi"},
+            {
+                "role": "assistant",
+                "tool_calls": [
+                    {"id": "c", "type": "function", "function": {"name": "f", "arguments": '{"data": "\\u0041B"}'}}
+                ],
+            },
+        ],
+        "tools": [{"type": "function", "function": {"name": "f", "parameters": {"properties": {"url": {"id": 7}}}}}],
+        "response_format": {"type": "json_schema", "json_schema": {"name": "r", "schema": {"K": 4111111111111111}}},
+    }
+    got = [(format_path(p), t) for p, t in request_texts("chat", body)]
+    assert ("messages[1].tool_calls[0].function.arguments{json}{key}", "data") in got
+    assert ("messages[1].tool_calls[0].function.arguments{json}.*", "AB") in got
+    assert ("tools[0].function.parameters.*{key}", "url") in got
+    assert ("tools[0].function.parameters.*.*.*", "7") in got
+    assert ("response_format.json_schema.schema{key}", "K") in got
+    assert ("response_format.json_schema.schema.*", "4111111111111111") in got
+    # the envelope's own names and settings are not text
+    assert not {"role", "type", "function", "json_schema", "m", "c", "name"} & {t for _, t in got}
+
+
+def test_audit_paths_never_show_user_names() -> None:
+    path = ("tools", 0, "function", "parameters", USER, "properties", "bob@example.com", Key("sk_live_x"))
+    assert format_path(path) == "tools[0].function.parameters.*.*{key}"
+    assert format_path(("Bob@Example.com", "content")) == "*.content"
+    assert format_path(("prompt", 1, TokenIds("o200k_base"))) == "prompt[1]{tokens}"
+
+
+def test_replace_paths_renames_keys_in_place_and_copies() -> None:
+    body = {"a": {"x": 1, "bob@example.com": {"n": 4111111111111111}, "z": 2}, "s": '{"k": "v"}'}
+    items = [
+        (("a", USER, "bob@example.com", "n"), "<CARD_1>"),
+        (("a", USER, Key("bob@example.com")), "<EMAIL_1>"),
+        (("s", JSON, Key("k")), "<K>"),
+        (("s", JSON, "k"), "<V>"),
+    ]
+    new = replace_paths(body, items, copy=True)
+    assert new == {"a": {"x": 1, "<EMAIL_1>": {"n": "<CARD_1>"}, "z": 2}, "s": '{"<K>":"<V>"}'}
+    assert list(new["a"]) == ["x", "<EMAIL_1>", "z"]
+    assert body == {"a": {"x": 1, "bob@example.com": {"n": 4111111111111111}, "z": 2}, "s": '{"k": "v"}'}
+    # unchanged numbers stay numbers when their text is written back
+    same = {"n": 3}
+    set_path(same, ("n",), "3")
+    assert same == {"n": 3}
+    with pytest.raises(PathError):
+        replace_paths(body, [(("nope", "deeper"), "x")], copy=True)
+
+
+def test_token_ids_written_back_as_token_ids() -> None:
+    ids = tokens.encode_ids("mail bob@example.com", "o200k_base")
+    ((path, text),) = request_texts("completions", {"model": "gpt-4o", "prompt": ids})
+    assert text == "mail bob@example.com"
+    new = replace_paths({"prompt": ids}, [(path, "mail <EMAIL_1>")], copy=True)
+    assert tokens.decode_ids(new["prompt"], "o200k_base") == "mail <EMAIL_1>"
+
+
+def test_deep_bodies_are_walked_without_recursion() -> None:
+    deep: Any = "Project Nightingale"
+    for _ in range(1000):
+        deep = [deep]
+    assert request_texts("chat", {"model": "m", "messages": [{"role": "user", "content": deep}]})[0][1] == (
+        "Project Nightingale"
+    )
+
+
+def test_chunk_channels_continue_across_chunks() -> None:
+    def chunk(delta: dict[str, Any]) -> dict[str, Any]:
+        return {"id": "x", "object": "chat.completion.chunk", "choices": [{"index": 1, "delta": delta}]}
+
+    channels = [
+        channel
+        for delta in (
+            {"role": "assistant", "content": "a"},
+            {"content": [{"type": "text", "text": "b"}]},
+            {"reasoning": "r", "reasoning_signature": "sig"},
+            {"tool_calls": [{"index": 2, "id": "call_1", "type": "function", "function": {"name": "f"}}]},
+            {"tool_calls": [{"index": 2, "function": {"arguments": "{"}}]},
+            {"function_call": {"arguments": "{"}},
+            {"audio": {"id": "a", "data": "AAAA", "transcript": "t"}},
+        )
+        for channel, _, _ in chunk_texts(chunk(delta))
+    ]
+    assert channels == [
+        "1.content",
+        "1.content.text",
+        "1.reasoning",
+        "1.tool_calls[2].function.name",
+        "1.tool_calls[2].function.arguments",
+        "1.function_call.arguments",
+        "1.audio.transcript",
+    ]
