@@ -2,8 +2,9 @@
 check (check digits, check letters, an embedded date), through `python-stdnum`.
 
 Ids written as a bare run of digits (Dutch BSN, German tax id, Polish PESEL) look like any other
-number, so they count only right after a word that names them. Documentation samples that pass
-their checks (`123-45-6789`) are not findings.
+number, so they count only right after a word that names them. A sample number that passes its
+checks (`123-45-6789`) is a finding like any other: the gateway cannot tell a sample from a real
+number, and a test that pastes one expects it caught.
 """
 
 from __future__ import annotations
@@ -27,8 +28,6 @@ from stdnum.us import ssn
 from sluicegate.guardrails.pii_patterns import Detector, before
 
 FLAGS = re.IGNORECASE
-#: sample numbers printed in forms and documentation, never anyone's
-_SAMPLES = frozenset({"123456789", "078051120", "219099999", "457555462"})
 
 
 def _checked(is_valid: Callable[[str], bool]) -> Callable[[str, int, int], bool]:
@@ -43,8 +42,8 @@ def _checked(is_valid: Callable[[str], bool]) -> Callable[[str, int, int], bool]
 
 def _ssn_ok(text: str, start: int, end: int) -> bool:
     candidate = text[start:end]
-    if candidate[3] != candidate[6] or candidate.replace(candidate[3], "") in _SAMPLES:
-        return False  # one separator throughout; not a published sample
+    if candidate[3] != candidate[6]:
+        return False  # one separator throughout
     return bool(ssn.is_valid(candidate.replace(" ", "-")))
 
 

@@ -64,13 +64,11 @@ PATTERNS: dict[Detector, str] = {
 _HEX = re.compile(r"[0-9a-fA-F-]+")
 # `=` only as padding at the end: `name=value` is two tokens
 _TOKEN = r"(?<![A-Za-z0-9+/_-])[A-Za-z0-9+/_-]{%d,%d}={0,2}(?![A-Za-z0-9+/=_-])"
-#: what a key's body holds when it is a placeholder in docs and templates, not a key
-_PLACEHOLDER = re.compile(
-    r"(.)\1{3}|your|here|example|placeholder|redacted|dummy|fake|sample|changeme|replace|secret|token|xxx",
-    re.IGNORECASE,
-)
-#: the published sample token of jwt.io ("John Doe"), in documentation everywhere
-_SAMPLE_JWT_SIGNATURE = "SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c"
+#: what a key's body holds when it is a stand-in in templates (`sk-your-key-goes-here`,
+#: `<redacted>`, `xxxx...`), not a key. Published sample keys (AWS's `AKIA...EXAMPLE`, jwt.io's
+#: token) are reported: they are well-formed credentials, and the gateway cannot tell which
+#: well-formed key a provider would accept.
+_PLACEHOLDER = re.compile(r"(.)\1{5}|your|here|placeholder|redacted|changeme|replace_?me|xxx", re.IGNORECASE)
 #: a digest's name before it: integrity fields (`sha512-`), go.sum (`h1:`), pip (`sha256:`), ...
 _DIGEST_BEFORE = re.compile(
     r"(?:sha(?:1|224|256|384|512)|md5|blake2[bs]?|h1|integrity|checksum|digest)[-:=\s\"']{1,3}$", re.IGNORECASE
@@ -90,19 +88,14 @@ def _body(match: re.Match[str]) -> str:
 
 
 def key_ok(match: re.Match[str], text: str) -> bool:
-    """A provider key, not a placeholder (`sk-your-key-here`, `AKIA...EXAMPLE`, `xxxx`)."""
+    """A provider key, not a placeholder (`sk-your-key-goes-here`, `xxxx`)."""
     return not is_placeholder(_body(match))
 
 
 def is_placeholder(body: str) -> bool:
-    """True when a key's body is a stand-in: a word such as `your` or `example`, a run of one
+    """True when a key's body is a stand-in: a word such as `your` or `placeholder`, a run of one
     character, or too little entropy for a random key."""
     return bool(_PLACEHOLDER.search(body)) or shannon_entropy(body) < 3.0
-
-
-def jwt_ok(match: re.Match[str], text: str) -> bool:
-    """A token, not jwt.io's sample."""
-    return not match.group().endswith(_SAMPLE_JWT_SIGNATURE)
 
 
 def _always(match: re.Match[str], text: str) -> bool:
@@ -125,7 +118,7 @@ GATES: dict[Detector, tuple[str, ...]] = {
 #: per detector: is a match a finding (from the match and the text around it)
 VALIDATORS: dict[Detector, Callable[[re.Match[str], str], bool]] = {
     "private_key": _always,
-    "jwt": jwt_ok,
+    "jwt": _always,
     "aws_secret_access_key": lambda m, text: not is_placeholder(m.group("secret")),
 }
 
@@ -243,7 +236,6 @@ __all__ = [
     "class_changes",
     "is_identifier",
     "is_placeholder",
-    "jwt_ok",
     "key_ok",
     "shannon_entropy",
 ]

@@ -104,13 +104,17 @@ def test_high_entropy_tokens() -> None:
         'integrity: "sha512-/3IjMdb2L9QbBdWiW5e3P2/npwMBaU9mHCSCUzNln0ZCYbcfTsGbTJrU/kGemdH2IWmB2ioZ+zkxtmq6g09fGQ=="',
         "golang.org/x/net v0.22.0 h1:9sGLhx7iRIHEiX0oAJ3MRZMUCElJgy7Br1nO+AMN3Tc=",
         "echo dGhlIHF1aWNrIGJyb3duIGZveCBqdW1wcyBvdmVy | base64 -d",
-        # placeholders and published samples
+        # placeholders
         "OPENAI_API_KEY=sk-your-openai-key-goes-here and GITHUB_TOKEN=ghp_xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
-        "aws_access_key_id = AKIA" + "IOSFODNN7EXAMPLE",
     ],
 )
 def test_lets_through_ordinary_text(text: str) -> None:
     assert labels(make("secrets"), text) == []
+
+
+def test_published_sample_keys_are_reported() -> None:
+    # Well-formed keys from providers' docs: the gateway cannot tell which well-formed key works.
+    assert labels(make("secrets"), "aws_access_key_id = AKIA" + "IOSFODNN7EXAMPLE") == ["aws_access_key_id"]
 
 
 def test_key_formats_are_case_sensitive() -> None:
