@@ -153,6 +153,22 @@ class Provider:
         return reported_error(self.name, None, json_error_message(data, ("error",), ("message",)))
 
 
+#: the longest wait an upstream may ask for (Retry-After, RetryInfo): a day
+MAX_RETRY_AFTER_S = 86400.0
+
+
+def retry_seconds(value: str | None) -> float | None:
+    """A wait an upstream asked for, in seconds (`"7"`, `"1.5"`): finite and at most
+    `MAX_RETRY_AFTER_S`, else None (an HTTP date, `inf`, `nan`, a negative number)."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return seconds if 0 <= seconds <= MAX_RETRY_AFTER_S else None
+
+
 def text_of(body: bytes) -> str:
     """A non-JSON error body as text, bounded by `MAX_DETAIL_CHARS`."""
     return body[: MAX_DETAIL_CHARS * 4].decode("utf-8", "replace").strip()[:MAX_DETAIL_CHARS]

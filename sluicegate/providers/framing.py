@@ -78,6 +78,17 @@ class SSEParser:
         self.comments = 0
 
     def feed(self, data: bytes) -> list[tuple[str | None, bytes]]:
+        # The common read: one whole `data: ...` event, nothing pending (no per-line work).
+        if (
+            data[:6] == b"data: "
+            and data[-2:] == b"\n\n"
+            and data.find(b"\n") == len(data) - 2
+            and not (self._parts or self._data or self._bom or self._cr)
+            and b"\r" not in data
+        ):
+            if len(data) - 8 > self.limit:
+                raise _too_large(self.provider, self.limit)
+            return [(None, data[6:-2])]
         events: list[tuple[str | None, bytes]] = []
         if self._bom:
             data = self._strip_bom(data)
@@ -102,7 +113,18 @@ class SSEParser:
             self._parts = []
             self._held = 0
         for line in lines:
-            self._line(line, events)
+            # The two lines of nearly every event inline (a call per line costs as much as the rest).
+            if not line:
+                if self._data:
+                    data_lines = self._data
+                    events.append((self._name, data_lines[0] if len(data_lines) == 1 else b"\n".join(data_lines)))
+                    self._data = []
+                self._name = None
+                self._size = 0
+            elif line[:6] == b"data: ":
+                self._add_data(line[6:])
+            else:
+                self._line(line, events)
         rest = data[end + 1 :]
         if rest:
             self._hold(rest)
@@ -124,13 +146,7 @@ class SSEParser:
         return head[len(_BOM) :] if head.startswith(_BOM) else head
 
     def _line(self, line: bytes, events: list[tuple[str | None, bytes]]) -> None:
-        if not line:
-            if self._data:
-                events.append((self._name, b"\n".join(self._data) if len(self._data) > 1 else self._data[0]))
-            self._name = None
-            self._data = []
-            self._size = 0
-            return
+        """A line other than a blank one or `data: ...`."""
         if line[:5] == b"data:":
             self._add_data(line[6:] if line[5:6] == b" " else line[5:])
             return

@@ -18,6 +18,7 @@ from yarl import URL
 
 from sluicegate.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from sluicegate.neutral import unsupported
+from sluicegate.providers.base import retry_seconds
 from sluicegate.relay.answer import relay_json, relay_translated_json
 from sluicegate.relay.passthrough import relay_native_stream, relay_stream
 from sluicegate.relay.replay import relay_json_stream, stream_or_json
@@ -203,20 +204,10 @@ class Relay:
                 raw = await resp.content.read(self.max_error_body_bytes)
             except (aiohttp.ClientError, TimeoutError):
                 raw = b""
-            raise provider.parse_error(status, raw, _retry_after(resp.headers.get("retry-after")), call.scrub)
+            raise provider.parse_error(status, raw, retry_seconds(resp.headers.get("retry-after")), call.scrub)
         finally:
             resp.release()
 
 
 #: the neutral endpoint a translated call of each client endpoint goes to
 _NEUTRAL_ENDPOINTS = {"messages": "chat", "responses": "chat"}
-
-
-def _retry_after(value: str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        return None
-    return seconds if seconds >= 0 else None

@@ -168,8 +168,8 @@ def test_a_plain_text_error_body_is_scrubbed_before_it_is_cut(served: Served, up
 
 
 def test_the_audit_reason_keeps_a_code_and_no_card_number(served: Served, upstream: FakeUpstream) -> None:
-    upstream.enqueue(Reply(status=400, error_message="Card 4111 1111 1111 1111 was declined for key {key:.12}"))
+    upstream.enqueue(Reply(status=400, error_message="Card 4539 1488 0343 6467 was declined for key {key:.12}"))
     resp = served.call("/v1/chat/completions", chat("gpt-4o-mini"))
     row = check(served, resp)
-    assert "4111" not in row["reason"] and "[CREDIT_CARD]" in row["reason"]
+    assert "4539" not in row["reason"] and "[CREDIT_CARD]" in row["reason"]
     assert row["reason"].startswith("upstream_bad_request: ") and len(row["reason"]) <= 500

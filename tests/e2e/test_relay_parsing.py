@@ -31,7 +31,7 @@ EXTRA = """\
 server:
   max_stream_event_bytes: 4096
 guards:
-  - {name: no-forbidden, kind: words, applies_to: output, settings: {words: [forbidden]}}
+  - {name: no-codename, kind: words, applies_to: output, settings: {words: [nightingale]}}
 """
 CHAT = "/v1/chat/completions"
 WEATHER = {
@@ -47,7 +47,7 @@ def gw(upstream_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     with run_gateway(tmp_path_factory.mktemp("relay"), upstream_url, EXTRA) as gw:
         text = gw.config_path.read_text()
         text = text.replace("models:\n", PROVIDERS.format(upstream=upstream_url) + "models:\n" + MODELS, 1)
-        text = text.replace("consumers:\n", "consumers:\n  - {name: gina, models: ['*'], guards: [no-forbidden]}\n")
+        text = text.replace("consumers:\n", "consumers:\n  - {name: gina, models: ['*'], guards: [no-codename]}\n")
         gw.config_path.write_text(text)
         assert asyncio.run(gw.app.reload()), gw.app.last_reload_error
         gw.keys["gina"] = KeyStore(gw.app.engine).create("gina")[0]
@@ -326,14 +326,14 @@ def test_numbers_that_are_not_counts_are_counted_instead(
 # ------------------------------------------------------------------------------------ answers that are not objects
 
 
-@pytest.mark.parametrize("body", [b"[1, 2]", b'"forbidden"', b"null", b"not json"])
+@pytest.mark.parametrize("body", [b"[1, 2]", b'"nightingale"', b"null", b"not json"])
 def test_an_answer_that_is_not_a_json_object_is_refused(
     gw: RunningGateway, upstream: FakeUpstream, body: bytes
 ) -> None:
     upstream.enqueue(Reply(raw_body=body))
     resp = post(gw, CHAT, chat_body(), who="gina")
     assert resp.status_code == 502 and resp.json()["error"]["code"] == "upstream_invalid_response"
-    assert b"forbidden" not in resp.content
+    assert b"nightingale" not in resp.content
     upstream.enqueue(Reply(raw_body=body))
     resp = post(
         gw, "/v1/messages", {"model": "m-anthropic", "max_tokens": 9, "messages": [{"role": "user", "content": "x"}]}
@@ -345,10 +345,10 @@ def test_an_answer_that_is_not_a_json_object_is_refused(
 
 
 def test_nothing_after_an_upstream_error_event_is_relayed(gw: RunningGateway, upstream: FakeUpstream) -> None:
-    upstream.enqueue(Reply(content="fine words then forbidden ones", fault="error_event", chunks_before_fault=1))
+    upstream.enqueue(Reply(content="fine words then nightingale ones", fault="error_event", chunks_before_fault=1))
     with gw.client("gina") as c:
         resp = c.post(CHAT, json=chat_body(stream=True))
-    assert b"forbidden" not in resp.content
+    assert b"nightingale" not in resp.content
     got = events(resp.content)
     assert b'"error"' in got[-1][1] and (None, b"[DONE]") not in got
     assert gw.last_audit()["outcome"] == "upstream_error"
@@ -357,10 +357,46 @@ def test_nothing_after_an_upstream_error_event_is_relayed(gw: RunningGateway, up
 def test_what_the_guard_checked_is_what_the_client_gets(gw: RunningGateway, upstream: FakeUpstream) -> None:
     # duplicate keys: parsers that keep the first value would see a text the guard never saw
     dup = (
-        b'{"choices": [{"index": 0, "delta": {"content": "forbidden"}}],'
+        b'{"choices": [{"index": 0, "delta": {"content": "nightingale"}}],'
         b' "choices": [{"index": 0, "delta": {"content": "ok"}}]}'
     )
     upstream.enqueue(Reply(raw_body=b"data: " + dup + b"\n\ndata: [DONE]\n\n", raw_content_type="text/event-stream"))
     with gw.client("gina") as c:
         resp = c.post(CHAT, json=chat_body(stream=True))
-    assert b"forbidden" not in resp.content and b'"ok"' in resp.content
+    assert b"nightingale" not in resp.content and b'"ok"' in resp.content
+
+
+@pytest.mark.parametrize("quirks", [("no_space",), ("noise",), ("crlf", "multiline")], ids="+".join)
+def test_a_guarded_stream_is_scanned_whatever_its_framing(
+    gw: RunningGateway, upstream: FakeUpstream, quirks: tuple[str, ...]
+) -> None:
+    upstream.enqueue(Reply(content="this answer says nightingale things", sse=quirks))
+    with gw.client("gina") as c:
+        resp = c.post(CHAT, json=chat_body(stream=True))
+    assert b"nightingale" not in resp.content and b"content_blocked" in resp.content
+    assert gw.last_audit()["decision"] == "blocked"
+
+
+def test_json_for_a_stream_is_told_by_its_body_when_the_type_says_nothing(
+    gw: RunningGateway, upstream: FakeUpstream
+) -> None:
+    answer = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 1700000000,
+        "model": "gpt-4o-mini",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": TEXT}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7},
+    }
+    upstream.enqueue(Reply(raw_body=b"\n " + orjson.dumps(answer), raw_content_type="application/octet-stream"))
+    chunks = list(oai(gw).chat.completions.create(**chat_body(stream=True)))  # type: ignore[call-overload]
+    assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices) == TEXT
+    assert usage_of(gw.last_audit()) == (3, 4)
+
+
+@pytest.mark.parametrize("wait", [float("inf"), 1e300, -5.0])
+def test_a_retry_after_that_is_no_wait_is_not_relayed(gw: RunningGateway, upstream: FakeUpstream, wait: float) -> None:
+    upstream.enqueue(Reply(status=429, retry_after=wait))
+    resp = post(gw, CHAT, chat_body())
+    assert resp.status_code == 429 and "retry-after" not in resp.headers
+    assert gw.last_audit()["outcome"] == "upstream_rate_limited"

@@ -14,7 +14,7 @@ import orjson
 
 from sluicegate import neutral
 from sluicegate.errors import UpstreamError
-from sluicegate.providers.base import json_error_message, text_of
+from sluicegate.providers.base import json_error_message, retry_seconds, text_of
 
 if TYPE_CHECKING:
     from sluicegate.call import Call
@@ -208,8 +208,5 @@ def retry_delay(error: dict[str, Any]) -> float | None:
         if isinstance(detail, dict) and str(detail.get("@type", "")).endswith("google.rpc.RetryInfo"):
             delay = detail.get("retryDelay")
             if isinstance(delay, str) and delay.endswith("s"):
-                try:
-                    return float(delay[:-1])
-                except ValueError:
-                    return None
+                return retry_seconds(delay[:-1])
     return None
