@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 from yarl import URL
 
-from sluicegate.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from sluicegate.errors import SluicegateError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from sluicegate.neutral import unsupported
 from sluicegate.providers.base import retry_seconds
 from sluicegate.relay.answer import relay_json, relay_translated_json
 from sluicegate.relay.passthrough import relay_native_stream, relay_stream
 from sluicegate.relay.replay import relay_json_stream, stream_or_json
-from sluicegate.relay.stream import StreamCut, relay_translated_stream
+from sluicegate.relay.stream import StreamCut, internal, relay_translated_stream
 from sluicegate.scrub import Scrubber
 
 if TYPE_CHECKING:
@@ -56,11 +56,17 @@ async def relay_answer(
     complete or streamed, passed through or translated, or a whole answer where a stream was
     asked. Errors before the first byte are raised; once a stream started they end it in-band."""
     if not call.stream:
-        if call.translated:
-            assert endpoint.render_response is not None
-            await relay_translated_json(call, resp, send, endpoint.render_response)
-        else:
-            await relay_json(call, resp, send)
+        try:
+            if call.translated:
+                assert endpoint.render_response is not None
+                await relay_translated_json(call, resp, send, endpoint.render_response)
+            else:
+                await relay_json(call, resp, send)
+        except SluicegateError:
+            raise
+        except Exception as exc:
+            # Logged here, scrubbed: a failure on an upstream's answer may quote it.
+            raise internal(call, exc) from None
         return
     assert call.route is not None
     whole, prefix = await stream_or_json(resp, call.route.provider)

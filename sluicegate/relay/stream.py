@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -23,6 +24,7 @@ from sluicegate import neutral
 from sluicegate.errors import SluicegateError, UpstreamError
 from sluicegate.guardrails.engine import Blocked, GuardFailed
 from sluicegate.guardrails.stream import StreamGuard
+from sluicegate.providers.framing import SSEDecoder
 from sluicegate.relay.common import answer_texts, count, response_headers, take_model, take_usage
 
 if TYPE_CHECKING:
@@ -57,8 +59,10 @@ def cut(name: str | None, exc: BaseException) -> StreamCut:
 
 
 def internal(call: Call, exc: Exception) -> SluicegateError:
-    """A failure of the gateway's own while relaying: logged, told in-band without details."""
-    log.error("relaying the answer of request %s failed (%s)", call.request_id, type(exc).__name__, exc_info=exc)
+    """A failure of the gateway's own while relaying: logged (the traceback scrubbed, as it may
+    quote the upstream), told in-band without details."""
+    trace = call.scrub("".join(traceback.format_exception(exc)), None)
+    log.error("relaying the answer of request %s failed:\n%s", call.request_id, trace)
     return SluicegateError("The gateway failed while relaying the answer", code="internal_error")
 
 
@@ -249,7 +253,7 @@ async def relay_translated_stream(
     assert call.route is not None
     provider = call.route.provider
     decoder = provider.stream_decoder(call)
-    sse = getattr(decoder, "sse", None)
+    sse = decoder.sse if isinstance(decoder, SSEDecoder) else None
     await start(call, send)
     held = output_guard(call)
     tally = Tally(call)
