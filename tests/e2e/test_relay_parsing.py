@@ -400,3 +400,21 @@ def test_a_retry_after_that_is_no_wait_is_not_relayed(gw: RunningGateway, upstre
     resp = post(gw, CHAT, chat_body())
     assert resp.status_code == 429 and "retry-after" not in resp.headers
     assert gw.last_audit()["outcome"] == "upstream_rate_limited"
+
+
+def test_an_upstream_error_event_keeps_its_kind_in_the_clients_shape(
+    gw: RunningGateway, upstream: FakeUpstream
+) -> None:
+    # Anthropic's overloaded_error, on a passthrough stream, is the gateway's 503 in Anthropic's shape
+    upstream.enqueue(Reply(content=TEXT, fault="error_event", error_message="Overloaded"))
+    raw = post(gw, "/v1/messages", {"model": "m-anthropic", "max_tokens": 50, "stream": True,
+                                     "messages": [{"role": "user", "content": "hi"}]}).content  # fmt: skip
+    name, data = events(raw)[-1]
+    error = orjson.loads(data)["error"]
+    assert name == "error" and error["type"] == "overloaded_error" and "p-anthropic" in error["message"]
+    assert gw.last_audit()["outcome"] == "upstream_unavailable"
+    # the same upstream event reaches an OpenAI client as its own error
+    upstream.enqueue(Reply(content=TEXT, fault="error_event", error_message="Overloaded"))
+    with pytest.raises(openai.APIError, match="unavailable"):
+        for _ in oai(gw).chat.completions.create(**chat_body(model="m-anthropic", stream=True)):  # type: ignore[call-overload]
+            pass
