@@ -9,6 +9,8 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
+from sluicegate.scrub import MAX_MESSAGE_CHARS, NOTHING, Scrubber
+
 if TYPE_CHECKING:
     from sluicegate.config.snapshot import Consumer, Route, Snapshot
     from sluicegate.errors import SluicegateError
@@ -40,6 +42,7 @@ class Call:
         "provider",
         "request_id",
         "route",
+        "scrub",
         "snapshot",
         "started",
         "started_wall",
@@ -102,9 +105,16 @@ class Call:
         self.ttft_ms: float | None = None
         #: guard state when guards apply to this call (see `guardrails.engine`)
         self.guards: CallGuards | None = None
+        #: removes the credentials this call sent upstream from upstream text (set by `Relay.open`)
+        self.scrub: Scrubber = NOTHING
 
     def fail(self, error: SluicegateError) -> None:
-        """Record a refusal or failure: its status, audit decision and outcome."""
+        """Record a refusal or failure: its status, audit decision and outcome. The error's message
+        is scrubbed of the call's credentials and cut here, before anything renders or records it
+        (it may quote the upstream)."""
+        if self.scrub or len(error.message) > MAX_MESSAGE_CHARS:
+            error.message = self.scrub(error.message)
+            error.args = (error.message,)
         self.error = error
         self.status = error.status
         self.decision = error.decision

@@ -36,12 +36,17 @@ provider's cache), `prompt_tokens_details.cache_creation_tokens` (extension: wri
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
 from sluicegate.errors import BadRequest
 
+log = logging.getLogger("sluicegate.usage")
+
 FINISH_REASONS = ("stop", "length", "tool_calls", "content_filter")
+#: the largest token count taken from an upstream; a larger one (2**63 ...) is not a count
+MAX_TOKENS = 2**31 - 1
 
 #: chat body keys a translation may leave out without changing the answer (the model and the
 #: messages are carried in other ways; the rest is metadata for OpenAI's own services)
@@ -75,6 +80,113 @@ def usage(
     if reasoning is not None:
         out["completion_tokens_details"] = {"reasoning_tokens": reasoning}
     return out
+
+
+def token_count(value: Any) -> int | None:
+    """An upstream's token count if it is one (an integer, 0 <= n <= `MAX_TOKENS`), else None."""
+    if type(value) is int and 0 <= value <= MAX_TOKENS:
+        return value
+    return None
+
+
+def token_sum(*values: Any) -> int | None:
+    """The sum of token counts, each checked first (None when one is not a count); absent (None)
+    values count as 0, and the sum must be a count too."""
+    total = 0
+    for value in values:
+        if value is None:
+            continue
+        count = token_count(value)
+        if count is None:
+            return None
+        total += count
+    return total if total <= MAX_TOKENS else None
+
+
+def checked_usage(
+    prompt_parts: tuple[Any, ...],
+    completion_parts: tuple[Any, ...],
+    *,
+    cached: Any = None,
+    cache_creation: Any = None,
+    reasoning: Any = None,
+    provider: str | None = None,
+) -> dict[str, Any] | None:
+    """A neutral usage from an upstream's raw counts, each checked before it is summed or used:
+    prompt and completion are sums of their parts, and absent (None) parts are 0. None when
+    nothing was reported, or when a part is not a count (logged: the gateway counts instead)."""
+    if all(part is None for part in (*prompt_parts, *completion_parts)):
+        return None
+    prompt = token_sum(*prompt_parts)
+    output = token_sum(*completion_parts)
+    if prompt is None or output is None:
+        log.warning(
+            "provider '%s' reported token counts that are not counts (%s; %s); counting instead",
+            provider,
+            ", ".join(_shown(p) for p in prompt_parts),
+            ", ".join(_shown(p) for p in completion_parts),
+        )
+        return None
+    return usage(
+        prompt,
+        output,
+        cached=_bounded(cached, prompt),
+        cache_creation=_bounded(cache_creation, prompt),
+        reasoning=_bounded(reasoning, output),
+    )
+
+
+def _bounded(value: Any, bound: int) -> int | None:
+    count = token_count(value)
+    return count if count is not None and count <= bound else None
+
+
+def clean_usage(value: Any, provider: str | None = None, *, warn: bool = True) -> dict[str, Any] | None:
+    """A usage object with every number checked, from an upstream's neutral (OpenAI-shaped)
+    usage; None when it has neither a prompt nor a completion count, or one that is not a count,
+    null included (the gateway then counts the tokens itself; logged when `warn`); an absent one
+    of the two is 0 (embeddings have no completion). Details that are not counts are dropped and
+    the total is recomputed."""
+    if not isinstance(value, dict):
+        return None
+    if "prompt_tokens" not in value and "completion_tokens" not in value:
+        return None
+    # An absent count is 0 (embeddings report no completion tokens); a null one is no count.
+    raw_prompt, raw_completion = value.get("prompt_tokens", 0), value.get("completion_tokens", 0)
+    prompt = token_count(raw_prompt)
+    completion = token_count(raw_completion)
+    if prompt is None or completion is None:
+        if warn:
+            log.warning(
+                "provider '%s' reported token counts that are not counts (%s, %s); counting instead",
+                provider,
+                _shown(raw_prompt),
+                _shown(raw_completion),
+            )
+        return None
+    prompt_details = value.get("prompt_tokens_details")
+    completion_details = value.get("completion_tokens_details")
+    return usage(
+        prompt,
+        completion,
+        cached=_detail(prompt_details, "cached_tokens", prompt),
+        cache_creation=_detail(prompt_details, "cache_creation_tokens", prompt),
+        reasoning=_detail(completion_details, "reasoning_tokens", completion),
+    )
+
+
+def _detail(details: Any, key: str, bound: int) -> int | None:
+    return _bounded(details.get(key), bound) if isinstance(details, dict) else None
+
+
+def _shown(value: Any) -> str:
+    """A number or type name for a log line (never a long string an upstream chose)."""
+    if isinstance(value, bool) or value is None:
+        return repr(value)
+    if isinstance(value, int | float):
+        text = repr(value)
+        return text if len(text) <= 24 else text[:20] + "..."
+    return type(value).__name__
 
 
 def usage_details(value: dict[str, Any] | None) -> tuple[int, int, int, int]:

@@ -115,13 +115,7 @@ class Pipeline:
 
     async def run(self, call: Call, endpoint: Endpoint, relay: Relay, receive: Receive, send: Send) -> None:
         """Take one call through every stage; always finish with accounting and audit."""
-        from sluicegate.relay import (
-            relay_json,
-            relay_native_stream,
-            relay_stream,
-            relay_translated_json,
-            relay_translated_stream,
-        )
+        from sluicegate.relay import relay_answer
 
         finishing = self.finishing_send(call, send)
         if finishing is not None:
@@ -148,11 +142,7 @@ class Pipeline:
                 await _send_local(call, send, await endpoint.local(call))
                 return
             resp = await relay.open(call, endpoint.to_chat)
-            # A translated answer is made neutral and rendered in the client's dialect; a
-            # passthrough stream of another protocol than OpenAI's is relayed as sent, read
-            # alongside by its provider's decoder.
-            native = not call.translated and call.dialect != "openai"
-            if call.stream and (call.translated or native or (resp.content_type or "").startswith("text/event-stream")):
+            if call.stream:
                 task = asyncio.current_task()
                 assert task is not None
 
@@ -166,13 +156,8 @@ class Pipeline:
                 watcher.add_done_callback(on_disconnect)
                 started = streaming = True
                 try:
-                    if call.translated or native:
-                        assert endpoint.stream_encoder is not None
-                        encoder = endpoint.stream_encoder(call)
-                        relay_neutral = relay_native_stream if native else relay_translated_stream
-                        await relay_neutral(call, resp, send, client_gone, encoder)
-                    else:
-                        await relay_stream(call, resp, send, client_gone, endpoint.render_stream_error)
+                    # The relay picks the answer's path (see `relay.relay_answer`).
+                    await relay_answer(call, resp, send, endpoint, client_gone)
                 except asyncio.CancelledError:
                     if not gone:
                         raise
@@ -183,12 +168,9 @@ class Pipeline:
                 if gone:
                     call.outcome = "client_disconnected"
                     call.status = 499
-            elif call.translated:
-                assert endpoint.render_response is not None
-                await relay_translated_json(call, resp, send, endpoint.render_response)
             else:
-                # relay_json raises before it sends anything, so its errors are still answered.
-                await relay_json(call, resp, send)
+                # A complete answer is relayed whole: errors are raised before anything is sent.
+                await relay_answer(call, resp, send, endpoint)
         except SluicegateError as exc:
             call.fail(exc)
             if not started:

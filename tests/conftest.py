@@ -152,16 +152,24 @@ class GatewayProcess:
     proc: subprocess.Popen[bytes]
     url: str
     output: bytes = b""
+    #: where its output goes while it runs (None: a pipe, read once it stopped)
+    log: Path | None = None
+
+    def output_so_far(self) -> bytes:
+        """What the process wrote so far (its log file), or all of it once stopped."""
+        return self.log.read_bytes() if self.log is not None else self.output
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
         """Signal the process, wait for it, keep its output; return its exit code."""
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
         try:
-            self.output = self.proc.communicate(timeout=20)[0]
+            self.output = self.proc.communicate(timeout=20)[0] or b""
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            self.output = self.proc.communicate()[0]
+            self.output = self.proc.communicate()[0] or b""
+        if self.log is not None:
+            self.output = self.log.read_bytes()
         return self.proc.returncode
 
 
@@ -180,23 +188,30 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 5) -> None:
 
 
 @contextlib.contextmanager
-def gateway_process(data_dir: Path, *args: str, cwd: Path | None = None) -> Iterator[GatewayProcess]:
-    """Run `sluicegate serve ARGS` on a free port until it is ready; stop it (SIGTERM) on exit."""
+def gateway_process(
+    data_dir: Path, *args: str, cwd: Path | None = None, log: Path | None = None
+) -> Iterator[GatewayProcess]:
+    """Run `sluicegate serve ARGS` on a free port until it is ready; stop it (SIGTERM) on exit.
+    With `log`, its output goes to that file, readable while it runs."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY")}
     env.update(SLUICEGATE_DATA_DIR=str(data_dir), TEST_UPSTREAM_KEY=CANARY_KEY)
+    output = log.open("ab") if log is not None else subprocess.PIPE
     proc = subprocess.Popen(
         [sys.executable, "-m", "sluicegate.cli", "serve", "--port", str(port), *args],
         env=env,
         cwd=cwd,
-        stdout=subprocess.PIPE,
+        stdout=output,
         stderr=subprocess.STDOUT,
     )
-    running = GatewayProcess(proc, f"http://127.0.0.1:{port}")
+    if log is not None:
+        output.close()  # type: ignore[union-attr]
+    running = GatewayProcess(proc, f"http://127.0.0.1:{port}", log=log)
 
     def ready() -> bool:
         if proc.poll() is not None:
-            raise AssertionError(f"the gateway exited: {proc.communicate()[0].decode()}")
+            out = proc.communicate()[0] or running.output_so_far()
+            raise AssertionError(f"the gateway exited: {out.decode()}")
         try:
             return httpx.get(running.url + "/readyz", timeout=1).status_code == 200
         except httpx.HTTPError:

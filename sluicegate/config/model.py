@@ -190,6 +190,9 @@ class ServerConfig(_Strict):
     max_upstream_connections: int = Field(1000, gt=0)
     #: how long an upstream error body may be (bytes) before it is cut
     max_error_body_bytes: int = Field(64 * 1024, gt=0)
+    #: the largest event (SSE event or NDJSON line) of an upstream stream; past it the stream is
+    #: cut with an in-band error, so an upstream that never ends an event cannot fill memory
+    max_stream_event_bytes: int = Field(1024 * 1024, ge=1024, le=64 * 1024 * 1024)
 
 
 class AuditConfig(_Strict):

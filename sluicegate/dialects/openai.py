@@ -179,12 +179,37 @@ def render_chat(completion: dict[str, Any], call: Call) -> dict[str, Any]:
     return completion
 
 
+def without_usage(chunk: dict[str, Any]) -> dict[str, Any] | None:
+    """A stream chunk without its `usage` (for a client that did not ask for usage), or None when
+    nothing else in it says anything: whatever the shape the upstream gave its usage chunk
+    (`"choices": []`, `[{"delta": {}}]`, `[{"index": 0, "delta": {}, "finish_reason": null}]`)."""
+    out = {k: v for k, v in chunk.items() if k != "usage"}
+    choices = out.get("choices")
+    if isinstance(choices, list) and any(_says_something(c) for c in choices):
+        return out
+    return None
+
+
+def _says_something(choice: Any) -> bool:
+    if not isinstance(choice, dict):
+        return False
+    if choice.get("finish_reason") is not None or choice.get("text") or choice.get("logprobs"):
+        return True
+    delta = choice.get("delta")
+    return isinstance(delta, dict) and any(v not in (None, "", [], {}) for v in delta.values())
+
+
 class ChatStreamEncoder(StreamEncoder):
-    """Neutral chunks are OpenAI chunks: each goes out as an SSE event, then `[DONE]`."""
+    """Neutral chunks are OpenAI chunks: each goes out as an SSE event, then `[DONE]`. Usage goes
+    out only to a client that asked for it (`stream_options.include_usage`)."""
 
     def encode(self, chunk: dict[str, Any]) -> bytes:
-        if not chunk.get("choices") and "usage" in chunk and not self.call.include_usage:
-            return b""  # the usage the gateway asked for, the client did not
+        if chunk.get("usage") is not None and not self.call.include_usage:
+            # the usage the gateway asked for, the client did not
+            stripped = without_usage(chunk)
+            if stripped is None:
+                return b""
+            chunk = stripped
         for choice in chunk.get("choices") or ():
             delta = choice.get("delta") if isinstance(choice, dict) else None
             if isinstance(delta, dict) and "reasoning_signature" in delta:

@@ -17,6 +17,7 @@ Two ways through a provider (see `sluicegate.neutral` for the shapes in between)
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -30,6 +31,10 @@ if TYPE_CHECKING:
     from sluicegate.call import Call
     from sluicegate.config.model import ProviderConfig
     from sluicegate.vault import Vault
+    from sluicegate.scrub import Scrubber
+
+#: how much of an upstream's error text is read: scrubbed whole, then cut (`scrub.MAX_MESSAGE_CHARS`)
+MAX_DETAIL_CHARS = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +75,8 @@ class Provider:
     translated_endpoints: ClassVar[frozenset[str]] = frozenset({"chat"})
     #: how the provider's product is named in messages (`Anthropic`, `Google Gemini` ...)
     label: ClassVar[str] = "the provider"
+    #: how its streams are framed: `sse`, `ndjson`, `eventstream`
+    stream_framing: ClassVar[str] = "sse"
 
     def __init__(self, config: ProviderConfig, preset: Preset) -> None:
         self.config = config
@@ -201,28 +208,80 @@ class Provider:
         raise NotImplementedError
 
     def error_message(self, body: bytes) -> str:
-        """The human message of one of this provider's error bodies, bounded; "" when none."""
-        return body[:300].decode("utf-8", "replace").strip()
+        """The human message of one of this provider's error bodies ("" when none), not cut yet:
+        it is scrubbed whole, then cut (see `sluicegate.scrub`)."""
+        return text_of(body)
 
-    def parse_error(self, status: int, body: bytes, retry_after: float | None, secret: str | None) -> SluicegateError:
+    def parse_error(self, status: int, body: bytes, retry_after: float | None, scrub: Scrubber) -> SluicegateError:
         """Turn an upstream error response into an error that names this provider, never its key."""
-        return upstream_error(self.name, status, self.error_message(body), retry_after, secret)
+        return upstream_error(self.name, status, self.error_message(body), retry_after, scrub)
+
+    def answer_error(self, data: dict[str, Any]) -> SluicegateError | None:
+        """The error an upstream reported in a JSON object of its protocol (a 200 answer that is an
+        error body, or a stream event); None when `data` is no error. Default: a truthy `error`."""
+        error = data.get("error")
+        if not error:
+            return None
+        if isinstance(error, dict):
+            kind = error.get("type") or error.get("status") or error.get("code")
+            return reported_error(self.name, kind, json_error_message(error, ("message",)), error.get("code"))
+        return reported_error(self.name, None, json_error_message(data, ("error",), ("message",)))
 
 
-def upstream_error(
-    name: str, status: int, detail: str, retry_after: float | None, secret: str | None
-) -> SluicegateError:
-    """The gateway error for an upstream HTTP error status, the same for every provider."""
-    if secret and detail:
-        detail = detail.replace(secret, "[redacted]")
+#: the longest wait an upstream may ask for (Retry-After, RetryInfo): a day
+MAX_RETRY_AFTER_S = 86400.0
+
+
+def retry_seconds(value: str | None) -> float | None:
+    """A wait an upstream asked for, in seconds (`"7"`, `"1.5"`): finite and at most
+    `MAX_RETRY_AFTER_S`, else None (an HTTP date, `inf`, `nan`, a negative number)."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return seconds if 0 <= seconds <= MAX_RETRY_AFTER_S else None
+
+
+def text_of(body: bytes) -> str:
+    """A non-JSON error body as text, bounded by `MAX_DETAIL_CHARS`."""
+    return body[: MAX_DETAIL_CHARS * 4].decode("utf-8", "replace").strip()[:MAX_DETAIL_CHARS]
+
+
+#: an upstream's error type or code, when it is an identifier worth repeating (`overloaded_error`)
+_KIND = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def reported_error(name: str, kind: Any, detail: str, status: Any = None) -> SluicegateError:
+    """The gateway error for an error an upstream reported itself, inside a stream or as a 200
+    answer: classified by its type or code (overloaded or unavailable: 503, rate limit: 429, an
+    invalid request: 400, else 502), its type named and its message kept (scrubbed later)."""
+    label = str(kind) if isinstance(kind, str | int) and not isinstance(kind, bool) else ""
+    label = label if _KIND.fullmatch(label) else ""
+    code = status if type(status) is int else None
+    text = label.lower()
+    where = f"provider '{name}'"
+    said = f" ({label})" if label else ""
+    detail = detail or label or "unknown error"
+    if code in (401, 403) or any(w in text for w in ("authentication", "permission", "unauthenticated")):
+        return _auth_error(where, f"reported as {label}" if label else "reported in its answer")
+    if code == 429 or any(w in text for w in ("rate_limit", "too_many_requests", "resource_exhausted", "throttl")):
+        return RateLimited(f"{where} is rate limiting{said}: {detail}", code="upstream_rate_limited")
+    if code in (502, 503, 529) or "overloaded" in text or "unavailable" in text:
+        return UpstreamUnavailable(f"{where} is unavailable{said}: {detail}")
+    if (code is not None and 400 <= code < 500 and code not in (401, 403)) or "invalid_request" in text:
+        return UpstreamError(f"{where} rejected the request{said}: {detail}", code="upstream_bad_request", status=400)
+    return UpstreamError(f"{where} reported an error{said}: {detail}")
+
+
+def upstream_error(name: str, status: int, detail: str, retry_after: float | None, scrub: Scrubber) -> SluicegateError:
+    """The gateway error for an upstream HTTP error status, the same for every provider; the
+    upstream's message is scrubbed of the call's credentials, then cut."""
+    detail = scrub(detail)
     where = f"provider '{name}'"
     if status in (401, 403):
-        # Upstream auth messages quote (part of) the gateway's key: never relay them.
-        return UpstreamError(
-            f"{where} refused the gateway's credentials (HTTP {status}); an operator must fix its key",
-            code="upstream_auth_error",
-            status=502,
-        )
+        return _auth_error(where, f"HTTP {status}")
     if status == 429:
         return RateLimited(
             f"{where} is rate limiting: {detail or 'too many requests'}",
@@ -243,14 +302,24 @@ def upstream_error(
     return UpstreamError(f"{where} failed (HTTP {status}): {detail or 'server error'}")
 
 
+def _auth_error(where: str, how: str) -> UpstreamError:
+    # Upstream auth messages quote (part of) the gateway's key: never relay them.
+    return UpstreamError(
+        f"{where} refused the gateway's credentials ({how}); an operator must fix its key",
+        code="upstream_auth_error",
+        status=502,
+    )
+
+
 def json_error_message(data: Any, *paths: tuple[str, ...]) -> str:
-    """The first string found at one of `paths` inside a parsed error body, bounded to 1000 chars."""
+    """The first string found at one of `paths` inside a parsed error body, bounded by
+    `MAX_DETAIL_CHARS` (scrubbed and cut later)."""
     for path in paths:
         value = data
         for key in path:
             value = value.get(key) if isinstance(value, dict) else None
         if isinstance(value, str) and value:
-            return value[:1000]
+            return value[:MAX_DETAIL_CHARS]
     return ""
 
 

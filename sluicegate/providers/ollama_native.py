@@ -29,8 +29,15 @@ import orjson
 
 from sluicegate import neutral
 from sluicegate.errors import BadRequest, UpstreamError
-from sluicegate.providers.base import Preset, Provider, StreamDecoder, json_error_message, register_provider_type
-from sluicegate.providers.framing import NDJSONParser
+from sluicegate.providers.base import (
+    Preset,
+    Provider,
+    StreamDecoder,
+    json_error_message,
+    register_provider_type,
+    reported_error,
+)
+from sluicegate.providers.framing import MAX_EVENT_BYTES, NDJSONParser
 
 if TYPE_CHECKING:
     from sluicegate.call import Call
@@ -73,6 +80,7 @@ class OllamaNativeProvider(Provider):
     """An Ollama server's native chat endpoint; a key, when configured, goes as a Bearer token."""
 
     native_dialect = "ollama"
+    stream_framing = "ndjson"
     translated_endpoints = frozenset({"chat"})
     label = "Ollama"
 
@@ -255,7 +263,7 @@ class OllamaNativeProvider(Provider):
     def parse_response(self, data: Any, call: Call) -> dict[str, Any]:
         if not isinstance(data, dict) or not isinstance(data.get("message"), dict):
             if isinstance(data, dict) and isinstance(data.get("error"), str):
-                raise UpstreamError(f"provider '{self.name}' reported an error: {data['error'][:300]}")
+                raise reported_error(self.name, None, json_error_message(data, ("error",)))
             raise UpstreamError(f"provider '{self.name}' answered with a body that is not an Ollama chat response")
         raw = data["message"]
         calls = [_tool_call(tc) for tc in raw.get("tool_calls") or () if isinstance(tc, dict)]
@@ -267,7 +275,11 @@ class OllamaNativeProvider(Provider):
             message["tool_calls"] = calls
         model = data["model"] if isinstance(data.get("model"), str) else self._model(call)
         return neutral.completion(
-            "chatcmpl-" + _rand_id(), model, message, _finish(data.get("done_reason"), bool(calls)), _usage(data)
+            "chatcmpl-" + _rand_id(),
+            model,
+            message,
+            _finish(data.get("done_reason"), bool(calls)),
+            _usage(data, self.name),
         )
 
     @staticmethod
@@ -276,7 +288,7 @@ class OllamaNativeProvider(Provider):
         return call.route.upstream_model or call.model_requested or ""
 
     def stream_decoder(self, call: Call) -> StreamDecoder:
-        return OllamaStreamDecoder(self.name, self._model(call))
+        return OllamaStreamDecoder(self.name, self._model(call), call.snapshot.server.max_stream_event_bytes)
 
     # ------------------------------------------------------------------------------ errors
 
@@ -317,17 +329,9 @@ def _finish(reason: Any, tool_calls: bool) -> str:
     return "tool_calls" if tool_calls else "stop"
 
 
-def _count(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _usage(data: dict[str, Any]) -> dict[str, Any] | None:
+def _usage(data: dict[str, Any], provider: str | None = None) -> dict[str, Any] | None:
     """`prompt_eval_count` / `eval_count` of the final object (Ollama omits a count of zero)."""
-    prompt = _count(data.get("prompt_eval_count"))
-    completion = _count(data.get("eval_count"))
-    if prompt is None and completion is None:
-        return None
-    return neutral.usage(prompt or 0, completion or 0)
+    return neutral.checked_usage((data.get("prompt_eval_count"),), (data.get("eval_count"),), provider=provider)
 
 
 class OllamaStreamDecoder(StreamDecoder):
@@ -335,9 +339,9 @@ class OllamaStreamDecoder(StreamDecoder):
     finish reason and counts; a line `{"error": ...}` is an error the server hit mid-stream
     (https://github.com/ollama/ollama/blob/main/docs/api/errors.mdx)."""
 
-    def __init__(self, provider: str, model: str) -> None:
+    def __init__(self, provider: str, model: str, max_event_bytes: int = MAX_EVENT_BYTES) -> None:
         self.provider = provider
-        self.lines = NDJSONParser(provider)
+        self.lines = NDJSONParser(provider, max_event_bytes)
         self.done = False
         self.id = "chatcmpl-" + _rand_id()
         self.model = model
@@ -363,9 +367,9 @@ class OllamaStreamDecoder(StreamDecoder):
     def _line(self, obj: dict[str, Any], out: list[dict[str, Any]]) -> None:
         if self.done:
             return
-        if "error" in obj:
-            detail = json_error_message(obj, ("error",), ("error", "message")) or "unknown error"
-            raise UpstreamError(f"provider '{self.provider}' reported an error in the stream: {detail}")
+        if obj.get("error"):
+            detail = json_error_message(obj, ("error",), ("error", "message"))
+            raise reported_error(self.provider, None, detail)
         if isinstance(obj.get("model"), str) and obj["model"]:
             self.model = obj["model"]
         message = _obj(obj.get("message"))
@@ -394,7 +398,7 @@ class OllamaStreamDecoder(StreamDecoder):
             out.append(self._chunk(delta))
         if obj.get("done") is True:
             out.append(self._chunk(None, _finish(obj.get("done_reason"), self.tools > 0)))
-            usage = _usage(obj)
+            usage = _usage(obj, self.provider)
             if usage is not None:
                 out.append(neutral.usage_chunk(self.id, self.model, self.created, usage))
             self.done = True

@@ -11,9 +11,17 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from sluicegate.errors import UpstreamError
-from sluicegate.providers.base import Preset, Provider, StreamDecoder, json_error_message, register_provider_type
-from sluicegate.providers.framing import SSEParser, event_json
+from sluicegate.errors import SluicegateError, UpstreamError
+from sluicegate.providers.base import (
+    Preset,
+    Provider,
+    StreamDecoder,
+    json_error_message,
+    register_provider_type,
+    reported_error,
+    text_of,
+)
+from sluicegate.providers.framing import MAX_EVENT_BYTES, InvalidStream, SSEDecoder
 
 if TYPE_CHECKING:
     from sluicegate.call import Call
@@ -89,14 +97,17 @@ class OpenAIProvider(Provider):
         return data
 
     def stream_decoder(self, call: Call) -> StreamDecoder:
-        return OpenAIStreamDecoder(self.name)
+        return OpenAIStreamDecoder(self.name, call.snapshot.server.max_stream_event_bytes)
 
     def error_message(self, body: bytes) -> str:
         try:
             data = orjson.loads(body)
         except orjson.JSONDecodeError:
-            return body[:300].decode("utf-8", "replace").strip()
+            return text_of(body)
         return json_error_message(data, ("error", "message"), ("error",), ("message",), ("detail",))
+
+    def answer_error(self, data: dict[str, Any]) -> SluicegateError | None:
+        return stream_error(self.name, None, data)
 
 
 #: types whose translated calls say `max_completion_tokens` (OpenAI's own API; others vary)
@@ -105,26 +116,64 @@ _COMPLETION_TOKENS_TYPES = frozenset({"openai", "azure_openai"})
 NEUTRAL_EXTENSIONS = frozenset({"top_k", "thinking_budget"})
 
 
-class OpenAIStreamDecoder(StreamDecoder):
-    """OpenAI SSE: each `data:` is a chunk already in the neutral shape; `[DONE]` ends it."""
+#: the most choices and tool calls per choice a chunk may index (`n` is at most 128)
+MAX_INDEX = 1024
 
-    def __init__(self, provider: str) -> None:
-        self.provider = provider
-        self.sse = SSEParser()
-        self.done = False
 
-    def feed(self, data: bytes) -> list[dict[str, Any]]:
-        out = []
-        for _, payload in self.sse.feed(data):
-            if payload == b"[DONE]":
-                self.done = True
-                continue
-            chunk = event_json(self.provider, payload)
-            if "error" in chunk:
-                detail = json_error_message(chunk, ("error", "message"))
-                raise UpstreamError(f"provider '{self.provider}' reported an error in the stream: {detail}")
-            out.append(chunk)
-        return out
+class OpenAIStreamDecoder(SSEDecoder):
+    """OpenAI SSE: each `data:` is a chunk already in the neutral shape; `[DONE]` ends it. An
+    error object (https://platform.openai.com/docs/guides/error-codes) is raised; a chunk whose
+    choices or tool calls are not indexed by small integers is refused (the encoders key on them)."""
+
+    def __init__(self, provider: str, max_event_bytes: int = MAX_EVENT_BYTES) -> None:
+        super().__init__(provider, max_event_bytes)
+
+    def is_end(self, data: bytes) -> bool:
+        return data.strip() == b"[DONE]"
+
+    def event(self, name: str | None, data: dict[str, Any]) -> list[dict[str, Any]]:
+        error = stream_error(self.provider, name, data)
+        if error is not None:
+            raise error
+        check_chunk(self.provider, data)
+        return [data]
+
+
+def stream_error(provider: str, name: str | None, data: dict[str, Any]) -> SluicegateError | None:
+    """The error an OpenAI answer or stream event reports: an `error` object, an event named
+    `error`, or vLLM's `{"object": "error", "message", "type", "code"}`."""
+    if not data.get("error") and data.get("object") != "error" and name != "error":
+        return None
+    found = data.get("error")
+    error: dict[str, Any] = found if isinstance(found, dict) else data
+    kind = error.get("type") or error.get("code")
+    detail = json_error_message(error, ("message",)) or json_error_message(data, ("error",), ("message",))
+    return reported_error(provider, kind, detail, error.get("code"))
+
+
+def check_chunk(provider: str, chunk: dict[str, Any]) -> None:
+    """Refuse a chunk whose choices or tool calls the neutral encoders could not index."""
+    choices = chunk.get("choices")
+    if choices is None:
+        return
+    if not isinstance(choices, list):
+        raise InvalidStream(f"provider '{provider}' sent a chunk whose choices are not a list")
+    for choice in choices:
+        if not isinstance(choice, dict) or not _index_ok(choice.get("index", 0)):
+            raise InvalidStream(f"provider '{provider}' sent a chunk with a choice that is not indexed")
+        delta = choice.get("delta")
+        if delta is None:
+            continue
+        calls = delta.get("tool_calls") if isinstance(delta, dict) else ()
+        if not isinstance(delta, dict) or not isinstance(calls, list | None):
+            raise InvalidStream(f"provider '{provider}' sent a chunk whose delta is not an object")
+        for call in calls or ():
+            if not isinstance(call, dict) or not _index_ok(call.get("index", 0)):
+                raise InvalidStream(f"provider '{provider}' sent a tool call that is not indexed")
+
+
+def _index_ok(value: Any) -> bool:
+    return type(value) is int and 0 <= value < MAX_INDEX
 
 
 class MistralProvider(OpenAIProvider):

@@ -1,8 +1,11 @@
 """Provider send and relay: the call goes upstream, the answer comes back to the client.
 
 `Relay.open` sends the call to its provider (credential from the vault, explicit timeouts, no
-redirects, the body passed through or translated) and maps every failure before the first byte
-to an `UpstreamError`. `answer.py` relays complete answers and `stream.py` streams.
+redirects, the body passed through or translated), gives the call the `Scrubber` of the
+credentials it sent, and maps every failure before the first byte to an `UpstreamError`.
+`relay_answer` then picks the path of the answer: `answer.py` relays complete answers,
+`passthrough.py` streams in the client's own protocol, `stream.py` translated streams and what
+every stream shares, `replay.py` a whole answer given where a stream was asked for.
 """
 
 from __future__ import annotations
@@ -13,25 +16,71 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 from yarl import URL
 
-from sluicegate.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from sluicegate.errors import SluicegateError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from sluicegate.neutral import unsupported
+from sluicegate.providers.base import retry_seconds
 from sluicegate.relay.answer import relay_json, relay_translated_json
-from sluicegate.relay.stream import StreamCut, relay_native_stream, relay_stream, relay_translated_stream
+from sluicegate.relay.passthrough import relay_native_stream, relay_stream
+from sluicegate.relay.replay import relay_json_stream, stream_or_json
+from sluicegate.relay.stream import StreamCut, internal, relay_translated_stream
+from sluicegate.scrub import Scrubber
 
 if TYPE_CHECKING:
     from sluicegate.call import Call
+    from sluicegate.pipeline import Endpoint
     from sluicegate.providers.base import Provider
+    from sluicegate.types import Send
     from sluicegate.vault import Vault
 
 __all__ = [
     "Relay",
     "StreamCut",
+    "relay_answer",
     "relay_json",
+    "relay_json_stream",
     "relay_native_stream",
     "relay_stream",
     "relay_translated_json",
     "relay_translated_stream",
 ]
+
+
+async def relay_answer(
+    call: Call,
+    resp: aiohttp.ClientResponse,
+    send: Send,
+    endpoint: Endpoint,
+    client_gone: Callable[[], bool] = lambda: False,
+) -> None:
+    """Relay the upstream's answer to the client, in the client's dialect, by the path it needs:
+    complete or streamed, passed through or translated, or a whole answer where a stream was
+    asked. Errors before the first byte are raised; once a stream started they end it in-band."""
+    if not call.stream:
+        try:
+            if call.translated:
+                assert endpoint.render_response is not None
+                await relay_translated_json(call, resp, send, endpoint.render_response)
+            else:
+                await relay_json(call, resp, send)
+        except SluicegateError:
+            raise
+        except Exception as exc:
+            # Logged here, scrubbed: a failure on an upstream's answer may quote it.
+            raise internal(call, exc) from None
+        return
+    assert call.route is not None
+    whole, prefix = await stream_or_json(resp, call.route.provider)
+    if whole:
+        await relay_json_stream(call, resp, send, endpoint, prefix)
+    elif call.translated or call.dialect != "openai":
+        # A translated stream, or another protocol's passthrough stream read alongside by its
+        # provider's decoder (Anthropic's).
+        assert endpoint.stream_encoder is not None
+        encoder = endpoint.stream_encoder(call)
+        relay = relay_translated_stream if call.translated else relay_native_stream
+        await relay(call, resp, send, client_gone, encoder, prefix)
+    else:
+        await relay_stream(call, resp, send, client_gone, endpoint.render_stream_error, prefix)
 
 
 class Relay:
@@ -46,6 +95,18 @@ class Relay:
         self._urls: dict[str, URL] = {}
         #: per provider with several keys: calls made (`round_robin`) or 429s seen (`on_429`)
         self._key_turns: dict[str, int] = {}
+        #: the scrubber of each set of credentials a call sends (built once per key)
+        self._scrubbers: dict[tuple[str, ...], Scrubber] = {}
+
+    def scrubber(self, *secrets: str | None) -> Scrubber:
+        """The `Scrubber` of the secret values one call sends upstream (cached: keys rarely change)."""
+        key = tuple(s for s in secrets if s)
+        found = self._scrubbers.get(key)
+        if found is None:
+            if len(self._scrubbers) > 1024:
+                self._scrubbers.clear()
+            found = self._scrubbers[key] = Scrubber(key)
+        return found
 
     def _timeout(self, provider: Provider) -> aiohttp.ClientTimeout:
         timeout = self._timeouts.get(provider)
@@ -101,6 +162,8 @@ class Relay:
         ref = self._pick_key(provider, refs) if isinstance(refs, list) else refs
         # A cache hit (nearly every call) costs a dict lookup; only a miss awaits the vault.
         secret = (self.vault.cached(ref) or await self.vault.aresolve(ref)) if ref else None
+        # Every upstream text the call repeats is scrubbed of what it sends (see `scrub.py`).
+        call.scrub = self.scrubber(*provider.secret_values(secret))
         upstream_model = route.upstream_model or call.model_requested or ""
         if provider.native_dialect == call.dialect:
             # Same protocol on both sides: the client's body passes through.
@@ -147,20 +210,10 @@ class Relay:
                 raw = await resp.content.read(self.max_error_body_bytes)
             except (aiohttp.ClientError, TimeoutError):
                 raw = b""
-            raise provider.parse_error(status, raw, _retry_after(resp.headers.get("retry-after")), secret)
+            raise provider.parse_error(status, raw, retry_seconds(resp.headers.get("retry-after")), call.scrub)
         finally:
             resp.release()
 
 
 #: the neutral endpoint a translated call of each client endpoint goes to
 _NEUTRAL_ENDPOINTS = {"messages": "chat", "responses": "chat"}
-
-
-def _retry_after(value: str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        return None
-    return seconds if seconds >= 0 else None

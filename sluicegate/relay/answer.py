@@ -1,5 +1,11 @@
 """Complete (non-streamed) answers: forwarded as the upstream sent them (passthrough), or made
-neutral by the provider and rendered in the client's dialect (translation); output guards first."""
+neutral by the provider and rendered in the client's dialect (translation); output guards first.
+
+An answer must be a JSON object: anything else is refused as an upstream error (it must never
+pass around the output guards), and so is a 200 answer that is an error body (the provider's
+`answer_error`), whose message is scrubbed like every upstream error. When the upstream reports
+no usage (or numbers that are not counts), the gateway counts and the answer carries that count.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +15,10 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import orjson
 
+from sluicegate.dialects.anthropic.render import render_usage
 from sluicegate.errors import UpstreamError, UpstreamTimeout
 from sluicegate.guardrails.engine import check_answer
-from sluicegate.relay.common import answer_texts, response_headers, take_usage
+from sluicegate.relay.common import answer_texts, count, response_headers, take_model, take_usage
 
 if TYPE_CHECKING:
     from sluicegate.call import Call
@@ -20,35 +27,57 @@ if TYPE_CHECKING:
 #: largest non-streamed upstream answer accepted
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 _JSON_HEADERS = [(b"content-type", b"application/json")]
+#: endpoints whose answers carry a usage the gateway fills in when the upstream did not
+_COUNTED = frozenset({"chat", "completions", "messages"})
 
 
-async def _read_answer(call: Call, resp: aiohttp.ClientResponse) -> tuple[bytes, Any]:
-    """The whole upstream answer, raw and parsed as JSON."""
+class InvalidAnswer(UpstreamError):
+    """The upstream's answer is not what its protocol allows (not JSON, not an object)."""
+
+    code = "upstream_invalid_response"
+
+
+async def read_answer(call: Call, resp: aiohttp.ClientResponse, prefix: bytes = b"") -> tuple[bytes, dict[str, Any]]:
+    """The whole upstream answer (bounded), raw and parsed; it must be a JSON object, and not an
+    error body."""
     name = call.provider
+    parts = [prefix] if prefix else []
+    size = len(prefix)
     try:
         if (resp.content_length or 0) > MAX_RESPONSE_BYTES:
             raise UpstreamError(f"provider '{name}' answered with more than {MAX_RESPONSE_BYTES} bytes")
-        raw = await resp.read()
+        async for data in resp.content.iter_any():
+            size += len(data)
+            if size > MAX_RESPONSE_BYTES:
+                raise UpstreamError(f"provider '{name}' answered with more than {MAX_RESPONSE_BYTES} bytes")
+            parts.append(data)
     except TimeoutError:
         raise UpstreamTimeout(f"provider '{name}' did not finish its answer in time") from None
     except aiohttp.ClientError:
         raise UpstreamError(f"provider '{name}' broke the connection during its answer") from None
     finally:
         resp.release()
+    raw = b"".join(parts)
     try:
-        return raw, orjson.loads(raw)
+        data = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        raise UpstreamError(f"provider '{name}' answered with a body that is not JSON") from None
+        raise InvalidAnswer(f"provider '{name}' answered with a body that is not JSON") from None
+    if not isinstance(data, dict):
+        raise InvalidAnswer(f"provider '{name}' answered with JSON that is not an object")
+    assert call.route is not None
+    error = call.route.provider.answer_error(data)
+    if error is not None:
+        raise error
+    return raw, data
 
 
-def _take_answer(call: Call, data: dict[str, Any]) -> None:
-    """Model served and usage of a complete neutral (OpenAI) answer."""
-    model = data.get("model")
-    if isinstance(model, str):
-        call.model_served = model
-    take_usage(call, data.get("usage"))
-    if call.usage_source == "none":
+def take_answer(call: Call, data: dict[str, Any]) -> dict[str, Any] | None:
+    """Model served and usage of a complete neutral (OpenAI-shaped) answer; the checked usage."""
+    take_model(call, data)
+    usage = take_usage(call, data.get("usage"))
+    if usage is None:
         call.usage_text = answer_texts(data)
+    return usage
 
 
 async def _send_json_answer(call: Call, send: Send, raw: bytes) -> None:
@@ -60,24 +89,40 @@ async def _send_json_answer(call: Call, send: Send, raw: bytes) -> None:
     await send({"type": "http.response.body", "body": raw})
 
 
+async def counted(call: Call) -> dict[str, Any] | None:
+    """The gateway's count of a complete answer's tokens when the upstream reported none."""
+    if call.usage_source != "none" or not (call.translated or call.endpoint in _COUNTED):
+        return None
+    return await count(call, call.usage_text or [])
+
+
 async def relay_json(call: Call, resp: aiohttp.ClientResponse, send: Send) -> None:
     """Forward a complete JSON answer in the client's own dialect, reading its usage and model."""
-    raw, data = await _read_answer(call, resp)
-    if isinstance(data, dict):
-        if call.dialect == "openai":
-            _take_answer(call, data)
-        elif call.route is not None and call.endpoint != "count_tokens":
-            # Passthrough of another protocol: its provider reads usage (the answer goes as is).
-            _take_answer(call, call.route.provider.parse_response(data, call))
-        guards = call.guards
-        # Output guards see the answer before any of it is sent; usage is already accounted.
-        if (
-            guards is not None
-            and (guards.guards.output or guards.restorable)
-            and await check_answer(call, guards, data, call.endpoint)
-        ):
-            raw = orjson.dumps(data)
-    await _send_json_answer(call, send, raw)
+    raw, data = await read_answer(call, resp)
+    changed = False
+    if call.dialect == "openai":
+        take_answer(call, data)
+        usage = await counted(call)
+        if usage is not None or (data.get("usage") is not None and call.usage_source != "upstream"):
+            # No usage, or numbers that are not counts: the answer says what the audit records.
+            data["usage"] = usage
+            changed = True
+    elif call.route is not None and call.endpoint != "count_tokens":
+        # Passthrough of another protocol (Anthropic's): its provider reads usage.
+        take_answer(call, call.route.provider.parse_response(data, call))
+        usage = await counted(call)
+        if usage is not None:
+            data["usage"] = render_usage(usage)
+            changed = True
+    guards = call.guards
+    # Output guards see the answer before any of it is sent; usage is already accounted.
+    if (
+        guards is not None
+        and (guards.guards.output or guards.restorable)
+        and await check_answer(call, guards, data, call.endpoint)
+    ):
+        changed = True
+    await _send_json_answer(call, send, orjson.dumps(data) if changed else raw)
 
 
 async def relay_translated_json(
@@ -87,10 +132,10 @@ async def relay_translated_json(
     render: Callable[[dict[str, Any], Call], dict[str, Any]],
 ) -> None:
     """A complete answer in the provider's protocol, made neutral, then rendered in the client's."""
-    _, data = await _read_answer(call, resp)
+    _, data = await read_answer(call, resp)
     assert call.route is not None
     neutral = call.route.provider.parse_response(data, call)
-    _take_answer(call, neutral)
+    neutral["usage"] = take_answer(call, neutral) or await counted(call)
     guards = call.guards
     if guards is not None and (guards.guards.output or guards.restorable):
         await check_answer(call, guards, neutral, "chat")

@@ -1,20 +1,31 @@
-"""Streamed answers: OpenAI SSE relayed event by event (passthrough), or any provider's stream
-decoded into neutral chunks and encoded in the client's dialect; usage always read, output guards
-on a hold-back window, and an in-band error event instead of a clean end when anything breaks."""
+"""Streamed answers: what every stream path shares, and the translated path (any provider's
+stream decoded into neutral chunks, encoded in the client's dialect).
+
+Every path reads the upstream's events through one parser (`providers.framing`), checks every
+number before it is used (`Tally`), counts the tokens itself before the last event when the
+upstream reported none (so the client is told what the audit records), holds events in the
+output guards' window, and ends a stream that broke, went silent, sent garbage or reported an
+error with an in-band error event in the client's dialect, never a clean end.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+import logging
+import time
+import traceback
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
 import orjson
 
-from sluicegate.dialects import STREAM_EVENT_TEXTS
+from sluicegate import neutral
 from sluicegate.errors import SluicegateError, UpstreamError
 from sluicegate.guardrails.engine import Blocked, GuardFailed
 from sluicegate.guardrails.stream import StreamGuard
-from sluicegate.relay.common import answer_texts, response_headers, take_model, take_usage
+from sluicegate.providers.framing import SSEDecoder
+from sluicegate.relay.common import answer_texts, count, response_headers, take_model, take_usage
 
 if TYPE_CHECKING:
     from sluicegate.call import Call
@@ -22,8 +33,12 @@ if TYPE_CHECKING:
     from sluicegate.dialects.openai import Path
     from sluicegate.types import Send
 
-#: raw stream events kept for token counting, in case the upstream never sends usage
+log = logging.getLogger("sluicegate.relay")
+
+#: text kept to count tokens when the upstream never sends usage (characters, or event bytes)
 MAX_KEPT_STREAM_BYTES = 8 * 1024 * 1024
+#: sent in place of the upstream's own comments: a stream that is alive but quiet stays open
+KEEP_ALIVE = b": keep-alive\n\n"
 _SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
@@ -37,239 +52,148 @@ class StreamCut(UpstreamError):
     code = "upstream_stream_cut"
 
 
-def _cut(name: str | None, exc: BaseException) -> StreamCut:
+def cut(name: str | None, exc: BaseException) -> StreamCut:
     """The error for a stream the upstream broke (a read error) or left silent (a timeout)."""
     how = "went silent" if isinstance(exc, TimeoutError) else "broke the connection"
     return StreamCut(f"provider '{name}' {how} before the end of the stream")
 
 
-async def relay_stream(
-    call: Call,
-    resp: aiohttp.ClientResponse,
-    send: Send,
-    client_gone: Callable[[], bool],
-    render_error: Callable[[SluicegateError], bytes],
-) -> None:
-    """Forward an SSE stream event by event; drop the usage chunk the client did not ask for.
-
-    The usage chunk (`"choices": []` plus `usage`) was requested by the gateway for accounting.
-    On an upstream cut the client gets an in-band error event, never a clean `[DONE]`.
-    """
-    name = call.provider
-    status = 200
-    await send({"type": "http.response.start", "status": status, "headers": response_headers(call, _SSE_HEADERS)})
-    call.status = status
-    buffer = b""
-    kept: list[bytes] = []
-    kept_bytes = 0
-    done = False
-    saw_model = False
-    error: SluicegateError | None = None
-    #: the upstream's own error event went to the client already
-    relayed_error = False
-    held = _output_guard(call)
-    try:
-        async for chunk in resp.content.iter_any():
-            if call.ttft_ms is None:
-                call.ttft_ms = call.elapsed_ms()
-            if b"\r" in chunk:
-                chunk = chunk.replace(b"\r\n", b"\n")
-            buffer += chunk
-            out: list[bytes] = []
-            while True:
-                end = buffer.find(b"\n\n")
-                if end < 0:
-                    break
-                event = buffer[: end + 2]
-                buffer = buffer[end + 2 :]
-                if event.startswith(b"data: [DONE]"):
-                    done = True
-                    if held is not None:
-                        out.extend(await _release(held.finish(), out, send))
-                elif b'"usage":{' in event:
-                    data = _event_json(event)
-                    if data is not None:
-                        take_usage(call, data.get("usage"))
-                        if not saw_model:
-                            saw_model = take_model(call, data)
-                        if not data.get("choices") and not call.include_usage:
-                            continue
-                elif event.startswith(b'data: {"error"'):
-                    error = UpstreamError(f"provider '{name}' reported an error in the stream")
-                    relayed_error = True
-                elif call.usage_source == "none":
-                    if not saw_model:
-                        data = _event_json(event)
-                        saw_model = data is not None and take_model(call, data)
-                    if kept_bytes < MAX_KEPT_STREAM_BYTES:
-                        kept.append(event)
-                        kept_bytes += len(event)
-                if held is None or done or relayed_error:
-                    # [DONE] follows what the guard window released; an upstream error event goes
-                    # out at once (the held, unchecked text after it never does).
-                    out.append(event)
-                else:
-                    held.add(event)
-            if held is not None and not done:
-                # One scan per read from the upstream, however many events it brought.
-                out.extend(await _release(held.drain(), out, send))
-            if out:
-                await send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
-            if client_gone():
-                return
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        error = _cut(name, exc)
-    except (Blocked, GuardFailed) as exc:
-        # Nothing of the blocked text was released; stop the upstream and say why in-band.
-        error = exc
-        resp.close()
-    finally:
-        resp.release()
-        if call.usage_source == "none" and kept:
-            call.usage_text = _stream_texts(kept)
-    await _end(call, send, name, done, error, None if relayed_error else render_error)
+def internal(call: Call, exc: Exception) -> SluicegateError:
+    """A failure of the gateway's own while relaying: logged (the traceback scrubbed, as it may
+    quote the upstream), told in-band without details."""
+    trace = call.scrub("".join(traceback.format_exception(exc)), None)
+    log.error("relaying the answer of request %s failed:\n%s", call.request_id, trace)
+    return SluicegateError("The gateway failed while relaying the answer", code="internal_error")
 
 
-async def relay_translated_stream(
-    call: Call,
-    resp: aiohttp.ClientResponse,
-    send: Send,
-    client_gone: Callable[[], bool],
-    encoder: StreamEncoder,
-) -> None:
-    """A stream in the provider's protocol, decoded into neutral chunks, encoded in the client's.
-
-    The same guarantees as `relay_stream`: usage always read (the encoder drops what the client
-    did not ask for), output guards on the hold-back window, and on a cut or an upstream error an
-    in-band error event in the client's dialect instead of a clean end.
-    """
-    assert call.route is not None
-    provider = call.route.provider
-    decoder = provider.stream_decoder(call)
+async def start(call: Call, send: Send) -> None:
+    """Send the headers of an SSE answer."""
     await send({"type": "http.response.start", "status": 200, "headers": response_headers(call, _SSE_HEADERS)})
     call.status = 200
-    held = _output_guard(call)
-    error: SluicegateError | None = None
-    saw_model = False
-    kept: list[str] = []
-    ended = False
-    try:
-        body = resp.content.iter_any()
-        while not ended:
-            try:
-                data = await body.__anext__()
-            except StopAsyncIteration:
-                chunks = decoder.close()
-                ended = True
-            else:
-                if call.ttft_ms is None:
-                    call.ttft_ms = call.elapsed_ms()
-                chunks = decoder.feed(data)
-            for chunk in chunks:
-                if "usage" in chunk:
-                    take_usage(call, chunk["usage"])
-                if not saw_model:
-                    saw_model = take_model(call, chunk)
-                if call.usage_source == "none" and len(kept) < 100_000:
-                    kept.extend(answer_texts(chunk))
-            out: list[bytes] = []
-            if held is not None:
-                for chunk in chunks:
-                    held.add_chunk(chunk)
-                pending = held.finish_chunks() if decoder.done else held.drain_chunks()
-                chunks = await _release(pending, out, send)
-            out.extend(encoder.encode(chunk) for chunk in chunks)
-            if decoder.done:
-                out.append(encoder.finish())
-                ended = True
-            if out:
-                await send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
-            if client_gone():
-                return
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        error = _cut(provider.name, exc)
-    except SluicegateError as exc:
-        # A guard block, or the upstream's own error event (or garbage): stop the upstream.
-        error = exc
+
+
+async def body(resp: aiohttp.ClientResponse, prefix: bytes = b"") -> AsyncIterator[bytes]:
+    """The upstream body as it arrives, after bytes already read from it (`prefix`)."""
+    if prefix:
+        yield prefix
+    async for data in resp.content.iter_any():
+        yield data
+
+
+#: how long, and how many bytes, the rest of a body is read after the stream's end marker
+_DRAIN_S = 1.0
+_DRAIN_BYTES = 64 * 1024
+
+
+async def finish_upstream(resp: aiohttp.ClientResponse, complete: bool) -> None:
+    """After the client's stream ended: a stream that ended well is read to its end (normally
+    nothing but the end of the body follows the end marker) so its connection can be reused;
+    one that did not, or an upstream that keeps sending, is closed."""
+    if complete and not resp.content.at_eof():
+        left = _DRAIN_BYTES
+        try:
+            async with asyncio.timeout(_DRAIN_S):
+                while left > 0:
+                    data = await resp.content.readany()
+                    if not data:
+                        break
+                    left -= len(data)
+        except (aiohttp.ClientError, TimeoutError):
+            pass
+    if not resp.content.at_eof():
         resp.close()
-    finally:
-        resp.release()
-        if call.usage_source == "none" and kept:
-            call.usage_text = kept
-    await _end(call, send, provider.name, decoder.done, error, encoder.error)
+    resp.release()
 
 
-async def relay_native_stream(
-    call: Call,
-    resp: aiohttp.ClientResponse,
-    send: Send,
-    client_gone: Callable[[], bool],
-    encoder: StreamEncoder,
-) -> None:
-    """A passthrough stream of another protocol than OpenAI's (Anthropic's): every event goes to
-    the client as the upstream sent it, unknown kinds included (server tools, citations), while
-    the provider's decoder reads the same events for usage, the end of the stream and in-band
-    errors. Output guards hold and scan the events' texts, and rewrite only what they redact.
-    """
-    assert call.route is not None
-    provider = call.route.provider
-    decoder = provider.stream_decoder(call)
-    await send({"type": "http.response.start", "status": 200, "headers": response_headers(call, _SSE_HEADERS)})
-    call.status = 200
-    held = _output_guard(call, STREAM_EVENT_TEXTS[call.dialect])
-    error: SluicegateError | None = None
-    relayed_error = False
-    saw_model = False
-    buffer = b""
-    try:
-        async for data in resp.content.iter_any():
-            if call.ttft_ms is None:
-                call.ttft_ms = call.elapsed_ms()
-            if b"\r" in data:
-                data = data.replace(b"\r\n", b"\n")
-            buffer += data
-            out: list[bytes] = []
-            while not decoder.done:
-                end = buffer.find(b"\n\n")
-                if end < 0:
-                    break
-                event, buffer = buffer[: end + 2], buffer[end + 2 :]
-                try:
-                    chunks = decoder.feed(event)
-                except SluicegateError as exc:
-                    # The upstream's own error event: it goes to the client as sent, and ends it.
-                    error, relayed_error = exc, True
-                    out.append(event)
-                    break
-                for chunk in chunks:
-                    if "usage" in chunk:
-                        take_usage(call, chunk["usage"])
-                    if not saw_model:
-                        saw_model = take_model(call, chunk)
-                if held is None:
-                    out.append(event)
-                else:
-                    held.add_parsed(event, _event_json(event))
-            if held is not None and not relayed_error:
-                pending = held.finish() if decoder.done else held.drain()
-                out[:0] = await _release(pending, out, send)
-            if out:
-                await send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
-            if decoder.done or relayed_error or client_gone():
-                break
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        error = _cut(provider.name, exc)
-    except SluicegateError as exc:
-        error = exc  # a guard block: nothing of the blocked text was released
-        resp.close()
-    finally:
-        resp.release()
-    if client_gone():
-        return
-    await _end(call, send, provider.name, decoder.done, error, None if relayed_error else encoder.error)
+class Tally:
+    """What a stream relay reads off the answer as it passes: the model, the usage (every number
+    checked; a usage that is no count is dropped and the tokens counted instead), the texts."""
+
+    __slots__ = ("call", "kept", "last", "saw_model", "size", "texts", "warned")
+
+    def __init__(self, call: Call) -> None:
+        self.call = call
+        self.saw_model = False
+        self.warned = False
+        #: event data kept to count its texts if no usage arrives (passthrough; parsed again then)
+        self.kept: list[bytes] = []
+        #: texts kept to count (translated)
+        self.texts: list[str] = []
+        self.size = 0
+        #: the last chunk seen: a usage chunk the gateway adds takes its id, model and time
+        self.last: dict[str, Any] = {}
+
+    def usage(self, chunk: dict[str, Any], replace: bool = True) -> bool:
+        """Take a chunk's usage; one that is not valid is removed from the chunk, a valid one
+        replaced by its checked copy (`replace`). Whether the chunk still carries a usage."""
+        usage = chunk.get("usage")
+        if usage is None:
+            return False
+        checked = take_usage(self.call, usage, warn=not self.warned)
+        if checked is None:
+            self.warned = True
+            del chunk["usage"]
+            return False
+        if replace:
+            chunk["usage"] = checked
+        return True
+
+    def chunk(self, chunk: dict[str, Any]) -> None:
+        """Model, usage and texts of a neutral chunk (translated streams)."""
+        self.last = chunk
+        if not self.saw_model:
+            self.saw_model = take_model(self.call, chunk)
+        if "usage" in chunk:
+            self.usage(chunk)
+        if self.call.usage_source == "none" and self.size < MAX_KEPT_STREAM_BYTES:
+            for text in answer_texts(chunk):
+                self.texts.append(text)
+                self.size += len(text)
+
+    def keep(self, payload: bytes) -> None:
+        """Keep a passthrough event's data (a JSON object) to count its texts, if no usage arrives."""
+        if self.size < MAX_KEPT_STREAM_BYTES:
+            self.kept.append(payload)
+            self.size += len(payload)
+
+    def all_texts(self) -> list[str]:
+        texts = list(self.texts)
+        for payload in self.kept:
+            texts.extend(answer_texts(orjson.loads(payload)))
+        return texts
+
+    async def count(self) -> dict[str, Any] | None:
+        """The counted usage when the upstream reported none (None when it did)."""
+        return await count(self.call, self.all_texts())
+
+    async def counted_chunk(self) -> dict[str, Any] | None:
+        """A usage chunk with the counted usage, like the last chunk seen (None: not counted)."""
+        usage = await self.count()
+        if usage is None:
+            return None
+        last = self.last
+        created = last.get("created")
+        when = created if type(created) is int and 0 <= created < 2**40 else int(time.time())
+        chunk = neutral.usage_chunk(_text(last.get("id")), _text(last.get("model")), when, usage)
+        if isinstance(last.get("object"), str) and last["object"] in _CHUNK_OBJECTS:
+            chunk["object"] = last["object"]
+        return chunk
+
+    def keep_for_audit(self) -> None:
+        """At the end of a stream that was not counted: leave the texts for accounting."""
+        if self.call.usage_source == "none" and (self.kept or self.texts):
+            self.call.usage_text = self.all_texts()
 
 
-def _output_guard(
+#: `object` of a chunk: chat completions, legacy completions
+_CHUNK_OBJECTS = frozenset({"chat.completion.chunk", "text_completion"})
+
+
+def _text(value: Any) -> str:
+    return value[:256] if isinstance(value, str) else ""
+
+
+def output_guard(
     call: Call, texts: Callable[[dict[str, Any]], list[tuple[str, Path, str]]] | None = None
 ) -> StreamGuard | None:
     """The hold-back window of the call's output guards, if it has any."""
@@ -279,30 +203,29 @@ def _output_guard(
     return StreamGuard(guards, guards.guards.output, guards.guards.window, texts)
 
 
-async def _end(
+async def end(
     call: Call,
     send: Send,
     name: str | None,
     done: bool,
     error: SluicegateError | None,
-    render_error: Callable[[SluicegateError], bytes] | None,
+    render_error: Callable[[SluicegateError], bytes],
 ) -> None:
     """End the client's stream: a stream that stopped before its end marker is a cut; a failure
-    is recorded and, unless the upstream's own error event went out already (`render_error`
-    None), told in-band; then the body closes."""
+    is recorded (its message scrubbed) and told in-band in the client's dialect; then the body
+    closes."""
     if error is None and not done:
         error = StreamCut(f"provider '{name}' ended the stream before its end marker")
     if error is not None:
         call.fail(error)
-        if render_error is not None:
-            await send({"type": "http.response.body", "body": render_error(error), "more_body": True})
+        await send({"type": "http.response.body", "body": render_error(error), "more_body": True})
     await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 _T = TypeVar("_T")
 
 
-async def _release(pending: Awaitable[list[_T]], out: list[bytes], send: Send) -> list[_T]:
+async def release(pending: Awaitable[list[_T]], out: list[bytes], send: Send) -> list[_T]:
     """Events the guard window lets go; on a block, first send what it had already released."""
     try:
         return await pending
@@ -314,22 +237,76 @@ async def _release(pending: Awaitable[list[_T]], out: list[bytes], send: Send) -
         raise
 
 
-def _event_json(event: bytes) -> dict[str, Any] | None:
-    """The JSON of an SSE event's `data:` line (after an `event:` line, if any)."""
-    at = 0 if event.startswith(b"data:") else event.find(b"\ndata:") + 1
-    if at <= 0 and not event.startswith(b"data:"):
-        return None
+async def relay_translated_stream(
+    call: Call,
+    resp: aiohttp.ClientResponse,
+    send: Send,
+    client_gone: Callable[[], bool],
+    encoder: StreamEncoder,
+    prefix: bytes = b"",
+) -> None:
+    """A stream in the provider's protocol, decoded into neutral chunks, encoded in the client's.
+
+    Usage is always read (the encoder drops what the client did not ask for); without one, the
+    tokens are counted and the count goes to the encoder before its closing events.
+    """
+    assert call.route is not None
+    provider = call.route.provider
+    decoder = provider.stream_decoder(call)
+    sse = decoder.sse if isinstance(decoder, SSEDecoder) else None
+    await start(call, send)
+    held = output_guard(call)
+    tally = Tally(call)
+    error: SluicegateError | None = None
+    ended = False
     try:
-        data = orjson.loads(event[at + 5 :])
-    except orjson.JSONDecodeError:
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _stream_texts(events: list[bytes]) -> list[str]:
-    texts: list[str] = []
-    for event in events:
-        data = _event_json(event)
-        if data is not None:
-            texts.extend(answer_texts(data))
-    return texts
+        chunks_in = body(resp, prefix)
+        while not ended:
+            comments = sse.comments if sse is not None else 0
+            try:
+                data = await anext(chunks_in)
+            except StopAsyncIteration:
+                chunks = decoder.close()
+                ended = True
+            else:
+                if call.ttft_ms is None:
+                    call.ttft_ms = call.elapsed_ms()
+                chunks = decoder.feed(data)
+            for chunk in chunks:
+                tally.chunk(chunk)
+            out: list[bytes] = []
+            if held is not None:
+                for chunk in chunks:
+                    held.add_chunk(chunk)
+                pending = held.finish_chunks() if decoder.done else held.drain_chunks()
+                chunks = await release(pending, out, send)
+            out.extend(encoder.encode(chunk) for chunk in chunks)
+            if decoder.done:
+                counted = await tally.counted_chunk()
+                if counted is not None:
+                    out.append(encoder.encode(counted))
+                out.append(encoder.finish())
+                ended = True
+            elif not out and sse is not None and sse.comments != comments:
+                out.append(KEEP_ALIVE)
+            if out:
+                await send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
+            if client_gone():
+                break
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        error = cut(provider.name, exc)
+    except SluicegateError as exc:
+        # A guard block, the upstream's own error event, or garbage: stop the upstream.
+        error = exc
+    except Exception as exc:
+        error = internal(call, exc)
+    except asyncio.CancelledError:
+        resp.release()
+        raise
+    finally:
+        tally.keep_for_audit()
+    if client_gone():
+        resp.close()
+        return
+    await end(call, send, provider.name, decoder.done, error, encoder.error)
+    await finish_upstream(resp, decoder.done and error is None)

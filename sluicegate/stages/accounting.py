@@ -2,7 +2,8 @@
 
 Cost is kept in integer micro-USD: a price of P USD per million tokens is P micro-USD per token.
 Counting with the tokenizer is the fallback; large texts are counted in a worker thread so the
-event loop is not held.
+event loop is not held. The relay counts with `count_usage` before it ends an answer (so the
+client is told the same count); this stage then finds the count done and only prices it.
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ class AccountingStage:
         return None
 
     async def on_finish(self, call: Call) -> None:
-        if call.usage_source == "none" and call.usage_text is not None and call.body is not None:
-            await self._count(call)
+        if call.usage_source == "none":
+            await count_usage(call)
         if call.prompt_tokens is not None or call.completion_tokens is not None:
             prompt = call.prompt_tokens or 0
             completion = call.completion_tokens or 0
@@ -46,19 +47,26 @@ class AccountingStage:
                         prompt * (cfg.input_cost_per_mtok or 0.0) + completion * (cfg.output_cost_per_mtok or 0.0)
                     )
 
-    async def _count(self, call: Call) -> None:
-        assert call.body is not None and call.usage_text is not None
-        prompt_texts, messages = tokens.prompt_texts(call.body)
-        answer = call.usage_text
-        model = call.model_served or call.model_requested
-        size = sum(map(len, prompt_texts)) + sum(map(len, answer))
-        if size <= INLINE_COUNT_CHARS:
-            counts = _count(prompt_texts, messages, answer, model)
-        else:
-            # Shielded: the count must land even if the request task is being cancelled.
-            counts = await asyncio.shield(asyncio.to_thread(_count, prompt_texts, messages, answer, model))
-        call.prompt_tokens, call.completion_tokens = counts
-        call.usage_source = "counted"
+
+async def count_usage(call: Call) -> bool:
+    """Count the call's tokens with the tokenizer (prompt from its body, answer from
+    `call.usage_text`) and record them with usage source `counted`; False when there is nothing
+    to count (no answer kept, or no body)."""
+    if call.usage_text is None or call.body is None:
+        return False
+    prompt_texts, messages = tokens.prompt_texts(call.body)
+    answer = call.usage_text
+    model = call.model_served or call.model_requested
+    size = sum(map(len, prompt_texts)) + sum(map(len, answer))
+    if size <= INLINE_COUNT_CHARS:
+        counts = _count(prompt_texts, messages, answer, model)
+    else:
+        # Shielded: the count must land even if the request task is being cancelled.
+        counts = await asyncio.shield(asyncio.to_thread(_count, prompt_texts, messages, answer, model))
+    call.prompt_tokens, call.completion_tokens = counts
+    call.total_tokens = counts[0] + counts[1]
+    call.usage_source = "counted"
+    return True
 
 
 def _count(prompt_texts: list[str], messages: int, answer: list[str], model: str | None) -> tuple[int, int]:

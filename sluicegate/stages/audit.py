@@ -18,6 +18,7 @@ import orjson
 from sluicegate.audit.events import AuditEvent
 from sluicegate.audit.failures import AuthFailureAggregator
 from sluicegate.audit.writer import AuditNotDurable
+from sluicegate.audit.reason import reason_of
 from sluicegate.errors import ServiceUnavailable
 from sluicegate.stages.base import Services, register_stage
 
@@ -112,7 +113,7 @@ def event_of(call: Call) -> AuditEvent:
         upstream_status=call.upstream_status,
         decision=call.decision,
         outcome=call.outcome,
-        reason=error.message if error is not None else None,
+        reason=reason_of(call),
         rule=error.rule if error is not None else None,
         guards=_guards(call),
         prompt_tokens=call.prompt_tokens,

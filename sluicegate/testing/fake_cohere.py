@@ -22,6 +22,7 @@ from sluicegate.testing.wire import (
     Request,
     Send,
     begin,
+    dumps,
     pieces,
     plan_answer,
     rand,
@@ -189,7 +190,8 @@ def _cut_at_stop(answer: Answer, stops: list[str]) -> str | None:
 
 
 def _usage(answer: Answer) -> dict[str, Any]:
-    counts = {"input_tokens": answer.prompt_tokens, "output_tokens": answer.completion_tokens}
+    prompt, completion = answer.reply.counts(answer.prompt_tokens, answer.completion_tokens)
+    counts = {"input_tokens": prompt, "output_tokens": completion}
     out: dict[str, Any] = {"billed_units": dict(counts), "tokens": dict(counts)}
     if answer.reply.cached_tokens is not None:
         out["cached_tokens"] = answer.reply.cached_tokens
@@ -220,8 +222,8 @@ async def chat(fake: FakeUpstream, request: Request, receive: Receive, send: Sen
     except _Invalid as exc:
         await send_error(send, 400, str(exc), {})
         return
-    stream = data.get("stream") is True
     reply = fake._next_reply()
+    stream = data.get("stream") is True and reply.fault != "json_stream"
     if not await begin(reply, stream, receive, send, send_error):
         return
 
@@ -260,7 +262,7 @@ async def chat(fake: FakeUpstream, request: Request, receive: Receive, send: Sen
         body: dict[str, Any] = {"id": message_id, "message": message, "finish_reason": finish}
         if usage is not None:
             body["usage"] = usage
-        await send_bytes(send, 200, orjson.dumps(body), reply.headers)
+        await send_bytes(send, 200, dumps(body), reply.headers)
         return
 
     def event(kind: str, **fields: Any) -> bytes:

@@ -31,15 +31,18 @@ import orjson
 from sluicegate.testing.wire import (
     Answer,
     Receive,
+    Reply,
     Request,
     Send,
     add_route,
     begin,
+    dumps,
     pieces,
     plan_answer,
     rand,
     send_bytes,
     stream_events,
+    total,
     words,
 )
 
@@ -252,10 +255,11 @@ def _usage(answer: Answer, n: int, candidates_so_far: int | None = None) -> dict
     completion = reply.completion_tokens if reply.completion_tokens is not None else answer.completion_tokens * n
     thoughts = reply.reasoning_tokens or 0
     candidates = max(completion - thoughts, 0) if candidates_so_far is None else candidates_so_far
+    reported = reply.counts(prompt, candidates)
     out: dict[str, Any] = {
-        "promptTokenCount": prompt,
-        "candidatesTokenCount": candidates,
-        "totalTokenCount": prompt + candidates + (thoughts if candidates_so_far is None else 0),
+        "promptTokenCount": reported[0],
+        "candidatesTokenCount": reported[1],
+        "totalTokenCount": total(total(*reported), thoughts if candidates_so_far is None else 0),
         "promptTokensDetails": [{"modality": "TEXT", "tokenCount": prompt}],
     }
     if candidates_so_far is None:
@@ -298,7 +302,13 @@ def _response(
         obj["usageMetadata"] = usage
     obj["modelVersion"] = answer.model
     obj["responseId"] = response_id
-    return orjson.dumps(obj)
+    return dumps(obj)
+
+
+def _stream_error(reply: Reply) -> bytes:
+    """An error event mid-stream: the error body as one SSE event."""
+    error = {"code": 500, "message": reply.message("An internal error has occurred."), "status": "INTERNAL"}
+    return b"data: " + orjson.dumps({"error": error}) + b"\r\n\r\n"
 
 
 async def _generate(fake: FakeUpstream, request: Request, receive: Receive, send: Send) -> None:
@@ -323,8 +333,8 @@ async def _generate(fake: FakeUpstream, request: Request, receive: Receive, send
     except _Invalid as exc:
         await send_error(send, 400, str(exc), {})
         return
-    stream = request.match.group("method") == "streamGenerateContent"
     answer, n = _plan(data, request.match.group("model"), fake)
+    stream = request.match.group("method") == "streamGenerateContent" and answer.reply.fault != "json_stream"
     if not await begin(answer.reply, stream, receive, send, send_error):
         return
     response_id = rand(22)
@@ -371,7 +381,7 @@ async def _stream(
         payload = _response(answer, response_id, candidates, meta)
         frames.append(b"data: " + payload + b"\r\n\r\n" if sse else payload)
     if sse:
-        await stream_events(answer.reply, [], frames[:-1], frames[-1:], send, SSE_TYPE)
+        await stream_events(answer.reply, [], frames[:-1], frames[-1:], send, SSE_TYPE, _stream_error(answer.reply))
         return
     # Without alt=sse Google streams one JSON array, element by element.
     body = [(b"[" if k == 0 else b",\r\n") + f for k, f in enumerate(frames)]

@@ -22,6 +22,7 @@ from sluicegate.testing.servers import run_server, serve_in_thread, start_server
 from sluicegate.testing.wire import (
     DEFAULT_TEXT,
     FORMAT_ROUTES,
+    RECEIVED_KEY,
     Receive,
     ReceivedRequest,
     Reply,
@@ -145,6 +146,8 @@ class FakeUpstream:
         self._note(method, path, scope, headers, body or b"")
         if body is None:
             return
+        # The credential as sent, for scripted messages that echo it (`Reply.error_message`).
+        RECEIVED_KEY.set(_credential(headers))
         for pattern, format_handler in FORMAT_ROUTES:
             match = pattern.fullmatch(path)
             if match is not None:
@@ -229,3 +232,12 @@ class FakeUpstream:
             )
             return False
         return True
+
+
+def _credential(headers: dict[str, str]) -> str:
+    """The credential of a request, in whichever header its format puts it."""
+    for name in ("x-api-key", "x-goog-api-key", "api-key"):
+        if headers.get(name):
+            return headers[name]
+    scheme, _, token = headers.get("authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import json
 import logging
 import random
 import re
@@ -28,7 +30,27 @@ ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
 
 DEFAULT_TEXT = "This is a mock response from the fake upstream."
 ECHO_PREFIX = "echo:"
-FAULTS = (None, "reset", "hang")
+#: `reset` drops the connection (mid-stream after `chunks_before_fault` events); `hang` never
+#: answers; `error_event` puts the format's in-band error event after `chunks_before_fault`
+#: events and goes on streaming; `error_200` answers 200 with the format's error body;
+#: `json_stream` answers a stream request with the whole JSON answer, as some servers do
+FAULTS = (None, "reset", "hang", "error_event", "error_200", "json_stream")
+#: framing quirks of a streamed answer (`Reply.sse`), as real servers write SSE:
+#: `crlf` / `cr` line ends; `no_space` after the colon; `noise`: a comment, `id:` and `retry:`
+#: lines before each event; `spaced_json`: JSON written with spaces (`"usage": {`); `multiline`:
+#: each event's JSON over several `data:` lines; `no_separators`: no blank line between events
+#: (one endless event); `bom` before the first event; `split`: sent in pieces of 7 bytes
+SSE_QUIRKS = ("crlf", "cr", "no_space", "noise", "spaced_json", "multiline", "no_separators", "bom", "split")
+#: garbage events (`Reply.garbage`), sent after `chunks_before_fault` events
+GARBAGE = {"json": b'data: {"choices": [{"delta": {"content": "bro\n\n', "utf8": b'data: {"x": "\xff\xfe"}\n\n',
+           "array": b"data: [1, 2, 3]\n\n"}  # fmt: skip
+#: where an OpenAI stream puts its usage (`Reply.usage_shape`): in a last chunk with `"choices": []`
+#: (`empty`, OpenAI's own), `[{"delta": {}}]` (`empty_delta`), `[{"index": 0, "delta": {},
+#: "finish_reason": null}]` (`null_finish`), or on the chunk with the finish reason (`on_finish`)
+USAGE_SHAPES = ("empty", "empty_delta", "null_finish", "on_finish")
+#: the credential of the request being answered, for messages that echo it (`fill_key`)
+RECEIVED_KEY: contextvars.ContextVar[str] = contextvars.ContextVar("RECEIVED_KEY", default="")
+_KEY_FIELD = re.compile(r"\{key(?::\.(\d+))?\}")
 
 # A stream piece is a run of whitespace plus the following word ("Hello", " world"); joining gives the text back.
 PIECE = re.compile(r"\s*\S+|\s+")
@@ -47,7 +69,9 @@ class Reply:
     the answer by formats that carry it. `body` (a JSON answer) and `events` (a stream) script the
     upstream's answer as sent, for shapes the planned answer does not make: each event a dict
     (sent as `data:`, after `event: <type>` when it has a "type", as Anthropic names its events),
-    or bytes sent as they are (`b"data: [DONE]\n\n"`).
+    or bytes sent as they are (`b"data: [DONE]\n\n"`); `raw_body` is sent as it is to either.
+    `error_message` may echo the credential the request carried: `{key}` is the whole of it,
+    `{key:.N}` its first N characters (see `fill_key`).
     """
 
     content: str | None = None
@@ -69,10 +93,47 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     body: Any = None
     events: list[Any] | None = None
+    #: framing quirks of a streamed answer (`SSE_QUIRKS`)
+    sse: tuple[str, ...] = ()
+    #: a garbage event in a stream (`GARBAGE`: `json`, `utf8`, `array`)
+    garbage: str | None = None
+    #: where an OpenAI stream carries its usage (`USAGE_SHAPES`)
+    usage_shape: str = "empty"
+    #: the prompt and completion counts the usage reports, written as given (any JSON value:
+    #: 2**63, -1, 1.5, "7") instead of the planned ones
+    usage_values: tuple[Any, Any] | None = None
+    #: the answer's body exactly (with `status` and `raw_content_type`), instead of the planned one
+    raw_body: bytes | None = None
+    raw_content_type: str = "application/json"
 
     def __post_init__(self) -> None:
         if self.fault not in FAULTS:
             raise ValueError(f"Reply.fault must be one of {FAULTS}, not {self.fault!r}")
+        if unknown := set(self.sse) - set(SSE_QUIRKS):
+            raise ValueError(f"Reply.sse takes {SSE_QUIRKS}, not {sorted(unknown)}")
+        if self.garbage is not None and self.garbage not in GARBAGE:
+            raise ValueError(f"Reply.garbage must be one of {tuple(GARBAGE)}, not {self.garbage!r}")
+        if self.usage_shape not in USAGE_SHAPES:
+            raise ValueError(f"Reply.usage_shape must be one of {USAGE_SHAPES}, not {self.usage_shape!r}")
+
+    def counts(self, prompt: int, completion: int) -> tuple[Any, Any]:
+        """The prompt and completion counts to report: `usage_values` when scripted."""
+        return self.usage_values if self.usage_values is not None else (prompt, completion)
+
+    def message(self, default: str = "") -> str:
+        """`error_message` (or `default`) with the received credential filled in."""
+        return fill_key(self.error_message if self.error_message is not None else default)
+
+
+def fill_key(text: str) -> str:
+    """`{key}` -> the credential of the request being answered, `{key:.N}` -> its first N characters."""
+    key = RECEIVED_KEY.get()
+    return _KEY_FIELD.sub(lambda m: key if m.group(1) is None else key[: int(m.group(1))], text)
+
+
+def total(prompt: Any, completion: Any) -> Any:
+    """A usage's total from its counts (the prompt as given when they are not both integers)."""
+    return prompt + completion if type(prompt) is int and type(completion) is int else prompt
 
 
 @dataclass(slots=True, frozen=True)
@@ -274,7 +335,7 @@ ErrorSender = Callable[[Send, int, "str | None", dict[str, str]], Awaitable[None
 
 
 async def begin(reply: Reply, stream: bool, receive: Receive, send: Send, send_error: ErrorSender) -> bool:
-    """Apply delay, faults and error statuses; True when the normal answer should follow."""
+    """Apply delay, faults, raw bodies and error statuses; True when the normal answer should follow."""
     if reply.delay_s > 0:
         await asyncio.sleep(reply.delay_s)
     if reply.fault == "hang":
@@ -283,12 +344,17 @@ async def begin(reply: Reply, stream: bool, receive: Receive, send: Send, send_e
     if reply.fault == "reset" and (not stream or reply.status != 200):
         await drop_connection(send, receive)
         return False
-    if reply.status != 200:
+    if reply.raw_body is not None:
+        content_type = reply.raw_content_type.encode("latin-1")
+        await send_bytes(send, reply.status, reply.raw_body, reply.headers, content_type=content_type)
+        return False
+    if reply.status != 200 or reply.fault == "error_200":
         extra = dict(reply.headers)
         if reply.retry_after is not None:
             ra = reply.retry_after
             extra["retry-after"] = str(int(ra)) if float(ra).is_integer() else str(ra)
-        await send_error(send, reply.status, reply.error_message, extra)
+        message = fill_key(reply.error_message) if reply.error_message is not None else None
+        await send_error(send, reply.status, message, extra)
         return False
     if stream and reply.events is not None:
         await stream_events(reply, [], [_scripted_event(e) for e in reply.events], [], send)
@@ -313,13 +379,22 @@ async def stream_events(
     tail: list[bytes],
     send: Send,
     content_type: bytes = b"text/event-stream; charset=utf-8",
+    error_event: bytes | None = None,
 ) -> None:
-    """Send stream frames one ASGI message each; with fault="reset", drop the connection inside ``body``."""
+    """Send stream frames one ASGI message each; with fault="reset", drop the connection inside
+    ``body``. After ``chunks_before_fault`` body frames come the garbage event and (fault
+    "error_event") the format's ``error_event``, then the rest; ``Reply.sse`` quirks re-frame it all."""
     hdrs = headers(content_type, reply.headers)
     hdrs.append((b"cache-control", b"no-cache"))
     await send({"type": "http.response.start", "status": 200, "headers": hdrs})
     reset = reply.fault == "reset"
-    events = head + (body[: reply.chunks_before_fault] if reset else body + tail)
+    at = reply.chunks_before_fault
+    inserted = [GARBAGE[reply.garbage]] if reply.garbage is not None else []
+    if reply.fault == "error_event" and error_event is not None:
+        inserted.append(error_event)
+    events = head + body[:at] + inserted + ([] if reset else body[at:] + tail)
+    if reply.sse:
+        events = reframe(events, reply.sse)
     interval = reply.chunk_interval_s
     for i, event in enumerate(events):
         if interval > 0 and i:
@@ -332,9 +407,60 @@ async def stream_events(
     await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
+def _frame_fields(frame: bytes) -> tuple[bytes | None, list[bytes]]:
+    """(event name, data lines) of one SSE frame as the fake formats write them."""
+    name = None
+    data = []
+    for line in frame.replace(b"\r\n", b"\n").split(b"\n"):
+        if line.startswith(b"event: "):
+            name = line[7:]
+        elif line.startswith(b"data: "):
+            data.append(line[6:])
+    return name, data
+
+
+def reframe(frames: list[bytes], quirks: tuple[str, ...]) -> list[bytes]:
+    """SSE frames written again with the framing quirks of real servers (`SSE_QUIRKS`)."""
+    end = b"\r\n" if "crlf" in quirks else b"\r" if "cr" in quirks else b"\n"
+    colon = b":" if "no_space" in quirks else b": "
+    out = []
+    for n, raw in enumerate(frames):
+        name, data = _frame_fields(raw)
+        if len(data) == 1 and ("spaced_json" in quirks or "multiline" in quirks):
+            try:
+                obj = json.loads(data[0])
+            except ValueError:
+                obj = None  # garbage stays garbage
+            if obj is not None:
+                text = json.dumps(obj, indent=1 if "multiline" in quirks else None)
+                data = [line.encode() for line in text.split("\n")]
+        lines = []
+        if "noise" in quirks:
+            lines += [b": keep-alive", b"id" + colon + b"%d" % n, b"retry" + colon + b"3000"]
+        if name is not None:
+            lines.append(b"event" + colon + name)
+        lines += [b"data" + colon + d for d in data]
+        frame = end.join(lines) + end + (b"" if "no_separators" in quirks else end)
+        out.append(frame)
+    if "bom" in quirks and out:
+        out[0] = b"\xef\xbb\xbf" + out[0]
+    if "split" in quirks:
+        joined = b"".join(out)
+        out = [joined[i : i + 7] for i in range(0, len(joined), 7)]
+    return out
+
+
+def dumps(data: Any) -> bytes:
+    """Compact JSON, numbers beyond 64 bits included (a scripted `usage_values` of 2**63)."""
+    try:
+        return orjson.dumps(data)
+    except TypeError:
+        return json.dumps(data, separators=(",", ":")).encode()
+
+
 def sse(data: Any, event: str | None = None) -> bytes:
     """One SSE frame: optional `event:` line, then `data:` with compact JSON (or the bytes given)."""
-    payload = data if isinstance(data, bytes) else orjson.dumps(data)
+    payload = data if isinstance(data, bytes) else dumps(data)
     return (b"event: " + event.encode() + b"\n" if event else b"") + b"data: " + payload + b"\n\n"
 
 

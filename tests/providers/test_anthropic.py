@@ -14,10 +14,11 @@ import pytest
 
 from sluicegate import neutral
 from sluicegate.config.loader import parse_config
-from sluicegate.config.model import ProviderConfig
+from sluicegate.config.model import ProviderConfig, ServerConfig
 from sluicegate.errors import BadRequest, RateLimited, UpstreamError, UpstreamUnavailable
 from sluicegate.providers.anthropic import AnthropicProvider, AnthropicStreamDecoder
 from sluicegate.providers.base import provider_types
+from sluicegate.scrub import Scrubber
 from sluicegate.testing import FakeUpstream, Reply, serve_in_thread
 
 KEY = "sk-ant-test-0123456789abcdef"
@@ -62,6 +63,7 @@ def call(
         headers=headers or {},
         body=body,
         stream=stream,
+        snapshot=SimpleNamespace(server=ServerConfig()),
     )
 
 
@@ -514,7 +516,8 @@ def test_stream_cut_before_message_stop_is_not_done(up: FakeUpstream, url: str) 
     data = fake_stream(url, up, Reply(content="a b c"))
     cut = data[: data.index(b"event: message_stop")]
     chunks, decoder = decode(cut, [cut])
-    assert not decoder.done and all(c["choices"] for c in chunks)
+    # message_delta carried the finish and the final usage; only message_stop ends the stream
+    assert not decoder.done and all(c["choices"] or c["usage"] for c in chunks)
 
 
 @pytest.mark.parametrize(
@@ -568,7 +571,7 @@ def test_error_statuses_map_to_gateway_errors(
     data = resp.json()
     assert data["type"] == "error" and data["request_id"].startswith("req_")
     assert p.error_message(resp.content) == f"scripted {status} mentioning {KEY}"
-    exc = p.parse_error(status, resp.content, 3.0, KEY)
+    exc = p.parse_error(status, resp.content, 3.0, Scrubber([KEY]))
     assert type(exc) is error and exc.status == gateway_status
     assert KEY not in exc.message
     if status == 429:
@@ -582,7 +585,7 @@ def test_wrong_key_401_never_carries_the_key(up: FakeUpstream, url: str) -> None
     resp = httpx.post(url + "/v1/messages", content=body, headers=p.request_headers(call(), wrong, url, body))
     assert resp.status_code == 401
     assert resp.json()["error"] == {"type": "authentication_error", "message": "invalid x-api-key"}
-    exc = p.parse_error(401, resp.content, None, wrong)
+    exc = p.parse_error(401, resp.content, None, Scrubber([wrong]))
     assert exc.status == 502 and exc.code == "upstream_auth_error" and wrong not in str(exc)
 
 

@@ -20,10 +20,11 @@ import pytest
 from yarl import URL
 
 from sluicegate.config.loader import parse_config
-from sluicegate.config.model import ProviderConfig
+from sluicegate.config.model import ProviderConfig, ServerConfig
 from sluicegate.errors import BadRequest, RateLimited, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from sluicegate.providers.base import provider_types
 from sluicegate.providers.bedrock import BedrockProvider, BedrockStreamDecoder, converse_request, parse_credentials
+from sluicegate.scrub import NOTHING, Scrubber
 from sluicegate.testing import FakeUpstream, Reply, serve_in_thread
 from sluicegate.testing.fake_bedrock import event, event_frame, exception_frame
 from tests.conftest import RunningGateway, run_gateway
@@ -46,7 +47,11 @@ def make_provider(base_url: str | None = None, **options: Any) -> BedrockProvide
 
 def make_call(stream: bool = False, model: str = MODEL) -> Any:
     return SimpleNamespace(
-        stream=stream, route=SimpleNamespace(upstream_model=model), model_requested=model, headers={}
+        stream=stream,
+        route=SimpleNamespace(upstream_model=model),
+        model_requested=model,
+        headers={},
+        snapshot=SimpleNamespace(server=ServerConfig()),
     )
 
 
@@ -208,7 +213,7 @@ def test_wrong_secret_is_refused_with_invalid_signature(upstream: tuple[FakeUpst
     assert status == 403
     assert headers["x-amzn-errortype"] == "InvalidSignatureException"
     assert orjson.loads(body)["message"].startswith("The request signature we calculated does not match")
-    error = provider.parse_error(status, body, None, f"{AKID}:not-the-secret")
+    error = provider.parse_error(status, body, None, Scrubber([f"{AKID}:not-the-secret"]))
     assert isinstance(error, UpstreamError) and error.code == "upstream_auth_error"
     assert "not-the-secret" not in error.message and AKID not in error.message
 
@@ -275,7 +280,7 @@ def test_api_key_is_sent_as_bearer(upstream: tuple[FakeUpstream, BedrockProvider
     status, headers, body = send(provider, API_KEY + "x", {"messages": USER})
     assert status == 403 and headers["x-amzn-errortype"] == "AccessDeniedException"
     assert orjson.loads(body) == {"Message": "Authentication failed: Please make sure your API Key is valid."}
-    error = provider.parse_error(status, body, None, API_KEY + "x")
+    error = provider.parse_error(status, body, None, Scrubber([API_KEY + "x"]))
     assert error.code == "upstream_auth_error" and API_KEY not in error.message
     # SigV4 credentials where an API key is required, and the other way round
     assert send(provider, f"{AKID}:{SECRET}", {"messages": USER})[0] == 403
@@ -335,7 +340,7 @@ def test_fake_validates_like_converse(upstream: tuple[FakeUpstream, BedrockProvi
         assert status == 400, body
         assert resp_headers["x-amzn-errortype"] == "ValidationException"
         assert message in orjson.loads(answer)["message"]
-        error = provider.parse_error(status, answer, None, None)
+        error = provider.parse_error(status, answer, None, NOTHING)
         assert error.status == 400 and message in error.message
 
 
@@ -360,7 +365,7 @@ def test_error_statuses_map(
     got, headers, body = send(provider, f"{AKID}:{SECRET}", {"messages": USER})
     assert got == status and headers["x-amzn-errortype"] == kind
     assert set(orjson.loads(body)) == {"message"}
-    error = provider.parse_error(status, body, 3.0 if status == 429 else None, f"{AKID}:{SECRET}")
+    error = provider.parse_error(status, body, 3.0 if status == 429 else None, Scrubber([f"{AKID}:{SECRET}"]))
     assert type(error) is error_type and error.code == code
     assert SECRET not in error.message and "br" in error.message
     if status == 429:

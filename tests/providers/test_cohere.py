@@ -13,10 +13,11 @@ import openai
 import orjson
 import pytest
 
-from sluicegate.config.model import ProviderConfig
+from sluicegate.config.model import ProviderConfig, ServerConfig
 from sluicegate.errors import BadRequest, RateLimited, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from sluicegate.providers.base import provider_types
 from sluicegate.providers.cohere import CohereProvider
+from sluicegate.scrub import Scrubber
 from sluicegate.testing import FakeUpstream, Reply, serve_in_thread
 from tests.conftest import CANARY_KEY, RunningGateway, run_gateway
 
@@ -34,7 +35,13 @@ def provider(base_url: str = "https://api.cohere.com") -> CohereProvider:
 
 def call(p: CohereProvider, stream: bool = False) -> Any:
     route = SimpleNamespace(upstream_model="command-a-03-2025", provider=p)
-    return SimpleNamespace(route=route, model_requested="co-chat", stream=stream, body=None)
+    return SimpleNamespace(
+        route=route,
+        model_requested="co-chat",
+        stream=stream,
+        body=None,
+        snapshot=SimpleNamespace(server=ServerConfig()),
+    )
 
 
 def build(chat: dict[str, Any], stream: bool = False) -> dict[str, Any]:
@@ -482,7 +489,7 @@ def test_decoder_error_event_raises() -> None:
 def test_error_mapping(status: int, kind: type[Exception], client_status: int, code: str) -> None:
     p = provider()
     body = orjson.dumps({"id": "e1", "message": f"something about {KEY}"})
-    error = p.parse_error(status, body, 2.0 if status == 429 else None, KEY)
+    error = p.parse_error(status, body, 2.0 if status == 429 else None, Scrubber([KEY]))
     assert type(error) is kind and error.status == client_status and error.code == code
     assert KEY not in error.message and "provider 'co'" in error.message
 

@@ -11,10 +11,11 @@ import httpx
 import orjson
 import pytest
 
-from sluicegate.config.model import ProviderConfig
+from sluicegate.config.model import ProviderConfig, ServerConfig
 from sluicegate.errors import BadRequest, NotFound, RateLimited, SluicegateError, UpstreamError, UpstreamUnavailable
 from sluicegate.providers.base import provider_types
 from sluicegate.providers.gemini import GeminiProvider, GeminiStreamDecoder, build_body
+from sluicegate.scrub import Scrubber
 from sluicegate.testing import FakeUpstream, Reply, serve_in_thread
 from tests.conftest import CANARY_KEY, RunningGateway, assert_openai_error, run_gateway
 
@@ -57,6 +58,7 @@ def call(stream: bool = False, body: dict[str, Any] | None = None, dialect: str 
         stream=stream,
         dialect=dialect,
         body=body or {},
+        snapshot=SimpleNamespace(server=ServerConfig()),
     )
 
 
@@ -602,7 +604,7 @@ def test_stream_cut_error_and_blocked_prompt(up: FakeUpstream, fake_url: str) ->
 
 def error_for(p: GeminiProvider, resp: httpx.Response, secret: str = KEY) -> SluicegateError:
     ra = resp.headers.get("retry-after")
-    return p.parse_error(resp.status_code, resp.content, float(ra) if ra else None, secret)
+    return p.parse_error(resp.status_code, resp.content, float(ra) if ra else None, Scrubber([secret]))
 
 
 def test_bad_and_missing_keys_are_auth_failures(up: FakeUpstream, fake_url: str) -> None:

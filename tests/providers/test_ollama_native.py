@@ -13,10 +13,11 @@ import openai
 import orjson
 import pytest
 
-from sluicegate.config.model import ProviderConfig
+from sluicegate.config.model import ProviderConfig, ServerConfig
 from sluicegate.errors import BadRequest, RateLimited, UpstreamError, UpstreamUnavailable
 from sluicegate.providers.base import provider_types
 from sluicegate.providers.ollama_native import OllamaNativeProvider
+from sluicegate.scrub import Scrubber
 from sluicegate.testing import FakeUpstream, Reply, serve_in_thread
 from tests.conftest import RunningGateway, run_gateway
 
@@ -34,7 +35,13 @@ def provider(base_url: str = "http://127.0.0.1:11434") -> OllamaNativeProvider:
 
 def call(p: OllamaNativeProvider, stream: bool = False) -> Any:
     route = SimpleNamespace(upstream_model="llama3.2", provider=p)
-    return SimpleNamespace(route=route, model_requested="local-chat", stream=stream, body=None)
+    return SimpleNamespace(
+        route=route,
+        model_requested="local-chat",
+        stream=stream,
+        body=None,
+        snapshot=SimpleNamespace(server=ServerConfig()),
+    )
 
 
 def build(chat: dict[str, Any], stream: bool = False) -> dict[str, Any]:
@@ -432,7 +439,7 @@ def test_decoder_cut_stream_is_not_done(fake: tuple[FakeUpstream, str]) -> None:
 def test_error_mapping(status: int, kind: type[Exception], client_status: int) -> None:
     p = provider()
     body = orjson.dumps({"error": f'model "llama9" not found, try pulling it first ({KEY})'})
-    error = p.parse_error(status, body, None, KEY)
+    error = p.parse_error(status, body, None, Scrubber([KEY]))
     assert type(error) is kind and error.status == client_status
     assert KEY not in error.message and "provider 'ol'" in error.message
     if status == 404:

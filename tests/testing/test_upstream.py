@@ -385,3 +385,50 @@ def test_default_reply_and_start_server() -> None:
     assert asyncio.run(main()) == "always this"
     with pytest.raises(ValueError, match="fault"):
         Reply(fault="explode")
+
+
+# ---------------------------------------------------------------------------------- fault modes of real servers
+
+
+def _stream(url: str, reply: Reply, app: FakeUpstream, **extra: Any) -> bytes:
+    app.enqueue(reply)
+    body = {"model": "m", "messages": USER_HI, "stream": True, **extra}
+    return httpx.post(url + "/v1/chat/completions", json=body, headers=AUTH).content
+
+
+def test_sse_quirks_write_the_same_events_in_another_framing(app: FakeUpstream, url: str) -> None:
+    plain = _stream(url, Reply(content="a b"), app)
+    assert plain.count(b"\n\n") == plain.count(b"data: ")
+    odd = _stream(url, Reply(content="a b", sse=("crlf", "no_space", "noise", "spaced_json")), app)
+    assert b"data:{" in odd and b"\r\n\r\n" in odd and b"retry:3000\r\n" in odd and b": keep-alive" in odd
+    assert b'"choices": [' in odd and b"data:[DONE]\r\n\r\n" in odd
+    glued = _stream(url, Reply(content="a b", sse=("no_separators",)), app)
+    assert b"\n\n" not in glued and glued.count(b"data: ") == plain.count(b"data: ")
+    assert _stream(url, Reply(content="a b", sse=("bom",)), app).startswith(b"\xef\xbb\xbf")
+    with pytest.raises(ValueError, match=r"Reply\.sse"):
+        Reply(sse=("sideways",))
+
+
+def test_garbage_error_events_and_usage_shapes(app: FakeUpstream, url: str) -> None:
+    raw = _stream(url, Reply(content="a b c", garbage="utf8", chunks_before_fault=1), app)
+    assert b"\xff\xfe" in raw and raw.endswith(b"data: [DONE]\n\n")
+    raw = _stream(url, Reply(content="a b c", fault="error_event", error_message="bad key {key:.6}"), app)
+    assert b'"message":"bad key sk-tes"' in raw and raw.endswith(b"data: [DONE]\n\n")  # and the stream goes on
+    raw = _stream(url, Reply(content="a", usage_shape="empty_delta"), app, stream_options={"include_usage": True})
+    assert b'"choices":[{"delta":{}}],"usage":{' in raw
+    raw = _stream(url, Reply(content="a", usage_values=(2**63, "7")), app, stream_options={"include_usage": True})
+    assert b'"prompt_tokens":9223372036854775808,"completion_tokens":"7"' in raw
+
+
+def test_json_for_a_stream_200_error_bodies_and_raw_bodies(app: FakeUpstream, url: str) -> None:
+    app.enqueue(Reply(content="hi", fault="json_stream"))
+    resp = httpx.post(
+        url + "/v1/chat/completions", json={"model": "m", "messages": USER_HI, "stream": True}, headers=AUTH
+    )
+    assert resp.headers["content-type"] == "application/json" and resp.json()["object"] == "chat.completion"
+    app.enqueue(Reply(fault="error_200", error_message="key {key}"))
+    resp = httpx.post(url + "/v1/chat/completions", json={"model": "m", "messages": USER_HI}, headers=AUTH)
+    assert resp.status_code == 200 and resp.json()["error"]["message"] == "key sk-test"
+    app.enqueue(Reply(status=502, raw_body=b"<html>bad</html>", raw_content_type="text/html"))
+    resp = httpx.post(url + "/v1/chat/completions", json={"model": "m", "messages": USER_HI}, headers=AUTH)
+    assert resp.status_code == 502 and resp.text == "<html>bad</html>"

@@ -20,7 +20,7 @@ from sluicegate.errors import UpstreamError
 from sluicegate.providers.anthropic.request import to_messages_request
 from sluicegate.providers.anthropic.response import from_message, usage_of
 from sluicegate.providers.anthropic.stream import AnthropicStreamDecoder
-from sluicegate.providers.base import Preset, Provider, StreamDecoder, json_error_message, register_provider_type
+from sluicegate.providers.base import Preset, Provider, json_error_message, register_provider_type
 
 if TYPE_CHECKING:
     from sluicegate.call import Call
@@ -114,11 +114,15 @@ class AnthropicProvider(Provider):
         if not isinstance(data, dict) or not isinstance(data.get("content"), list):
             raise UpstreamError(f"provider '{self.name}' answered with a body that is not a Messages API message")
         assert call.route is not None
-        return from_message(data, call.route.upstream_model or call.model_requested or "")
+        return from_message(data, call.route.upstream_model or call.model_requested or "", self.name)
 
-    def stream_decoder(self, call: Call) -> StreamDecoder:
+    def stream_decoder(self, call: Call) -> AnthropicStreamDecoder:
         assert call.route is not None
-        return AnthropicStreamDecoder(self.name, call.route.upstream_model or call.model_requested or "")
+        return AnthropicStreamDecoder(
+            self.name,
+            call.route.upstream_model or call.model_requested or "",
+            call.snapshot.server.max_stream_event_bytes,
+        )
 
     def error_message(self, body: bytes) -> str:
         # https://docs.anthropic.com/en/api/errors: {"type": "error", "error": {"type", "message"}, "request_id"}

@@ -24,7 +24,7 @@ FINISH = {
 }
 
 
-def from_message(data: dict[str, Any], model: str) -> dict[str, Any]:
+def from_message(data: dict[str, Any], model: str, provider: str | None = None) -> dict[str, Any]:
     """A neutral completion for a Messages API message (https://docs.anthropic.com/en/api/messages)."""
     texts: list[str] = []
     thinking: list[str] = []
@@ -64,24 +64,24 @@ def from_message(data: dict[str, Any], model: str) -> dict[str, Any]:
         str(data.get("model") or model),
         message,
         FINISH.get(data.get("stop_reason") or "", "stop"),
-        usage_of(usage) if isinstance(usage, dict) else None,
+        usage_of(usage, provider) if isinstance(usage, dict) else None,
     )
 
 
-def usage_of(usage: Mapping[str, Any]) -> dict[str, Any]:
-    """Neutral usage of a Messages usage object: prompt tokens count cache reads and writes too."""
-    read = _opt_int(usage.get("cache_read_input_tokens"))
-    created = _opt_int(usage.get("cache_creation_input_tokens"))
+def usage_of(usage: Mapping[str, Any], provider: str | None = None) -> dict[str, Any] | None:
+    """Neutral usage of a Messages usage object: prompt tokens count cache reads and writes too.
+    None when it reports no output count, or numbers that are not counts (the gateway counts)."""
+    read = usage.get("cache_read_input_tokens")
+    created = usage.get("cache_creation_input_tokens")
+    output = usage.get("output_tokens")
+    if output is None:
+        return None
     details = usage.get("output_tokens_details")
-    reasoning = _opt_int(details.get("thinking_tokens")) if isinstance(details, dict) else None
-    return neutral.usage(
-        (_opt_int(usage.get("input_tokens")) or 0) + (read or 0) + (created or 0),
-        _opt_int(usage.get("output_tokens")) or 0,
+    return neutral.checked_usage(
+        (usage.get("input_tokens"), read, created),
+        (output,),
         cached=read,
         cache_creation=created,
-        reasoning=reasoning,
+        reasoning=details.get("thinking_tokens") if isinstance(details, dict) else None,
+        provider=provider,
     )
-
-
-def _opt_int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None

@@ -11,63 +11,74 @@ from typing import Any
 import orjson
 
 from sluicegate import neutral
-from sluicegate.errors import RateLimited, SluicegateError, UpstreamError, UpstreamUnavailable
+from sluicegate.errors import SluicegateError
 from sluicegate.providers.anthropic.response import FINISH, usage_of
-from sluicegate.providers.base import StreamDecoder, json_error_message
-from sluicegate.providers.framing import SSEParser, event_json
+from sluicegate.providers.base import json_error_message, reported_error
+from sluicegate.providers.framing import MAX_EVENT_BYTES, SSEDecoder
 
 
-class AnthropicStreamDecoder(StreamDecoder):
+class AnthropicStreamDecoder(SSEDecoder):
     """Messages SSE (https://docs.anthropic.com/en/api/messages-streaming) -> neutral chunks.
 
     `message_start` gives the role chunk; block deltas give content, tool call and reasoning
-    deltas; `message_delta` the finish chunk; `message_stop` the usage chunk, then the end.
+    deltas; `message_delta` the finish chunk and the usage chunk; `message_stop` the end.
     `ping` and event types not known here are skipped (the API may add some); `error` raises.
     """
 
-    def __init__(self, provider: str, model: str) -> None:
-        self.provider = provider
+    def __init__(self, provider: str, model: str, max_event_bytes: int = MAX_EVENT_BYTES) -> None:
+        super().__init__(provider, max_event_bytes)
         self.model = model
         self.id = ""
         self.created = 0
-        self.sse = SSEParser()
-        self.done = False
         #: content block index -> position among the tool_use blocks
-        self.tools: dict[int, int] = {}
+        self.tools: dict[Any, int] = {}
         self.usage: dict[str, Any] = {}
+        self.usage_sent = False
 
-    def feed(self, data: bytes) -> list[dict[str, Any]]:
+    def event(self, name: str | None, event: dict[str, Any]) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
-        for name, payload in self.sse.feed(data):
-            if self.done:
-                break
-            event = event_json(self.provider, payload)
-            kind = event.get("type", name)
-            if kind == "content_block_delta":
-                self._delta(event, out)
-            elif kind == "content_block_start":
-                self._start(event, out)
-            elif kind == "message_start":
-                self._message_start(event, out)
-            elif kind == "message_delta":
-                delta = event.get("delta") or {}
-                self._add_usage(event.get("usage"))
-                finish = FINISH.get(delta.get("stop_reason") or "", "stop")
-                out.append(neutral.chunk(self.id, self.model, self.created, {}, finish))
-            elif kind == "message_stop":
-                out.append(neutral.usage_chunk(self.id, self.model, self.created, usage_of(self.usage)))
-                self.done = True
-            elif kind == "error":
-                raise self._error(event)
+        if self.done:
+            return out
+        kind = event.get("type", name)
+        if kind == "content_block_delta":
+            self._delta(event, out)
+        elif kind == "content_block_start":
+            self._start(event, out)
+        elif kind == "message_start":
+            self._message_start(event, out)
+        elif kind == "message_delta":
+            delta = event.get("delta")
+            self._add_usage(event.get("usage"))
+            reason = delta.get("stop_reason") if isinstance(delta, dict) else None
+            finish = FINISH.get(reason if isinstance(reason, str) else "", "stop")
+            out.append(neutral.chunk(self.id, self.model, self.created, {}, finish))
+            self._usage_chunk(out)
+        elif kind == "message_stop":
+            self._usage_chunk(out)
+            self.done = True
+        elif kind == "error" or name == "error":
+            raise self.error(event)
         return out
 
     def _message_start(self, event: dict[str, Any], out: list[dict[str, Any]]) -> None:
-        message = event.get("message") or {}
+        message = event.get("message")
+        if not isinstance(message, dict):
+            message = {}
         self.id = str(message.get("id") or "")
         self.model = str(message.get("model") or self.model)
         self.created = int(time.time())
         self._add_usage(message.get("usage"))
         out.append(neutral.chunk(self.id, self.model, self.created, {"role": "assistant"}))
+
+    def _usage_chunk(self, out: list[dict[str, Any]]) -> None:
+        """The usage chunk, once: after `message_delta`, which carries the final counts (so a
+        relay knows them when it passes that event on), else at `message_stop`."""
+        if self.usage_sent:
+            return
+        self.usage_sent = True
+        usage = usage_of(self.usage, self.provider)
+        if usage is not None:
+            out.append(neutral.usage_chunk(self.id, self.model, self.created, usage))
 
     def _add_usage(self, usage: Any) -> None:
         """Merge a usage object (`message_start` has the input counts, `message_delta` the final output count)."""
@@ -75,11 +86,13 @@ class AnthropicStreamDecoder(StreamDecoder):
             self.usage.update((k, v) for k, v in usage.items() if v is not None)
 
     def _start(self, event: dict[str, Any], out: list[dict[str, Any]]) -> None:
-        block = event.get("content_block") or {}
+        block = event.get("content_block")
+        if not isinstance(block, dict):
+            return
         kind = block.get("type")
         delta: dict[str, Any]
         if kind == "tool_use":
-            index = self.tools[event.get("index", -1)] = len(self.tools)
+            index = self.tools[_key(event.get("index"))] = len(self.tools)
             arguments = ""
             if block.get("input"):
                 arguments = orjson.dumps(block["input"]).decode()
@@ -97,14 +110,16 @@ class AnthropicStreamDecoder(StreamDecoder):
         out.append(neutral.chunk(self.id, self.model, self.created, delta))
 
     def _delta(self, event: dict[str, Any], out: list[dict[str, Any]]) -> None:
-        d = event.get("delta") or {}
+        d = event.get("delta")
+        if not isinstance(d, dict):
+            return
         kind = d.get("type")
         delta: dict[str, Any]
         if kind == "text_delta":
             delta = {"content": d.get("text", "")}
         elif kind == "input_json_delta":
             fragment = d.get("partial_json")
-            index = self.tools.get(event.get("index", -1))
+            index = self.tools.get(_key(event.get("index")))
             if not fragment or index is None:
                 return
             delta = {"tool_calls": [neutral.tool_call_delta(index, arguments=fragment)]}
@@ -116,14 +131,14 @@ class AnthropicStreamDecoder(StreamDecoder):
             return  # citations_delta and later additions have no neutral place
         out.append(neutral.chunk(self.id, self.model, self.created, delta))
 
-    def _error(self, event: dict[str, Any]) -> SluicegateError:
-        # https://docs.anthropic.com/en/api/messages-streaming#error-events
+    def error(self, event: dict[str, Any]) -> SluicegateError:
+        """The gateway error for an `error` event (https://docs.anthropic.com/en/api/messages-streaming#error-events):
+        `overloaded_error` stays an overload (503), `rate_limit_error` a rate limit."""
         error = event.get("error")
         kind = error.get("type") if isinstance(error, dict) else None
-        detail = json_error_message(event, ("error", "message")) or str(kind or "error")
-        where = f"provider '{self.provider}'"
-        if kind == "overloaded_error":
-            return UpstreamUnavailable(f"{where} is unavailable (overloaded): {detail}")
-        if kind == "rate_limit_error":
-            return RateLimited(f"{where} is rate limiting: {detail}", code="upstream_rate_limited")
-        return UpstreamError(f"{where} reported an error in the stream ({kind}): {detail}")
+        return reported_error(self.provider, kind, json_error_message(event, ("error", "message")))
+
+
+def _key(index: Any) -> Any:
+    """A content block index as a dict key (an unhashable one from a broken upstream matches nothing)."""
+    return index if isinstance(index, int | str) else -1

@@ -15,7 +15,14 @@ from yarl import URL
 
 from sluicegate import neutral
 from sluicegate.errors import SluicegateError, UpstreamError, UpstreamTimeout
-from sluicegate.providers.base import Preset, Provider, StreamDecoder, register_provider_type
+from sluicegate.providers.base import (
+    Preset,
+    Provider,
+    StreamDecoder,
+    json_error_message,
+    register_provider_type,
+    reported_error,
+)
 from sluicegate.providers.bedrock.auth import BOTOCORE_MISSING, Signer, botocore_available, parse_credentials
 from sluicegate.providers.bedrock.request import TARGET, converse_request
 from sluicegate.providers.bedrock.response import converse_usage, error_text, parse_converse
@@ -24,6 +31,7 @@ from sluicegate.providers.bedrock.stream import BedrockStreamDecoder
 if TYPE_CHECKING:
     from sluicegate.call import Call
     from sluicegate.config.model import ProviderConfig
+    from sluicegate.scrub import Scrubber
 
 __all__ = [
     "BOTOCORE_MISSING",
@@ -67,6 +75,7 @@ class BedrockProvider(Provider):
 
     Options: ClassVar[type[BedrockOptions]] = BedrockOptions
     native_dialect = "bedrock"
+    stream_framing = "eventstream"
     label = "AWS Bedrock"
 
     def __init__(self, config: ProviderConfig, preset: Preset) -> None:
@@ -152,14 +161,22 @@ class BedrockProvider(Provider):
     def error_message(self, body: bytes) -> str:
         return error_text(body)
 
-    def parse_error(self, status: int, body: bytes, retry_after: float | None, secret: str | None) -> SluicegateError:
+    def parse_error(self, status: int, body: bytes, retry_after: float | None, scrub: Scrubber) -> SluicegateError:
         # 408 ModelTimeoutException and 424 ModelErrorException are the model failing, not the
         # client's request (https://docs.aws.amazon.com/bedrock/latest/APIReference/API_runtime_Converse.html#API_runtime_Converse_Errors).
         if status == 408:
-            return UpstreamTimeout(f"provider '{self.name}' timed out: {self.error_message(body) or 'model timeout'}")
+            return UpstreamTimeout(
+                f"provider '{self.name}' timed out: {scrub(self.error_message(body)) or 'model timeout'}"
+            )
         if status == 424:
-            return UpstreamError(f"provider '{self.name}' failed: {self.error_message(body) or 'model error'}")
-        return super().parse_error(status, body, retry_after, secret)
+            return UpstreamError(f"provider '{self.name}' failed: {scrub(self.error_message(body)) or 'model error'}")
+        return super().parse_error(status, body, retry_after, scrub)
+
+    def answer_error(self, data: dict[str, Any]) -> SluicegateError | None:
+        # Error bodies are `{"message"}` (`{"Message"}` for API-key errors); answers have `output`.
+        if "output" not in data and isinstance(data.get("message", data.get("Message")), str):
+            return reported_error(self.name, None, json_error_message(data, ("message",), ("Message",)))
+        return super().answer_error(data)
 
 
 register_provider_type(

@@ -11,7 +11,7 @@ import orjson
 
 from sluicegate import neutral
 from sluicegate.errors import UpstreamError
-from sluicegate.providers.base import json_error_message
+from sluicegate.providers.base import json_error_message, text_of
 
 if TYPE_CHECKING:
     from sluicegate.call import Call
@@ -40,24 +40,21 @@ def new_id() -> str:
     return "chatcmpl-" + _secrets.token_hex(12)
 
 
-def converse_usage(value: Any) -> dict[str, Any] | None:
+def converse_usage(value: Any, provider: str | None = None) -> dict[str, Any] | None:
     """Neutral usage of a Converse TokenUsage. `inputTokens` excludes the tokens read from or
-    written to the prompt cache (reported beside it), so the neutral prompt count adds them."""
+    written to the prompt cache (reported beside it), so the neutral prompt count adds them.
+    None when absent or when its numbers are not counts (the gateway counts instead)."""
     if not isinstance(value, dict):
         return None
     read = value.get("cacheReadInputTokens")
     write = value.get("cacheWriteInputTokens")
-    prompt = _int(value.get("inputTokens")) + _int(read) + _int(write)
-    return neutral.usage(
-        prompt,
-        _int(value.get("outputTokens")),
-        cached=_int(read) if read is not None else None,
-        cache_creation=_int(write) if write is not None else None,
+    return neutral.checked_usage(
+        (value.get("inputTokens"), read, write),
+        (value.get("outputTokens"),),
+        cached=read,
+        cache_creation=write,
+        provider=provider,
     )
-
-
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def error_text(body: bytes) -> str:
@@ -65,7 +62,7 @@ def error_text(body: bytes) -> str:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return body[:300].decode("utf-8", "replace").strip()
+        return text_of(body)
     return json_error_message(data, ("message",), ("Message",))
 
 
@@ -115,5 +112,5 @@ def parse_converse(provider: str, data: Any, call: Call) -> dict[str, Any]:
     assert call.route is not None
     model = call.route.upstream_model or call.model_requested or ""
     return neutral.completion(
-        new_id(), model, out, finish_reason(data.get("stopReason")), converse_usage(data.get("usage"))
+        new_id(), model, out, finish_reason(data.get("stopReason")), converse_usage(data.get("usage"), provider)
     )

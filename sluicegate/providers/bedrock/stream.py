@@ -7,12 +7,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import orjson
-
 from sluicegate import neutral
 from sluicegate.errors import RateLimited, SluicegateError, UpstreamError, UpstreamUnavailable
-from sluicegate.providers.base import StreamDecoder
+from sluicegate.providers.base import MAX_DETAIL_CHARS, StreamDecoder
 from sluicegate.providers.bedrock.response import converse_usage, error_text, finish_reason, new_id
+from sluicegate.providers.framing import InvalidStream, event_json
 
 
 class BedrockStreamDecoder(StreamDecoder):
@@ -44,7 +43,7 @@ class BedrockStreamDecoder(StreamDecoder):
             for message in self.buffer:
                 self._message(message.headers, message.payload, out)
         except ParserError:
-            raise UpstreamError(f"provider '{self.provider}' sent a corrupted event-stream frame") from None
+            raise InvalidStream(f"provider '{self.provider}' sent a corrupted event-stream frame") from None
         return out
 
     def _message(self, headers: dict[str, Any], payload: bytes, out: list[dict[str, Any]]) -> None:
@@ -53,16 +52,11 @@ class BedrockStreamDecoder(StreamDecoder):
             raise self._exception(str(headers.get(":exception-type") or ""), payload)
         if kind == "error":
             code = headers.get(":error-code") or "error"
-            detail = str(headers.get(":error-message") or "")[:1000]
+            detail = str(headers.get(":error-message") or "")[:MAX_DETAIL_CHARS]
             raise UpstreamError(f"provider '{self.provider}' reported an error in the stream: {code}: {detail}")
         if kind != "event":
             return
-        try:
-            event = orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            raise UpstreamError(f"provider '{self.provider}' sent a stream event that is not JSON") from None
-        if not isinstance(event, dict):
-            raise UpstreamError(f"provider '{self.provider}' sent a stream event that is not a JSON object")
+        event = event_json(self.provider, payload)
         name = headers.get(":event-type")
         if name == "contentBlockDelta":
             self._delta(event, out)
@@ -80,7 +74,7 @@ class BedrockStreamDecoder(StreamDecoder):
         elif name == "messageStop":
             out.append(neutral.chunk(self.id, self.model, self.created, {}, finish_reason(event.get("stopReason"))))
         elif name == "metadata":
-            usage = converse_usage(event.get("usage"))
+            usage = converse_usage(event.get("usage"), self.provider)
             if usage is not None:
                 out.append(neutral.usage_chunk(self.id, self.model, self.created, usage))
             self.done = True

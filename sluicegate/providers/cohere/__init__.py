@@ -19,6 +19,8 @@ from sluicegate.providers.base import (
     StreamDecoder,
     json_error_message,
     register_provider_type,
+    reported_error,
+    text_of,
     upstream_error,
 )
 from sluicegate.providers.cohere.request import build_body
@@ -28,6 +30,7 @@ from sluicegate.providers.cohere.stream import CohereStreamDecoder
 if TYPE_CHECKING:
     from sluicegate.call import Call
     from sluicegate.config.model import ProviderConfig
+    from sluicegate.scrub import Scrubber
 
 __all__ = ["DOCS", "CohereProvider", "CohereStreamDecoder", "build_body", "parse_response"]
 
@@ -74,7 +77,7 @@ class CohereProvider(Provider):
         return parse_response(data, self.name, self._model(call) or "")
 
     def stream_decoder(self, call: Call) -> StreamDecoder:
-        return CohereStreamDecoder(self.name, self._model(call) or "")
+        return CohereStreamDecoder(self.name, self._model(call) or "", call.snapshot.server.max_stream_event_bytes)
 
     # ------------------------------------------------------------------------------ errors
 
@@ -83,13 +86,17 @@ class CohereProvider(Provider):
         try:
             data = orjson.loads(body)
         except orjson.JSONDecodeError:
-            return body[:300].decode("utf-8", "replace").strip()
+            return text_of(body)
         return json_error_message(data, ("message",), ("data",), ("error",))
 
-    def parse_error(self, status: int, body: bytes, retry_after: float | None, secret: str | None) -> SluicegateError:
-        detail = self.error_message(body)
-        if secret and detail:
-            detail = detail.replace(secret, "[redacted]")
+    def answer_error(self, data: dict[str, Any]) -> SluicegateError | None:
+        # An error body is `{"id", "message": "<text>"}`; an answer's `message` is an object.
+        if isinstance(data.get("message"), str):
+            return reported_error(self.name, None, json_error_message(data, ("message",)))
+        return super().answer_error(data)
+
+    def parse_error(self, status: int, body: bytes, retry_after: float | None, scrub: Scrubber) -> SluicegateError:
+        detail = scrub(self.error_message(body))
         where = f"provider '{self.name}'"
         if status == 402:
             # The account cannot pay: an operator's problem, not the client's request.
@@ -108,7 +115,7 @@ class CohereProvider(Provider):
             return UpstreamError(f"{where} cancelled the request (HTTP 499): {detail or 'request cancelled'}")
         if status == 504:
             return UpstreamTimeout(f"{where} timed out (HTTP 504): {detail or 'gateway timeout'}")
-        return upstream_error(self.name, status, detail, retry_after, secret)
+        return upstream_error(self.name, status, detail, retry_after, scrub)
 
 
 register_provider_type("cohere", CohereProvider, Preset("https://api.cohere.com", docs=DOCS))

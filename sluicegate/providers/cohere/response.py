@@ -86,13 +86,15 @@ def arguments_text(value: Any) -> str:
     return orjson.dumps(value if value is not None else {}).decode()
 
 
-def _int(value: Any) -> int | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return int(value)
+def _int(value: Any) -> Any:
+    """Cohere types its counts as numbers: a whole float (`12.0`) is the integer it stands for;
+    anything else is left as sent, for `neutral.checked_usage` to refuse."""
+    if type(value) is float and value.is_integer():
+        return int(value)
+    return value
 
 
-def usage_of(raw: Any) -> dict[str, Any] | None:
+def usage_of(raw: Any, provider: str | None = None) -> dict[str, Any] | None:
     """Cohere `usage` -> neutral: `tokens` counts everything the model read and wrote (what the
     neutral counts mean); `billed_units` only the part billed, used when `tokens` is absent."""
     if not isinstance(raw, dict):
@@ -105,6 +107,4 @@ def usage_of(raw: Any) -> dict[str, Any] | None:
         prompt = _int(billed.get("input_tokens"))
     if completion is None:
         completion = _int(billed.get("output_tokens"))
-    if prompt is None and completion is None:
-        return None
-    return neutral.usage(prompt or 0, completion or 0, cached=_int(raw.get("cached_tokens")))
+    return neutral.checked_usage((prompt,), (completion,), cached=_int(raw.get("cached_tokens")), provider=provider)

@@ -9,19 +9,20 @@ import time
 from typing import Any
 
 from sluicegate import neutral
-from sluicegate.providers.base import StreamDecoder
+from sluicegate.providers.base import json_error_message, reported_error
 from sluicegate.providers.cohere.response import finish_reason, obj, usage_of
-from sluicegate.providers.framing import SSEParser, event_json
+from sluicegate.providers.framing import MAX_EVENT_BYTES, SSEDecoder
+
+#: tool calls one answer may index
+MAX_TOOLS = 1024
 
 
-class CohereStreamDecoder(StreamDecoder):
+class CohereStreamDecoder(SSEDecoder):
     """Cohere v2 SSE (https://docs.cohere.com/reference/chat-stream): each `data:` is a JSON event
     whose `type` names it; `message-end` carries the finish reason and usage and ends the stream."""
 
-    def __init__(self, provider: str, model: str) -> None:
-        self.provider = provider
-        self.sse = SSEParser()
-        self.done = False
+    def __init__(self, provider: str, model: str, max_event_bytes: int = MAX_EVENT_BYTES) -> None:
+        super().__init__(provider, max_event_bytes)
         self.id = ""
         self.model = model
         self.created = int(time.time())
@@ -35,15 +36,13 @@ class CohereStreamDecoder(StreamDecoder):
         self.started = True
         out.append(self._chunk({"role": "assistant", "content": ""}))
 
-    def feed(self, data: bytes) -> list[dict[str, Any]]:
+    def event(self, name: str | None, event: dict[str, Any]) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
-        for name, payload in self.sse.feed(data):
-            if self.done:
-                break
-            if not payload:
-                continue
-            event = event_json(self.provider, payload)
-            self._event(event.get("type") or name, event, out)
+        kind = event.get("type") or name
+        if kind == "error" or (isinstance(event.get("message"), str) and "delta" not in event):
+            # An error the server hit mid-stream: `{"message": ...}` as its error bodies have it.
+            raise reported_error(self.provider, None, json_error_message(event, ("message",), ("error",)))
+        self._event(kind, event, out)
         return out
 
     def _event(self, kind: Any, event: dict[str, Any], out: list[dict[str, Any]]) -> None:
@@ -78,21 +77,26 @@ class CohereStreamDecoder(StreamDecoder):
             fn = obj(tc.get("function"))
             arguments = fn.get("arguments")
             if isinstance(arguments, str) and arguments:
-                at = event.get("index")
-                index = at if isinstance(at, int) else max(self.tools - 1, 0)
+                at = _index(event.get("index"))
+                index = at if at is not None else max(self.tools - 1, 0)
                 out.append(self._chunk({"tool_calls": [neutral.tool_call_delta(index, arguments=arguments)]}))
         elif kind == "message-end":
             finish = finish_reason(self.provider, delta.get("finish_reason"), delta.get("error"))
             out.append(self._chunk(None, finish))
-            usage = usage_of(delta.get("usage"))
+            usage = usage_of(delta.get("usage"), self.provider)
             if usage is not None:
                 out.append(neutral.usage_chunk(self.id, self.model, self.created, usage))
             self.done = True
         # content-start/-end, tool-call-end, citation-start/-end, debug: nothing to relay
 
     def _tool_index(self, event: dict[str, Any]) -> int:
-        index = event.get("index")
-        if not isinstance(index, int):
+        index = _index(event.get("index"))
+        if index is None:
             index = self.tools
         self.tools = max(self.tools, index + 1)
         return index
+
+
+def _index(value: Any) -> int | None:
+    """A tool-call index the upstream gave, when it is a small integer."""
+    return value if type(value) is int and 0 <= value < MAX_TOOLS else None

@@ -27,6 +27,7 @@ from sluicegate.providers.gemini.stream import GeminiStreamDecoder
 if TYPE_CHECKING:
     from sluicegate.call import Call
     from sluicegate.config.model import ProviderConfig
+    from sluicegate.scrub import Scrubber
 
 __all__ = ["TARGET", "GeminiProvider", "GeminiStreamDecoder", "build_body"]
 
@@ -74,12 +75,14 @@ class GeminiProvider(Provider):
             n = body.get("n")
             if isinstance(n, int) and not isinstance(n, bool) and n > 1:
                 expected = n
-        return GeminiStreamDecoder(self.name, requested_model(call), expected)
+        return GeminiStreamDecoder(
+            self.name, requested_model(call), expected, call.snapshot.server.max_stream_event_bytes
+        )
 
     def error_message(self, body: bytes) -> str:
         return error_message(body)
 
-    def parse_error(self, status: int, body: bytes, retry_after: float | None, secret: str | None) -> SluicegateError:
+    def parse_error(self, status: int, body: bytes, retry_after: float | None, scrub: Scrubber) -> SluicegateError:
         # A bad key is a 400 INVALID_ARGUMENT with reason API_KEY_INVALID, not a 401
         # (https://ai.google.dev/gemini-api/docs/troubleshooting): report it as the auth failure it is.
         # A 429 carries its wait in a RetryInfo detail (`"retryDelay": "37s"`), not in Retry-After.
@@ -90,7 +93,7 @@ class GeminiProvider(Provider):
                 status = 401
             if retry_after is None:
                 retry_after = retry_delay(error)
-        return upstream_error(self.name, status, self.error_message(body), retry_after, secret)
+        return upstream_error(self.name, status, self.error_message(body), retry_after, scrub)
 
 
 register_provider_type(

@@ -14,7 +14,7 @@ import orjson
 
 from sluicegate import neutral
 from sluicegate.errors import UpstreamError
-from sluicegate.providers.base import json_error_message
+from sluicegate.providers.base import json_error_message, retry_seconds, text_of
 
 if TYPE_CHECKING:
     from sluicegate.call import Call
@@ -57,7 +57,11 @@ def parse_response(data: Any, provider: str, call: Call) -> dict[str, Any]:
             }
         )
     out = neutral.completion(
-        f"chatcmpl-{response_id(data) or secrets.token_hex(12)}", model, choices[0]["message"], None, usage_of(data)
+        f"chatcmpl-{response_id(data) or secrets.token_hex(12)}",
+        model,
+        choices[0]["message"],
+        None,
+        usage_of(data, provider),
     )
     out["choices"] = choices
     return out
@@ -84,12 +88,16 @@ def prompt_blocked(data: dict[str, Any]) -> bool:
     return isinstance(feedback, dict) and bool(feedback.get("blockReason"))
 
 
+#: candidates an answer may index (`candidateCount` is at most 8; OpenAI's `n` at most 128)
+MAX_CANDIDATES = 1024
+
+
 def indexed_candidates(candidates: list[Any]) -> Iterator[tuple[int, dict[str, Any]]]:
     """Each candidate object with its index (its own `index`, else its position)."""
     for position, candidate in enumerate(candidates):
         if isinstance(candidate, dict):
             index = candidate.get("index")
-            yield (index if isinstance(index, int) else position), candidate
+            yield (index if type(index) is int and 0 <= index < MAX_CANDIDATES else position), candidate
 
 
 def call_id(call: dict[str, Any]) -> str:
@@ -149,20 +157,20 @@ def _choice(candidate: dict[str, Any], index: int) -> dict[str, Any]:
     }
 
 
-def _count(meta: dict[str, Any], key: str) -> int | None:
-    value = meta.get(key)
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def usage_of(data: dict[str, Any]) -> dict[str, Any] | None:
-    """Neutral usage from `usageMetadata`: output counts the thoughts, which Gemini reports apart."""
+def usage_of(data: dict[str, Any], provider: str | None = None) -> dict[str, Any] | None:
+    """Neutral usage from `usageMetadata`: output counts the thoughts, which Gemini reports apart
+    (a zero count is left out). None when absent or its numbers are not counts."""
     meta = data.get("usageMetadata")
     if not isinstance(meta, dict):
         return None
-    prompt = (_count(meta, "promptTokenCount") or 0) + (_count(meta, "toolUsePromptTokenCount") or 0)
-    thoughts = _count(meta, "thoughtsTokenCount")
-    completion = (_count(meta, "candidatesTokenCount") or 0) + (thoughts or 0)
-    return neutral.usage(prompt, completion, cached=_count(meta, "cachedContentTokenCount"), reasoning=thoughts)
+    thoughts = meta.get("thoughtsTokenCount")
+    return neutral.checked_usage(
+        (meta.get("promptTokenCount"), meta.get("toolUsePromptTokenCount")),
+        (meta.get("candidatesTokenCount"), thoughts),
+        cached=meta.get("cachedContentTokenCount"),
+        reasoning=thoughts,
+        provider=provider,
+    )
 
 
 # ----------------------------------------------------------------------------------- errors
@@ -180,7 +188,7 @@ def error_message(body: bytes) -> str:
     try:
         data = _error_json(body)
     except orjson.JSONDecodeError:
-        return body[:300].decode("utf-8", "replace").strip()
+        return text_of(body)
     return json_error_message(data, ("error", "message"), ("error",), ("message",))
 
 
@@ -200,8 +208,5 @@ def retry_delay(error: dict[str, Any]) -> float | None:
         if isinstance(detail, dict) and str(detail.get("@type", "")).endswith("google.rpc.RetryInfo"):
             delay = detail.get("retryDelay")
             if isinstance(delay, str) and delay.endswith("s"):
-                try:
-                    return float(delay[:-1])
-                except ValueError:
-                    return None
+                return retry_seconds(delay[:-1])
     return None

@@ -11,9 +11,8 @@ import time
 from typing import Any
 
 from sluicegate import neutral
-from sluicegate.errors import UpstreamError
-from sluicegate.providers.base import StreamDecoder, json_error_message
-from sluicegate.providers.framing import SSEParser, event_json
+from sluicegate.providers.base import json_error_message, reported_error
+from sluicegate.providers.framing import MAX_EVENT_BYTES, SSEDecoder
 from sluicegate.providers.gemini.response import (
     call_arguments,
     call_id,
@@ -27,35 +26,33 @@ from sluicegate.providers.gemini.response import (
 )
 
 
-class GeminiStreamDecoder(StreamDecoder):
+class GeminiStreamDecoder(SSEDecoder):
     """`streamGenerateContent?alt=sse`: each `data:` event is a whole `GenerateContentResponse`
     holding the next parts of each candidate; the stream ends after the event that carries the
     last candidate's `finishReason` (no end marker). Each functionCall part arrives whole."""
 
-    def __init__(self, provider: str, model: str, expected: int = 1) -> None:
-        self.provider = provider
+    def __init__(self, provider: str, model: str, expected: int = 1, max_event_bytes: int = MAX_EVENT_BYTES) -> None:
+        super().__init__(provider, max_event_bytes)
         self.model = model
         self.expected = expected
-        self.sse = SSEParser()
-        self.done = False
         self.id = f"chatcmpl-{secrets.token_hex(12)}"
         self.created = int(time.time())
         self.started: set[int] = set()
         self.finished: set[int] = set()
         self.calls: dict[int, int] = {}  # candidate index -> function calls so far
-        self.usage: dict[str, Any] | None = None
+        #: the last event that carried `usageMetadata` (each carries the counts so far)
+        self.usage_event: dict[str, Any] | None = None
         self._first = True
 
-    def feed(self, data: bytes) -> list[dict[str, Any]]:
+    def event(self, name: str | None, event: dict[str, Any]) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
-        for _, payload in self.sse.feed(data):
-            if self.done:
-                break
-            event = event_json(self.provider, payload)
-            if "error" in event:
-                detail = json_error_message(event, ("error", "message"))
-                raise UpstreamError(f"provider '{self.provider}' reported an error in the stream: {detail}")
-            self._event(event, out)
+        error = event.get("error")
+        if error:
+            # {"error": {"code", "message", "status"}} (https://ai.google.dev/gemini-api/docs/troubleshooting)
+            found = error if isinstance(error, dict) else {}
+            detail = json_error_message(event, ("error", "message"), ("error",))
+            raise reported_error(self.provider, found.get("status"), detail, found.get("code"))
+        self._event(event, out)
         return out
 
     def close(self) -> list[dict[str, Any]]:
@@ -81,7 +78,7 @@ class GeminiStreamDecoder(StreamDecoder):
             if answer_id:
                 self.id = f"chatcmpl-{answer_id}"
         if isinstance(event.get("usageMetadata"), dict):
-            self.usage = usage_of(event)
+            self.usage_event = event
         candidates = event.get("candidates")
         if not isinstance(candidates, list) or not candidates:
             if prompt_blocked(event):
@@ -122,5 +119,6 @@ class GeminiStreamDecoder(StreamDecoder):
 
     def _end(self, out: list[dict[str, Any]]) -> None:
         self.done = True
-        if self.usage is not None:
-            out.append(neutral.usage_chunk(self.id, self.model, self.created, self.usage))
+        usage = usage_of(self.usage_event, self.provider) if self.usage_event is not None else None
+        if usage is not None:
+            out.append(neutral.usage_chunk(self.id, self.model, self.created, usage))

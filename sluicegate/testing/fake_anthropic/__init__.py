@@ -22,7 +22,7 @@ import orjson
 
 from sluicegate.testing.fake_anthropic import render
 from sluicegate.testing.fake_anthropic.validate import Invalid, check_common, check_messages_request
-from sluicegate.testing.wire import Receive, Request, Send, add_route, begin, plan_answer, rand, send_bytes
+from sluicegate.testing.wire import Receive, Request, Send, add_route, begin, dumps, plan_answer, rand, send_bytes
 
 if TYPE_CHECKING:
     from sluicegate.testing.upstream import FakeUpstream
@@ -77,8 +77,8 @@ async def _messages(fake: FakeUpstream, request: Request, receive: Receive, send
     except Invalid as exc:
         await send_error(send, exc.status, exc.message, {})
         return
-    stream = data.get("stream") is True
     reply = fake._next_reply()
+    stream = data.get("stream") is True and reply.fault != "json_stream"
     if not await begin(reply, stream, receive, send, send_error):
         return
     messages = data["messages"]
@@ -94,7 +94,7 @@ async def _messages(fake: FakeUpstream, request: Request, receive: Receive, send
     if stream:
         await render.stream(answer, stop_sequence, send)
     else:
-        await send_bytes(send, 200, orjson.dumps(render.message(answer, stop_sequence)), render.headers(answer))
+        await send_bytes(send, 200, dumps(render.message(answer, stop_sequence)), render.headers(answer))
 
 
 async def _count_tokens(fake: FakeUpstream, request: Request, receive: Receive, send: Send) -> None:

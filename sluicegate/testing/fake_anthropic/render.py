@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from sluicegate.testing.wire import Answer, Send, pieces, rand, sse, stream_events, text_of, words
+from sluicegate.testing.wire import Answer, Reply, Send, pieces, rand, sse, stream_events, text_of, words
 
 #: neutral planned finish -> Anthropic `stop_reason`
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
@@ -72,12 +72,13 @@ def apply_stop_sequences(answer: Answer, stops: list[str] | None) -> str | None:
 
 def _usage(answer: Answer, output_tokens: int) -> dict[str, Any]:
     cached = answer.reply.cached_tokens or 0
+    input_tokens, output = answer.reply.counts(max(answer.prompt_tokens - cached, 0), output_tokens)
     return {
-        "input_tokens": max(answer.prompt_tokens - cached, 0),
+        "input_tokens": input_tokens,
         "cache_creation_input_tokens": 0,
         "cache_read_input_tokens": cached,
         "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0},
-        "output_tokens": output_tokens,
+        "output_tokens": output,
         "service_tier": "standard",
     }
 
@@ -103,7 +104,8 @@ def headers(answer: Answer) -> dict[str, str]:
 
 
 def message(answer: Answer, stop_sequence: str | None) -> dict[str, Any]:
-    """The Message object (https://docs.anthropic.com/en/api/messages, response)."""
+    """The Message object (https://docs.anthropic.com/en/api/messages, response); without `usage`
+    when the reply says the upstream reports none."""
     content: list[dict[str, Any]] = []
     if answer.reasoning:
         content.append({"type": "thinking", "thinking": answer.reasoning, "signature": _signature()})
@@ -119,7 +121,7 @@ def message(answer: Answer, stop_sequence: str | None) -> dict[str, Any]:
         "content": content,
         "stop_reason": _stop_reason(answer, stop_sequence),
         "stop_sequence": stop_sequence,
-        "usage": _usage(answer, answer.completion_tokens),
+        **({"usage": _usage(answer, answer.completion_tokens)} if answer.reply.usage else {}),
     }
 
 
@@ -135,7 +137,7 @@ async def stream(answer: Answer, stop_sequence: str | None, send: Send) -> None:
         "content": [],
         "stop_reason": None,
         "stop_sequence": None,
-        "usage": _usage(answer, 1),
+        **({"usage": _usage(answer, 1)} if answer.reply.usage else {}),
     }
     head = [sse({"type": "message_start", "message": start}, "message_start")]
     body: list[bytes] = []
@@ -167,16 +169,19 @@ async def stream(answer: Answer, stop_sequence: str | None, send: Send) -> None:
         )
     usage = _usage(answer, answer.completion_tokens)
     del usage["cache_creation"], usage["service_tier"]
-    tail = [
-        sse(
-            {
-                "type": "message_delta",
-                "delta": {"stop_reason": _stop_reason(answer, stop_sequence), "stop_sequence": stop_sequence},
-                "usage": usage,
-            },
-            "message_delta",
-        ),
-        sse({"type": "message_stop"}, "message_stop"),
-    ]
+    delta: dict[str, Any] = {
+        "type": "message_delta",
+        "delta": {"stop_reason": _stop_reason(answer, stop_sequence), "stop_sequence": stop_sequence},
+    }
+    if answer.reply.usage:
+        delta["usage"] = usage
+    tail = [sse(delta, "message_delta"), sse({"type": "message_stop"}, "message_stop")]
     # The scripted reply may be reused: its headers are not changed.
-    await stream_events(dataclasses.replace(answer.reply, headers=headers(answer)), head, body, tail, send)
+    reply = dataclasses.replace(answer.reply, headers=headers(answer))
+    await stream_events(reply, head, body, tail, send, error_event=stream_error(answer.reply))
+
+
+def stream_error(reply: Reply) -> bytes:
+    """An `error` event, as Anthropic sends one mid-stream (its type: `overloaded_error`)."""
+    error = {"type": "overloaded_error", "message": reply.message("Overloaded")}
+    return sse({"type": "error", "error": error}, "error")

@@ -11,22 +11,36 @@ import orjson
 from sluicegate.testing.fake_openai.common import (
     SYSTEM_FINGERPRINT,
     BadRequest,
+    error_body,
     include_usage,
     opt_int,
     require_model,
     send_error,
 )
-from sluicegate.testing.wire import Receive, Send, begin, plan_answer, rand, send_bytes, stream_events, text_of, words
+from sluicegate.testing.wire import (
+    Receive,
+    Reply,
+    Send,
+    begin,
+    dumps,
+    plan_answer,
+    rand,
+    send_bytes,
+    stream_events,
+    text_of,
+    total,
+    words,
+)
 
 if TYPE_CHECKING:
     from sluicegate.testing.upstream import FakeUpstream
 
 
-def _usage(prompt: int, completion: int, cached: int = 0, reasoning: int = 0) -> dict[str, Any]:
+def _usage(prompt: Any, completion: Any, cached: int = 0, reasoning: int = 0) -> dict[str, Any]:
     return {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
-        "total_tokens": prompt + completion,
+        "total_tokens": total(prompt, completion),
         "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0},
         "completion_tokens_details": {
             "reasoning_tokens": reasoning,
@@ -78,9 +92,9 @@ async def chat(
     messages = _messages(data)
     n = opt_int(data, "n") or 1
     max_tokens = opt_int(data, "max_completion_tokens") or opt_int(data, "max_tokens")
-    stream = data.get("stream") is True
-
     reply = fake._next_reply()
+    stream = data.get("stream") is True and reply.fault != "json_stream"
+
     if not await begin(reply, stream, receive, send, send_error):
         return
 
@@ -96,7 +110,11 @@ async def chat(
     # a scripted completion count is the total; a planned one is per choice
     completion_tokens = answer.completion_tokens * (1 if reply.completion_tokens is not None else n)
     usage = (
-        _usage(answer.prompt_tokens, completion_tokens, reply.cached_tokens or 0, reply.reasoning_tokens or 0)
+        _usage(
+            *reply.counts(answer.prompt_tokens, completion_tokens),
+            reply.cached_tokens or 0,
+            reply.reasoning_tokens or 0,
+        )
         if reply.usage
         else None
     )
@@ -121,7 +139,7 @@ async def chat(
             obj["usage"] = usage
         obj["service_tier"] = "default"
         obj["system_fingerprint"] = SYSTEM_FINGERPRINT
-        await send_bytes(send, 200, orjson.dumps(obj), reply.headers)
+        await send_bytes(send, 200, dumps(obj), reply.headers)
         return
 
     usage_chunk = include_usage(data) and usage is not None
@@ -138,7 +156,7 @@ async def chat(
         }
         if usage_chunk:
             chunk["usage"] = last_usage
-        return b"data: " + orjson.dumps(chunk) + b"\n\n"
+        return b"data: " + dumps(chunk) + b"\n\n"
 
     def choice(i: int, delta: dict[str, Any], finish_reason: str | None = None) -> list[dict[str, Any]]:
         return [{"index": i, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]
@@ -155,11 +173,27 @@ async def chat(
                 event(choice(i, {"tool_calls": [{"index": t, "function": {"arguments": f}}]})) for f in tc.fragments
             )
     tail = [event(choice(i, {}, answer.finish)) for i in range(n)]
-    if usage_on_finish and usage is not None:
+    if (usage_on_finish or reply.usage_shape == "on_finish") and usage is not None:
         last = orjson.loads(tail[-1][6:])
         last["usage"] = usage
-        tail[-1] = b"data: " + orjson.dumps(last) + b"\n\n"
+        tail[-1] = b"data: " + dumps(last) + b"\n\n"
     elif usage_chunk:
-        tail.append(event([], usage))
+        tail.append(event(_usage_choices(reply), usage))
     tail.append(b"data: [DONE]\n\n")
-    await stream_events(reply, head, body, tail, send)
+    await stream_events(reply, head, body, tail, send, error_event=stream_error(reply))
+
+
+def _usage_choices(reply: Reply) -> list[dict[str, Any]]:
+    """The `choices` of the usage chunk, in the shape `Reply.usage_shape` names."""
+    if reply.usage_shape == "empty_delta":
+        return [{"delta": {}}]
+    if reply.usage_shape == "null_finish":
+        return [{"index": 0, "delta": {}, "finish_reason": None}]
+    return []
+
+
+def stream_error(reply: Reply) -> bytes:
+    """An in-band error event, as OpenAI sends one mid-stream."""
+    return (
+        b"data: " + error_body(500, reply.message("The server had an error while processing your request.")) + b"\n\n"
+    )

@@ -6,8 +6,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
+from sluicegate.testing.fake_openai.chat import stream_error
 from sluicegate.testing.fake_openai.common import (
     SYSTEM_FINGERPRINT,
     BadRequest,
@@ -22,11 +21,13 @@ from sluicegate.testing.wire import (
     Receive,
     Send,
     begin,
+    dumps,
     echo,
     pieces,
     rand,
     send_bytes,
     stream_events,
+    total,
     words,
 )
 
@@ -54,9 +55,9 @@ async def completions(fake: FakeUpstream, data: dict[str, Any], receive: Receive
     prompts, prompt_words = _prompts(data)
     n = opt_int(data, "n") or 1
     max_tokens = opt_int(data, "max_tokens")
-    stream = data.get("stream") is True
-
     reply = fake._next_reply()
+    stream = data.get("stream") is True and reply.fault != "json_stream"
+
     if not await begin(reply, stream, receive, send, send_error):
         return
 
@@ -76,12 +77,9 @@ async def completions(fake: FakeUpstream, data: dict[str, Any], receive: Receive
     completion_tokens = reply.completion_tokens
     if completion_tokens is None:
         completion_tokens = sum(len(pieces(t)) for t, _ in texts) * n
+    reported = reply.counts(prompt_tokens, completion_tokens)
     usage = (
-        {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-        }
+        {"prompt_tokens": reported[0], "completion_tokens": reported[1], "total_tokens": total(*reported)}
         if reply.usage
         else None
     )
@@ -105,7 +103,7 @@ async def completions(fake: FakeUpstream, data: dict[str, Any], receive: Receive
         }
         if usage is not None:
             obj["usage"] = usage
-        await send_bytes(send, 200, orjson.dumps(obj), reply.headers)
+        await send_bytes(send, 200, dumps(obj), reply.headers)
         return
 
     usage_chunk = include_usage(data) and usage is not None
@@ -121,7 +119,7 @@ async def completions(fake: FakeUpstream, data: dict[str, Any], receive: Receive
         }
         if usage_chunk:
             chunk["usage"] = last_usage
-        return b"data: " + orjson.dumps(chunk) + b"\n\n"
+        return b"data: " + dumps(chunk) + b"\n\n"
 
     body: list[bytes] = []
     tail: list[bytes] = []
@@ -136,4 +134,4 @@ async def completions(fake: FakeUpstream, data: dict[str, Any], receive: Receive
     if usage_chunk:
         tail.append(event([], usage))
     tail.append(b"data: [DONE]\n\n")
-    await stream_events(reply, [], body, tail, send)
+    await stream_events(reply, [], body, tail, send, error_event=stream_error(reply))
