@@ -72,6 +72,7 @@ async def relay_stream(
     include_usage = call.include_usage
     done = False
     error: SluicegateError | None = None
+    tail = b""
     try:
         async for data in body(resp, prefix):
             if call.ttft_ms is None:
@@ -117,14 +118,16 @@ async def relay_stream(
                 if counted is not None:
                     out.append(frame(None, orjson.dumps(counted)))
                 out.append(_DONE)
-            elif held is not None:
+                tail = b"".join(out)  # sent by `end`, with the body's last message
+                break
+            if held is not None:
                 # One scan per read from the upstream, however many events it brought.
                 out.extend(await release(held.drain(), out, send))
             if not out and parser.comments != comments:
                 out.append(KEEP_ALIVE)
             if out:
                 await send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
-            if done or client_gone():
+            if client_gone():
                 break
     except (aiohttp.ClientError, TimeoutError) as exc:
         error = cut(name, exc)
@@ -141,7 +144,7 @@ async def relay_stream(
     if client_gone():
         resp.close()
         return
-    await end(call, send, name, done, error, render_error)
+    await end(call, send, name, done, error, render_error, tail)
     await finish_upstream(resp, done and error is None)
 
 
@@ -170,6 +173,7 @@ async def relay_native_stream(
     held = output_guard(call, STREAM_EVENT_TEXTS[call.dialect])
     tally = Tally(call)
     error: SluicegateError | None = None
+    tail = b""
     try:
         async for data in body(resp, prefix):
             if call.ttft_ms is None:
@@ -195,11 +199,14 @@ async def relay_native_stream(
             if held is not None:
                 pending = held.finish() if decoder.done else held.drain()
                 out[:0] = await release(pending, out, send)
+            if decoder.done:
+                tail = b"".join(out)  # sent by `end`, with the body's last message
+                break
             if not out and parser.comments != comments:
                 out.append(KEEP_ALIVE)
             if out:
                 await send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
-            if decoder.done or client_gone():
+            if client_gone():
                 break
     except (aiohttp.ClientError, TimeoutError) as exc:
         error = cut(name, exc)
@@ -216,7 +223,7 @@ async def relay_native_stream(
     if client_gone():
         resp.close()
         return
-    await end(call, send, name, decoder.done, error, encoder.error)
+    await end(call, send, name, decoder.done, error, encoder.error, tail)
     await finish_upstream(resp, decoder.done and error is None)
 
 

@@ -72,6 +72,7 @@ async def relay_json_stream(
     await start(call, send)
     done = False
     error: SluicegateError | None = None
+    tail = b""
     try:
         _, data = await read_answer(call, resp, prefix)
         call.ttft_ms = call.elapsed_ms()
@@ -96,13 +97,13 @@ async def relay_json_stream(
             chunks = completion_chunks(answer, take_answer(call, answer) or await counted(call))
         out = [encoder.encode(chunk) for chunk in chunks]
         out.append(encoder.finish())
-        await send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
+        tail = b"".join(out)  # sent by `end`, with the body's last message
         done = True
     except SluicegateError as exc:
         error = exc
     except Exception as exc:
         error = internal(call, exc)
-    await end(call, send, provider.name, done, error, encoder.error)
+    await end(call, send, provider.name, done, error, encoder.error, tail)
 
 
 def _choices(data: dict[str, Any]) -> list[tuple[int, dict[str, Any]]]:

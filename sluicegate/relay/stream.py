@@ -210,16 +210,19 @@ async def end(
     done: bool,
     error: SluicegateError | None,
     render_error: Callable[[SluicegateError], bytes],
+    tail: bytes = b"",
 ) -> None:
     """End the client's stream: a stream that stopped before its end marker is a cut; a failure
     is recorded (its message scrubbed) and told in-band in the client's dialect; then the body
-    closes."""
+    closes. The stream's closing events (`tail`: `[DONE]`, `message_stop`...) or the error event
+    go out in the body's last message, so with `audit.durability: before_response` the client
+    sees the end of the answer only once its audit event is committed."""
     if error is None and not done:
         error = StreamCut(f"provider '{name}' ended the stream before its end marker")
     if error is not None:
         call.fail(error)
-        await send({"type": "http.response.body", "body": render_error(error), "more_body": True})
-    await send({"type": "http.response.body", "body": b"", "more_body": False})
+        tail += render_error(error)
+    await send({"type": "http.response.body", "body": tail, "more_body": False})
 
 
 _T = TypeVar("_T")
@@ -259,6 +262,7 @@ async def relay_translated_stream(
     tally = Tally(call)
     error: SluicegateError | None = None
     ended = False
+    tail = b""
     try:
         chunks_in = body(resp, prefix)
         while not ended:
@@ -286,7 +290,8 @@ async def relay_translated_stream(
                 if counted is not None:
                     out.append(encoder.encode(counted))
                 out.append(encoder.finish())
-                ended = True
+                tail = b"".join(out)  # sent by `end`, with the body's last message
+                break
             elif not out and sse is not None and sse.comments != comments:
                 out.append(KEEP_ALIVE)
             if out:
@@ -308,5 +313,5 @@ async def relay_translated_stream(
     if client_gone():
         resp.close()
         return
-    await end(call, send, provider.name, decoder.done, error, encoder.error)
+    await end(call, send, provider.name, decoder.done, error, encoder.error, tail)
     await finish_upstream(resp, decoder.done and error is None)
