@@ -128,6 +128,8 @@ _CARD_RANGES: tuple[tuple[int, int, frozenset[int]], ...] = (
     (56, 69, frozenset({12, 13, 14, 15, 16, 17, 18, 19})),
     (2200, 2204, frozenset({16, 17, 18, 19})),
 )
+
+
 def card_ok(text: str, start: int, end: int) -> bool:
     """A payment card number: one kind of separator, an issuer's prefix and length, Luhn-valid.
 

@@ -30,8 +30,8 @@ from sluicegate.vault.refs import SecretRef, parse_ref
 if TYPE_CHECKING:
     from sluicegate.call import Call
     from sluicegate.config.model import ProviderConfig
-    from sluicegate.vault import Vault
     from sluicegate.scrub import Scrubber
+    from sluicegate.vault import Vault
 
 #: how much of an upstream's error text is read: scrubbed whole, then cut (`scrub.MAX_MESSAGE_CHARS`)
 MAX_DETAIL_CHARS = 64 * 1024

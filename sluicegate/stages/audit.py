@@ -17,8 +17,8 @@ import orjson
 
 from sluicegate.audit.events import AuditEvent
 from sluicegate.audit.failures import AuthFailureAggregator
-from sluicegate.audit.writer import AuditNotDurable
 from sluicegate.audit.reason import reason_of
+from sluicegate.audit.writer import AuditNotDurable
 from sluicegate.errors import ServiceUnavailable
 from sluicegate.stages.base import Services, register_stage
 
