@@ -25,13 +25,17 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sluicegate.errors import BodyTooLarge, SluicegateError
+from sluicegate.edge.body import ClientGone, read_body
+from sluicegate.errors import SluicegateError
 from sluicegate.stages.base import Services, Stage, stage_factories
 
 if TYPE_CHECKING:
+    import aiohttp
+
     from sluicegate.call import Call
     from sluicegate.config.snapshot import Snapshot
     from sluicegate.dialects.base import StreamEncoder
+    from sluicegate.edge.protocol import EdgeRequest
     from sluicegate.relay import Relay
     from sluicegate.types import Receive, Send
 
@@ -74,10 +78,6 @@ class Endpoint:
     local: Callable[[Call], Awaitable[bytes]] | None = None
 
 
-class ClientGone(Exception):
-    """The client disconnected before the gateway answered."""
-
-
 class Pipeline:
     """The stages for one config snapshot, in order; built once per snapshot."""
 
@@ -101,9 +101,22 @@ class Pipeline:
         self.header_stages = ordered[:split]
         self.body_stages = ordered[split:]
         self.finishers = [stages[n] for n in FINISH_ORDER if n in stages]
+        #: who is calling, for answers outside the request path (an unknown URL names its caller)
+        self.identity = stages.get("identity")
 
-    async def run(self, call: Call, endpoint: Endpoint, relay: Relay, receive: Receive, send: Send) -> None:
-        """Take one call through every stage; always finish with accounting and audit."""
+    async def run(
+        self,
+        call: Call,
+        endpoint: Endpoint,
+        relay: Relay,
+        receive: Receive,
+        send: Send,
+        edge: EdgeRequest | None = None,
+    ) -> None:
+        """Take one call through every stage; always finish with accounting and audit.
+
+        `edge` is the request's handle on `EdgeProtocol` (None under another server): it enforces
+        the body and write deadlines and reports a disconnect without a task of our own."""
         from sluicegate.relay import (
             relay_json,
             relay_native_stream,
@@ -114,16 +127,33 @@ class Pipeline:
 
         started = False
         watcher: asyncio.Future[Any] | None = None
-        gone = False
-        streaming = False
+        gone = watching = False
+        resp: aiohttp.ClientResponse | None = None
+        task = asyncio.current_task()
+        assert task is not None
 
         def client_gone() -> bool:
             return gone
 
+        def on_gone() -> None:
+            # The client left: stop the call wherever it is (a stage, the upstream call, the relay).
+            nonlocal gone
+            if watching and not gone:
+                gone = True
+                task.cancel()
+
         try:
             for stage in self.header_stages:
                 await stage.on_request(call)
-            raw = await read_body(receive, call.snapshot.server.max_body_bytes, call.headers.get(b"content-length"))
+            server = call.snapshot.server
+            raw = await read_body(receive, server, call.headers, None if edge is not None else server.body_timeout_s)
+            # From now on a client that leaves is noticed at once, before the first byte of an answer too.
+            watching = True
+            if edge is not None:
+                edge.on_disconnect(on_gone)
+            else:
+                watcher = asyncio.ensure_future(receive())
+                watcher.add_done_callback(lambda fut: on_gone() if _disconnected(fut) else None)
             body = endpoint.parse_body(raw)
             call.body = body
             endpoint.fill_call(call, body)
@@ -133,42 +163,23 @@ class Pipeline:
                 # Nothing goes upstream: the gateway answers (count_tokens for other providers).
                 await _send_local(call, send, await endpoint.local(call))
                 return
+            if edge is not None and call.route is not None:
+                # No write to the client waits past the provider's total time for the whole call.
+                edge.deadline = asyncio.get_running_loop().time() + call.route.provider.timeouts.total_s
             resp = await relay.open(call, endpoint.to_chat)
             # A translated answer is made neutral and rendered in the client's dialect; a
             # passthrough stream of another protocol than OpenAI's is relayed as sent, read
             # alongside by its provider's decoder.
             native = not call.translated and call.dialect != "openai"
             if call.stream and (call.translated or native or (resp.content_type or "").startswith("text/event-stream")):
-                task = asyncio.current_task()
-                assert task is not None
-
-                def on_disconnect(fut: asyncio.Future[Any]) -> None:
-                    nonlocal gone
-                    if streaming and not fut.cancelled() and fut.result().get("type") == "http.disconnect":
-                        gone = True
-                        task.cancel()
-
-                watcher = asyncio.ensure_future(receive())
-                watcher.add_done_callback(on_disconnect)
-                started = streaming = True
-                try:
-                    if call.translated or native:
-                        assert endpoint.stream_encoder is not None
-                        encoder = endpoint.stream_encoder(call)
-                        relay_neutral = relay_native_stream if native else relay_translated_stream
-                        await relay_neutral(call, resp, send, client_gone, encoder)
-                    else:
-                        await relay_stream(call, resp, send, client_gone, endpoint.render_stream_error)
-                except asyncio.CancelledError:
-                    if not gone:
-                        raise
-                    task.uncancel()
-                    resp.close()
-                finally:
-                    streaming = False
-                if gone:
-                    call.outcome = "client_disconnected"
-                    call.status = 499
+                started = True
+                if call.translated or native:
+                    assert endpoint.stream_encoder is not None
+                    encoder = endpoint.stream_encoder(call)
+                    relay_neutral = relay_native_stream if native else relay_translated_stream
+                    await relay_neutral(call, resp, send, client_gone, encoder)
+                else:
+                    await relay_stream(call, resp, send, client_gone, endpoint.render_stream_error)
             elif call.translated:
                 assert endpoint.render_response is not None
                 await relay_translated_json(call, resp, send, endpoint.render_response)
@@ -176,6 +187,7 @@ class Pipeline:
                 # relay_json raises before it sends anything, so its errors are still answered.
                 await relay_json(call, resp, send)
         except SluicegateError as exc:
+            watching = False  # the answer is an error now; a client leaving changes nothing
             call.fail(exc)
             if not started:
                 await send_error(call, send, exc, endpoint.render_error)
@@ -183,16 +195,28 @@ class Pipeline:
             call.outcome = "client_disconnected"
             call.status = 499
         except asyncio.CancelledError:
-            call.outcome = "cancelled"
-            call.status = call.status or 499
-            raise
+            if not gone:
+                call.outcome = "cancelled"
+                call.status = call.status or 499
+                raise
+            # Our own cancellation: the client left. The upstream connection is closed with it.
+            task.uncancel()
+            if resp is not None:
+                resp.close()
+            _client_left(call, edge)
         except Exception:
+            watching = False
             log.exception("unexpected error on request %s", call.request_id)
             error = SluicegateError("The gateway failed to handle this request", code="internal_error")
             call.fail(error)
             if not started:
                 await send_error(call, send, error, endpoint.render_error)
         finally:
+            watching = False
+            if edge is not None:
+                edge.on_disconnect(None)
+                if edge.stalled:
+                    _client_left(call, edge)
             if watcher is not None and not watcher.done():
                 watcher.cancel()
             await self.finish(call)
@@ -209,6 +233,17 @@ class Pipeline:
                 log.exception("stage %s failed to finish request %s", stage.name, call.request_id)
         if cancelled:
             raise asyncio.CancelledError
+
+
+def _disconnected(received: asyncio.Future[Any]) -> bool:
+    """Whether a `receive()` that completed says the client disconnected."""
+    return not received.cancelled() and received.exception() is None and received.result()["type"] == "http.disconnect"
+
+
+def _client_left(call: Call, edge: EdgeRequest | None) -> None:
+    """Record a client that disconnected, or stopped reading until its connection was cut."""
+    call.outcome = "client_stalled" if edge is not None and edge.stalled else "client_disconnected"
+    call.status = 499
 
 
 def _native(call: Call) -> bool:
@@ -228,43 +263,17 @@ async def _send_local(call: Call, send: Send, body: bytes) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-async def read_body(receive: Receive, limit: int, content_length: bytes | None) -> bytes:
-    """The whole request body, refusing (413) past `limit` bytes before reading more."""
-    if content_length is not None:
-        try:
-            declared = int(content_length)
-        except ValueError:
-            declared = 0
-        if declared > limit:
-            raise BodyTooLarge(f"The request body is {declared} bytes; the limit is {limit} bytes")
-    message = await receive()
-    if message["type"] == "http.disconnect":
-        raise ClientGone
-    body: bytes = message.get("body", b"")
-    if not message.get("more_body"):
-        if len(body) > limit:
-            raise BodyTooLarge(f"The request body is larger than the limit of {limit} bytes")
-        return body
-    chunks = [body]
-    size = len(body)
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge(f"The request body is larger than the limit of {limit} bytes")
-        chunks.append(chunk)
-        if not message.get("more_body"):
-            return b"".join(chunks)
-
-
 async def send_error(
-    call: Call, send: Send, error: SluicegateError, render: Callable[[SluicegateError], bytes]
+    call: Call,
+    send: Send,
+    error: SluicegateError,
+    render: Callable[[SluicegateError], bytes],
+    extra: list[tuple[bytes, bytes]] | None = None,
 ) -> None:
-    """Answer with the error in the client's dialect and status."""
+    """Answer with the error in the client's dialect and status (`extra`: more headers)."""
     headers = [(b"content-type", b"application/json"), (b"x-request-id", call.request_id.encode())]
+    if extra:
+        headers += extra
     if error.retry_after is not None:
         headers.append((b"retry-after", str(max(1, round(error.retry_after))).encode()))
     if error.status == 401:

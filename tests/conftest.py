@@ -25,6 +25,7 @@ import pytest
 from sluicegate.app import Gateway
 from sluicegate.audit.reader import latest_events
 from sluicegate.config.loader import load_config
+from sluicegate.edge.server import server_config
 from sluicegate.settings import Settings
 from sluicegate.store.db import create_engine
 from sluicegate.store.keys import KeyStore
@@ -117,7 +118,9 @@ def run_gateway(
     store = KeyStore(engine)
     keys = {name: store.create(name)[0] for name in ("alice", "bob")}
     gateway = Gateway(load_config(config_path), settings=settings, config_path=config_path, engine=engine, **gw)
-    with serve_in_thread(gateway) as url:
+    # Served as `sluicegate serve` serves it: the edge protocol and its settings.
+    config = server_config(gateway, "127.0.0.1", 0, log_level="warning", timeout_graceful_shutdown=1)
+    with serve_in_thread(gateway, config=config) as url:
         yield RunningGateway(url, gateway, keys, config_path, data_dir)
 
 

@@ -27,10 +27,17 @@ class AuditStage:
     name = "audit"
     needs_body = False
 
-    def __init__(self, writer: AuditWriter, refuse_when_unhealthy: bool, failures: AuthFailureAggregator) -> None:
+    def __init__(
+        self,
+        writer: AuditWriter,
+        refuse_when_unhealthy: bool,
+        failures: AuthFailureAggregator,
+        unknown_urls: AuthFailureAggregator | None = None,
+    ) -> None:
         self.writer = writer
         self.refuse_when_unhealthy = refuse_when_unhealthy
         self.failures = failures
+        self.unknown_urls = unknown_urls or AuthFailureAggregator(status=404, outcome="unknown_urls_aggregated")
 
     async def on_request(self, call: Call) -> None:
         if self.refuse_when_unhealthy and not self.writer.healthy:
@@ -43,8 +50,13 @@ class AuditStage:
         failures = self.failures
         if call.status == 401 and not failures.admit(call.client_ip):
             return  # counted: the source's summary event will say how many
+        unknown = self.unknown_urls
+        if call.status in (404, 405) and call.consumer is None and not unknown.admit(call.client_ip):
+            return  # a scanner without a key: counted the same way
         self.writer.submit(event_of(call))
         for summary in failures.due():
+            self.writer.submit(summary)
+        for summary in unknown.due():
             self.writer.submit(summary)
 
 
@@ -88,8 +100,12 @@ def _guards(call: Call) -> str | None:
 
 
 def _factory(snapshot: Snapshot, services: Services) -> AuditStage:
-    services.auth_failures.configure(snapshot.audit.auth_failure_window_s, snapshot.audit.auth_failures_per_window)
-    return AuditStage(services.audit, snapshot.audit.on_failure == "refuse", services.auth_failures)
+    window_s, per_window = snapshot.audit.auth_failure_window_s, snapshot.audit.auth_failures_per_window
+    services.auth_failures.configure(window_s, per_window)
+    services.unknown_urls.configure(window_s, per_window)
+    return AuditStage(
+        services.audit, snapshot.audit.on_failure == "refuse", services.auth_failures, services.unknown_urls
+    )
 
 
 register_stage("audit", _factory)
