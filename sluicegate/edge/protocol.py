@@ -104,12 +104,11 @@ class EdgeRequest(RequestResponseCycle):
         if self.close_delimited:
             self._write_close_delimited(message)
             return
-        if (
-            not self.response_started
-            and self.scope["http_version"] == "1.0"
-            and message["type"] == "http.response.start"
-        ):
-            self._delimit_by_close(message)
+        if not self.response_started and message["type"] == "http.response.start":
+            if self.body_expired is not None:
+                self.keep_alive = False  # the rest of the body may still come: this connection is done
+            elif self.scope["http_version"] == "1.0":
+                self._delimit_by_close(message)
         await super().send(message)
 
     async def _drain(self) -> bool:
@@ -157,6 +156,18 @@ class EdgeProtocol(HttpToolsProtocol):
     Bound to an `EdgeState` by `edge_protocol`; uvicorn makes one per connection."""
 
     edge: ClassVar[EdgeState]
+    # Slots: a kept-alive connection is one of thousands; they add no dictionary entries.
+    __slots__ = (
+        "_body_timer",
+        "_head_at",
+        "_head_begun",
+        "_head_bytes",
+        "_head_timer",
+        "_lingering",
+        "_over_cap",
+        "_read_len",
+        "_refusal",
+    )
 
     def __init__(
         self,
@@ -268,6 +279,16 @@ class EdgeProtocol(HttpToolsProtocol):
         cycle = self.cycle
         if cycle is not previous:
             self._adopt(cycle, server)
+
+    def on_response_complete(self) -> None:
+        cycle = self.cycle
+        super().on_response_complete()
+        if cycle is self.cycle and cycle is not None and cycle.response_complete and not cycle.more_body:
+            # The connection is idle until its next request: keep nothing of the last one (a
+            # kept-alive connection then costs its transport, parser and timer only).
+            self.cycle = None  # type: ignore[assignment]
+            self.scope = None  # type: ignore[assignment]
+            self.headers = None  # type: ignore[assignment]
 
     def on_message_complete(self) -> None:
         super().on_message_complete()

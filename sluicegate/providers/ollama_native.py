@@ -29,7 +29,14 @@ import orjson
 
 from sluicegate import neutral
 from sluicegate.errors import BadRequest, UpstreamError
-from sluicegate.providers.base import Preset, Provider, StreamDecoder, json_error_message, register_provider_type
+from sluicegate.providers.base import (
+    Preset,
+    Provider,
+    StreamDecoder,
+    capped,
+    json_error_message,
+    register_provider_type,
+)
 from sluicegate.providers.framing import NDJSONParser
 
 if TYPE_CHECKING:
@@ -91,6 +98,7 @@ class OllamaNativeProvider(Provider):
 
     def build_request(self, call: Call, chat: dict[str, Any]) -> bytes:
         assert call.route is not None
+        chat = capped(chat, call)
         for key, value in chat.items():
             if key not in HANDLED and key not in IGNORED and value is not None:
                 raise neutral.unsupported(f"The '{key}' parameter", self.target, key)

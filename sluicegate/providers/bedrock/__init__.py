@@ -15,7 +15,7 @@ from yarl import URL
 
 from sluicegate import neutral
 from sluicegate.errors import SluicegateError, UpstreamError, UpstreamTimeout
-from sluicegate.providers.base import Preset, Provider, StreamDecoder, register_provider_type
+from sluicegate.providers.base import Preset, Provider, StreamDecoder, capped, register_provider_type
 from sluicegate.providers.bedrock.auth import BOTOCORE_MISSING, Signer, botocore_available, parse_credentials
 from sluicegate.providers.bedrock.request import TARGET, converse_request
 from sluicegate.providers.bedrock.response import converse_usage, error_text, parse_converse
@@ -133,7 +133,7 @@ class BedrockProvider(Provider):
             raise UpstreamError(f"provider '{self.name}': {BOTOCORE_MISSING}")
 
     def build_request(self, call: Call, chat: dict[str, Any]) -> bytes:
-        return orjson.dumps(converse_request(chat))
+        return orjson.dumps(converse_request(capped(chat, call)))
 
     # ----------------------------------------------------------------------------------------- answers
 
