@@ -108,7 +108,7 @@ class EdgeRequest(RequestResponseCycle):
             if self.body_expired is not None:
                 self.keep_alive = False  # the rest of the body may still come: this connection is done
             elif self.scope["http_version"] == "1.0":
-                self._delimit_by_close(message)
+                message = self._delimit_by_close(message)
         await super().send(message)
 
     async def _drain(self) -> bool:
@@ -126,14 +126,19 @@ class EdgeRequest(RequestResponseCycle):
             return False
         return not self.disconnected
 
-    def _delimit_by_close(self, message: ASGISendEvent) -> None:
+    def _delimit_by_close(self, message: ASGISendEvent) -> ASGISendEvent:
         """An HTTP/1.0 response without `content-length`: HTTP/1.0 has no chunked encoding, so
-        the body is written as is and ends when the connection closes (uvicorn closes HTTP/1.0
-        connections after one response anyway)."""
+        the body is written as is and ends when the connection closes, as its head says."""
         headers = cast("dict[str, Any]", message).get("headers") or ()
-        if not any(name.lower() in (b"content-length", b"transfer-encoding") for name, _ in headers):
-            self.chunked_encoding = False  # uvicorn then writes the head without `transfer-encoding`
-            self.close_delimited = True
+        names = {name.lower() for name, _ in headers}
+        if b"content-length" in names or b"transfer-encoding" in names:
+            return message
+        self.chunked_encoding = False  # uvicorn then writes the head without `transfer-encoding`
+        self.close_delimited = True
+        self.keep_alive = False
+        if b"connection" in names:
+            return message
+        return cast("ASGISendEvent", {**message, "headers": [*headers, (b"connection", b"close")]})
 
     def _write_close_delimited(self, message: ASGISendEvent) -> None:
         if self.disconnected or self.response_complete:
