@@ -2,7 +2,8 @@
 
     identity      key or JWT -> consumer                  (headers only: before the body is read)
     access        endpoint, source address, time window   403 (headers only too)
-    [parse]       the body, once, by the client's dialect
+    [parse]       the body (bounded, within its deadline, decoded), once, by the client's dialect;
+                  from here a client that leaves cancels the call   408 / 413 / 415 / 499
     model_access  model, provider, streaming, max_tokens  403 / 404
     guardrails    input guards: block / redact / flag     400 content_blocked
     router        model -> provider + upstream model      404
