@@ -178,6 +178,8 @@ class Gateway:
         #: the `created` time `/v1/models` reports for configured models
         self.created = int(time.time())
         self._id_prefix = "req_" + secrets.token_hex(7)
+        #: HTTP requests being handled (their audit events not queued yet)
+        self.in_flight = 0
         self._ids = itertools.count(1)
 
     @property
@@ -195,27 +197,35 @@ class Gateway:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            path: str = scope["path"]
-            method: str = scope["method"]
-            endpoint = ENDPOINTS.get(path)
-            if endpoint is not None:
-                if method != "POST":
-                    await self._unknown(scope, send, endpoint, MethodNotAllowed(f"Use POST for {_shown(path)}"))
-                    return
-                await self._handle(scope, receive, send, endpoint)
-            elif path in _GET_PATHS and method.encode() not in _GET_PATHS[path]:
-                await self._unknown(scope, send, None, MethodNotAllowed(f"Use GET for {_shown(path)}"))
-            elif path in ("/v1/models", "/models"):
-                await self._models(scope, receive, send)
-            elif path == "/healthz":
-                await _send_json(send, 200, {"status": "ok"})
-            elif path == "/readyz":
-                await self._ready(send)
-            else:
-                unknown = NotFound(f"Unknown path: {_shown(method)} {_shown(path)}", code="unknown_url")
-                await self._unknown(scope, send, None, unknown)
+            # Counted until the call's audit event is queued, which is after its last byte went out.
+            self.in_flight += 1
+            try:
+                await self._route(scope, receive, send)
+            finally:
+                self.in_flight -= 1
         elif kind == "lifespan":
             await self._lifespan(receive, send)
+
+    async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope["path"]
+        method: str = scope["method"]
+        endpoint = ENDPOINTS.get(path)
+        if endpoint is not None:
+            if method != "POST":
+                await self._unknown(scope, send, endpoint, MethodNotAllowed(f"Use POST for {_shown(path)}"))
+                return
+            await self._handle(scope, receive, send, endpoint)
+        elif path in _GET_PATHS and method.encode() not in _GET_PATHS[path]:
+            await self._unknown(scope, send, None, MethodNotAllowed(f"Use GET for {_shown(path)}"))
+        elif path in ("/v1/models", "/models"):
+            await self._models(scope, receive, send)
+        elif path == "/healthz":
+            await _send_json(send, 200, {"status": "ok"})
+        elif path == "/readyz":
+            await self._ready(send)
+        else:
+            unknown = NotFound(f"Unknown path: {_shown(method)} {_shown(path)}", code="unknown_url")
+            await self._unknown(scope, send, None, unknown)
 
     async def _unknown(self, scope: Scope, send: Send, endpoint: Endpoint | None, error: SluicegateError) -> None:
         """A 404 (unknown path) or 405 (wrong method), in the client's dialect with a request id,

@@ -146,8 +146,7 @@ class Pipeline:
         try:
             for stage in self.header_stages:
                 await stage.on_request(call)
-            server = call.snapshot.server
-            raw = await read_body(receive, server, call.headers, None if edge is not None else server.body_timeout_s)
+            raw = await read_body(receive, call.snapshot.server, call.headers, edge)
             # From now on a client that leaves is noticed at once, before the first byte of an answer too.
             watching = True
             if edge is not None:

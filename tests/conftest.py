@@ -95,7 +95,11 @@ class RunningGateway:
         return httpx.Client(base_url=self.url, headers=headers, timeout=10, **kwargs)
 
     def audit(self, n: int = 1000) -> list[dict[str, Any]]:
-        """Audit events written so far (waits for the writer to drain)."""
+        """Audit events written so far (waits for calls to queue their events, then for the writer
+        to drain: a client has its answer a moment before the event of its call is queued)."""
+        deadline = time.monotonic() + 2
+        while self.app.in_flight and time.monotonic() < deadline:
+            time.sleep(0.002)
         assert self.app.audit.wait_idle(10), "audit writer did not drain"
         return latest_events(self.app.engine, n)
 

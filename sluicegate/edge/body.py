@@ -17,6 +17,7 @@ from sluicegate.errors import BadRequest, BodyTooLarge, RequestTimeout, Unsuppor
 
 if TYPE_CHECKING:
     from sluicegate.config.model import ServerConfig
+    from sluicegate.edge.protocol import EdgeRequest
     from sluicegate.types import Receive
 
 #: the codings decoded, by their name in `Content-Encoding` (lower case)
@@ -33,25 +34,29 @@ class ClientGone(Exception):
 
 
 async def read_body(
-    receive: Receive, server: ServerConfig, headers: dict[bytes, bytes], deadline_s: float | None = None
+    receive: Receive, server: ServerConfig, headers: dict[bytes, bytes], edge: EdgeRequest | None = None
 ) -> bytes:
     """The whole request body, decoded; 413 past the limits, 415 for a coding not decoded, 408
-    past `deadline_s` (None when the server enforces the body deadline itself, as `EdgeProtocol`
-    does at no cost per request)."""
+    past the body deadline (kept by the edge protocol, which says so on `edge`, at no cost per
+    request; under another server, by a timer here)."""
     coding = headers.get(b"content-encoding")
     codings = _codings(coding) if coding is not None else []
     limit = server.max_body_bytes
-    if deadline_s is None:
-        raw = await _receive(receive, limit, headers.get(b"content-length"))
+    if edge is not None:
+        raw = await _receive(receive, limit, headers.get(b"content-length"), edge)
     else:
         try:
-            async with asyncio.timeout(deadline_s):
-                raw = await _receive(receive, limit, headers.get(b"content-length"))
+            async with asyncio.timeout(server.body_timeout_s):
+                raw = await _receive(receive, limit, headers.get(b"content-length"), None)
         except TimeoutError:
-            raise RequestTimeout(f"The request body did not arrive within {deadline_s:g} s") from None
+            raise _timed_out(server.body_timeout_s) from None
     if not codings:
         return raw
     return decode(raw, codings, limit, server.max_decoded_ratio)
+
+
+def _timed_out(seconds: float) -> RequestTimeout:
+    return RequestTimeout(f"The request body did not arrive within {seconds:g} s")
 
 
 def _codings(header: bytes) -> list[str]:
@@ -115,7 +120,7 @@ def _invalid(coding: str) -> BadRequest:
     )
 
 
-async def _receive(receive: Receive, limit: int, content_length: bytes | None) -> bytes:
+async def _receive(receive: Receive, limit: int, content_length: bytes | None, edge: EdgeRequest | None) -> bytes:
     """The body as received, refusing (413) past `limit` bytes before reading more."""
     if content_length is not None:
         try:
@@ -124,24 +129,21 @@ async def _receive(receive: Receive, limit: int, content_length: bytes | None) -
             declared = 0
         if declared > limit:
             raise BodyTooLarge(f"The request body is {declared} bytes; the limit is {limit} bytes")
-    message = await receive()
-    if message["type"] == "http.disconnect":
-        raise ClientGone
-    body: bytes = message.get("body", b"")
-    if not message.get("more_body"):
-        if len(body) > limit:
-            raise BodyTooLarge(f"The request body is larger than the limit of {limit} bytes")
-        return body
-    chunks = [body]
-    size = len(body)
+    chunks: list[bytes] = []
+    size = 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             raise ClientGone
-        chunk = message.get("body", b"")
+        chunk: bytes = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise BodyTooLarge(f"The request body is larger than the limit of {limit} bytes")
-        chunks.append(chunk)
         if not message.get("more_body"):
+            if not chunks:
+                return chunk
+            chunks.append(chunk)
             return b"".join(chunks)
+        if edge is not None and edge.body_expired is not None:
+            raise _timed_out(edge.body_expired)
+        chunks.append(chunk)

@@ -9,13 +9,14 @@ adds, from the live `server:` settings (`EdgeState`, swapped on config reload):
   close when no byte came), armed only when a head spans several reads;
 - a bound on the head's bytes, counted as they arrive, and on its header lines (431);
 - a connection cap: a connection past it is answered 503 once its head is read;
-- a body deadline, from the end of the head: the app's next `receive()` raises `RequestTimeout`;
-- a write deadline: a send that finds the transport's buffer full waits at most
-  `write_timeout_s` (and never past the call's deadline), then the connection is aborted;
-- the body deadline also for a body that goes on after its answer (an early refusal), and
-  close-delimited bodies for HTTP/1.0 clients;
-- a per-request handle, `scope["extensions"]["sluicegate.edge"]`, through which the gateway
-  hears of a disconnect without a task of its own and bounds its writes by the call's deadline.
+- a body deadline, from the end of the head, armed only when the body did not come with it
+  (the gateway then answers 408; a body that goes on after an early answer is cut off);
+- a write deadline: while the transport's buffer stays full (the client takes nothing), at most
+  `write_timeout_s`, and never past the call's deadline; then the connection is aborted;
+- close-delimited bodies for HTTP/1.0 clients (`Http10Cycle`);
+- a per-request handle (`EdgeRequest`, in `scope["extensions"]["sluicegate.edge"]`) through which
+  the gateway hears of a disconnect without a task of its own, learns of an expired body
+  deadline, and bounds the writes by the call's deadline.
 
 It builds on uvicorn internals (`HttpToolsProtocol`, `RequestResponseCycle`): pyproject bounds the
 uvicorn versions, and `tests/edge/test_uvicorn_internals.py` fails loudly when they change.
@@ -37,7 +38,7 @@ from sluicegate.dialects import openai as openai_dialect
 from sluicegate.errors import BadRequest, RequestTimeout, ServiceUnavailable, SluicegateError
 
 if TYPE_CHECKING:
-    from uvicorn._types import ASGIReceiveEvent, ASGISendEvent
+    from uvicorn._types import ASGISendEvent
 
     from sluicegate.config.model import ServerConfig
 
@@ -63,21 +64,19 @@ class _Refused(Exception):
     """Raised in a parser callback: stop parsing a request the edge refuses."""
 
 
-class EdgeRequest(RequestResponseCycle):
-    """One request on an `EdgeProtocol` connection: uvicorn's cycle with a write deadline,
-    HTTP/1.0 bodies and a disconnect hook. The protocol swaps the class of the cycle uvicorn
-    builds before the app sees it; the attributes below have class defaults so that costs nothing."""
+class EdgeRequest:
+    """The gateway's handle on one request of an `EdgeProtocol` connection."""
 
-    write_timeout_s: float = 30.0
-    #: loop time past which no write waits (the call's total deadline); None: the write deadline only
-    deadline: float | None = None
-    #: the client stopped reading: the connection was aborted at the write deadline
-    stalled: bool = False
-    #: the body deadline (seconds) that passed before the body arrived; None: not passed
-    body_expired: float | None = None
-    #: an HTTP/1.0 response without a length: its body ends when the connection closes
-    close_delimited: bool = False
-    _on_gone: Callable[[], None] | None = None
+    __slots__ = ("_on_gone", "body_expired", "deadline", "stalled")
+
+    def __init__(self) -> None:
+        #: loop time past which no write waits (the call's total deadline); None: the write deadline only
+        self.deadline: float | None = None
+        #: the client stopped reading: the connection was aborted at the write deadline
+        self.stalled = False
+        #: the body deadline (seconds) that passed before the body arrived; None: not passed
+        self.body_expired: float | None = None
+        self._on_gone: Callable[[], None] | None = None
 
     def on_disconnect(self, callback: Callable[[], None] | None) -> None:
         """Have `callback` called (once) if the client goes away before the response is complete;
@@ -91,44 +90,24 @@ class EdgeRequest(RequestResponseCycle):
         if callback is not None:
             callback()
 
-    async def receive(self) -> ASGIReceiveEvent:
-        message = await super().receive()
-        expired = self.body_expired
-        if expired is not None and message["type"] == "http.request" and message.get("more_body"):
-            raise RequestTimeout(f"The request body did not arrive within {expired:g} s")
-        return message
+
+class Http10Cycle(RequestResponseCycle):
+    """uvicorn's request cycle for an HTTP/1.0 client: a response without a length is written as
+    is and ends when the connection closes, as HTTP/1.0 has no chunked encoding. The protocol
+    gives an HTTP/1.0 request's cycle this class before the app runs (uvicorn closes HTTP/1.0
+    connections after one response)."""
+
+    close_delimited = False
 
     async def send(self, message: ASGISendEvent) -> None:
-        if self.flow.write_paused and not self.disconnected and not await self._drain():
-            return
         if self.close_delimited:
             self._write_close_delimited(message)
             return
         if not self.response_started and message["type"] == "http.response.start":
-            if self.body_expired is not None:
-                self.keep_alive = False  # the rest of the body may still come: this connection is done
-            elif self.scope["http_version"] == "1.0":
-                message = self._delimit_by_close(message)
+            message = self._delimit_by_close(message)
         await super().send(message)
 
-    async def _drain(self) -> bool:
-        """Wait until the client took what was written; past the deadline, abort the connection."""
-        wait = self.write_timeout_s
-        if self.deadline is not None:
-            wait = min(wait, self.deadline - asyncio.get_running_loop().time())
-        try:
-            async with asyncio.timeout(max(wait, 0.0)):
-                await self.flow.drain()
-        except TimeoutError:
-            self.stalled = True
-            log.info("a client stopped reading for %.1f s; its connection is closed", wait)
-            self.transport.abort()
-            return False
-        return not self.disconnected
-
     def _delimit_by_close(self, message: ASGISendEvent) -> ASGISendEvent:
-        """An HTTP/1.0 response without `content-length`: HTTP/1.0 has no chunked encoding, so
-        the body is written as is and ends when the connection closes, as its head says."""
         headers = cast("dict[str, Any]", message).get("headers") or ()
         names = {name.lower() for name, _ in headers}
         if b"content-length" in names or b"transfer-encoding" in names:
@@ -172,6 +151,8 @@ class EdgeProtocol(HttpToolsProtocol):
         "_over_cap",
         "_read_len",
         "_refusal",
+        "_request",
+        "_write_timer",
     )
 
     def __init__(
@@ -192,6 +173,9 @@ class EdgeProtocol(HttpToolsProtocol):
         self._read_len = 0
         self._head_timer: asyncio.TimerHandle | None = None
         self._body_timer: asyncio.TimerHandle | None = None
+        self._write_timer: asyncio.TimerHandle | None = None
+        #: the handle of the latest request
+        self._request: EdgeRequest | None = None
         self._over_cap = False
         self._refusal: SluicegateError | None = None
         #: after a refusal: the client's bytes are dropped until the connection closes
@@ -211,8 +195,25 @@ class EdgeProtocol(HttpToolsProtocol):
         self._cancel_timers()
         cycle = self.cycle
         super().connection_lost(exc)
-        if isinstance(cycle, EdgeRequest) and cycle.disconnected:
-            cycle.gone()
+        request = self._request
+        if request is not None and cycle is not None and cycle.disconnected:
+            request.gone()
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        # The client takes nothing more for now: it has until the write deadline to start again.
+        if self._write_timer is None:
+            wait = self.edge.server.write_timeout_s
+            request = self._request
+            if request is not None and request.deadline is not None:
+                wait = min(wait, request.deadline - self.loop.time())
+            self._write_timer = self.loop.call_later(max(wait, 0.0), self._write_expired, wait)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
 
     def data_received(self, data: bytes) -> None:
         if self._lingering:
@@ -243,7 +244,9 @@ class EdgeProtocol(HttpToolsProtocol):
         elif self._body_timer is None:
             cycle = self.cycle
             if cycle is not None and cycle.more_body and not cycle.response_complete:
-                self._body_timer = self.loop.call_later(self.edge.server.body_timeout_s, self._body_expired, cycle)
+                self._body_timer = self.loop.call_later(
+                    self.edge.server.body_timeout_s, self._body_expired, cycle, self._request
+                )
 
     # -- parser callbacks ---------------------------------------------------------------------------
 
@@ -283,7 +286,7 @@ class EdgeProtocol(HttpToolsProtocol):
         super().on_headers_complete()
         cycle = self.cycle
         if cycle is not previous:
-            self._adopt(cycle, server)
+            self._adopt(cycle)
 
     def on_response_complete(self) -> None:
         cycle = self.cycle
@@ -294,6 +297,7 @@ class EdgeProtocol(HttpToolsProtocol):
             self.cycle = None  # type: ignore[assignment]
             self.scope = None  # type: ignore[assignment]
             self.headers = None  # type: ignore[assignment]
+            self._request = None
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
@@ -310,12 +314,14 @@ class EdgeProtocol(HttpToolsProtocol):
 
     # -- deadlines and refusals ---------------------------------------------------------------------
 
-    def _adopt(self, cycle: RequestResponseCycle, server: ServerConfig) -> None:
-        cycle.__class__ = EdgeRequest
-        edge = cast(EdgeRequest, cycle)
-        edge.write_timeout_s = server.write_timeout_s
+    def _adopt(self, cycle: RequestResponseCycle) -> None:
+        """Give a new request its handle, in its scope; an HTTP/1.0 request its own cycle class."""
+        request = self._request = EdgeRequest()
         scope = cast("dict[str, Any]", cycle.scope)
-        scope["extensions"] = {EXTENSION: edge}
+        scope["extensions"] = {EXTENSION: request}
+        if scope["http_version"] == "1.0":
+            # Changing an object's class costs CPython's attribute caches: only HTTP/1.0 pays it.
+            cycle.__class__ = Http10Cycle
 
     def _head_expired(self) -> None:
         self._head_timer = None
@@ -328,22 +334,34 @@ class EdgeProtocol(HttpToolsProtocol):
         timeout = self.edge.server.header_timeout_s
         self._refuse(RequestTimeout(f"The request headers did not arrive within {timeout:g} s"))
 
-    def _body_expired(self, cycle: RequestResponseCycle) -> None:
+    def _body_expired(self, cycle: RequestResponseCycle, request: EdgeRequest | None) -> None:
         self._body_timer = None
         if not cycle.more_body:
             return
-        if cycle.response_complete:
+        if cycle.response_complete or request is None:
             # Answered before its body came (an early refusal), and the body still drips: close.
             self.transport.close()
-        elif isinstance(cycle, EdgeRequest):
-            cycle.body_expired = self.edge.server.body_timeout_s
-            cycle.message_event.set()
+            return
+        # The gateway, waiting for the body, answers 408; the rest of the body may still come, so
+        # the connection ends with that answer.
+        request.body_expired = self.edge.server.body_timeout_s
+        cycle.keep_alive = False
+        cycle.message_event.set()
+
+    def _write_expired(self, waited: float) -> None:
+        self._write_timer = None
+        if self.transport.is_closing():
+            return
+        if self._request is not None:
+            self._request.stalled = True
+        log.info("a client took nothing for %.1f s; its connection is closed", waited)
+        self.transport.abort()
 
     def _cancel_timers(self) -> None:
-        for timer in (self._head_timer, self._body_timer):
+        for timer in (self._head_timer, self._body_timer, self._write_timer):
             if timer is not None:
                 timer.cancel()
-        self._head_timer = self._body_timer = None
+        self._head_timer = self._body_timer = self._write_timer = None
 
     def _refuse(self, error: SluicegateError) -> None:
         """Answer `error` in the client's dialect and close, without running the app."""

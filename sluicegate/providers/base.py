@@ -111,8 +111,9 @@ class Provider:
         assert call.body is not None and call.route is not None
         out = dict(call.body)
         out["model"] = call.route.upstream_model or call.model_requested
-        if call.output_cap is not None and not has_output_limit(out):
-            out["max_tokens"] = call.output_cap
+        cap = output_cap(call)
+        if cap is not None and not has_output_limit(out):
+            out["max_tokens"] = cap
         return orjson.dumps(out)
 
     def build_request(self, call: Call, chat: dict[str, Any]) -> bytes:
@@ -146,10 +147,16 @@ def has_output_limit(body: dict[str, Any]) -> bool:
     return any(body.get(name) is not None for name in OUTPUT_LIMITS)
 
 
+def output_cap(call: Call) -> int | None:
+    """The output tokens to ask for when a request names no limit (a call made outside the
+    pipeline, such as a guard's own model call, has none)."""
+    return getattr(call, "output_cap", None)
+
+
 def capped(chat: dict[str, Any], call: Call, at_most: int | None = None) -> dict[str, Any]:
     """A neutral chat body with the consumer's output cap as `max_tokens` when it names no limit
     (a copy: the body is not changed); `at_most` bounds the cap (a provider's own default)."""
-    cap = call.output_cap
+    cap = output_cap(call)
     if cap is None or has_output_limit(chat):
         return chat
     return {**chat, "max_tokens": cap if at_most is None else min(cap, at_most)}

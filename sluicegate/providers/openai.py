@@ -19,6 +19,7 @@ from sluicegate.providers.base import (
     capped,
     has_output_limit,
     json_error_message,
+    output_cap,
     register_provider_type,
 )
 from sluicegate.providers.framing import SSEParser, event_json
@@ -68,7 +69,7 @@ class OpenAIProvider(Provider):
     def prepare_body(self, call: Call) -> bytes:
         body = call.body
         assert body is not None
-        cap = call.output_cap
+        cap = output_cap(call)
         if cap is not None and not has_output_limit(body):
             # The consumer's cap, in the field this upstream takes (a copy: the body stays as sent).
             chat = call.endpoint == "chat" and self.type in _COMPLETION_TOKENS_TYPES

@@ -250,10 +250,8 @@ def test_a_stream_whose_client_stops_reading_is_cut_off(
     with raw.connect(edge.url, rcvbuf=4096) as sock:
         sock.sendall(raw.post(CHAT, {**BODY, "model": model, "stream": True}, edge.key))
         assert sock.recv(64).startswith(b"HTTP/1.1 200")
-        start = time.monotonic()
-        # The client reads nothing more; the gateway gives up within its bound.
-        [event] = edge.events_after(since, "client_stalled", bound_s + 3)
-        assert time.monotonic() - start < bound_s + 2
+        # The client reads nothing more; the gateway gives up at its bound (the audit says when).
+        [event] = edge.events_after(since, "client_stalled", 10)
         assert event["status"] == 499 and event["consumer"] == "alice", event
         # Cut at its bound: the write deadline (2 s), or the provider's total_s (1 s) when shorter.
         latency = event["latency_ms"]

@@ -12,7 +12,7 @@ import uvicorn
 from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
-from sluicegate.edge.protocol import EdgeProtocol, EdgeRequest
+from sluicegate.edge.protocol import EdgeProtocol, Http10Cycle
 
 #: methods of HttpToolsProtocol the edge protocol overrides or calls, with their parameters
 PROTOCOL_METHODS = {
@@ -24,6 +24,8 @@ PROTOCOL_METHODS = {
     "on_headers_complete": ["self"],
     "on_message_complete": ["self"],
     "on_response_complete": ["self"],
+    "pause_writing": ["self"],
+    "resume_writing": ["self"],
     "send_400_response": ["self", "msg"],
     "timeout_keep_alive_handler": ["self"],
     "_unset_keepalive_if_required": ["self"],
@@ -88,9 +90,9 @@ def test_the_state_the_edge_reads_is_still_there() -> None:
     cycle = inspect.getsource(RequestResponseCycle)
     for name in CYCLE_STATE:
         assert f"self.{name}" in cycle, f"RequestResponseCycle.{name} is gone"
-    # The cycle a connection makes is swapped to the edge's class: same layout, no slots of its own.
-    assert "__slots__" not in vars(RequestResponseCycle) and "__slots__" not in vars(EdgeRequest)
-    assert issubclass(EdgeProtocol, HttpToolsProtocol) and issubclass(EdgeRequest, RequestResponseCycle)
+    # An HTTP/1.0 request's cycle is given the edge's subclass: same layout, no slots of its own.
+    assert "__slots__" not in vars(RequestResponseCycle) and "__slots__" not in vars(Http10Cycle)
+    assert issubclass(EdgeProtocol, HttpToolsProtocol) and issubclass(Http10Cycle, RequestResponseCycle)
     # uvicorn builds a new cycle in on_headers_complete (its task runs only after it returns).
     source = inspect.getsource(HttpToolsProtocol.on_headers_complete)
     assert "self.cycle = RequestResponseCycle(" in source
