@@ -31,6 +31,8 @@ from sluicegate.dialects import anthropic as anthropic_dialect
 from sluicegate.dialects import openai as openai_dialect
 from sluicegate.dialects import request_texts
 from sluicegate.dialects import responses as responses_dialect
+from sluicegate.edge.forwarded import ClientAddress
+from sluicegate.edge.protocol import EXTENSION, EdgeState
 from sluicegate.errors import MethodNotAllowed, NotFound, SluicegateError
 from sluicegate.guardrails.base import GuardContext, GuardUnavailable
 from sluicegate.pipeline import Endpoint, Pipeline, send_error
@@ -119,6 +121,18 @@ ENDPOINTS: dict[str, Endpoint] = {
 _JSON = (b"content-type", b"application/json")
 #: `/v1/models` runs the header stages only; it has no body to parse
 _MODELS = _openai("models", lambda call, body: None)
+#: a path the gateway does not serve (404), audited under this endpoint name
+_UNKNOWN = _openai("unknown", lambda call, body: None)
+_ANTHROPIC_UNKNOWN = Endpoint(
+    "unknown",
+    anthropic_dialect.parse_body,
+    lambda call, body: None,
+    anthropic_dialect.error_body,
+    anthropic_dialect.sse_error,
+    dialect="anthropic",
+)
+#: the paths answered to GET, with the methods they allow (their `Allow` header on a 405)
+_GET_PATHS = {"/v1/models": b"GET", "/models": b"GET", "/healthz": b"GET, HEAD", "/readyz": b"GET, HEAD"}
 
 
 class Gateway:
@@ -149,6 +163,9 @@ class Gateway:
         self.keys = KeyIndex(KeyStore(self.engine), refresh_s=key_refresh_s)
         self.vault = Vault(snapshot.config.vault, engine=self.engine)
         self.services = Services(keys=self.keys, audit=self.audit, vault=self.vault)
+        #: the `server:` settings the HTTP protocol reads (`edge.protocol`), swapped on reload
+        self.edge = EdgeState(snapshot.server)
+        self._clients = ClientAddress(snapshot.server.trusted_proxies, snapshot.server.forwarded_header)
         self.services.guard_context = GuardContext(
             http=lambda: self.services.http, vault=self.vault, complete=self.complete
         )
@@ -163,6 +180,8 @@ class Gateway:
         #: the `created` time `/v1/models` reports for configured models
         self.created = int(time.time())
         self._id_prefix = "req_" + secrets.token_hex(7)
+        #: HTTP requests being handled (their audit events not queued yet)
+        self.in_flight = 0
         self._ids = itertools.count(1)
 
     @property
@@ -180,23 +199,65 @@ class Gateway:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            path: str = scope["path"]
-            endpoint = ENDPOINTS.get(path)
-            if endpoint is not None:
-                if scope["method"] != "POST":
-                    await self._refuse(send, MethodNotAllowed(f"Use POST for {path}"))
-                    return
-                await self._handle(scope, receive, send, endpoint)
-            elif path in ("/v1/models", "/models"):
-                await self._models(scope, receive, send)
-            elif path == "/healthz":
-                await _send_json(send, 200, {"status": "ok"})
-            elif path == "/readyz":
-                await self._ready(send)
-            else:
-                await self._refuse(send, NotFound(f"Unknown path: {scope['method']} {path}", code="unknown_url"))
+            # Counted until the call's audit event is queued, which is after its last byte went out.
+            self.in_flight += 1
+            try:
+                await self._route(scope, receive, send)
+            finally:
+                self.in_flight -= 1
         elif kind == "lifespan":
             await self._lifespan(receive, send)
+
+    async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope["path"]
+        method: str = scope["method"]
+        endpoint = ENDPOINTS.get(path)
+        if endpoint is not None:
+            if method != "POST":
+                await self._unknown(scope, send, endpoint, MethodNotAllowed(f"Use POST for {_shown(path)}"))
+                return
+            await self._handle(scope, receive, send, endpoint)
+        elif path in _GET_PATHS and method.encode() not in _GET_PATHS[path]:
+            await self._unknown(scope, send, None, MethodNotAllowed(f"Use GET for {_shown(path)}"))
+        elif path in ("/v1/models", "/models"):
+            await self._models(scope, receive, send)
+        elif path == "/healthz":
+            await _send_json(send, 200, {"status": "ok"})
+        elif path == "/readyz":
+            await self._ready(send)
+        else:
+            unknown = NotFound(f"Unknown path: {_shown(method)} {_shown(path)}", code="unknown_url")
+            await self._unknown(scope, send, None, unknown)
+
+    async def _unknown(self, scope: Scope, send: Send, endpoint: Endpoint | None, error: SluicegateError) -> None:
+        """A 404 (unknown path) or 405 (wrong method), in the client's dialect with a request id,
+        and audited: with the consumer and key id when the request carried a valid key; without
+        one, aggregated per source as failed authentications are, so a scanner cannot flood the
+        audit."""
+        snapshot, pipeline = self._state
+        if endpoint is None:
+            # Anthropic's SDKs send `anthropic-version` on every request.
+            anthropic = scope["path"].startswith(("/v1/messages", "/messages")) or any(
+                name == b"anthropic-version" for name, _ in scope["headers"]
+            )
+            endpoint = _ANTHROPIC_UNKNOWN if anthropic else _UNKNOWN
+        call = self._new_call(scope, endpoint, snapshot)
+        try:
+            if pipeline.identity is not None:
+                try:
+                    await pipeline.identity.on_request(call)
+                except SluicegateError:
+                    pass  # no key, or a bad one: the answer is still the 404 / 405
+            call.fail(error)
+            # A 405 says which methods the path takes.
+            allow = (
+                (b"POST" if scope["path"] in ENDPOINTS else _GET_PATHS.get(scope["path"]))
+                if error.status == 405
+                else None
+            )
+            await send_error(call, send, error, endpoint.render_error, [(b"allow", allow)] if allow else None)
+        finally:
+            await pipeline.finish(call)
 
     def _new_call(self, scope: Scope, endpoint: Endpoint, snapshot: Snapshot) -> Call:
         # A random per-process prefix and a counter: unique across restarts, no syscall per request.
@@ -208,8 +269,8 @@ class Gateway:
             endpoint.dialect,
         )
         client = scope.get("client")
-        if client:
-            call.client_ip = client[0]
+        # The peer's address, or behind a trusted proxy the client's it forwarded.
+        call.client_ip = self._clients.resolve(client[0] if client else None, scope["headers"])
         return call
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send, endpoint: Endpoint) -> None:
@@ -218,7 +279,9 @@ class Gateway:
         relay = self.relay
         if relay is None:
             raise RuntimeError("the gateway serves requests only after its lifespan startup")
-        await pipeline.run(call, endpoint, relay, receive, send)
+        extensions = scope.get("extensions")
+        edge = extensions.get(EXTENSION) if extensions else None
+        await pipeline.run(call, endpoint, relay, receive, send, edge)
 
     async def _models(self, scope: Scope, receive: Receive, send: Send) -> None:
         snapshot, pipeline = self._state
@@ -250,9 +313,6 @@ class Gateway:
         finally:
             if finishing is None or not finishing.finished:
                 await pipeline.finish(call)
-
-    async def _refuse(self, send: Send, error: SluicegateError) -> None:
-        await _send_json(send, error.status, orjson.loads(openai_dialect.error_body(error)))
 
     async def _ready(self, send: Send) -> None:
         audit = self.audit
@@ -344,8 +404,9 @@ class Gateway:
         if self.relay is not None:
             await self.relay.session.close()
         await asyncio.to_thread(self.keys.stop)
-        for summary in self.services.auth_failures.due(all_=True):
-            self.audit.submit(summary)
+        for aggregator in (self.services.auth_failures, self.services.unknown_urls):
+            for summary in aggregator.due(all_=True):
+                self.audit.submit(summary)
         await asyncio.to_thread(self.audit.close)
 
     # -- config reload --------------------------------------------------------------------------
@@ -382,6 +443,8 @@ class Gateway:
             log.error("config reload refused, the previous config keeps serving:\n%s", exc)
             return False
         self._state = (snapshot, pipeline)
+        self.edge.server = snapshot.server
+        self._clients = ClientAddress(snapshot.server.trusted_proxies, snapshot.server.forwarded_header)
         self.vault.configure(snapshot.config.vault)
         self.reloads += 1
         self.last_reload_error = None
@@ -392,6 +455,13 @@ class Gateway:
             len(snapshot.consumers),
         )
         return True
+
+
+def _shown(text: str) -> str:
+    """Client-chosen text (a path, a method) as error messages and the audit show it: bounded,
+    control characters replaced."""
+    text = text[:200]
+    return text if text.isprintable() else "".join(c if c.isprintable() else "?" for c in text)
 
 
 async def _send_json(send: Send, status: int, data: Any) -> None:

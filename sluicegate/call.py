@@ -38,6 +38,7 @@ class Call:
         "model_requested",
         "model_served",
         "outcome",
+        "output_cap",
         "prompt_tokens",
         "provider",
         "request_id",
@@ -85,6 +86,9 @@ class Call:
         self.stream = False
         #: whether the client itself asked for the usage chunk of a stream
         self.include_usage = False
+        #: output tokens (per choice) the gateway asks for when the request names no limit: the
+        #: consumer's `max_tokens` rule shared among the choices; None: no rule
+        self.output_cap: int | None = None
         self.route: Route | None = None
         self.provider: str | None = None
         self.model_served: str | None = None

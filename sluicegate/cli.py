@@ -76,6 +76,7 @@ async def _serve(config_path: str | None, host: str, port: int) -> None:
     from sluicegate.config.loader import ConfigInvalid, load_config
     from sluicegate.config.snapshot import build_snapshot
     from sluicegate.demo import DEMO_CONSUMER, demo_config, demo_key
+    from sluicegate.edge.server import server_config
     from sluicegate.store.db import create_engine
     from sluicegate.testing.upstream import FakeUpstream, start_server
 
@@ -104,25 +105,31 @@ async def _serve(config_path: str | None, host: str, port: int) -> None:
         except ConfigInvalid as exc:
             raise click.ClickException(str(exc)) from None
         gateway = Gateway(snapshot, settings=settings, config_path=config_path)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            gateway,
-            host=host,
-            port=port,
-            http="httptools",
-            lifespan="on",
-            access_log=False,
-            log_config=None,
-            server_header=False,
-            timeout_graceful_shutdown=30,
-        )
-    )
+    server = uvicorn.Server(server_config(gateway, host, port))
+    _raise_fd_limit(gateway.snapshot.server)
     try:
         await server.serve()
     finally:
         if mock is not None:
             mock.should_exit = True
             await mock_task
+
+
+def _raise_fd_limit(server: Any) -> None:
+    """Let the process open as many files as its connection caps need, up to the hard limit."""
+    try:
+        import resource
+    except ImportError:  # not on this platform
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = server.max_connections + server.max_upstream_connections + 256
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        if target < needed:
+            logging.getLogger("sluicegate").warning(
+                "server.max_connections needs about %d open files; this process may open %d", needed, target
+            )
 
 
 @main.command("mock-upstream")

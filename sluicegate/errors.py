@@ -6,7 +6,9 @@ error JSON with the status and stable code carried here. Nothing else builds err
     SluicegateError                 status  code
     ├── BadRequest                  400     invalid_request_error (or a narrower code)
     │   ├── InvalidJSON             400     invalid_json
-    │   └── BodyTooLarge            413     request_too_large
+    │   ├── RequestTimeout          408     request_timeout (the body did not arrive in time)
+    │   ├── BodyTooLarge            413     request_too_large
+    │   └── UnsupportedEncoding     415     unsupported_content_encoding
     ├── Unauthorized                401     invalid_api_key
     ├── Forbidden                   403     model_not_allowed (or a narrower code)
     ├── NotFound                    404     model_not_found / not_found
@@ -66,11 +68,25 @@ class InvalidJSON(BadRequest):
     code = "invalid_json"
 
 
+class RequestTimeout(BadRequest):
+    """The client did not send its request (its body) within the server's deadline."""
+
+    status = 408
+    code = "request_timeout"
+
+
 class BodyTooLarge(BadRequest):
     """The body is larger than the configured limit."""
 
     status = 413
     code = "request_too_large"
+
+
+class UnsupportedEncoding(BadRequest):
+    """The body is compressed with a `Content-Encoding` the gateway does not decode."""
+
+    status = 415
+    code = "unsupported_content_encoding"
 
 
 class Unauthorized(SluicegateError):

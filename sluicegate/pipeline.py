@@ -2,7 +2,8 @@
 
     identity      key or JWT -> consumer                  (headers only: before the body is read)
     access        endpoint, source address, time window   403 (headers only too)
-    [parse]       the body, once, by the client's dialect
+    [parse]       the body (bounded, within its deadline, decoded), once, by the client's dialect;
+                  from here a client that leaves cancels the call   408 / 413 / 415 / 499
     model_access  model, provider, streaming, max_tokens  403 / 404
     guardrails    input guards: block / redact / flag     400 content_blocked
     router        model -> provider + upstream model      404
@@ -30,13 +31,17 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sluicegate.audit.writer import AuditNotDurable
-from sluicegate.errors import BodyTooLarge, SluicegateError
+from sluicegate.edge.body import ClientGone, read_body
+from sluicegate.errors import SluicegateError
 from sluicegate.stages.base import Services, Stage, stage_factories
 
 if TYPE_CHECKING:
+    import aiohttp
+
     from sluicegate.call import Call
     from sluicegate.config.snapshot import Snapshot
     from sluicegate.dialects.base import StreamEncoder
+    from sluicegate.edge.protocol import EdgeRequest
     from sluicegate.relay import Relay
     from sluicegate.types import Message, Receive, Send
 
@@ -79,10 +84,6 @@ class Endpoint:
     local: Callable[[Call], Awaitable[bytes]] | None = None
 
 
-class ClientGone(Exception):
-    """The client disconnected before the gateway answered."""
-
-
 class Pipeline:
     """The stages for one config snapshot, in order; built once per snapshot."""
 
@@ -108,13 +109,26 @@ class Pipeline:
         self.finishers = [stages[n] for n in FINISH_ORDER if n in stages]
         #: `audit.durability: before_response`: finish (and commit the event) before the last byte
         self.finish_before_last_byte = snapshot.audit.durability == "before_response"
+        #: who is calling, for answers outside the request path (an unknown URL names its caller)
+        self.identity = stages.get("identity")
 
     def finishing_send(self, call: Call, send: Send) -> FinishingSend | None:
         """The `send` that finishes the call before its last byte, when the config asks for it."""
         return FinishingSend(self, call, send) if self.finish_before_last_byte else None
 
-    async def run(self, call: Call, endpoint: Endpoint, relay: Relay, receive: Receive, send: Send) -> None:
-        """Take one call through every stage; always finish with accounting and audit."""
+    async def run(
+        self,
+        call: Call,
+        endpoint: Endpoint,
+        relay: Relay,
+        receive: Receive,
+        send: Send,
+        edge: EdgeRequest | None = None,
+    ) -> None:
+        """Take one call through every stage; always finish with accounting and audit.
+
+        `edge` is the request's handle on `EdgeProtocol` (None under another server): it enforces
+        the body and write deadlines and reports a disconnect without a task of our own."""
         from sluicegate.relay import relay_answer
 
         finishing = self.finishing_send(call, send)
@@ -122,16 +136,32 @@ class Pipeline:
             send = finishing
         started = False
         watcher: asyncio.Future[Any] | None = None
-        gone = False
-        streaming = False
+        gone = watching = False
+        resp: aiohttp.ClientResponse | None = None
+        task = asyncio.current_task()
+        assert task is not None
 
         def client_gone() -> bool:
             return gone
 
+        def on_gone() -> None:
+            # The client left: stop the call wherever it is (a stage, the upstream call, the relay).
+            nonlocal gone
+            if watching and not gone:
+                gone = True
+                task.cancel()
+
         try:
             for stage in self.header_stages:
                 await stage.on_request(call)
-            raw = await read_body(receive, call.snapshot.server.max_body_bytes, call.headers.get(b"content-length"))
+            raw = await read_body(receive, call.snapshot.server, call.headers, edge)
+            # From now on a client that leaves is noticed at once, before the first byte of an answer too.
+            watching = True
+            if edge is not None:
+                edge.on_disconnect(on_gone)
+            else:
+                watcher = asyncio.ensure_future(receive())
+                watcher.add_done_callback(lambda fut: on_gone() if _disconnected(fut) else None)
             body = endpoint.parse_body(raw)
             call.body = body
             endpoint.fill_call(call, body)
@@ -141,37 +171,17 @@ class Pipeline:
                 # Nothing goes upstream: the gateway answers (count_tokens for other providers).
                 await _send_local(call, send, await endpoint.local(call))
                 return
+            if edge is not None and call.route is not None:
+                # No write to the client waits past the provider's total time for the whole call.
+                edge.deadline = asyncio.get_running_loop().time() + call.route.provider.timeouts.total_s
             resp = await relay.open(call, endpoint.to_chat)
-            if call.stream:
-                task = asyncio.current_task()
-                assert task is not None
-
-                def on_disconnect(fut: asyncio.Future[Any]) -> None:
-                    nonlocal gone
-                    if streaming and not fut.cancelled() and fut.result().get("type") == "http.disconnect":
-                        gone = True
-                        task.cancel()
-
-                watcher = asyncio.ensure_future(receive())
-                watcher.add_done_callback(on_disconnect)
-                started = streaming = True
-                try:
-                    # The relay picks the answer's path (see `relay.relay_answer`).
-                    await relay_answer(call, resp, send, endpoint, client_gone)
-                except asyncio.CancelledError:
-                    if not gone:
-                        raise
-                    task.uncancel()
-                    resp.close()
-                finally:
-                    streaming = False
-                if gone:
-                    call.outcome = "client_disconnected"
-                    call.status = 499
-            else:
-                # A complete answer is relayed whole: errors are raised before anything is sent.
-                await relay_answer(call, resp, send, endpoint)
+            # The relay picks the answer's path (see `relay.relay_answer`): complete or streamed,
+            # passed through or translated; a complete answer's errors are raised before anything
+            # is sent, a stream's end it in-band.
+            started = call.stream
+            await relay_answer(call, resp, send, endpoint, client_gone)
         except SluicegateError as exc:
+            watching = False  # the answer is an error now; a client leaving changes nothing
             call.fail(exc)
             if not started:
                 await send_error(call, send, exc, endpoint.render_error)
@@ -179,16 +189,28 @@ class Pipeline:
             call.outcome = "client_disconnected"
             call.status = 499
         except asyncio.CancelledError:
-            call.outcome = "cancelled"
-            call.status = call.status or 499
-            raise
+            if not gone:
+                call.outcome = "cancelled"
+                call.status = call.status or 499
+                raise
+            # Our own cancellation: the client left. The upstream connection is closed with it.
+            task.uncancel()
+            if resp is not None:
+                resp.close()
+            _client_left(call, edge)
         except Exception:
+            watching = False
             log.exception("unexpected error on request %s", call.request_id)
             error = SluicegateError("The gateway failed to handle this request", code="internal_error")
             call.fail(error)
             if not started:
                 await send_error(call, send, error, endpoint.render_error)
         finally:
+            watching = False
+            if edge is not None:
+                edge.on_disconnect(None)
+                if edge.stalled:
+                    _client_left(call, edge)
             if watcher is not None and not watcher.done():
                 watcher.cancel()
             if finishing is None or not finishing.finished:
@@ -240,6 +262,17 @@ class FinishingSend:
         await self.send(message)
 
 
+def _disconnected(received: asyncio.Future[Any]) -> bool:
+    """Whether a `receive()` that completed says the client disconnected."""
+    return not received.cancelled() and received.exception() is None and received.result()["type"] == "http.disconnect"
+
+
+def _client_left(call: Call, edge: EdgeRequest | None) -> None:
+    """Record a client that disconnected, or stopped reading until its connection was cut."""
+    call.outcome = "client_stalled" if edge is not None and edge.stalled else "client_disconnected"
+    call.status = 499
+
+
 def _native(call: Call) -> bool:
     """Whether the call's provider speaks the client's dialect."""
     return call.route is not None and call.route.provider.native_dialect == call.dialect
@@ -257,43 +290,17 @@ async def _send_local(call: Call, send: Send, body: bytes) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-async def read_body(receive: Receive, limit: int, content_length: bytes | None) -> bytes:
-    """The whole request body, refusing (413) past `limit` bytes before reading more."""
-    if content_length is not None:
-        try:
-            declared = int(content_length)
-        except ValueError:
-            declared = 0
-        if declared > limit:
-            raise BodyTooLarge(f"The request body is {declared} bytes; the limit is {limit} bytes")
-    message = await receive()
-    if message["type"] == "http.disconnect":
-        raise ClientGone
-    body: bytes = message.get("body", b"")
-    if not message.get("more_body"):
-        if len(body) > limit:
-            raise BodyTooLarge(f"The request body is larger than the limit of {limit} bytes")
-        return body
-    chunks = [body]
-    size = len(body)
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge(f"The request body is larger than the limit of {limit} bytes")
-        chunks.append(chunk)
-        if not message.get("more_body"):
-            return b"".join(chunks)
-
-
 async def send_error(
-    call: Call, send: Send, error: SluicegateError, render: Callable[[SluicegateError], bytes]
+    call: Call,
+    send: Send,
+    error: SluicegateError,
+    render: Callable[[SluicegateError], bytes],
+    extra: list[tuple[bytes, bytes]] | None = None,
 ) -> None:
-    """Answer with the error in the client's dialect and status."""
+    """Answer with the error in the client's dialect and status (`extra`: more headers)."""
     headers = [(b"content-type", b"application/json"), (b"x-request-id", call.request_id.encode())]
+    if extra:
+        headers += extra
     if error.retry_after is not None:
         headers.append((b"retry-after", str(max(1, round(error.retry_after))).encode()))
     if error.status == 401:

@@ -25,6 +25,7 @@ import pytest
 from sluicegate.app import Gateway
 from sluicegate.audit.reader import latest_events
 from sluicegate.config.loader import load_config
+from sluicegate.edge.server import server_config
 from sluicegate.settings import Settings
 from sluicegate.store.db import create_engine
 from sluicegate.store.keys import KeyStore
@@ -94,7 +95,11 @@ class RunningGateway:
         return httpx.Client(base_url=self.url, headers=headers, timeout=10, **kwargs)
 
     def audit(self, n: int = 1000) -> list[dict[str, Any]]:
-        """Audit events written so far (waits for the writer to drain)."""
+        """Audit events written so far (waits for calls to queue their events, then for the writer
+        to drain: a client has its answer a moment before the event of its call is queued)."""
+        deadline = time.monotonic() + 2
+        while self.app.in_flight and time.monotonic() < deadline:
+            time.sleep(0.002)
         assert self.app.audit.wait_idle(10), "audit writer did not drain"
         return latest_events(self.app.engine, n)
 
@@ -117,7 +122,9 @@ def run_gateway(
     store = KeyStore(engine)
     keys = {name: store.create(name)[0] for name in ("alice", "bob")}
     gateway = Gateway(load_config(config_path), settings=settings, config_path=config_path, engine=engine, **gw)
-    with serve_in_thread(gateway) as url:
+    # Served as `sluicegate serve` serves it: the edge protocol and its settings.
+    config = server_config(gateway, "127.0.0.1", 0, log_level="warning", timeout_graceful_shutdown=1)
+    with serve_in_thread(gateway, config=config) as url:
         yield RunningGateway(url, gateway, keys, config_path, data_dir)
 
 

@@ -1,4 +1,5 @@
-"""Failed authentication attempts, aggregated per source so a flood cannot fill the audit store.
+"""Failed authentication attempts (and other unauthenticated refusals, such as unknown URLs),
+aggregated per source so a flood cannot fill the audit store.
 
 The first `free_per_window` failures from one source address in a window are audited one by one;
 the rest are counted, and one summary event per source says how many there were when the window
@@ -26,10 +27,22 @@ class _Bucket:
 class AuthFailureAggregator:
     """Decides which failed attempts are audited one by one, and summarises the rest."""
 
-    def __init__(self, window_s: float = 60.0, free_per_window: int = 10, max_sources: int = 10_000) -> None:
+    def __init__(
+        self,
+        window_s: float = 60.0,
+        free_per_window: int = 10,
+        max_sources: int = 10_000,
+        *,
+        status: int = 401,
+        outcome: str = "auth_failures_aggregated",
+        endpoint: str = "auth",
+        what: str = "failed authentication attempts",
+    ) -> None:
         self.window_s = window_s
         self.free_per_window = free_per_window
         self.max_sources = max_sources
+        #: what the summary events say: their status, outcome and endpoint, and what they counted
+        self.summary = (status, outcome, endpoint, what)
         self._buckets: dict[str, _Bucket] = {}
         self._next_sweep = 0.0
 
@@ -67,15 +80,18 @@ class AuthFailureAggregator:
             if all_ or now - bucket.started >= self.window_s:
                 del self._buckets[source]
                 if bucket.suppressed:
-                    events.append(_summary(source, bucket, now - bucket.started, wall))
+                    events.append(_summary(source, bucket, now - bucket.started, wall, self.summary))
         return events
 
 
-def _summary(source: str, bucket: _Bucket, span_s: float, wall: float) -> AuditEvent:
+def _summary(
+    source: str, bucket: _Bucket, span_s: float, wall: float, summary: tuple[int, str, str, str]
+) -> AuditEvent:
+    status, outcome, endpoint, what = summary
     return AuditEvent(
         request_id="agg_" + secrets.token_hex(10),
         ts=wall,
-        endpoint="auth",
+        endpoint=endpoint,
         consumer=None,
         key_id=None,
         client_ip=None if source == OVERFLOW else source,
@@ -83,11 +99,11 @@ def _summary(source: str, bucket: _Bucket, span_s: float, wall: float) -> AuditE
         model_served=None,
         provider=None,
         stream=False,
-        status=401,
+        status=status,
         upstream_status=None,
-        decision="denied",
-        outcome="auth_failures_aggregated",
-        reason=f"{bucket.suppressed} further failed authentication attempts in {span_s:.0f}s, not audited one by one",
+        decision="denied" if status == 401 else "rejected",
+        outcome=outcome,
+        reason=f"{bucket.suppressed} further {what} in {span_s:.0f}s, not audited one by one",
         rule=None,
         guards=None,
         prompt_tokens=None,

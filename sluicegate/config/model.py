@@ -6,9 +6,10 @@ a model) are checked in `config.loader`, which reports every error with its path
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class _Strict(BaseModel):
@@ -184,15 +185,47 @@ class VaultConfig(_Strict):
 
 
 class ServerConfig(_Strict):
-    """Request limits of the data plane."""
+    """Limits and deadlines of the data plane: what a client may send, and how slowly."""
 
+    #: the largest request body, after decoding its `Content-Encoding` (413)
     max_body_bytes: int = Field(4 * 1024 * 1024, gt=0)
+    #: a compressed body may decode to at most this many times its size (413)
+    max_decoded_ratio: float = Field(100.0, ge=1)
     max_upstream_connections: int = Field(1000, gt=0)
     #: how long an upstream error body may be (bytes) before it is cut
     max_error_body_bytes: int = Field(64 * 1024, gt=0)
     #: the largest event (SSE event or NDJSON line) of an upstream stream; past it the stream is
     #: cut with an in-band error, so an upstream that never ends an event cannot fill memory
     max_stream_event_bytes: int = Field(1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    #: open client connections; one more is answered 503 and closed
+    max_connections: int = Field(16384, gt=0)
+    #: the request line and headers together (431)
+    max_header_bytes: int = Field(32 * 1024, ge=1024, le=1024 * 1024)
+    #: header lines in one request (431)
+    max_headers: int = Field(100, ge=8, le=10_000)
+    #: a request's line and headers must arrive within this time of its first byte, or of the
+    #: connection's opening (408)
+    header_timeout_s: float = Field(10.0, gt=0, le=3600)
+    #: a request's body must arrive within this time of its headers (408)
+    body_timeout_s: float = Field(60.0, gt=0, le=3600)
+    #: each write to a client must be taken within this time; a client that stops reading is cut off
+    write_timeout_s: float = Field(30.0, gt=0, le=3600)
+    #: an idle keep-alive connection is closed after this time
+    keep_alive_s: float = Field(60.0, gt=0, le=3600)
+    #: CIDR ranges of the reverse proxies whose forwarding header is believed; empty: none
+    trusted_proxies: list[str] = Field(default_factory=list)
+    #: which header the trusted proxies set: `x-forwarded-for`, or `forwarded` (RFC 7239)
+    forwarded_header: Literal["x-forwarded-for", "forwarded"] = "x-forwarded-for"
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for text in value:
+            try:
+                ipaddress.ip_network(text, strict=False)
+            except ValueError:
+                raise ValueError(f"'{text}' is not an IP network (CIDR such as 10.0.0.0/8 or 2001:db8::/32)") from None
+        return value
 
 
 class AuditConfig(_Strict):

@@ -129,6 +129,7 @@ def parse_completions(call: Call, body: dict[str, Any]) -> None:
     if not isinstance(prompt, str | list):
         raise _invalid("prompt", f"Invalid type for 'prompt': expected a string or an array, but got {_kind(prompt)}")
     _positive_int(body, "n", MAX_N)
+    _positive_int(body, "best_of", MAX_N)
     _positive_int(body, "max_tokens")
     _stream(call, body)
 

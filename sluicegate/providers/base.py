@@ -188,10 +188,14 @@ class Provider:
 
     def prepare_body(self, call: Call) -> bytes:
         """Passthrough: body bytes for the upstream from the client's own body, with only the
-        model replaced (a shallow copy: the parsed body is never mutated)."""
+        model replaced (a shallow copy: the parsed body is never mutated), and the consumer's
+        output cap as `max_tokens` when the body names no limit."""
         assert call.body is not None and call.route is not None
         out = dict(call.body)
         out["model"] = call.route.upstream_model or call.model_requested
+        cap = output_cap(call)
+        if cap is not None and not has_output_limit(out):
+            out["max_tokens"] = cap
         return orjson.dumps(out)
 
     def build_request(self, call: Call, chat: dict[str, Any]) -> bytes:
@@ -226,6 +230,30 @@ class Provider:
             kind = error.get("type") or error.get("status") or error.get("code")
             return reported_error(self.name, kind, json_error_message(error, ("message",)), error.get("code"))
         return reported_error(self.name, None, json_error_message(data, ("error",), ("message",)))
+
+
+#: the request fields that bound the answer's length, in every client dialect
+OUTPUT_LIMITS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+
+
+def has_output_limit(body: dict[str, Any]) -> bool:
+    """Whether a request body names a limit on the answer's length."""
+    return any(body.get(name) is not None for name in OUTPUT_LIMITS)
+
+
+def output_cap(call: Call) -> int | None:
+    """The output tokens to ask for when a request names no limit (a call made outside the
+    pipeline, such as a guard's own model call, has none)."""
+    return getattr(call, "output_cap", None)
+
+
+def capped(chat: dict[str, Any], call: Call, at_most: int | None = None) -> dict[str, Any]:
+    """A neutral chat body with the consumer's output cap as `max_tokens` when it names no limit
+    (a copy: the body is not changed); `at_most` bounds the cap (a provider's own default)."""
+    cap = output_cap(call)
+    if cap is None or has_output_limit(chat):
+        return chat
+    return {**chat, "max_tokens": cap if at_most is None else min(cap, at_most)}
 
 
 #: the longest wait an upstream may ask for (Retry-After, RetryInfo): a day

@@ -33,6 +33,7 @@ from sluicegate.providers.base import (
     Preset,
     Provider,
     StreamDecoder,
+    capped,
     json_error_message,
     register_provider_type,
     reported_error,
@@ -99,6 +100,7 @@ class OllamaNativeProvider(Provider):
 
     def build_request(self, call: Call, chat: dict[str, Any]) -> bytes:
         assert call.route is not None
+        chat = capped(chat, call)
         for key, value in chat.items():
             if key not in HANDLED and key not in IGNORED and value is not None:
                 raise neutral.unsupported(f"The '{key}' parameter", self.target, key)

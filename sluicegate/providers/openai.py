@@ -16,7 +16,10 @@ from sluicegate.providers.base import (
     Preset,
     Provider,
     StreamDecoder,
+    capped,
+    has_output_limit,
     json_error_message,
+    output_cap,
     register_provider_type,
     reported_error,
     text_of,
@@ -68,11 +71,16 @@ class OpenAIProvider(Provider):
     def prepare_body(self, call: Call) -> bytes:
         body = call.body
         assert body is not None
+        cap = output_cap(call)
+        if cap is not None and not has_output_limit(body):
+            # The consumer's cap, in the field this upstream takes (a copy: the body stays as sent).
+            chat = call.endpoint == "chat" and self.type in _COMPLETION_TOKENS_TYPES
+            body = {**body, "max_completion_tokens" if chat else "max_tokens": cap}
         return self._body(call, body)
 
     def build_request(self, call: Call, chat: dict[str, Any]) -> bytes:
         # The neutral chat body is this protocol; only its extensions are not.
-        body = {k: v for k, v in chat.items() if k not in NEUTRAL_EXTENSIONS}
+        body = {k: v for k, v in capped(chat, call).items() if k not in NEUTRAL_EXTENSIONS}
         if self.type in _COMPLETION_TOKENS_TYPES and "max_tokens" in body:
             # OpenAI's reasoning models refuse `max_tokens`; every OpenAI model takes this one.
             body.setdefault("max_completion_tokens", body.pop("max_tokens"))

@@ -2,7 +2,8 @@
 
 Two stages. `access` decides on the request line and the clock alone (endpoint, source address,
 time window) and runs before the body is read; `model_access` decides on the parsed body (model,
-provider, streaming, `max_tokens`). Every refusal is a 403 naming the rule, and the rule id goes
+provider, streaming, `max_tokens`: the output asked for, times its choices, within the rule; the
+cap inserted upstream when the request asks for no limit). Every refusal is a 403 naming the rule, and the rule id goes
 to the audit event; nothing about other consumers is said.
 """
 
@@ -10,13 +11,15 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sluicegate.errors import Forbidden, NotFound
+from sluicegate.providers.base import OUTPUT_LIMITS
 from sluicegate.stages.base import register_stage
 
 if TYPE_CHECKING:
     from sluicegate.call import Call
+    from sluicegate.config.snapshot import Consumer
 
 
 def model_not_found(model: str) -> NotFound:
@@ -114,20 +117,58 @@ class ModelAccessStage:
                 param="stream",
                 rule=consumer.allow_streaming_rule,
             )
-        cap = consumer.max_tokens
-        if cap is not None and call.body is not None:
-            for param in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
-                asked = call.body.get(param)
-                if isinstance(asked, int) and asked > cap:
-                    raise Forbidden(
-                        f"Consumer '{consumer.name}' may ask for at most {cap} tokens; '{param}' is {asked}",
-                        code="max_tokens_exceeded",
-                        param=param,
-                        rule=consumer.max_tokens_rule,
-                    )
+        if consumer.max_tokens is not None and call.body is not None and call.endpoint in _OUTPUT_ENDPOINTS:
+            _cap_output(call, call.body, consumer)
 
     async def on_finish(self, call: Call) -> None:
         return None
+
+
+#: endpoints whose answers are generated text, bounded by the `max_tokens` rule
+_OUTPUT_ENDPOINTS = frozenset({"chat", "completions", "responses", "messages"})
+#: request fields that ask for several answers to one prompt (`best_of` generates that many)
+_CHOICES = ("n", "best_of")
+
+
+def _count(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _cap_output(call: Call, body: dict[str, Any], consumer: Consumer) -> None:
+    """The `max_tokens` rule bounds the whole output: the limit the request asks for (any of its
+    dialect's names) times its choices. A request that asks for none gets the cap, shared among
+    its choices, inserted on its way upstream (`call.output_cap`)."""
+    cap = consumer.max_tokens
+    assert cap is not None
+    choices, choice_param = 1, "n"
+    for param in _CHOICES:
+        value = _count(body.get(param))
+        if value is not None and value > choices:
+            choices, choice_param = value, param
+    asked: int | None = None
+    param = ""
+    for name in OUTPUT_LIMITS:
+        value = _count(body.get(name))
+        if value is not None and (asked is None or value > asked):
+            asked, param = value, name
+    per = f" for each of {choices} choices ('{choice_param}')" if choices > 1 else ""
+    if asked is not None:
+        if asked * choices > cap:
+            raise Forbidden(
+                f"Consumer '{consumer.name}' may ask for at most {cap} output tokens; '{param}' is {asked}{per}",
+                code="max_tokens_exceeded",
+                param=param,
+                rule=consumer.max_tokens_rule,
+            )
+        return
+    if cap // choices < 1:
+        raise Forbidden(
+            f"Consumer '{consumer.name}' may ask for at most {cap} output tokens, fewer than {choices} choices",
+            code="max_tokens_exceeded",
+            param=choice_param,
+            rule=consumer.max_tokens_rule,
+        )
+    call.output_cap = cap // choices
 
 
 register_stage("access", lambda snapshot, services: AccessStage())

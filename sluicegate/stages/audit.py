@@ -41,6 +41,7 @@ class AuditStage:
         writer: AuditWriter,
         refuse_when_unhealthy: bool,
         failures: AuthFailureAggregator,
+        unknown_urls: AuthFailureAggregator | None = None,
         *,
         before_response: bool = False,
         commit_timeout_s: float = 5.0,
@@ -50,6 +51,7 @@ class AuditStage:
         self.failures = failures
         self.before_response = before_response
         self.commit_timeout_s = commit_timeout_s
+        self.unknown_urls = unknown_urls or AuthFailureAggregator(status=404, outcome="unknown_urls_aggregated")
 
     async def on_request(self, call: Call) -> None:
         if self.refuse_when_unhealthy and not self.writer.accepting:
@@ -62,8 +64,13 @@ class AuditStage:
         failures = self.failures
         if call.status == 401 and not failures.admit(call.client_ip):
             return  # counted: the source's summary event will say how many
+        unknown = self.unknown_urls
+        if call.status in (404, 405) and call.consumer is None and not unknown.admit(call.client_ip):
+            return  # a scanner without a key: counted the same way
         event = event_of(call)
         for summary in failures.due():
+            self.writer.submit(summary)
+        for summary in unknown.due():
             self.writer.submit(summary)
         if self.before_response:
             await self._commit(event)
@@ -136,11 +143,13 @@ def _guards(call: Call) -> str | None:
 def _factory(snapshot: Snapshot, services: Services) -> AuditStage:
     cfg = snapshot.audit
     services.auth_failures.configure(cfg.auth_failure_window_s, cfg.auth_failures_per_window)
+    services.unknown_urls.configure(cfg.auth_failure_window_s, cfg.auth_failures_per_window)
     services.audit.configure(cfg.batch_size, cfg.flush_interval_s, cfg.retry_s, cfg.max_queue_events)
     return AuditStage(
         services.audit,
         cfg.on_failure == "refuse",
         services.auth_failures,
+        services.unknown_urls,
         before_response=cfg.durability == "before_response",
         commit_timeout_s=cfg.commit_timeout_s,
     )

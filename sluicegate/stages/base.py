@@ -49,6 +49,12 @@ class Services:
     http: ClientSession | None = None
     #: failed authentications per source, kept across config reloads
     auth_failures: AuthFailureAggregator = field(default_factory=AuthFailureAggregator)
+    #: unauthenticated requests for unknown URLs or with a wrong method (404, 405), per source
+    unknown_urls: AuthFailureAggregator = field(
+        default_factory=lambda: AuthFailureAggregator(
+            status=404, outcome="unknown_urls_aggregated", endpoint="unknown", what="unauthenticated unknown URLs"
+        )
+    )
     #: JWKS documents of the JWT issuers, kept across config reloads
     jwks: JWKSCache = field(default_factory=JWKSCache)
     #: what guards may use (HTTP session, vault, the gateway's own model calls)

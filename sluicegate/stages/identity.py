@@ -1,13 +1,17 @@
 """Identity: who is calling, from `Authorization: Bearer <key>` or `x-api-key`: an API key or a JWT.
 
 Keys are looked up by their SHA-256 in an in-memory index that a background refresh keeps in
-step with the store (created or revoked keys take effect within `refresh_s`); the request path
-never touches the database. A bearer value shaped like a JWT, when `jwt_issuers` are configured,
-is verified by `auth.jwt` instead and mapped to a consumer by name or to its groups.
+step with the store (created or revoked keys take effect within `refresh_s`); a known key never
+touches the database. A key the index does not hold yet (made a moment ago) is looked up in the
+store, off the event loop: one lookup at a time per hash, a few at once in all, none while too
+many wait, and a hash the store does not hold is not looked up again for `MISS_TTL_S`, so random
+keys cannot flood the database. A bearer value shaped like a JWT, when `jwt_issuers` are
+configured, is verified by `auth.jwt` instead and mapped to a consumer by name or to its groups.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import threading
@@ -26,6 +30,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("sluicegate.identity")
 
 MAX_KEY_LENGTH = 512
+#: store lookups of keys the index does not hold: at once, and waiting at most (beyond: refused)
+MAX_LOOKUPS = 4
+MAX_WAITING = 256
+#: a hash the store does not hold is not looked up again for this long; at most this many are kept
+MISS_TTL_S = 2.0
+MAX_MISSES = 10_000
 
 
 class KeyIndex:
@@ -38,6 +48,52 @@ class KeyIndex:
         self._version = -1
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        #: lookups in flight, by hash; hashes the store did not hold, with when to forget them
+        self._lookups: dict[str, asyncio.Future[KeyRecord | None]] = {}
+        self._misses: dict[str, float] = {}
+        self._slots: asyncio.Semaphore | None = None
+        #: store lookups made (for tests and operators: a flood shows here, bounded)
+        self.lookups = 0
+
+    async def find(self, digest: str) -> KeyRecord | None:
+        """The key with this hash: from the index, else (a key made since the last refresh) from
+        the store, coalesced and bounded."""
+        record = self.by_hash.get(digest)
+        if record is not None or self.store is None:
+            return record
+        now = time.monotonic()
+        forget = self._misses.get(digest)
+        if forget is not None and forget > now:
+            return None
+        pending = self._lookups.get(digest)
+        if pending is None:
+            if len(self._lookups) >= MAX_WAITING:
+                return None  # a flood of unknown keys: refused without asking the store
+            pending = asyncio.ensure_future(self._look_up(digest))
+            self._lookups[digest] = pending
+            pending.add_done_callback(lambda _: self._lookups.pop(digest, None))
+        # Shielded: a caller that gives up (its client left) does not cancel the others' lookup.
+        return await asyncio.shield(pending)
+
+    async def _look_up(self, digest: str) -> KeyRecord | None:
+        assert self.store is not None
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(MAX_LOOKUPS)
+        async with self._slots:
+            self.lookups += 1
+            try:
+                record = await asyncio.to_thread(self.store.find, digest)
+            except Exception as exc:  # the store is down: unknown keys fail closed, known ones still work
+                log.error("cannot look up a consumer key in the store (%s)", type(exc).__name__)
+                return None
+        if record is None:
+            if len(self._misses) >= MAX_MISSES:
+                self._misses.clear()
+            self._misses[digest] = time.monotonic() + MISS_TTL_S
+        else:
+            # Seen now; the next refresh brings it (and any later revocation) in the whole index.
+            self.by_hash[digest] = record
+        return record
 
     def reload(self) -> bool:
         """Reload the index if the store changed; True when it did."""
@@ -110,6 +166,8 @@ class IdentityStage:
             raise Unauthorized("Invalid API key")
         digest = hash_key(key)
         record = self.keys.by_hash.get(digest)
+        if record is None:
+            record = await self.keys.find(digest)
         # The dict finds the candidate; the stored hash is then compared in constant time.
         if record is None or not hmac.compare_digest(record.key_hash, digest):
             raise Unauthorized("Invalid API key")

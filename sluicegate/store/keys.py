@@ -113,6 +113,13 @@ class KeyStore:
         with self.engine.connect() as conn:
             return [KeyRecord(**row._mapping) for row in conn.execute(query)]
 
+    def find(self, key_hash: str) -> KeyRecord | None:
+        """The key with this hash (revoked or expired ones too), or None."""
+        query = sa.select(api_keys).where(api_keys.c.key_hash == key_hash)
+        with self.engine.connect() as conn:
+            row = conn.execute(query).first()
+        return KeyRecord(**row._mapping) if row is not None else None
+
     def version(self) -> int:
         """A number that changes whenever a key is created or revoked (cheap to poll)."""
         with self.engine.connect() as conn:

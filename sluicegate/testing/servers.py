@@ -50,11 +50,15 @@ def _base_url(sock: socket.socket) -> str:
 
 
 @contextlib.contextmanager
-def serve_in_thread(app: ASGIApp, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
-    """Run an ASGI app under uvicorn (uvloop + httptools when available) in a daemon thread; yield its base URL."""
+def serve_in_thread(
+    app: ASGIApp, host: str = "127.0.0.1", port: int = 0, *, config: uvicorn.Config | None = None
+) -> Iterator[str]:
+    """Run an ASGI app under uvicorn (uvloop + httptools when available) in a daemon thread; yield its base URL.
+
+    `config` replaces the default uvicorn config (its host and port are not used: the socket is bound here)."""
     sock = _bind(host, port)
     url = _base_url(sock)
-    server = uvicorn.Server(_config(app, host, port))
+    server = uvicorn.Server(config or _config(app, host, port))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name=f"uvicorn {url}", daemon=True)
     thread.start()
     deadline = time.monotonic() + 10.0

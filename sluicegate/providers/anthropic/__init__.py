@@ -20,7 +20,14 @@ from sluicegate.errors import UpstreamError
 from sluicegate.providers.anthropic.request import to_messages_request
 from sluicegate.providers.anthropic.response import from_message, usage_of
 from sluicegate.providers.anthropic.stream import AnthropicStreamDecoder
-from sluicegate.providers.base import Preset, Provider, json_error_message, register_provider_type
+from sluicegate.providers.base import (
+    Preset,
+    Provider,
+    StreamDecoder,
+    capped,
+    json_error_message,
+    register_provider_type,
+)
 
 if TYPE_CHECKING:
     from sluicegate.call import Call
@@ -104,6 +111,8 @@ class AnthropicProvider(Provider):
 
     def build_request(self, call: Call, chat: dict[str, Any]) -> bytes:
         assert call.route is not None
+        # Anthropic requires a limit: the consumer's cap, if any, bounds the configured default.
+        chat = capped(chat, call, self.options.default_max_tokens)
         return orjson.dumps(
             to_messages_request(chat, call.route.upstream_model or call.model_requested, self.options, self.label)
         )

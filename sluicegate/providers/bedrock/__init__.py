@@ -19,6 +19,7 @@ from sluicegate.providers.base import (
     Preset,
     Provider,
     StreamDecoder,
+    capped,
     json_error_message,
     register_provider_type,
     reported_error,
@@ -146,7 +147,7 @@ class BedrockProvider(Provider):
             raise UpstreamError(f"provider '{self.name}': {BOTOCORE_MISSING}")
 
     def build_request(self, call: Call, chat: dict[str, Any]) -> bytes:
-        return orjson.dumps(converse_request(chat))
+        return orjson.dumps(converse_request(capped(chat, call)))
 
     # ----------------------------------------------------------------------------------------- answers
 

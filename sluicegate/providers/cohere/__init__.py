@@ -17,6 +17,7 @@ from sluicegate.providers.base import (
     Preset,
     Provider,
     StreamDecoder,
+    capped,
     json_error_message,
     register_provider_type,
     reported_error,
@@ -71,7 +72,7 @@ class CohereProvider(Provider):
         return call.route.upstream_model or call.model_requested
 
     def build_request(self, call: Call, chat: dict[str, Any]) -> bytes:
-        return orjson.dumps(build_body(chat, self._model(call), bool(call.stream), self.target))
+        return orjson.dumps(build_body(capped(chat, call), self._model(call), bool(call.stream), self.target))
 
     def parse_response(self, data: Any, call: Call) -> dict[str, Any]:
         return parse_response(data, self.name, self._model(call) or "")

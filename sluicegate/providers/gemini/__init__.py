@@ -13,7 +13,7 @@ from urllib.parse import quote
 import orjson
 
 from sluicegate.errors import NotFound, SluicegateError
-from sluicegate.providers.base import Preset, Provider, StreamDecoder, register_provider_type, upstream_error
+from sluicegate.providers.base import Preset, Provider, StreamDecoder, capped, register_provider_type, upstream_error
 from sluicegate.providers.gemini.request import TARGET, build_body
 from sluicegate.providers.gemini.response import (
     error_message,
@@ -63,7 +63,7 @@ class GeminiProvider(Provider):
         return "x-goog-api-key", secret  # never the `?key=` query: URLs end up in logs
 
     def build_request(self, call: Call, chat: dict[str, Any]) -> bytes:
-        return orjson.dumps(build_body(chat))
+        return orjson.dumps(build_body(capped(chat, call)))
 
     def parse_response(self, data: Any, call: Call) -> dict[str, Any]:
         return parse_response(data, self.name, call)
