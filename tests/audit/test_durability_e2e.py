@@ -146,6 +146,8 @@ def test_strict_mode_refuses_calls_past_the_queue_bound(
             assert c.post(CHAT, json=BODY).status_code == 200
             wait_for(lambda: gw.app.audit.pending == 1 and gw.app.audit.queued == 0)  # being written
             assert c.post(CHAT, json=BODY).status_code == 200
+            # the client has its answer just before the event is queued: wait for the queue to be full
+            wait_for(lambda: gw.app.audit.pending == 2)
             calls = upstream.calls
             assert_openai_error(c.post(CHAT, json=BODY), 503, "audit_unavailable")
             assert upstream.calls == calls

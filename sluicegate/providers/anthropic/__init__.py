@@ -23,7 +23,6 @@ from sluicegate.providers.anthropic.stream import AnthropicStreamDecoder
 from sluicegate.providers.base import (
     Preset,
     Provider,
-    StreamDecoder,
     capped,
     json_error_message,
     register_provider_type,
