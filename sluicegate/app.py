@@ -242,6 +242,7 @@ class Gateway:
             )
             endpoint = _ANTHROPIC_UNKNOWN if anthropic else _UNKNOWN
         call = self._new_call(scope, endpoint, snapshot)
+        send = finishing = pipeline.finishing_send(call, send)
         try:
             if pipeline.identity is not None:
                 try:
@@ -257,7 +258,8 @@ class Gateway:
             )
             await send_error(call, send, error, endpoint.render_error, [(b"allow", allow)] if allow else None)
         finally:
-            await pipeline.finish(call)
+            if not finishing.finished:
+                await pipeline.finish(call)
 
     def _new_call(self, scope: Scope, endpoint: Endpoint, snapshot: Snapshot) -> Call:
         # A random per-process prefix and a counter: unique across restarts, no syscall per request.
@@ -288,9 +290,7 @@ class Gateway:
         call = self._new_call(scope, _MODELS, snapshot)
         # Anthropic clients (they send `anthropic-version`) get Anthropic's list and errors.
         anthropic = b"anthropic-version" in call.headers
-        finishing = pipeline.finishing_send(call, send)
-        if finishing is not None:
-            send = finishing
+        send = finishing = pipeline.finishing_send(call, send)
         try:
             if scope["method"] != "GET":
                 raise MethodNotAllowed("Use GET for /v1/models")
@@ -311,7 +311,7 @@ class Gateway:
             call.fail(exc)
             await send_error(call, send, exc, anthropic_dialect.error_body if anthropic else openai_dialect.error_body)
         finally:
-            if finishing is None or not finishing.finished:
+            if not finishing.finished:
                 await pipeline.finish(call)
 
     async def _ready(self, send: Send) -> None:

@@ -13,9 +13,10 @@
     accounting    tokens and cost                         (finally, always)
     audit         one event per call                      (finally, always)
 
-With `audit.durability: before_response`, accounting and audit run just before the response's
-last body message is sent (`FinishingSend`), so the event is committed before the client has
-the whole answer; the `finally` then has nothing left to do.
+Accounting and audit run just before the response's last body message is sent
+(`FinishingSend`): a call is not reported complete until its audit event is queued, and with
+`audit.durability: before_response` until it is committed. The `finally` runs them only for a
+call that sent no last message (a client that left, a failure mid-stream).
 
 Output guards run inside the relay (on the JSON answer, or on the stream's hold-back window).
 Later stages slot into `STAGE_ORDER` (limits after access, cache before the router) by name; a
@@ -107,14 +108,12 @@ class Pipeline:
         self.header_stages = ordered[:split]
         self.body_stages = ordered[split:]
         self.finishers = [stages[n] for n in FINISH_ORDER if n in stages]
-        #: `audit.durability: before_response`: finish (and commit the event) before the last byte
-        self.finish_before_last_byte = snapshot.audit.durability == "before_response"
         #: who is calling, for answers outside the request path (an unknown URL names its caller)
         self.identity = stages.get("identity")
 
-    def finishing_send(self, call: Call, send: Send) -> FinishingSend | None:
-        """The `send` that finishes the call before its last byte, when the config asks for it."""
-        return FinishingSend(self, call, send) if self.finish_before_last_byte else None
+    def finishing_send(self, call: Call, send: Send) -> FinishingSend:
+        """The `send` that finishes the call (accounting, audit) before its last byte."""
+        return FinishingSend(self, call, send)
 
     async def run(
         self,
@@ -131,9 +130,7 @@ class Pipeline:
         the body and write deadlines and reports a disconnect without a task of our own."""
         from sluicegate.relay import relay_answer
 
-        finishing = self.finishing_send(call, send)
-        if finishing is not None:
-            send = finishing
+        send = finishing = self.finishing_send(call, send)
         started = False
         watcher: asyncio.Future[Any] | None = None
         gone = watching = False
@@ -213,7 +210,7 @@ class Pipeline:
                     _client_left(call, edge)
             if watcher is not None and not watcher.done():
                 watcher.cancel()
-            if finishing is None or not finishing.finished:
+            if not finishing.finished:
                 await self.finish(call)
 
     async def finish(self, call: Call) -> bool:
