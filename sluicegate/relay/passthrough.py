@@ -30,10 +30,8 @@ from sluicegate.relay.stream import (
     KEEP_ALIVE,
     Tally,
     body,
-    cut,
-    end,
-    finish_upstream,
-    internal,
+    close,
+    failure,
     output_guard,
     release,
     start,
@@ -129,23 +127,15 @@ async def relay_stream(
                 await send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
             if client_gone():
                 break
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        error = cut(name, exc)
-    except SluicegateError as exc:
-        # A guard block (nothing of the blocked text was released), the upstream's error, garbage.
-        error = exc
-    except Exception as exc:
-        error = internal(call, exc)
     except asyncio.CancelledError:
         resp.release()
         raise
+    except Exception as exc:
+        # A cut, a guard block, the upstream's own error event, garbage: the upstream is stopped.
+        error = failure(call, name, exc)
     finally:
         tally.keep_for_audit()
-    if client_gone():
-        resp.close()
-        return
-    await end(call, send, name, done, error, render_error, tail)
-    await finish_upstream(resp, done and error is None)
+    await close(call, send, resp, client_gone, name, done, error, render_error, tail)
 
 
 async def relay_native_stream(
@@ -208,23 +198,15 @@ async def relay_native_stream(
                 await send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
             if client_gone():
                 break
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        error = cut(name, exc)
-    except SluicegateError as exc:
-        # A guard block, the upstream's own error event (rendered by the gateway, scrubbed), garbage.
-        error = exc
-    except Exception as exc:
-        error = internal(call, exc)
     except asyncio.CancelledError:
         resp.release()
         raise
+    except Exception as exc:
+        # A cut, a guard block, the upstream's own error event, garbage: the upstream is stopped.
+        error = failure(call, name, exc)
     finally:
         tally.keep_for_audit()
-    if client_gone():
-        resp.close()
-        return
-    await end(call, send, name, decoder.done, error, encoder.error, tail)
-    await finish_upstream(resp, decoder.done and error is None)
+    await close(call, send, resp, client_gone, name, decoder.done, error, encoder.error, tail)
 
 
 def _ends_answer(chunk: dict[str, Any]) -> bool:

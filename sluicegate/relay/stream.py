@@ -66,6 +66,17 @@ def internal(call: Call, exc: Exception) -> SluicegateError:
     return SluicegateError("The gateway failed while relaying the answer", code="internal_error")
 
 
+def failure(call: Call, name: str | None, exc: Exception) -> SluicegateError:
+    """What ended a stream relay early: a read error or silence (a cut), a refusal of the
+    gateway's or an error the upstream reported (as they are), or a failure of the gateway's own
+    (logged, scrubbed, told without details)."""
+    if isinstance(exc, aiohttp.ClientError | TimeoutError):
+        return cut(name, exc)
+    if isinstance(exc, SluicegateError):
+        return exc
+    return internal(call, exc)
+
+
 async def start(call: Call, send: Send) -> None:
     """Send the headers of an SSE answer."""
     await send({"type": "http.response.start", "status": 200, "headers": response_headers(call, _SSE_HEADERS)})
@@ -83,6 +94,26 @@ async def body(resp: aiohttp.ClientResponse, prefix: bytes = b"") -> AsyncIterat
 #: how long, and how many bytes, the rest of a body is read after the stream's end marker
 _DRAIN_S = 1.0
 _DRAIN_BYTES = 64 * 1024
+
+
+async def close(
+    call: Call,
+    send: Send,
+    resp: aiohttp.ClientResponse,
+    client_gone: Callable[[], bool],
+    name: str | None,
+    done: bool,
+    error: SluicegateError | None,
+    render_error: Callable[[SluicegateError], bytes],
+    tail: bytes = b"",
+) -> None:
+    """After a stream relay's loop: end the client's stream (`end`) and finish with the upstream;
+    a client that left gets nothing more, and its upstream connection is closed."""
+    if client_gone():
+        resp.close()
+        return
+    await end(call, send, name, done, error, render_error, tail)
+    await finish_upstream(resp, done and error is None)
 
 
 async def finish_upstream(resp: aiohttp.ClientResponse, complete: bool) -> None:
@@ -298,20 +329,12 @@ async def relay_translated_stream(
                 await send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
             if client_gone():
                 break
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        error = cut(provider.name, exc)
-    except SluicegateError as exc:
-        # A guard block, the upstream's own error event, or garbage: stop the upstream.
-        error = exc
-    except Exception as exc:
-        error = internal(call, exc)
     except asyncio.CancelledError:
         resp.release()
         raise
+    except Exception as exc:
+        # A cut, a guard block, the upstream's own error event, garbage: the upstream is stopped.
+        error = failure(call, provider.name, exc)
     finally:
         tally.keep_for_audit()
-    if client_gone():
-        resp.close()
-        return
-    await end(call, send, provider.name, decoder.done, error, encoder.error, tail)
-    await finish_upstream(resp, decoder.done and error is None)
+    await close(call, send, resp, client_gone, provider.name, decoder.done, error, encoder.error, tail)
