@@ -1,0 +1,247 @@
+"""The patterns of every pattern-based guard: scanned in one pass per text, and matched
+partially on streams.
+
+Pattern-based kinds (`regex`, `words`, `pii`, `secrets`) list the regular expressions their scan
+runs (`Guard.patterns`). When the config loads, `Matcher` gathers them per text variant (case
+folded or not), turns each into a prefilter (`prefilter.py`) and compiles them into one hyperscan
+database; databases are cached by their pattern list, so a reload that keeps the patterns does not
+compile again. Per text, one hyperscan pass says which patterns may match; a guard then runs only
+those with Python's `re` and its validators, so its findings are exactly those of running every
+pattern. A pattern without a prefilter, and every pattern when hyperscan is not installed, is
+always run (the same findings, slower; logged once).
+
+On a stream, `Partial` tells where the earliest match begins that more text could still complete,
+extend or invalidate (the `regex` package's partial matching): text before it can be released.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import Iterable, Sequence
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+import regex
+
+from sluicegate.guardrails.decode import RUN_PATTERNS
+from sluicegate.guardrails.prefilter import non_ascii_byte, prefilter
+
+if TYPE_CHECKING:
+    from sluicegate.guardrails.base import Guard
+
+log = logging.getLogger("sluicegate.guardrails")
+
+#: one pattern: (source, flags) as `re.compile` takes them
+Spec = tuple[str, int]
+
+
+class _ByteMap(dict[int, str]):
+    """`str.translate` table: an ASCII character stays, any other becomes its class byte."""
+
+    def __missing__(self, cp: int) -> str:
+        char = chr(cp)
+        out = char if cp < 0x80 else chr(non_ascii_byte(char))
+        if len(self) < 65536:  # bounded: a text cannot grow this map without end
+            self[cp] = out
+        return out
+
+
+_BYTES = _ByteMap()
+
+
+def as_bytes(text: str) -> bytes:
+    """The text as hyperscan scans it: ASCII as is, every other character as its class byte."""
+    if text.isascii():
+        return text.encode("ascii")
+    return text.translate(_BYTES).encode("latin-1")
+
+
+def _hyperscan() -> Any:
+    try:
+        import hyperscan
+    except ImportError:
+        return None
+    return hyperscan
+
+
+class PatternSet:
+    """Patterns compiled into one hyperscan database; `maybe(text)` is the indexes that may match."""
+
+    def __init__(self, specs: Sequence[Spec]) -> None:
+        self.specs = tuple(specs)
+        hs = _hyperscan()
+        expressions = {i: prefilter(source, flags) for i, (source, flags) in enumerate(self.specs)}
+        compiled = {i: e.encode("latin-1") for i, e in expressions.items() if e is not None}
+        self._db: Any = None
+        if hs is None:
+            if compiled:
+                log.warning("hyperscan is not installed: guards run each of their patterns on every text")
+            compiled = {}
+        elif compiled:
+            self._db = self._compile(hs, compiled)
+            if self._db is None:
+                # One of them does not compile: find which, and compile the others.
+                compiled = {i: e for i, e in compiled.items() if self._compile(hs, {i: e}) is not None}
+                self._db = self._compile(hs, compiled) if compiled else None
+        #: patterns that are always run: no prefilter, or it did not compile
+        self.always = frozenset(i for i in range(len(self.specs)) if i not in compiled)
+        for i in sorted(self.always):
+            if expressions[i] is not None or hs is None:
+                log.info("pattern %.80r runs on every text (no prefilter compiled)", self.specs[i][0])
+        self._scratch = threading.local()
+        self._hyperscan = hs
+
+    @staticmethod
+    def _compile(hs: Any, expressions: dict[int, bytes]) -> Any:
+        db = hs.Database(mode=hs.HS_MODE_BLOCK)
+        flags = hs.HS_FLAG_PREFILTER | hs.HS_FLAG_SINGLEMATCH
+        try:
+            db.compile(
+                expressions=list(expressions.values()),
+                ids=list(expressions),
+                elements=len(expressions),
+                flags=[flags] * len(expressions),
+            )
+        except hs.error:
+            return None
+        return db
+
+    def maybe(self, text: str) -> frozenset[int]:
+        """The indexes of the patterns that may match in `text` (the others cannot)."""
+        if self._db is None:
+            return self.always
+        # Scratch space is per thread: slow guards scan in worker threads.
+        scratch = getattr(self._scratch, "space", None)
+        if scratch is None:
+            scratch = self._scratch.space = self._hyperscan.Scratch(self._db)
+        found: set[int] = set()
+        self._db.scan(as_bytes(text), match_event_handler=_collect, context=found, scratch=scratch)
+        return self.always | found if self.always else frozenset(found)
+
+
+def _collect(index: int, start: int, end: int, flags: int, found: set[int]) -> None:
+    found.add(index)
+
+
+@lru_cache(maxsize=32)
+def pattern_set(specs: tuple[Spec, ...]) -> PatternSet:
+    """The compiled set of `specs`, shared by every snapshot that has the same patterns."""
+    return PatternSet(specs)
+
+
+class Matcher:
+    """The pattern sets of one config snapshot: per text variant (case folded or not), the
+    patterns of every pattern-based guard, deduplicated, in one compiled set. The set of the text
+    with case kept also holds the shapes of encoded runs (`decode.RUN_PATTERNS`): the same pass
+    tells whether a text may have a decoded view at all."""
+
+    def __init__(self, guards: Iterable[Guard]) -> None:
+        specs: dict[bool, dict[Spec, int]] = {}
+        #: per guard (by id): its variant, and per pattern of the variant the guard's indexes of it
+        self._ids: dict[int, tuple[bool, dict[int, tuple[int, ...]]]] = {}
+        decodes = False
+        for guard in guards:
+            if guard.remote:
+                continue
+            decodes = decodes or bool(guard.decodings)
+            patterns = guard.patterns()
+            if patterns:
+                known = specs.setdefault(guard.casefold, {})
+                local: dict[int, tuple[int, ...]] = {}
+                for i, p in enumerate(patterns):
+                    key = known.setdefault((p.pattern, p.flags), len(known))
+                    local[key] = (*local.get(key, ()), i)
+                self._ids[id(guard)] = (guard.casefold, local)
+        self._encoded: tuple[int, ...] = ()
+        if decodes:
+            known = specs.setdefault(False, {})
+            self._encoded = tuple(known.setdefault((p.pattern, p.flags), len(known)) for p in RUN_PATTERNS)
+        self._sets = {variant: pattern_set(tuple(known)) for variant, known in specs.items()}
+
+    def variant(self, guard: Guard) -> bool | None:
+        """The text variant whose pass serves `guard` (its `casefold`), or None if it has no patterns here."""
+        entry = self._ids.get(id(guard))
+        return None if entry is None else entry[0]
+
+    def maybe(self, variant: bool, text: str) -> frozenset[int]:
+        """One pass over `text` for every pattern of `variant`."""
+        patterns = self._sets.get(variant)
+        return frozenset() if patterns is None else patterns.maybe(text)
+
+    def candidates(self, guard: Guard, maybe: frozenset[int]) -> frozenset[int]:
+        """`guard`'s share of a pass's result: the indexes of its patterns that may match."""
+        local = self._ids[id(guard)][1]
+        return frozenset(i for key in maybe if key in local for i in local[key])
+
+    def may_hold_encoded(self, maybe: frozenset[int]) -> bool:
+        """From a pass over the text with case kept: may it hold an encoded run?"""
+        return not self._encoded or any(i in maybe for i in self._encoded)
+
+
+# ------------------------------------------------------------------------------------- streams
+
+_REGEX_FLAGS = (
+    (re.IGNORECASE, regex.IGNORECASE),
+    (re.MULTILINE, regex.MULTILINE),
+    (re.DOTALL, regex.DOTALL),
+    (re.VERBOSE, regex.VERBOSE),
+    (re.ASCII, regex.ASCII),
+)
+
+
+class Partial:
+    """One pattern, for streams: where the earliest match begins that more text could complete,
+    extend or invalidate.
+
+    The pattern is wrapped as `(?:P)(?=[\\s\\S]{0,margin}\\Z)` and searched with `partial=True`:
+    a way through P that ends within `margin` characters of the end (a lookahead reads that
+    far) or runs into the end is alive; one that ends earlier is decided (found or not) and
+    stays so, whatever follows. `cap` bounds how far back a match may begin (the pattern's
+    width, or the declared reach of an unbounded one). A pattern the `regex` package does not
+    compile is held back by `cap` alone.
+    """
+
+    def __init__(self, pattern: re.Pattern[str], *, margin: int, cap: int | None) -> None:
+        self.margin = margin
+        self.cap = cap
+        flags = 0
+        for ours, theirs in _REGEX_FLAGS:
+            if pattern.flags & ours:
+                flags |= theirs
+        # In verbose mode a trailing comment would swallow the closing parenthesis.
+        body = pattern.pattern + ("\n" if pattern.flags & re.VERBOSE else "")
+        try:
+            self._rx: regex.Pattern[str] | None = regex.compile(
+                f"(?:{body})(?=[\\s\\S]{{0,{margin}}}\\Z)", flags | regex.VERSION0
+            )
+        except (regex.error, ValueError, OverflowError):
+            log.info("pattern %.80r is held back by its width on streams (no partial matching)", pattern.pattern)
+            self._rx = None
+
+    def pending(self, text: str, start: int) -> int | None:
+        """The offset (at or after `start`) of the earliest match still alive; None if none is."""
+        n = len(text)
+        pos = start if self.cap is None else max(start, n - self.cap - self.margin)
+        if pos >= n:
+            return None
+        if self._rx is None:
+            return pos
+        m = self._rx.search(text, pos, partial=True)
+        return None if m is None or m.start() >= n else m.start()
+
+
+def earliest(partials: Iterable[Partial], text: str, start: int) -> int | None:
+    """The earliest `pending` of several patterns."""
+    out: int | None = None
+    for partial in partials:
+        at = partial.pending(text, start)
+        if at is not None and (out is None or at < out):
+            out = at
+            if at <= start:
+                break  # nothing is earlier than the start
+    return out
+
+
+__all__ = ["Matcher", "Partial", "PatternSet", "as_bytes", "earliest", "pattern_set"]
