@@ -195,12 +195,13 @@ class Partial:
     """One pattern, for streams: where the earliest match begins that more text could complete,
     extend or invalidate.
 
-    The pattern is wrapped as `(?:P)(?=[\\s\\S]{0,margin}\\Z)` and searched with `partial=True`:
-    a way through P that ends within `margin` characters of the end (a lookahead reads that
-    far) or runs into the end is alive; one that ends earlier is decided (found or not) and
-    stays so, whatever follows. `cap` bounds how far back a match may begin (the pattern's
-    width, or the declared reach of an unbounded one). A pattern the `regex` package does not
-    compile is held back by `cap` alone.
+    The pattern is wrapped as `(?:P)[\\s\\S]{0,margin}\\Z[\\s\\S]` and searched with
+    `partial=True`: a way through P that ends within `margin` characters of the end (a lookahead
+    reads that far) or runs into the end is alive; one that ends earlier is decided (found or
+    not) and stays so, whatever follows. The wrapper can never match in full, because `regex`
+    returns a full match anywhere before a partial one: so the leftmost alive start comes back.
+    `cap` bounds how far back a match may begin (the pattern's width, or the declared reach of
+    an unbounded one). A pattern the `regex` package does not compile is held back by `cap`.
     """
 
     def __init__(self, pattern: re.Pattern[str], *, margin: int, cap: int | None) -> None:
@@ -214,7 +215,7 @@ class Partial:
         body = pattern.pattern + ("\n" if pattern.flags & re.VERBOSE else "")
         try:
             self._rx: regex.Pattern[str] | None = regex.compile(
-                f"(?:{body})(?=[\\s\\S]{{0,{margin}}}\\Z)", flags | regex.VERSION0
+                f"(?:{body})[\\s\\S]{{0,{margin}}}\\Z[\\s\\S]", flags | regex.VERSION0
             )
         except (regex.error, ValueError, OverflowError):
             log.info("pattern %.80r is held back by its width on streams (no partial matching)", pattern.pattern)

@@ -1,27 +1,61 @@
-"""Output guards on a stream: a bounded hold-back window, scanned as the answer arrives.
+"""Output guards on a stream: events are held back only while a match may still be growing.
 
-Events are held until the text they carry is more than `window` characters (the largest reach of
-the output guards) behind the newest text, so a match is always found while all of it is still
-held: a block stops the stream before any of it reaches the client, a redaction rewrites the held
-events. The first tokens wait for at most `window` characters; a guard without a bounded reach
-holds the whole answer. On a block `feed` raises `Blocked`: the relay then ends the stream with
-an error event and cancels the upstream.
+Each channel's text (a choice's content, a tool call's arguments ...) is scanned as it arrives,
+from where the last scan left off plus a little context. Text is released as soon as no match can
+include it: a guard reports where the earliest match still open at the end of the text begins, in
+normalised characters (`Guard.pending`: for pattern-based kinds the patterns' partial matches,
+for the others the last `reach` characters), an encoded run still open is held from its start, and
+a finding whose checks read text that has not come yet waits for it; the hold-back point is mapped
+back to the characters as sent, so padding with invisible characters cannot walk a match out of
+view. A match is therefore always found while all of it is still held: a block stops the stream
+before any of it reaches the client, a redaction rewrites the held events. A guard without a
+bounded reach holds the whole answer. A channel holding more than `MAX_HELD_CHARS` undecided
+characters stops the stream (fail closed). On a block `drain` raises `Blocked`: the relay then
+ends the stream with an error event and cancels the upstream.
 """
 
 from __future__ import annotations
 
+import re
+from bisect import bisect_left
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from sluicegate.dialects.openai import Path, set_path
-from sluicegate.guardrails.engine import Blocked, CallGuards, GuardRecord, placeholder, run_guards
+from sluicegate.guardrails.decode import RUN_PATTERNS, Encoding, views
+from sluicegate.guardrails.engine import (
+    Blocked,
+    CallGuards,
+    GuardRecord,
+    TextScan,
+    placeholder,
+    refuse,
+    scan_texts,
+)
+from sluicegate.guardrails.matcher import Partial, earliest
+from sluicegate.guardrails.normalize import Normalized, normalize
 
 if TYPE_CHECKING:
-    from sluicegate.guardrails.base import Guard
+    from sluicegate.guardrails.base import Finding, Guard
+
+#: the most characters of one channel held back undecided (a match that keeps growing, a guard
+#: that needs the whole answer); past it the stream is stopped as blocked
+MAX_HELD_CHARS = 1 << 20
+#: normalised characters before the hold-back point that a scan reads again, as context for
+#: the checks that look back (a reference number's label, a version's `v`: 40 at most)
+CONTEXT_CHARS = 48
+#: that context in characters as sent, at most (invisible padding cannot make rescans costly)
+MAX_CONTEXT_RAW = 1024
+#: an encoded run (base64, percent escapes) longer than this is not waited for whole
+MAX_RUN_CHARS = 16384
+_OPEN_RUNS = [Partial(p, margin=1, cap=MAX_RUN_CHARS) for p in RUN_PATTERNS]
+_ESCAPES: frozenset[Encoding] = frozenset(("percent", "html"))
+#: an escape at the end of the text that more characters would complete or change
+_OPEN_ESCAPE = re.compile(r"(?:%[0-9A-Fa-f]?|&(?:#[0-9]{0,7}|#[xX][0-9a-fA-F]{0,6}|[A-Za-z][A-Za-z0-9]{0,31})?)\Z")
 
 
 def _delta_texts(data: dict[str, Any]) -> list[tuple[str, Path, str]]:
@@ -58,6 +92,7 @@ class _Piece:
 
     channel: str
     path: Path
+    #: offset of the piece in the channel's text (as sent, redactions applied)
     start: int
     text: str
 
@@ -88,6 +123,23 @@ class _Held:
         return self.data
 
 
+@dataclass(slots=True)
+class _Channel:
+    """The text of one channel: offsets are in its characters as sent, from its first one."""
+
+    #: the text from `base` on (older text is released and out of any scan's context)
+    text: str = ""
+    base: int = 0
+    #: pieces added since the last scan, not yet in `text`
+    fresh: list[str] = field(default_factory=list)
+    #: the length of the channel's text so far
+    end: int = 0
+    #: text before this offset may be released; a scan does not act on findings before it again
+    hold: int = 0
+    #: where the next scan begins (`hold` less some context)
+    scan_from: int = 0
+
+
 class StreamGuard:
     """Holds back, scans and (for `redact`) rewrites the events of one streamed answer."""
 
@@ -100,11 +152,11 @@ class StreamGuard:
     ) -> None:
         self.state = state
         self.guards = guards
+        #: None: some guard needs the whole answer, which is held until the end
         self.window = window
         #: (channel, path, text) an event adds; default: an OpenAI (neutral) chunk's
         self._texts = texts or _delta_texts
-        self._text: dict[str, str] = {}
-        self._scanned: dict[str, int] = {}
+        self._channels: dict[str, _Channel] = {}
         self._held: deque[_Held] = deque()
         self._seen: set[tuple[str, str, int, str]] = set()
 
@@ -134,10 +186,13 @@ class StreamGuard:
     def _hold(self, event: bytes, data: dict[str, Any] | None) -> None:
         held = _Held(event, data)
         if data is not None:
-            for channel, path, piece in self._texts(data):
-                text = self._text.get(channel, "")
-                held.pieces.append(_Piece(channel, path, len(text), piece))
-                self._text[channel] = text + piece
+            for name, path, piece in self._texts(data):
+                channel = self._channels.get(name)
+                if channel is None:
+                    channel = self._channels[name] = _Channel()
+                held.pieces.append(_Piece(name, path, channel.end, piece))
+                channel.fresh.append(piece)
+                channel.end += len(piece)
         self._held.append(held)
 
     async def drain(self) -> list[bytes]:
@@ -150,12 +205,16 @@ class StreamGuard:
         return [held.chunk() for held in await self._drain()]
 
     async def _drain(self) -> list[_Held]:
-        if self.window is None:
-            return []
-        for channel, text in self._text.items():
-            if len(text) > self._scanned.get(channel, 0):
-                await self._scan(channel, final=False)
-        return self._release()
+        for name, channel in self._channels.items():
+            if self.window is not None and channel.fresh:
+                await self._scan(name, final=False)
+            if channel.end - channel.hold > MAX_HELD_CHARS:
+                self.state.records.append(GuardRecord("", "stream", "block", "output", name, "held_limit"))
+                raise Blocked(
+                    f"The answer held more than {MAX_HELD_CHARS} characters the output guards could not decide on",
+                    rule="guards",
+                )
+        return self._release() if self.window is not None else []
 
     async def finish(self) -> list[bytes]:
         """End of the answer: scan what is left and release every held event."""
@@ -166,79 +225,235 @@ class StreamGuard:
         return [held.chunk() for held in await self._finish()]
 
     async def _finish(self) -> list[_Held]:
-        for channel in list(self._text):
-            await self._scan(channel, final=True)
+        for name in list(self._channels):
+            await self._scan(name, final=True)
         out = list(self._held)
         self._held.clear()
         return out
 
-    async def _scan(self, channel: str, *, final: bool) -> None:
-        text = self._text[channel]
-        done = self._scanned.get(channel, 0)
-        if len(text) <= done and not final:
+    async def _scan(self, name: str, *, final: bool) -> None:
+        channel = self._channels[name]
+        if channel.fresh:
+            channel.text += "".join(channel.fresh)
+            channel.fresh.clear()
+        start = channel.scan_from
+        text = channel.text[start - channel.base :]
+        decided = channel.hold - start  # findings before it were acted on by an earlier scan
+        if not text or (final and decided >= len(text)):
             return
-        # Rescan the last `window` characters: a match may straddle the previous scan's end.
-        start = 0 if self.window is None else max(0, done - self.window)
         before = len(self.state.records)
         try:
-            hits, norms = await run_guards(self.state, self.guards, [text[start:]], "output")
-        except Blocked:
+            scan = await scan_texts(self.state, self.guards, [text], "output", block=False)
+        finally:
             for record in self.state.records[before:]:
-                record.part = channel
-            raise
+                if record.part.isdigit():
+                    record.part = name
+        hold = len(text)
+        acted: list[tuple[Guard, Finding]] = []
+        for guard in self.guards:
+            norm = _variant(scan, guard, text)
+            first = _index(norm, decided)
+            # Findings before the decided point were acted on already (and are seen again as
+            # context); one that reaches past it is new.
+            found = [f for g, f in scan.hits if g is guard and f.end > first]
+            if final:
+                acted.extend((guard, f) for f in found)
+                continue
+            at = self._pending(guard, scan, norm, first, text, decided)
+            limit = min(len(norm.text) if at is None else at, len(norm.text) - guard.right_context)
+            for finding in found:
+                if finding.end > limit:
+                    # Not final: more text may extend, exempt or invalidate it; hold it.
+                    at = finding.start if at is None else min(at, finding.start)
+                else:
+                    acted.append((guard, finding))
+            if at is not None:
+                hold = min(hold, norm.span(at, at)[0])
+        if not final:
+            runs = _open_run(scan, text, decided, self.guards)
+            if runs is not None:
+                hold = min(hold, runs)
+        shifts = self._act(name, acted, scan, start)
+        self._advance(channel, scan, start, max(hold, decided), shifts, final)
+
+    def _pending(
+        self, guard: Guard, scan: TextScan, norm: Normalized, first: int, text: str, decided: int
+    ) -> int | None:
+        """Where `guard`'s earliest match still open begins, in its normalised text; escape
+        views (percent, entities) are read too, since a match may be growing inside them."""
+        at = guard.pending(norm.text, first)
+        escapes = guard.decodings & _ESCAPES
+        if guard.remote or not escapes or not scan.decoded.get(guard.decodings, [[]])[0]:
+            return at
+        # The view of the text up to an escape still being written (`%2`, `&#10`), which would
+        # read as itself: what follows it in the view is not known yet. (A base64 run is held
+        # whole while open, `_open_run`, and final once closed.)
+        cased = _cased(scan, text)
+        known = _OPEN_ESCAPE.search(cased.text)
+        for view in views(cased.text[: known.start() if known else len(cased.text)], escapes):
+            inner = normalize(view.text, casefold=guard.casefold)
+            found = guard.pending(inner.text, 0)
+            if found is None or found >= len(inner.text):
+                continue
+            # view -> the text with case kept -> the text as sent -> the guard's variant
+            raw = cased.span(*view.span(*inner.span(found, found + 1)))[0]
+            if raw >= decided:
+                mapped = _index(norm, raw)
+                at = mapped if at is None else min(at, mapped)
+        return at
+
+    def _act(
+        self, name: str, acted: list[tuple[Guard, Finding]], scan: TextScan, start: int
+    ) -> list[tuple[int, int, int]]:
+        """Block on a final finding of a blocking guard; otherwise record and redact. Returns the
+        redacted spans (start, end, change in length), in text order."""
+        for guard in self.guards:
+            blocks = [f for g, f in acted if g is guard and guard.action == "block"]
+            if blocks:
+                before = len(self.state.records)
+                try:
+                    refuse(self.state, guard, blocks, "output")
+                finally:
+                    for record in self.state.records[before:]:
+                        record.part = name
         redactions: list[tuple[int, int, str]] = []
-        for guard, finding in hits:
-            variant = None if guard.remote else guard.casefold
-            s, e = norms[variant][0].span(finding.start, finding.end)
-            key = (guard.name, channel, start + s, finding.label)
+        for guard, finding in acted:
+            norm = scan.norms[None if guard.remote else guard.casefold][0]
+            s, e = norm.span(finding.start, finding.end)
+            key = (guard.name, name, start + s, finding.label)
             if key in self._seen:
                 continue
             self._seen.add(key)
-            self.state.records.append(
-                GuardRecord(guard.name, guard.kind, guard.action, "output", channel, finding.label)
-            )
+            self.state.records.append(GuardRecord(guard.name, guard.kind, guard.action, "output", name, finding.label))
             if guard.action == "redact":
                 redactions.append((start + s, start + e, finding.label))
         # Later spans first, so earlier offsets stay valid while the text is rewritten.
-        for s, e, label in sorted(redactions, reverse=True):
-            self._redact(channel, s, e, label)
-        self._scanned[channel] = len(self._text[channel])
+        shifts = []
+        taken_from = None
+        for s, e, label in sorted(set(redactions), reverse=True):
+            if taken_from is not None and e > taken_from:
+                continue  # overlaps a span redacted already
+            delta = self._redact(name, s, e, label)
+            if delta is not None:
+                shifts.append((s, e, delta))
+                taken_from = s
+        return shifts[::-1]
 
-    def _redact(self, channel: str, s: int, e: int, label: str) -> None:
-        text = self._text[channel]
-        if s >= e or e > len(text):
+    def _advance(
+        self,
+        channel: _Channel,
+        scan: TextScan,
+        start: int,
+        hold: int,
+        shifts: list[tuple[int, int, int]],
+        final: bool,
+    ) -> None:
+        """Move the hold-back point (and the next scan's start) forward; drop text out of reach.
+        `hold` is in the scanned text, before this scan's redactions (`shifts`)."""
+        if final:
+            channel.hold = channel.scan_from = channel.end
+            channel.text, channel.base = "", channel.end
             return
-        token = placeholder(self.state, label, text[s:e])
-        self._text[channel] = text[:s] + token + text[e:]
+        norms = scan.norms.get(False) or scan.norms.get(True)
+        if norms:
+            norm = norms[0]
+            at = max(0, _index(norm, hold) - CONTEXT_CHARS)
+            context = norm.span(at, at)[0]
+        else:
+            context = max(0, hold - CONTEXT_CHARS)
+        channel.hold = max(channel.hold, _shifted(start + hold, shifts))
+        scan_from = max(channel.scan_from, _shifted(start + context, shifts), channel.hold - MAX_CONTEXT_RAW)
+        channel.scan_from = min(scan_from, channel.hold)
+        cut = channel.scan_from - channel.base
+        if cut > 0:
+            channel.text = channel.text[cut:]
+            channel.base = channel.scan_from
+
+    def _redact(self, name: str, s: int, e: int, label: str) -> int | None:
+        """Replace [s, e) of the channel's text and held pieces with a placeholder; the change in length."""
+        channel = self._channels[name]
+        text = channel.text
+        lo, hi = s - channel.base, e - channel.base
+        if s >= e or lo < 0 or hi > len(text):
+            return None
+        token = placeholder(self.state, label, text[lo:hi])
+        channel.text = text[:lo] + token + text[hi:]
+        delta = len(token) - (e - s)
+        channel.end += delta
+        self._seen = {(g, c, at + delta if c == name and at >= e else at, label_) for g, c, at, label_ in self._seen}
         # Held pieces of a channel are its text's tail, in order: rewrite the ones the span
         # touches (the first gets the placeholder), then lay them out again from where they began.
-        pieces = [p for held in self._held for p in held.pieces if p.channel == channel]
+        pieces = [p for held in self._held for p in held.pieces if p.channel == name]
         if not pieces or pieces[0].start > s:
-            return  # cannot happen while window >= reach: the match would have been released
+            return delta  # cannot happen: a match is found while all of it is held
         placed = False
         for held in self._held:
             for piece in held.pieces:
-                if piece.channel != channel:
+                if piece.channel != name:
                     continue
                 end = piece.start + len(piece.text)
                 if end <= s or piece.start >= e:
                     continue
-                lo, hi = max(s, piece.start) - piece.start, min(e, end) - piece.start
-                piece.text = piece.text[:lo] + ("" if placed else token) + piece.text[hi:]
+                a, b = max(s, piece.start) - piece.start, min(e, end) - piece.start
+                piece.text = piece.text[:a] + ("" if placed else token) + piece.text[b:]
                 placed = True
                 held.dirty = True
         pos = pieces[0].start
         for piece in pieces:
             piece.start = pos
             pos += len(piece.text)
+        return delta
 
     def _release(self) -> list[_Held]:
-        window = self.window or 0
         out = []
         while self._held:
             held = self._held[0]
-            if any(p.start + len(p.text) > self._scanned.get(p.channel, 0) - window for p in held.pieces):
+            if any(p.start + len(p.text) > self._channels[p.channel].hold for p in held.pieces):
                 break
             out.append(held)
             self._held.popleft()
         return out
+
+
+def _shifted(offset: int, shifts: Sequence[tuple[int, int, int]]) -> int:
+    """An offset in a text before redactions (spans in text order) as it is after them; inside
+    a redacted span it is the span's start."""
+    change = 0
+    for s, e, delta in shifts:
+        if offset >= e:
+            change += delta
+        elif offset > s:
+            return s + change
+    return offset + change
+
+
+def _cased(scan: TextScan, text: str) -> Normalized:
+    """The scanned text normalised with case kept (what decoding and windows are counted on)."""
+    norms = scan.norms.get(False)
+    if norms is None:
+        norms = scan.norms[False] = [normalize(text, casefold=False)]
+    return norms[0]
+
+
+def _variant(scan: TextScan, guard: Guard, text: str) -> Normalized:
+    """The form of the text `guard` matched on; for a remote guard, whose reach is counted in
+    normalised characters too, the text normalised with case kept."""
+    if guard.remote:
+        return _cased(scan, text)
+    return scan.norms[guard.casefold][0]
+
+
+def _index(norm: Normalized, raw: int) -> int:
+    """The first normalised character at or after offset `raw` of the text as sent."""
+    if norm.origin is None:
+        return min(raw, len(norm.text))
+    return bisect_left(norm.origin, raw)
+
+
+def _open_run(scan: TextScan, text: str, decided: int, guards: Sequence[Guard]) -> int | None:
+    """Where an encoded run that more text could extend begins (as sent), for decoding guards."""
+    if not any(g.decodings for g in guards if not g.remote):
+        return None
+    cased = _cased(scan, text)
+    at = earliest(_OPEN_RUNS, cased.text, _index(cased, decided))
+    return None if at is None else cased.span(at, at)[0]
