@@ -174,30 +174,30 @@ async def scan_texts(
     scan = TextScan([], {}, {}, {})
     norms = scan.norms
     matcher = state.matcher
+    plains: dict[bool | None, list[str]] = {}
     for guard in guards:
         # Remote services get the text as sent (they do their own analysis); local rules match
         # on normalised text. The key is the variant, so each is computed once per request.
         variant = None if guard.remote else guard.casefold
-        normalized = norms.get(variant)
-        if normalized is None:
-            normalized = norms[variant] = (
-                [Normalized(t, None, t) for t in texts]
-                if variant is None
-                else [normalize(t, casefold=variant) for t in texts]
-            )
-            if variant is not None:
-                _note_tags(state, normalized, direction)
-        plain = [n.text for n in normalized]
+        plain = plains.get(variant)
+        if plain is None:
+            normalized = norms.get(variant)
+            if normalized is None:
+                normalized = norms[variant] = (
+                    [Normalized(t, None, t) for t in texts]
+                    if variant is None
+                    else [normalize(t, casefold=variant) for t in texts]
+                )
+                if variant is not None:
+                    _note_tags(state, normalized, direction)
+            plain = plains[variant] = [n.text for n in normalized]
         try:
             if guard.remote:
                 findings = await asyncio.wait_for(guard.ascan(plain), guard.config.timeout_s)
+            elif guard.blocking:
+                findings = await asyncio.to_thread(_scan_local, guard, plain, texts, scan, matcher)
             else:
-                findings = await _scan_local(guard, plain, matcher, scan.passes)
-            if not guard.remote and guard.decodings:
-                if guard.blocking:
-                    findings += await asyncio.to_thread(_scan_decoded, guard, findings, texts, scan, matcher)
-                else:
-                    findings += _scan_decoded(guard, findings, texts, scan, matcher)
+                findings = _scan_local(guard, plain, texts, scan, matcher)
         except (GuardUnavailable, TimeoutError, OSError) as exc:
             reason = "timed out" if isinstance(exc, TimeoutError) else "is unavailable"
             if guard.config.on_error == "block":
@@ -224,22 +224,28 @@ def refuse(state: CallGuards, guard: Guard, findings: Sequence[Finding], directi
     )
 
 
-async def _scan_local(
-    guard: Guard, texts: list[str], matcher: Matcher, maybe: dict[bool, frozenset[int]]
+def _scan_local(
+    guard: Guard, plain: list[str], texts: Sequence[str], scan: TextScan, matcher: Matcher
 ) -> list[Finding]:
-    """One local guard on normalised texts, with the patterns the variant's one pass allows."""
+    """One local guard on the normalised texts, with the patterns the variant's one pass allows,
+    then on their decoded views."""
     variant = matcher.variant(guard)
     if variant is None:
-        if guard.blocking:
-            return await asyncio.to_thread(guard.scan, texts)
-        return guard.scan(texts)
-    found = maybe.get(variant)
-    if found is None:
-        found = maybe[variant] = matcher.maybe(variant, joined(texts))
-    candidates = matcher.candidates(guard, found)
-    if guard.blocking:
-        return await asyncio.to_thread(guard.scan_prefiltered, texts, candidates)
-    return guard.scan_prefiltered(texts, candidates)
+        findings = guard.scan(plain)
+    else:
+        found = scan.passes.get(variant)
+        if found is None:
+            # ASCII texts: one pass for both variants (normalised, such a text is itself).
+            both = matcher.maybe_ascii(joined(texts))
+            if both is not None:
+                scan.passes.update(both)
+                found = both[variant]
+            else:
+                found = scan.passes[variant] = matcher.maybe(variant, joined(plain))
+        findings = guard.scan_prefiltered(plain, matcher.candidates(guard, found))
+    if guard.decodings:
+        findings += _scan_decoded(guard, findings, texts, scan, matcher)
+    return findings
 
 
 def _note_tags(state: CallGuards, normalized: Sequence[Normalized], direction: str) -> None:

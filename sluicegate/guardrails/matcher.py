@@ -33,8 +33,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sluicegate.guardrails")
 
-#: one pattern: (source, flags) as `re.compile` takes them
-Spec = tuple[str, int]
+#: one pattern: (source, flags) as `re.compile` takes them, and whether its prefilter takes both
+#: cases of every ASCII letter (see `prefilter`)
+Spec = tuple[str, int, bool]
 
 
 class _ByteMap(dict[int, str]):
@@ -72,7 +73,7 @@ class PatternSet:
     def __init__(self, specs: Sequence[Spec]) -> None:
         self.specs = tuple(specs)
         hs = _hyperscan()
-        expressions = {i: prefilter(source, flags) for i, (source, flags) in enumerate(self.specs)}
+        expressions = {i: prefilter(*spec) for i, spec in enumerate(self.specs)}
         compiled = {i: e.encode("latin-1") for i, e in expressions.items() if e is not None}
         self._db: Any = None
         if hs is None:
@@ -131,11 +132,16 @@ def pattern_set(specs: tuple[Spec, ...]) -> PatternSet:
     return PatternSet(specs)
 
 
+_NONE: frozenset[int] = frozenset()
+
+
 class Matcher:
     """The pattern sets of one config snapshot: per text variant (case folded or not), the
     patterns of every pattern-based guard, deduplicated, in one compiled set. The set of the text
     with case kept also holds the shapes of encoded runs (`decode.RUN_PATTERNS`): the same pass
-    tells whether a text may have a decoded view at all."""
+    tells whether a text may have a decoded view at all. An ASCII text is read in one pass for
+    both variants (its case folded form is its lower case): a third set holds the text-with-case
+    patterns and the case-folded ones taking both cases."""
 
     def __init__(self, guards: Iterable[Guard]) -> None:
         specs: dict[bool, dict[Spec, int]] = {}
@@ -151,14 +157,20 @@ class Matcher:
                 known = specs.setdefault(guard.casefold, {})
                 local: dict[int, tuple[int, ...]] = {}
                 for i, p in enumerate(patterns):
-                    key = known.setdefault((p.pattern, p.flags), len(known))
+                    key = known.setdefault((p.pattern, p.flags, False), len(known))
                     local[key] = (*local.get(key, ()), i)
                 self._ids[id(guard)] = (guard.casefold, local)
         self._encoded: tuple[int, ...] = ()
         if decodes:
             known = specs.setdefault(False, {})
-            self._encoded = tuple(known.setdefault((p.pattern, p.flags), len(known)) for p in RUN_PATTERNS)
+            self._encoded = tuple(known.setdefault((p.pattern, p.flags, False), len(known)) for p in RUN_PATTERNS)
         self._sets = {variant: pattern_set(tuple(known)) for variant, known in specs.items()}
+        #: patterns with case kept, then the case-folded ones (ids shifted by `_split`), for ASCII texts
+        self._both: PatternSet | None = None
+        self._split = len(specs.get(False, ()))
+        if len(specs) == 2:
+            folded = tuple((source, flags, True) for source, flags, _ in specs[True])
+            self._both = pattern_set((*specs[False], *folded))
 
     def variant(self, guard: Guard) -> bool | None:
         """The text variant whose pass serves `guard` (its `casefold`), or None if it has no patterns here."""
@@ -170,8 +182,22 @@ class Matcher:
         patterns = self._sets.get(variant)
         return frozenset() if patterns is None else patterns.maybe(text)
 
+    def maybe_ascii(self, text: str) -> dict[bool, frozenset[int]] | None:
+        """For an ASCII text: one pass telling both variants' patterns that may match (that of
+        the case-folded one read on its lower case); None when one pass cannot tell both."""
+        if self._both is None or not text.isascii():
+            return None
+        found = self._both.maybe(text)
+        split = self._split
+        return {
+            False: frozenset(i for i in found if i < split),
+            True: frozenset(i - split for i in found if i >= split),
+        }
+
     def candidates(self, guard: Guard, maybe: frozenset[int]) -> frozenset[int]:
         """`guard`'s share of a pass's result: the indexes of its patterns that may match."""
+        if not maybe:
+            return _NONE
         local = self._ids[id(guard)][1]
         return frozenset(i for key in maybe if key in local for i in local[key])
 

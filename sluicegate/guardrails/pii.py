@@ -126,6 +126,8 @@ class PiiGuard(Guard):
     def find(self, text: str, candidates: Container[int]) -> list[tuple[int, int, str]]:
         """`scan_text`, running only the pattern detectors that may match (NER always runs)."""
         found: list[tuple[int, int, str]] = []
+        if not candidates and self._analyzer is None:
+            return found
         taken: list[Span] = []
         digits = -1
         for i, detector in enumerate(self._detectors):

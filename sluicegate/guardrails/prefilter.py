@@ -89,10 +89,15 @@ def _source(op: str, av: Any) -> str:
     return "[" + ("^" if negate else "") + "".join(parts) + "]"
 
 
+#: the ASCII letters that non-ASCII ones fold onto under IGNORECASE
+_FOLDED_ONTO = frozenset("iskISK")
+
+
 def _non_ascii(op: str, av: Any, flags: int) -> frozenset[int]:
     """The non-ASCII bytes a node may take: exact for categories; every one where it names
-    non-ASCII characters or is negated; and with IGNORECASE an ASCII letter also takes the four
-    non-ASCII letters `re` folds onto ASCII ones (U+0130, U+0131, U+017F, U+212A: word characters)."""
+    non-ASCII characters or is negated; and with IGNORECASE, `i`, `s` and `k` also take the four
+    non-ASCII letters `re` folds onto them (U+0130, U+0131, U+017F, U+212A: word characters), as
+    the `re` documentation lists; no other ASCII letter has a non-ASCII case partner."""
     ascii_only = bool(flags & re.ASCII)
     folds = bool(flags & re.IGNORECASE) and not ascii_only
     if op == "NOT_LITERAL":
@@ -100,7 +105,7 @@ def _non_ascii(op: str, av: Any, flags: int) -> frozenset[int]:
     if op == "LITERAL":
         if av >= 0x80:
             return ALL_NON_ASCII if folds else frozenset((non_ascii_byte(chr(av)),))
-        return frozenset((WORD,)) if folds and chr(av).isalpha() else frozenset()
+        return frozenset((WORD,)) if folds and chr(av) in _FOLDED_ONTO else frozenset()
     out: set[int] = set()
     for item_op, item_av in av:
         if item_op == "NEGATE":
@@ -111,13 +116,13 @@ def _non_ascii(op: str, av: Any, flags: int) -> frozenset[int]:
         elif item_op == "LITERAL":
             if item_av >= 0x80:
                 return ALL_NON_ASCII
-            if folds and chr(item_av).isalpha():
+            if folds and chr(item_av) in _FOLDED_ONTO:
                 out.add(WORD)
         elif item_op == "RANGE":
             lo, hi = item_av
             if hi >= 0x80:
                 return ALL_NON_ASCII
-            if folds and any(chr(c).isalpha() for c in range(lo, hi + 1)):
+            if folds and any(chr(c) in _FOLDED_ONTO for c in range(lo, hi + 1)):
                 out.add(WORD)
     return frozenset(out)
 
@@ -132,6 +137,11 @@ def leaf_bytes(op: str, av: Any, flags: int) -> tuple[int, ...]:
     node = re.compile(_source(op, av), flags & (re.IGNORECASE | re.ASCII))
     ascii_taken = [b for b in range(0x80) if node.match(chr(b))]
     return (*ascii_taken, *sorted(_non_ascii(op, av, flags)))
+
+
+def _both_cases(taken: Sequence[int]) -> tuple[int, ...]:
+    extra = {ord(chr(b).swapcase()) for b in taken if b < 0x80 and chr(b).isalpha()}
+    return tuple(sorted(extra.union(taken)))
 
 
 def _class(taken: Sequence[int]) -> str:
@@ -152,9 +162,16 @@ def _class(taken: Sequence[int]) -> str:
 
 
 class _Translator:
-    def __init__(self) -> None:
+    def __init__(self, case_closed: bool) -> None:
         self.groups: dict[int, str] = {}
         self.c = _constants()
+        self.case_closed = case_closed
+
+    def leaf(self, op: str, av: Any, flags: int) -> str:
+        taken = leaf_bytes(op, av, flags)
+        if self.case_closed:
+            taken = _both_cases(taken)
+        return _class(taken)
 
     def sub(self, items: Iterable[tuple[Any, Any]], flags: int) -> str:
         return "".join(self.node(op, av, flags) for op, av in items)
@@ -162,10 +179,10 @@ class _Translator:
     def node(self, op: Any, av: Any, flags: int) -> str:
         c = self.c
         if op in (c.LITERAL, c.NOT_LITERAL, c.ANY):
-            return _class(leaf_bytes(str(op), av, flags))
+            return self.leaf(str(op), av, flags)
         if op is c.IN:
             items = tuple((str(o), str(a) if o is c.CATEGORY else a) for o, a in av)
-            return _class(leaf_bytes("IN", items, flags))
+            return self.leaf("IN", items, flags)
         if op is c.BRANCH:
             return "(?:" + "|".join(self.sub(alt, flags) for alt in av[1]) + ")"
         if op is c.SUBPATTERN:
@@ -195,15 +212,16 @@ class _Translator:
 
 
 @lru_cache(maxsize=1024)
-def prefilter(source: str, flags: int) -> str | None:
+def prefilter(source: str, flags: int, case_closed: bool = False) -> str | None:
     """A hyperscan expression (bytes, see `non_ascii_byte`) matching wherever `source` can match
     under `flags`, or None when there is none (it can match the empty string, or cannot be
-    translated)."""
+    translated). `case_closed`: every ASCII letter the pattern takes, it takes in both cases, so
+    it matches an ASCII text wherever the original matches the text in lower case."""
     try:
         tree = _parser().parse(source, flags)
         if tree.getwidth()[0] == 0:
             return None  # matches the empty string: hyperscan would report it everywhere
-        return _Translator().sub(tree.data, tree.state.flags)
+        return _Translator(case_closed).sub(tree.data, tree.state.flags)
     except (Untranslatable, re.error, RecursionError, AttributeError, TypeError, ValueError):
         return None
 

@@ -83,6 +83,8 @@ class RegexGuard(Guard):
     def find(self, text: str, candidates: Container[int]) -> list[tuple[int, int, str]]:
         """`scan_text` with only the patterns that may match."""
         found: list[tuple[int, int, str]] = []
+        if not candidates:
+            return found
         for i, pattern in enumerate(self._deny):
             if i in candidates:
                 found.extend((m.start(), m.end(), f"deny[{i}]") for m in pattern.finditer(text) if m.end() > m.start())

@@ -198,6 +198,8 @@ class SecretsGuard(Guard):
     def find(self, text: str, candidates: Container[int]) -> list[tuple[int, int, str]]:
         """`scan_text`, running only the detectors that may match."""
         found: list[tuple[int, int, str]] = []
+        if not candidates:
+            return found
         taken: list[tuple[int, int]] = []
         for i, (name, pattern) in enumerate(self._patterns):
             if i not in candidates or not any(literal in text for literal in GATES[name]):

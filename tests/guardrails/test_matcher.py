@@ -46,6 +46,7 @@ USER_PATTERNS = [
     r"\x1c|\u2028",
     r"^\s*(?:password|passwd)\s*[:=]",
     r"[A-Z]{2}\d{2}(?:\s?[A-Z0-9]{4}){3}",
+    r"(?-i:nightjar)",
 ]
 CONFIGS = {
     "pii": {"entities": [e for e in ENTITIES if e not in NER_ENTITIES], "allow": [r"@example\.org$"]},
@@ -72,6 +73,7 @@ HOSTILE = [
     "caf\u00c9 12",
     "the \u017fecret plan",
     "mail \u212a@corp.io",
+    "the NIGHTJAR flies",
 ]
 PIECES = [
     "4111 1111 1111 1111",
@@ -170,6 +172,21 @@ def test_one_pass_finds_what_every_pattern_finds(setup: tuple[list[Guard], Match
     assert skipped > len(TEXTS) // 2  # the prefilter does leave patterns out
 
 
+def test_one_pass_over_an_ascii_text_serves_both_variants(setup: tuple[list[Guard], Matcher]) -> None:
+    guards, matcher = setup
+    for text in [t for t in TEXTS if t.isascii()]:
+        both = matcher.maybe_ascii(text)
+        assert both is not None
+        for guard in guards:
+            plain = normalize(text, casefold=guard.casefold).text  # the text itself, or its lower case
+            candidates = matcher.candidates(guard, both[guard.casefold])
+            for i, pattern in enumerate(guard.patterns()):
+                if pattern.search(plain):
+                    assert i in candidates, (pattern.pattern, text)
+            assert guard.scan_prefiltered([plain], candidates) == guard.scan([plain]), text
+    assert matcher.maybe_ascii("caf\u00e9") is None
+
+
 def test_several_texts_are_scanned_as_one(setup: tuple[list[Guard], Matcher]) -> None:
     guards, matcher = setup
     texts = ["call me on +33 6 12", "34 56 78 tomorrow", "project", "nightingale"]
@@ -183,8 +200,8 @@ def test_several_texts_are_scanned_as_one(setup: tuple[list[Guard], Matcher]) ->
 def test_every_pattern_here_gets_a_prefilter_that_compiles(setup: tuple[list[Guard], Matcher]) -> None:
     guards, _ = setup
     for guard in guards:
-        specs = [(p.pattern, p.flags) for p in guard.patterns()]
-        assert all(prefilter(source, flags) is not None for source, flags in specs)
+        specs = [(p.pattern, p.flags, False) for p in guard.patterns()]
+        assert all(prefilter(*spec) is not None for spec in specs)
         assert PatternSet(specs).always == set()
 
 
@@ -195,13 +212,13 @@ def test_non_ascii_characters_stand_as_their_class() -> None:
 
 
 def test_a_pattern_without_a_prefilter_always_runs(monkeypatch: pytest.MonkeyPatch) -> None:
-    patterns = PatternSet([("a*", 0), ("abc", 0)])  # the first matches the empty string
+    patterns = PatternSet([("a*", 0, False), ("abc", 0, False)])  # the first matches the empty string
     assert patterns.always == {0}
     assert patterns.maybe("xyz") == {0} and patterns.maybe("xabcx") == {0, 1}
     # A prefilter hyperscan refuses: that pattern runs on every text, the others keep theirs.
     real = matcher_module.prefilter
-    monkeypatch.setattr(matcher_module, "prefilter", lambda s, f: "(" if s == "def" else real(s, f))
-    patterns = PatternSet([("abc", 0), ("def", 0), ("ghi", 0)])
+    monkeypatch.setattr(matcher_module, "prefilter", lambda s, f, c: "(" if s == "def" else real(s, f, c))
+    patterns = PatternSet([("abc", 0, False), ("def", 0, False), ("ghi", 0, False)])
     assert patterns.always == {1}
     assert patterns.maybe("xyz") == {1} and patterns.maybe("ghi") == {1, 2}
 
