@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import regex
 
 from sluicegate.guardrails.decode import RUN_PATTERNS
-from sluicegate.guardrails.prefilter import non_ascii_byte, prefilter
+from sluicegate.guardrails.prefilter import alphabet, non_ascii_byte, prefilter
 
 if TYPE_CHECKING:
     from sluicegate.guardrails.base import Guard
@@ -228,11 +228,14 @@ class Partial:
     returns a full match anywhere before a partial one: so the leftmost alive start comes back.
     `cap` bounds how far back a match may begin (the pattern's width, or the declared reach of
     an unbounded one). A pattern the `regex` package does not compile is held back by `cap`.
+    Before searching, a cheap test: an alive match holds one of the last `margin + 1` characters,
+    so unless one of them is in the pattern's alphabet, nothing is alive.
     """
 
     def __init__(self, pattern: re.Pattern[str], *, margin: int, cap: int | None) -> None:
         self.margin = margin
         self.cap = cap
+        self._alphabet = alphabet(pattern.pattern, pattern.flags)
         flags = 0
         for ours, theirs in _REGEX_FLAGS:
             if pattern.flags & ours:
@@ -247,23 +250,36 @@ class Partial:
             log.info("pattern %.80r is held back by its width on streams (no partial matching)", pattern.pattern)
             self._rx = None
 
-    def pending(self, text: str, start: int) -> int | None:
-        """The offset (at or after `start`) of the earliest match still alive; None if none is."""
+    def pending(self, text: str, start: int, tail: bytes | None = None) -> int | None:
+        """The offset (at or after `start`) of the earliest match still alive; None if none is.
+        `tail`: the end of the text as hyperscan reads it (`as_bytes`), if known."""
         n = len(text)
         pos = start if self.cap is None else max(start, n - self.cap - self.margin)
         if pos >= n:
             return None
         if self._rx is None:
             return pos
+        if self._alphabet is not None:
+            if tail is None or len(tail) <= self.margin:
+                tail = as_bytes(text[-self.margin - 1 :])
+            if self._alphabet.isdisjoint(tail[-self.margin - 1 :]):
+                return None
         m = self._rx.search(text, pos, partial=True)
         return None if m is None or m.start() >= n else m.start()
 
 
+#: how much of a text's end `earliest` turns into bytes once for every pattern's cheap test
+_TAIL = 8
+
+
 def earliest(partials: Iterable[Partial], text: str, start: int) -> int | None:
     """The earliest `pending` of several patterns."""
+    if start >= len(text):
+        return None
+    tail = as_bytes(text[-_TAIL:])
     out: int | None = None
     for partial in partials:
-        at = partial.pending(text, start)
+        at = partial.pending(text, start, tail)
         if at is not None and (out is None or at < out):
             out = at
             if at <= start:

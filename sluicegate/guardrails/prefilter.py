@@ -226,6 +226,31 @@ def prefilter(source: str, flags: int, case_closed: bool = False) -> str | None:
         return None
 
 
+@lru_cache(maxsize=1024)
+def alphabet(source: str, flags: int) -> frozenset[int] | None:
+    """The bytes (see `non_ascii_byte`) a match of `source` can be made of (what lookarounds read
+    aside); None when it cannot be told."""
+    try:
+        tree = _parser().parse(source, flags)
+        out: set[int] = set()
+        _Alphabet(out).sub(tree.data, tree.state.flags)
+    except (Untranslatable, re.error, RecursionError, AttributeError, TypeError, ValueError):
+        return None
+    return frozenset(out)
+
+
+class _Alphabet(_Translator):
+    """Walks the tree as the translation does, collecting what its character nodes take."""
+
+    def __init__(self, out: set[int]) -> None:
+        super().__init__(case_closed=False)
+        self.out = out
+
+    def leaf(self, op: str, av: Any, flags: int) -> str:
+        self.out.update(leaf_bytes(op, av, flags))
+        return ""
+
+
 __all__ = [
     "DIGIT",
     "MAX_COUNT",
@@ -233,6 +258,7 @@ __all__ = [
     "SPACE",
     "WORD",
     "Untranslatable",
+    "alphabet",
     "leaf_bytes",
     "non_ascii_byte",
     "prefilter",
