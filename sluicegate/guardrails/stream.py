@@ -248,27 +248,31 @@ class StreamGuard:
             for record in self.state.records[before:]:
                 if record.part.isdigit():
                     record.part = name
+        # Offsets from here on are in the scanned text as sent.
         hold = len(text)
         acted: list[tuple[Guard, Finding]] = []
         for guard in self.guards:
-            norm = _variant(scan, guard, text)
-            first = _index(norm, decided)
+            # Findings are in the form of the text the guard read; remote guards read it as sent.
+            seen = scan.norms[None if guard.remote else guard.casefold][0]
             # Findings before the decided point were acted on already (and are seen again as
             # context); one that reaches past it is new.
-            found = [f for g, f in scan.hits if g is guard and f.end > first]
+            found = [(f, seen.span(f.start, f.end)) for g, f in scan.hits if g is guard]
+            found = [(f, (s, e)) for f, (s, e) in found if e > decided]
             if final:
-                acted.extend((guard, f) for f in found)
+                acted.extend((guard, f) for f, _ in found)
                 continue
-            at = self._pending(guard, scan, norm, first, text, decided)
-            limit = min(len(norm.text) if at is None else at, len(norm.text) - guard.right_context)
-            for finding in found:
-                if finding.end > limit:
-                    # Not final: more text may extend, exempt or invalidate it; hold it.
-                    at = finding.start if at is None else min(at, finding.start)
+            at = self._pending(guard, scan, text, decided)
+            # A finding closer to the end than its checks read, or overlapping an open match,
+            # is not final: more text may extend, exempt or invalidate it. Hold it.
+            settled = _at(seen, len(seen.text) - guard.right_context)
+            limit = settled if at is None else min(at, settled)
+            for finding, (s, e) in found:
+                if e > limit:
+                    at = s if at is None else min(at, s)
                 else:
                     acted.append((guard, finding))
             if at is not None:
-                hold = min(hold, norm.span(at, at)[0])
+                hold = min(hold, at)
         if not final:
             runs = _open_run(scan, text, decided, self.guards)
             if runs is not None:
@@ -276,12 +280,13 @@ class StreamGuard:
         shifts = self._act(name, acted, scan, start)
         self._advance(channel, scan, start, max(hold, decided), shifts, final)
 
-    def _pending(
-        self, guard: Guard, scan: TextScan, norm: Normalized, first: int, text: str, decided: int
-    ) -> int | None:
-        """Where `guard`'s earliest match still open begins, in its normalised text; escape
-        views (percent, entities) are read too, since a match may be growing inside them."""
-        at = guard.pending(norm.text, first)
+    def _pending(self, guard: Guard, scan: TextScan, text: str, decided: int) -> int | None:
+        """Where `guard`'s earliest match still open begins (as sent): in the form of the text it
+        matches (remote guards: their reach counted in normalised characters too), and in escape
+        views (percent, entities), since a match may be growing inside them."""
+        norm = _variant(scan, guard, text)
+        at = guard.pending(norm.text, _index(norm, decided))
+        at = None if at is None else _at(norm, at)
         escapes = guard.decodings & _ESCAPES
         if guard.remote or not escapes or not scan.decoded.get(guard.decodings, [[]])[0]:
             return at
@@ -295,11 +300,10 @@ class StreamGuard:
             found = guard.pending(inner.text, 0)
             if found is None or found >= len(inner.text):
                 continue
-            # view -> the text with case kept -> the text as sent -> the guard's variant
+            # view -> the text with case kept -> the text as sent
             raw = cased.span(*view.span(*inner.span(found, found + 1)))[0]
             if raw >= decided:
-                mapped = _index(norm, raw)
-                at = mapped if at is None else min(at, mapped)
+                at = raw if at is None else min(at, raw)
         return at
 
     def _act(
@@ -450,10 +454,16 @@ def _index(norm: Normalized, raw: int) -> int:
     return bisect_left(norm.origin, raw)
 
 
+def _at(norm: Normalized, index: int) -> int:
+    """Where the normalised character `index` is in the text as sent (the end past the last)."""
+    index = min(max(index, 0), len(norm.text))
+    return norm.span(index, index)[0]
+
+
 def _open_run(scan: TextScan, text: str, decided: int, guards: Sequence[Guard]) -> int | None:
     """Where an encoded run that more text could extend begins (as sent), for decoding guards."""
     if not any(g.decodings for g in guards if not g.remote):
         return None
     cased = _cased(scan, text)
     at = earliest(_OPEN_RUNS, cased.text, _index(cased, decided))
-    return None if at is None else cased.span(at, at)[0]
+    return None if at is None else _at(cased, at)

@@ -159,8 +159,14 @@ class _Window(Guard):
         return [(m.start(), m.end(), "secret") for m in re.finditer("secret", text)]
 
 
-def _window() -> Guard:
-    return _Window(GuardConfig(name="w", kind="test_window", action="block"), GuardSettings(), CONTEXT)
+class _RemoteWindow(_Window):
+    """The same, as a remote service: it reads the text as sent, and reports offsets in it."""
+
+    remote = True
+
+
+def _window(cls: type[_Window] = _Window) -> Guard:
+    return cls(GuardConfig(name="w", kind="test_window", action="block"), GuardSettings(), CONTEXT)
 
 
 def test_a_kind_that_cannot_tell_holds_back_its_reach_in_normalised_characters() -> None:
@@ -172,6 +178,13 @@ def test_a_kind_that_cannot_tell_holds_back_its_reach_in_normalised_characters()
     _, stream = make(_window())
     padded = "".join(c + "\u200b" * 30 for c in "secret")  # 186 characters as sent, 6 read
     assert run_until_blocked(stream, ["x " * 10, padded[:90], padded[90:], "y" * 5]) == "x " * 10
+
+
+def test_a_remote_kind_is_held_back_by_its_reach_and_its_findings_map_back() -> None:
+    _, stream = make(_window(_RemoteWindow))
+    filler = "a\u200b" * 40 + " "  # 81 characters as sent, 41 read
+    sent = run_until_blocked(stream, [filler, "b " * 10, "c " * 10, "the sec", "ret", " rest"])
+    assert sent.startswith(filler) and "sec" not in sent
 
 
 def test_what_a_stream_holds_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
