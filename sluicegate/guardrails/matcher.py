@@ -88,6 +88,7 @@ class PatternSet:
                 self._db = self._compile(hs, compiled) if compiled else None
         #: patterns that are always run: no prefilter, or it did not compile
         self.always = frozenset(i for i in range(len(self.specs)) if i not in compiled)
+        self.every = frozenset(range(len(self.specs)))
         for i in sorted(self.always):
             if expressions[i] is not None or hs is None:
                 log.info("pattern %.80r runs on every text (no prefilter compiled)", self.specs[i][0])
@@ -118,7 +119,12 @@ class PatternSet:
         if scratch is None:
             scratch = self._scratch.space = self._hyperscan.Scratch(self._db)
         found: set[int] = set()
-        self._db.scan(as_bytes(text), match_event_handler=_collect, context=found, scratch=scratch)
+        try:
+            self._db.scan(as_bytes(text), match_event_handler=_collect, context=found, scratch=scratch)
+        except self._hyperscan.error as exc:
+            # Never a reason to miss a match: every pattern runs on this text.
+            log.warning("hyperscan could not scan a text (%s): every pattern runs on it", exc)
+            return self.every
         return self.always | found if self.always else frozenset(found)
 
 
