@@ -244,7 +244,9 @@ def _scan_local(
                 found = scan.passes[variant] = matcher.maybe(variant, joined(plain))
         findings = guard.scan_prefiltered(plain, matcher.candidates(guard, found))
     if guard.decodings:
-        findings += _scan_decoded(guard, findings, texts, scan, matcher)
+        known = scan.decoded.get(guard.decodings)
+        if known is None or any(known):  # not decoded yet, or something was
+            findings += _scan_decoded(guard, findings, texts, scan, matcher)
     return findings
 
 
