@@ -143,8 +143,8 @@ def test_key_rotation_keeps_the_old_key_for_the_overlap(
 
 
 def test_mock_upstream_paces_stream_events(runner: CliRunner) -> None:
-    """`mock-upstream --chunk-interval-ms` sends a streamed answer's events apart, each in its own
-    read; a negative interval is a usage error."""
+    """`mock-upstream --chunk-interval-ms` sends a streamed answer's events that far apart; a
+    negative interval is a usage error."""
     assert runner.invoke(main, ["mock-upstream", "--chunk-interval-ms", "-1"]).exit_code == 2
     port = free_port()
     proc = subprocess.Popen(
@@ -161,10 +161,14 @@ def test_mock_upstream_paces_stream_events(runner: CliRunner) -> None:
             "stream": True,
             "messages": [{"role": "user", "content": "echo: one two three"}],
         }
+        arrivals = []
         with httpx.stream("POST", url + "/chat/completions", json=body, headers=headers, timeout=10) as resp:
-            reads = [chunk for chunk in resp.iter_raw() if chunk]
-        events = b"".join(reads).count(b"data:")
-        assert events >= 5 and len(reads) == events  # role, three words, finish, usage, [DONE]
+            for chunk in resp.iter_raw():
+                arrivals.extend([time.monotonic()] * chunk.count(b"data:"))
+        assert len(arrivals) >= 5  # role, three words, finish, usage, [DONE]
+        # Paced, not fast: the fake sleeps 150 ms before each event after the first (a lower
+        # bound the pacing guarantees, whatever the machine's load).
+        assert arrivals[-1] - arrivals[0] >= 0.15 * (len(arrivals) - 1) * 0.9
     finally:
         proc.terminate()
         proc.wait(timeout=10)
