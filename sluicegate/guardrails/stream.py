@@ -4,20 +4,18 @@ Each channel's text (a choice's content, a tool call's arguments ...) is scanned
 from where the last scan left off plus a little context. Text is released as soon as no match can
 include it: a guard reports where the earliest match still open at the end of the text begins, in
 normalised characters (`Guard.pending`: for pattern-based kinds the patterns' partial matches,
-for the others the last `reach` characters), an encoded run still open is held from its start, and
-a finding whose checks read text that has not come yet waits for it; the hold-back point is mapped
-back to the characters as sent, so padding with invisible characters cannot walk a match out of
-view. A match is therefore always found while all of it is still held: a block stops the stream
-before any of it reaches the client, a redaction rewrites the held events. A guard without a
-bounded reach holds the whole answer. A channel holding more than `MAX_HELD_CHARS` undecided
-characters stops the stream (fail closed). On a block `drain` raises `Blocked`: the relay then
-ends the stream with an error event and cancels the upstream.
+for the others the last `reach` characters), an encoded run still open is held from its start
+(`holdback.py`), and a finding whose checks read text that has not come yet waits for it; the
+hold-back point is mapped back to the characters as sent, so padding with invisible characters
+cannot walk a match out of view. A match is therefore always found while all of it is still
+held: a block stops the stream before any of it reaches the client, a redaction rewrites the held
+events. A guard without a bounded reach holds the whole answer. A channel holding more than
+`MAX_HELD_CHARS` undecided characters stops the stream (fail closed). On a block `drain` raises
+`Blocked`: the relay then ends the stream with an error event and cancels the upstream.
 """
 
 from __future__ import annotations
 
-import re
-from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -26,7 +24,6 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from sluicegate.dialects.openai import Path, set_path
-from sluicegate.guardrails.decode import RUN_PATTERNS, Encoding, views
 from sluicegate.guardrails.engine import (
     Blocked,
     CallGuards,
@@ -36,8 +33,7 @@ from sluicegate.guardrails.engine import (
     refuse,
     scan_texts,
 )
-from sluicegate.guardrails.matcher import Partial, earliest
-from sluicegate.guardrails.normalize import Normalized, normalize
+from sluicegate.guardrails.holdback import index, open_run, pending, position
 
 if TYPE_CHECKING:
     from sluicegate.guardrails.base import Finding, Guard
@@ -50,12 +46,6 @@ MAX_HELD_CHARS = 1 << 20
 CONTEXT_CHARS = 48
 #: that context in characters as sent, at most (invisible padding cannot make rescans costly)
 MAX_CONTEXT_RAW = 1024
-#: an encoded run (base64, percent escapes) longer than this is not waited for whole
-MAX_RUN_CHARS = 16384
-_OPEN_RUNS = [Partial(p, margin=1, cap=MAX_RUN_CHARS) for p in RUN_PATTERNS]
-_ESCAPES: frozenset[Encoding] = frozenset(("percent", "html"))
-#: an escape at the end of the text that more characters would complete or change
-_OPEN_ESCAPE = re.compile(r"(?:%[0-9A-Fa-f]?|&(?:#[0-9]{0,7}|#[xX][0-9a-fA-F]{0,6}|[A-Za-z][A-Za-z0-9]{0,31})?)\Z")
 
 
 def _delta_texts(data: dict[str, Any]) -> list[tuple[str, Path, str]]:
@@ -261,10 +251,10 @@ class StreamGuard:
             if final:
                 acted.extend((guard, f) for f, _ in found)
                 continue
-            at = self._pending(guard, scan, text, decided)
+            at = pending(guard, scan, text, decided)
             # A finding closer to the end than its checks read, or overlapping an open match,
             # is not final: more text may extend, exempt or invalidate it. Hold it.
-            settled = _at(seen, len(seen.text) - guard.right_context)
+            settled = position(seen, len(seen.text) - guard.right_context)
             limit = settled if at is None else min(at, settled)
             for finding, (s, e) in found:
                 if e > limit:
@@ -274,37 +264,11 @@ class StreamGuard:
             if at is not None:
                 hold = min(hold, at)
         if not final:
-            runs = _open_run(scan, text, decided, self.guards)
+            runs = open_run(scan, text, decided, self.guards)
             if runs is not None:
                 hold = min(hold, runs)
         shifts = self._act(name, acted, scan, start)
         self._advance(channel, scan, start, max(hold, decided), shifts, final)
-
-    def _pending(self, guard: Guard, scan: TextScan, text: str, decided: int) -> int | None:
-        """Where `guard`'s earliest match still open begins (as sent): in the form of the text it
-        matches (remote guards: their reach counted in normalised characters too), and in escape
-        views (percent, entities), since a match may be growing inside them."""
-        norm = _variant(scan, guard, text)
-        at = guard.pending(norm.text, _index(norm, decided))
-        at = None if at is None else _at(norm, at)
-        escapes = guard.decodings & _ESCAPES
-        if guard.remote or not escapes or not scan.decoded.get(guard.decodings, [[]])[0]:
-            return at
-        # The view of the text up to an escape still being written (`%2`, `&#10`), which would
-        # read as itself: what follows it in the view is not known yet. (A base64 run is held
-        # whole while open, `_open_run`, and final once closed.)
-        cased = _cased(scan, text)
-        known = _OPEN_ESCAPE.search(cased.text)
-        for view in views(cased.text[: known.start() if known else len(cased.text)], escapes):
-            inner = normalize(view.text, casefold=guard.casefold)
-            found = guard.pending(inner.text, 0)
-            if found is None or found >= len(inner.text):
-                continue
-            # view -> the text with case kept -> the text as sent
-            raw = cased.span(*view.span(*inner.span(found, found + 1)))[0]
-            if raw >= decided:
-                at = raw if at is None else min(at, raw)
-        return at
 
     def _act(
         self, name: str, acted: list[tuple[Guard, Finding]], scan: TextScan, start: int
@@ -361,7 +325,7 @@ class StreamGuard:
         norms = scan.norms.get(False) or scan.norms.get(True)
         if norms:
             norm = norms[0]
-            at = max(0, _index(norm, hold) - CONTEXT_CHARS)
+            at = max(0, index(norm, hold) - CONTEXT_CHARS)
             context = norm.span(at, at)[0]
         else:
             context = max(0, hold - CONTEXT_CHARS)
@@ -429,41 +393,3 @@ def _shifted(offset: int, shifts: Sequence[tuple[int, int, int]]) -> int:
         elif offset > s:
             return s + change
     return offset + change
-
-
-def _cased(scan: TextScan, text: str) -> Normalized:
-    """The scanned text normalised with case kept (what decoding and windows are counted on)."""
-    norms = scan.norms.get(False)
-    if norms is None:
-        norms = scan.norms[False] = [normalize(text, casefold=False)]
-    return norms[0]
-
-
-def _variant(scan: TextScan, guard: Guard, text: str) -> Normalized:
-    """The form of the text `guard` matched on; for a remote guard, whose reach is counted in
-    normalised characters too, the text normalised with case kept."""
-    if guard.remote:
-        return _cased(scan, text)
-    return scan.norms[guard.casefold][0]
-
-
-def _index(norm: Normalized, raw: int) -> int:
-    """The first normalised character at or after offset `raw` of the text as sent."""
-    if norm.origin is None:
-        return min(raw, len(norm.text))
-    return bisect_left(norm.origin, raw)
-
-
-def _at(norm: Normalized, index: int) -> int:
-    """Where the normalised character `index` is in the text as sent (the end past the last)."""
-    index = min(max(index, 0), len(norm.text))
-    return norm.span(index, index)[0]
-
-
-def _open_run(scan: TextScan, text: str, decided: int, guards: Sequence[Guard]) -> int | None:
-    """Where an encoded run that more text could extend begins (as sent), for decoding guards."""
-    if not any(g.decodings for g in guards if not g.remote):
-        return None
-    cased = _cased(scan, text)
-    at = earliest(_OPEN_RUNS, cased.text, _index(cased, decided))
-    return None if at is None else _at(cased, at)
