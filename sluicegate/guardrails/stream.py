@@ -46,6 +46,12 @@ MAX_HELD_CHARS = 1 << 20
 CONTEXT_CHARS = 48
 #: that context in characters as sent, at most (invisible padding cannot make rescans costly)
 MAX_CONTEXT_RAW = 1024
+#: while a channel holds more than `RESCAN_FROM` characters (a long PEM block or base64 run still
+#: open), it is scanned again only once it has grown by this share of what it holds: rescans of
+#: held text then add up to a few times its length, however small the events (nothing is released
+#: meanwhile, so nothing is missed; release just comes a little later)
+RESCAN_FROM = 1024
+RESCAN_SHARE = 0.25
 
 
 def _delta_texts(data: dict[str, Any]) -> list[tuple[str, Path, str]]:
@@ -128,6 +134,8 @@ class _Channel:
     hold: int = 0
     #: where the next scan begins (`hold` less some context)
     scan_from: int = 0
+    #: the next scan waits until the text reaches this length (see `RESCAN_SHARE`)
+    next_scan: int = 0
 
 
 class StreamGuard:
@@ -196,7 +204,7 @@ class StreamGuard:
 
     async def _drain(self) -> list[_Held]:
         for name, channel in self._channels.items():
-            if self.window is not None and channel.fresh:
+            if self.window is not None and channel.fresh and channel.end >= channel.next_scan:
                 await self._scan(name, final=False)
             if channel.end - channel.hold > MAX_HELD_CHARS:
                 self.state.records.append(GuardRecord("", "stream", "block", "output", name, "held_limit"))
@@ -336,6 +344,8 @@ class StreamGuard:
         if cut > 0:
             channel.text = channel.text[cut:]
             channel.base = channel.scan_from
+        held = channel.end - channel.hold
+        channel.next_scan = channel.end + (int(held * RESCAN_SHARE) if held > RESCAN_FROM else 0)
 
     def _redact(self, name: str, s: int, e: int, label: str) -> int | None:
         """Replace [s, e) of the channel's text and held pieces with a placeholder; the change in length."""

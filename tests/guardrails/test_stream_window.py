@@ -226,3 +226,22 @@ def test_streamed_corpus_passes_and_is_caught_as_when_not_streamed() -> None:
         sent = run_until_blocked(stream, _pieces(sample.text, rng))
         assert sample.text.startswith(sent), sample.id
         assert any(r.action == "block" for r in state.records), sample.id
+
+
+def test_a_long_open_run_is_not_rescanned_for_every_small_event(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 8,000 characters of base64, eight at a time: the run stays open (held) until it ends, and
+    # the phrase at its end is still found; but the held text is not scanned 1,000 times over.
+    encoded = base64.b64encode(b"filler text, " * 460 + b"the project nightingale plan").decode()
+    scans = 0
+    real = stream_module.scan_texts
+
+    async def counting(*args: object, **kwargs: object) -> object:
+        nonlocal scans
+        scans += 1
+        return await real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(stream_module, "scan_texts", counting)
+    _, stream = make(CODENAME)
+    pieces = ["Here: ", *[encoded[i : i + 8] for i in range(0, len(encoded), 8)], " done."]
+    assert run_until_blocked(stream, pieces) == "Here: "
+    assert scans < len(pieces) // 4
