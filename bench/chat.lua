@@ -1,13 +1,13 @@
 -- wrk script for bench/run.py: POST a non-streaming chat completion.
--- Environment: BENCH_MODEL (model name), BENCH_KEY (bearer token).
+-- Environment: BENCH_BODY (the JSON body) or BENCH_MODEL (model name), BENCH_KEY (bearer token).
 -- In done() it prints "BENCH_SENT <n>": the requests wrk started writing, so that
 -- sent - completed = requests still in flight when wrk stopped (used for the audit check).
 
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer " .. (os.getenv("BENCH_KEY") or "bench")
-wrk.body = '{"model":"' .. (os.getenv("BENCH_MODEL") or "bench-chat")
-    .. '","messages":[{"role":"user","content":"Hello, how are you?"}]}'
+wrk.body = os.getenv("BENCH_BODY") or ('{"model":"' .. (os.getenv("BENCH_MODEL") or "bench-chat")
+    .. '","messages":[{"role":"user","content":"Hello, how are you?"}]}')
 
 local threads = {}
 

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from sluicegate.config.model import GuardConfig
 from sluicegate.guardrails.base import Guard, GuardContext
 from sluicegate.guardrails.engine import CallGuards, GuardSet, build_guard, run_guards
+from sluicegate.guardrails.matcher import Matcher
 from sluicegate.guardrails.normalize import normalize
 from sluicegate.vault import Vault
 
@@ -66,10 +67,11 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=500)
     args = parser.parse_args()
     all_guards = guards()
+    matcher = Matcher(all_guards)  # compiled once, as when the config loads
     loop = asyncio.new_event_loop()
 
     def scan(text: str) -> None:
-        state = CallGuards(GuardSet(tuple(all_guards), (), 0))
+        state = CallGuards(GuardSet(tuple(all_guards), (), 0, matcher=matcher))
         loop.run_until_complete(run_guards(state, all_guards, [text], "input"))
 
     print(f"{'prompt (512 chars)':20} {'normalise':>10} {'pii+secrets+regex':>18}")

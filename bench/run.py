@@ -1,18 +1,24 @@
 """Sluicegate overhead benchmark: the latency the gateway adds over calling the upstream directly.
 
-Starts the fake upstream (`sluicegate mock-upstream`, pinned to core 1), the gateway (`sluicegate serve`,
-pinned to core 0, key auth and audit on) and the floor (`floor_proxy.py`, a bare pass-through on the same
-stack, also on core 0), then measures chat completions against each at each concurrency:
+Starts the fake upstream (`sluicegate mock-upstream`, pinned to core 1, and a second one pacing its stream
+events 5 ms apart), the gateway (`sluicegate serve`, pinned to core 0, key auth and audit on) and the floor
+(`floor_proxy.py`, a bare pass-through on the same stack, also on core 0), then measures chat completions
+with a 512-character prompt (echoed back as the answer) against each at each concurrency:
 
-* non-streaming with `wrk` (pinned to core 1, one thread, `bench/chat.lua`): requests/s, p50, p99;
+* non-streaming with `wrk` (pinned to core 1, one thread, `bench/chat.lua`): requests/s, p50, p99, and the
+  gateway's CPU time per request (process CPU seconds from /proc over requests);
 * streaming with an aiohttp client (this process, pinned to core 1): requests/s, time to first token
-  (first SSE `data:` event whose delta carries non-empty content) and total time, p50 and p99.
+  (first SSE `data:` event whose delta carries non-empty content) and total time, p50 and p99;
+* paced streams (5 ms between events), one at a time: time to first token through the gateway for an
+  unguarded and a guarded consumer, for a text whose events each end where no match can be open, and for
+  ordinary prose.
 
-Prints Markdown tables (added latency = p50(gateway) - p50(direct)), writes every figure as JSON to --out,
-and checks that the audit trail holds one row per request the gateway received.
+The gateway serves two consumers: one without guards and one with regex + pii + secrets guards on input and
+output. Prints Markdown tables (added latency = p50(gateway) - p50(direct)), writes every figure as JSON to
+--out, and checks that the audit trail holds one row per request the gateway received.
 
     .venv/bin/python bench/run.py [--duration 10] [--concurrency 1,16,64] [--quick] [--durability before_response]
-        [--out bench/results/latest.json]
+        [--gateway-source DIR] [--out bench/results/latest.json]
 """
 
 from __future__ import annotations
@@ -42,7 +48,24 @@ import orjson
 
 BENCH_DIR = Path(__file__).resolve().parent
 LUA = BENCH_DIR / "chat.lua"
-PROMPT = "Hello, how are you?"
+#: 512 characters of everyday business prose; the fake upstream answers with the text after `echo: `
+PROMPT = (
+    "echo: Summarise the quarterly report for the board: revenue grew 8.1 % to 12.4 M EUR, margin rose to "
+    "71.3 %, and 41 positions are open across the three sites. Keep it under 200 words, list the largest risks "
+    "first, then the actions the team agreed on in the review of 14 March, and close with one line on hiring. "
+    "Write for readers who know the business but not the numbers; avoid jargon, explain each figure once, and "
+    "say which of them changed since the last quarter and why the forecast for the next one is lower"
+)
+assert len(PROMPT) == 512
+#: paced answers: one whose events each end where no match can still be open (after a comma), and prose,
+#: whose events end inside a word that could still become an address or a key
+PACED = {
+    "list": "Tents, stakes, ropes, lamps, maps, boots, socks, gloves, hats, scarves, kettles, cups, plates, "
+    "forks, spoons, knives, matches, candles, blankets, pillows, towels, brushes, combs, mirrors, radios, "
+    "cables, notebooks, pencils, erasers, rulers, folders, bags!",
+    "prose": PROMPT[6:262],
+}
+PACED_INTERVAL_MS = 5
 GATEWAY_CORE, CLIENT_CORE = "0", "1"  # the upstream, wrk and the streaming client share core 1
 CONFIG = """\
 providers:
@@ -50,9 +73,16 @@ providers:
     type: openai_compatible
     base_url: http://127.0.0.1:{port}/v1
     api_key: env://BENCH_UPSTREAM_KEY
+  - name: paced
+    type: openai_compatible
+    base_url: http://127.0.0.1:{paced_port}/v1
+    api_key: env://BENCH_UPSTREAM_KEY
 models:
   - name: bench-chat
     provider: mock
+    model: gpt-4o-mini
+  - name: bench-paced
+    provider: paced
     model: gpt-4o-mini
 guards:
   - name: codenames
@@ -80,11 +110,21 @@ class BenchError(RuntimeError):
 class Target:
     """One endpoint under test: the upstream directly, or the gateway."""
 
-    def __init__(self, name: str, base: str, model: str, key: str) -> None:
+    def __init__(self, name: str, base: str, model: str, key: str, pid: int | None = None) -> None:
         self.name, self.url, self.model, self.key = name, f"{base}/v1/chat/completions", model, key
+        #: the process whose CPU time serves this target (None: not measured)
+        self.pid = pid
 
-    def body(self, stream: bool) -> bytes:
-        return orjson.dumps({"model": self.model, "stream": stream, "messages": [{"role": "user", "content": PROMPT}]})
+    def body(self, stream: bool, prompt: str = PROMPT) -> bytes:
+        return orjson.dumps({"model": self.model, "stream": stream, "messages": [{"role": "user", "content": prompt}]})
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time of a process so far, from /proc (0 when not measured)."""
+    if pid is None:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # ------------------------------------------------------------------------------------------------ processes
@@ -193,7 +233,7 @@ def wrk(target: Target, concurrency: int, seconds: float) -> dict[str, Any]:
         "--latency",
     ]
     cmd += ["--timeout", "10s", "-s", str(LUA), target.url]
-    env = {**os.environ, "BENCH_KEY": target.key, "BENCH_MODEL": target.model}
+    env = {**os.environ, "BENCH_KEY": target.key, "BENCH_BODY": target.body(stream=False).decode()}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=seconds + 30, check=False)
     if proc.returncode != 0:
         raise BenchError(f"wrk failed ({proc.returncode}): {proc.stderr}{proc.stdout}")
@@ -278,12 +318,28 @@ async def stream_load(target: Target, concurrency: int, seconds: float) -> dict[
 
 
 def run_stream(target: Target, concurrency: int, seconds: float) -> dict[str, Any]:
+    return run_async(stream_load(target, concurrency, seconds))
+
+
+def run_async(coro: Any) -> Any:
     try:
         import uvloop
 
-        return uvloop.run(stream_load(target, concurrency, seconds))
+        return uvloop.run(coro)
     except ImportError:
-        return asyncio.run(stream_load(target, concurrency, seconds))
+        return asyncio.run(coro)
+
+
+async def paced_load(target: Target, text: str, requests: int) -> dict[str, Any]:
+    """`requests` paced streams one after the other: time to first token, p50 and p99."""
+    body = target.body(stream=True, prompt="echo: " + text)
+    ttfts: list[float] = []
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+        for _ in range(requests):
+            ttft, _total = await stream_once(session, target, body)
+            ttfts.append(ttft)
+    ttfts.sort()
+    return {"requests": requests, "ttft_p50_ms": percentile(ttfts, 50), "ttft_p99_ms": percentile(ttfts, 99)}
 
 
 # ------------------------------------------------------------------------------------------------ report
@@ -321,20 +377,33 @@ def report(res: dict[str, Any]) -> str:
         f"- gateway on core {GATEWAY_CORE}; upstream, wrk and streaming client on core {CLIENT_CORE}",
         f"- {s['duration_s']:g} s per run after {s['warmup_s']:g} s warm-up; latencies in ms; "
         "TTFT = first SSE event with non-empty delta content",
-        f"- audit.durability: {s['durability']}",
+        f"- audit.durability: {s['durability']}; prompt {len(PROMPT)} characters, echoed back as the answer",
+        f"- gateway code: {s['gateway_source']}",
     ]
     sections = [
         (
             "Non-streaming chat (wrk)",
-            ["conc", "target", "req/s", "p50", "p99", "requests"],
+            ["conc", "target", "req/s", "p50", "p99", "requests", "CPU ms/call"],
             "wrk",
-            ["concurrency", "target", "rps", "p50_ms", "p99_ms", "requests"],
+            ["concurrency", "target", "rps", "p50_ms", "p99_ms", "requests", "cpu_ms_per_request"],
         ),
         (
             "Streaming chat (aiohttp client)",
             ["conc", "target", "req/s", "TTFT p50", "TTFT p99", "total p50", "total p99", "requests"],
             "stream",
             ["concurrency", "target", "rps", "ttft_p50_ms", "ttft_p99_ms", "total_p50_ms", "total_p99_ms", "requests"],
+        ),
+        (
+            "Guards: regex + pii + secrets on input and output (guarded vs the same gateway unguarded)",
+            ["mode", "conc", "rps guarded/unguarded", "CPU ms/call unguarded", "CPU ms/call guarded", "CPU ratio"],
+            "guards",
+            ["mode", "concurrency", "rps_ratio", "cpu_ms_unguarded", "cpu_ms_guarded", "cpu_ratio"],
+        ),
+        (
+            f"Paced streams ({PACED_INTERVAL_MS} ms between events), one at a time: time to first token",
+            ["text", "target", "requests", "TTFT p50", "TTFT p99", "guarded - unguarded p50"],
+            "paced",
+            ["text", "target", "requests", "ttft_p50_ms", "ttft_p99_ms", "guards_p50_ms"],
         ),
         (
             "Added by the gateway (vs direct), and by its stages (vs the floor: a bare pass-through)",
@@ -366,7 +435,7 @@ def report(res: dict[str, Any]) -> str:
         ),
     ]
     for title, headers, key, cols in sections:
-        out += ["", f"## {title}", "", table(headers, [[r[c] for c in cols] for r in res[key]])]
+        out += ["", f"## {title}", "", table(headers, [[r.get(c, "") for c in cols] for r in res[key]])]
     out += [
         "",
         f"Audit: {a['rows']} rows; {a['expected_min']} requests completed via the gateway, {a['expected_max']} sent "
@@ -403,6 +472,27 @@ def overhead(res: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def guard_costs(res: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per mode and concurrency: guarded throughput and CPU per call against the unguarded gateway."""
+    rows = []
+    for mode in ("wrk", "stream"):
+        by = {(r["target"], r["concurrency"]): r for r in res[mode]}
+        for c in sorted({r["concurrency"] for r in res[mode]}):
+            g, gd = by[("gateway", c)], by[("guarded", c)]
+            cpu_g, cpu_gd = g.get("cpu_ms_per_request", math.nan), gd.get("cpu_ms_per_request", math.nan)
+            rows.append(
+                {
+                    "mode": "non-stream" if mode == "wrk" else "stream",
+                    "concurrency": c,
+                    "rps_ratio": round(gd["rps"] / g["rps"], 3) if g["rps"] else math.nan,
+                    "cpu_ms_unguarded": cpu_g,
+                    "cpu_ms_guarded": cpu_gd,
+                    "cpu_ratio": round(cpu_gd / cpu_g, 3) if cpu_g else math.nan,
+                }
+            )
+    return rows
+
+
 def count_audit(db: Path, gateway_url: str) -> tuple[int, dict[str, int]]:
     time.sleep(1.0)  # the audit writer batches; then wait until it reports nothing pending
     for _ in range(100):
@@ -420,39 +510,37 @@ def count_audit(db: Path, gateway_url: str) -> tuple[int, dict[str, int]]:
 
 
 def bench(args: argparse.Namespace, tmp: Path, info: dict[str, Any]) -> dict[str, Any]:
-    up_port = gw_port = floor_port = free_port()
-    while gw_port == up_port:
-        gw_port = free_port()
-    while floor_port in (up_port, gw_port):
-        floor_port = free_port()
+    ports: list[int] = []
+    while len(ports) < 4:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    up_port, paced_port, gw_port, floor_port = ports
     config = tmp / "sluicegate.yaml"
-    config.write_text(CONFIG.format(port=up_port) + f"audit:\n  durability: {args.durability}\n")
+    text = CONFIG.format(port=up_port, paced_port=paced_port) + f"audit:\n  durability: {args.durability}\n"
+    config.write_text(text)
     env = {**os.environ, "SLUICEGATE_DATA_DIR": str(tmp / "data"), "BENCH_UPSTREAM_KEY": "sk-bench-upstream"}
+    gw_env = dict(env)
+    if args.gateway_source is not None:
+        # `import sluicegate` in the gateway finds this tree first (the other processes keep ours).
+        gw_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(args.gateway_source), env.get("PYTHONPATH")]))
     sg = sluicegate_bin()
-    created = subprocess.run(
-        [sg, "keys", "create", "--consumer", "bench", "--config", str(config)],
-        env=env, capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    key = created.stdout.strip().splitlines()[-1]
-    created = subprocess.run(
-        [sg, "keys", "create", "--consumer", "bench-guarded", "--config", str(config)],
-        env=env, capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    guarded_key = created.stdout.strip().splitlines()[-1]
+    keys = {}
+    for consumer in ("bench", "bench-guarded"):
+        created = subprocess.run(
+            [sg, "keys", "create", "--consumer", consumer, "--config", str(config)],
+            env=gw_env, capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        keys[consumer] = created.stdout.strip().splitlines()[-1]
     up_cmd = ["taskset", "-c", CLIENT_CORE, sg, "mock-upstream", "--host", "127.0.0.1", "--port", str(up_port)]
+    paced_cmd = ["taskset", "-c", CLIENT_CORE, sg, "mock-upstream", "--host", "127.0.0.1", "--port", str(paced_port)]
+    paced_cmd += ["--chunk-interval-ms", str(PACED_INTERVAL_MS)]
     gw_cmd = ["taskset", "-c", GATEWAY_CORE, sg, "serve", "--config", str(config), "--host", "127.0.0.1"]
     gw_cmd += ["--port", str(gw_port), "--log-level", "WARNING"]
     up_base, gw_base = f"http://127.0.0.1:{up_port}", f"http://127.0.0.1:{gw_port}"
-    floor_base = f"http://127.0.0.1:{floor_port}"
+    paced_base, floor_base = f"http://127.0.0.1:{paced_port}", f"http://127.0.0.1:{floor_port}"
     floor_cmd = ["taskset", "-c", GATEWAY_CORE, sys.executable, str(BENCH_DIR / "floor_proxy.py"), up_base]
     floor_cmd.append(str(floor_port))
-    targets = [
-        Target("direct", up_base, "gpt-4o-mini", "sk-bench-direct"),
-        Target("floor", floor_base, "gpt-4o-mini", "sk-bench-direct"),
-        Target("gateway", gw_base, "bench-chat", key),
-        # the same gateway, for a consumer with regex + pii + secrets guards on input and output
-        Target("guarded", gw_base, "bench-chat", guarded_key),
-    ]
     res: dict[str, Any] = {
         "machine": info,
         "settings": {
@@ -460,27 +548,49 @@ def bench(args: argparse.Namespace, tmp: Path, info: dict[str, Any]) -> dict[str
             "warmup_s": args.warmup,
             "concurrency": args.concurrency,
             "durability": args.durability,
+            "prompt_chars": len(PROMPT),
+            "paced_interval_ms": PACED_INTERVAL_MS,
+            "paced_requests": args.paced_requests,
+            "gateway_source": str(args.gateway_source or "installed package"),
         },
         "wrk": [],
         "stream": [],
+        "paced": [],
     }
     with (
         running("upstream", up_cmd, env, tmp) as up_proc,
-        running("gateway", gw_cmd, env, tmp) as gw_proc,
+        running("paced", paced_cmd, env, tmp) as paced_proc,
+        running("gateway", gw_cmd, gw_env, tmp) as gw_proc,
         running("floor", floor_cmd, env, tmp) as floor_proc,
     ):
+        targets = [
+            Target("direct", up_base, "gpt-4o-mini", "sk-bench-direct"),
+            Target("floor", floor_base, "gpt-4o-mini", "sk-bench-direct", floor_proc.pid),
+            Target("gateway", gw_base, "bench-chat", keys["bench"], gw_proc.pid),
+            # the same gateway, for a consumer with regex + pii + secrets guards on input and output
+            Target("guarded", gw_base, "bench-chat", keys["bench-guarded"], gw_proc.pid),
+        ]
+        paced_targets = [
+            Target("direct", paced_base, "gpt-4o-mini", "sk-bench-direct"),
+            Target("gateway", gw_base, "bench-paced", keys["bench"]),
+            Target("guarded", gw_base, "bench-paced", keys["bench-guarded"]),
+        ]
         wait_ready("upstream", up_base + "/v1/models", up_proc, tmp)
+        wait_ready("paced", paced_base + "/v1/models", paced_proc, tmp)
         wait_ready("gateway", gw_base + "/readyz", gw_proc, tmp)
         wait_ready("floor", floor_base + "/healthz", floor_proc, tmp)
         for target in targets:
             smoke_test(target)
-        completed, sent = 1, 1  # the gateway smoke request
+        completed, sent = 2, 2  # the smoke requests of both gateway consumers
         for mode, measure in (("wrk", wrk), ("stream", run_stream)):
             for c in args.concurrency:
                 for target in targets:
                     print(f"{mode:<7} {target.name:<8} c={c:<3}", end=" ", flush=True, file=sys.stderr)
                     warm = measure(target, c, args.warmup)
+                    cpu = cpu_seconds(target.pid)
                     r = {"target": target.name, "concurrency": c, **measure(target, c, args.duration)}
+                    if target.pid is not None and r["requests"]:
+                        r["cpu_ms_per_request"] = round((cpu_seconds(target.pid) - cpu) * 1000 / r["requests"], 3)
                     r.update(warmup_requests=warm["requests"], warmup_sent=warm["sent"])
                     res[mode].append(r)
                     p50 = r.get("p50_ms", r.get("ttft_p50_ms"))
@@ -488,10 +598,29 @@ def bench(args: argparse.Namespace, tmp: Path, info: dict[str, Any]) -> dict[str
                     if target.name in ("gateway", "guarded"):
                         completed += warm["requests"] + r["requests"]
                         sent += warm["sent"] + r["sent"]
+        for name, paced_text in PACED.items():
+            unguarded = math.nan
+            for target in paced_targets:
+                print(f"paced   {target.name:<8} {name:<6}", end=" ", flush=True, file=sys.stderr)
+                r = {
+                    "text": name,
+                    "target": target.name,
+                    **run_async(paced_load(target, paced_text, args.paced_requests)),
+                }
+                if target.name == "gateway":
+                    unguarded = r["ttft_p50_ms"]
+                if target.name == "guarded":
+                    r["guards_p50_ms"] = round(r["ttft_p50_ms"] - unguarded, 3)
+                res["paced"].append(r)
+                print(f"TTFT p50 {r['ttft_p50_ms']:.3f} ms", file=sys.stderr)
+                if target.name in ("gateway", "guarded"):
+                    completed += r["requests"]
+                    sent += r["requests"]
         rows, outcomes = count_audit(tmp / "data" / "sluicegate.db", gw_base)
         if gw_proc.poll() is not None:
             raise BenchError(f"the gateway exited with {gw_proc.returncode} during the run")
     res["overhead"] = overhead(res)
+    res["guards"] = guard_costs(res)
     ok = completed <= rows <= sent  # wrk's requests in flight at its stop may or may not have reached the gateway
     res["audit"] = dict(rows=rows, expected_min=completed, expected_max=sent, difference=rows - completed, ok=ok)
     res["audit"]["outcomes"] = outcomes
@@ -515,11 +644,23 @@ def main() -> int:
         default="queued",
         help="the gateway's audit.durability (default queued; before_response commits each event first)",
     )
+    parser.add_argument("--paced-requests", type=int, default=20, help="paced streams per text and target (default 20)")
+    parser.add_argument(
+        "--gateway-source",
+        type=Path,
+        help="run the gateway from the `sluicegate` package in this folder (to compare a commit: "
+        "`git archive <commit> sluicegate | tar -x -C DIR`); the default is the installed package",
+    )
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "results" / "latest.json")
     args = parser.parse_args()
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
+    if args.gateway_source is not None:
+        args.gateway_source = args.gateway_source.resolve()
+        if not (args.gateway_source / "sluicegate" / "__init__.py").exists():
+            print(f"error: {args.gateway_source} holds no sluicegate package", file=sys.stderr)
+            return 2
     if args.quick:
-        args.duration, args.warmup = 3.0, 1.0
+        args.duration, args.warmup, args.paced_requests = 3.0, 1.0, 8
     if len(os.sched_getaffinity(0)) < 2:
         print("error: the benchmark pins the gateway and the load to different cores; it needs 2", file=sys.stderr)
         return 2

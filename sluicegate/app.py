@@ -437,7 +437,8 @@ class Gateway:
         assert self.config_path is not None
         try:
             snapshot = await asyncio.to_thread(load_config, self.config_path)
-            pipeline = Pipeline(snapshot, self.services)
+            # Off the event loop too: guards compile their pattern databases (and may load models).
+            pipeline = await asyncio.to_thread(Pipeline, snapshot, self.services)
         except ConfigInvalid as exc:
             self.last_reload_error = str(exc)
             log.error("config reload refused, the previous config keeps serving:\n%s", exc)

@@ -135,13 +135,21 @@ def _raise_fd_limit(server: Any) -> None:
 @main.command("mock-upstream")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8090, show_default=True, type=int)
-def mock_upstream(host: str, port: int) -> None:
+@click.option(
+    "--chunk-interval-ms",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Pause between the events of a streamed answer (a paced stream, as real models send).",
+)
+def mock_upstream(host: str, port: int, chunk_interval_ms: float) -> None:
     """Run the fake upstream LLM server (OpenAI wire format) for demos, tests and benchmarks."""
-    from sluicegate.testing.upstream import FakeUpstream, run_server
+    from sluicegate.testing.upstream import FakeUpstream, Reply, run_server
 
     _setup_logging("WARNING")
     click.echo(f"fake upstream on http://{host}:{port}/v1", err=True)
-    _run(run_server(FakeUpstream(record=False), host, port))
+    default = Reply(chunk_interval_s=chunk_interval_ms / 1000) if chunk_interval_ms else None
+    _run(run_server(FakeUpstream(record=False, default=default), host, port))
 
 
 @main.command()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from bisect import bisect_right
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Container, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Literal, TypeVar
 
@@ -59,6 +59,19 @@ def check_patterns(patterns: list[str], flags: int, what: str = "pattern") -> li
     return patterns
 
 
+class Every:
+    """A container that holds every pattern index: no prefilter ran, so every pattern may match."""
+
+    __slots__ = ()
+
+    def __contains__(self, index: object) -> bool:
+        return True
+
+
+#: `find`'s candidates when every pattern must run
+EVERY = Every()
+
+
 class GuardUnavailable(Exception):
     """A guard could not run (its service down or too slow); the guard's `on_error` decides."""
 
@@ -96,6 +109,9 @@ class Guard:
     casefold: ClassVar[bool] = True
     #: True when `scan` takes long (a model): the engine runs it in a worker thread, off the event loop
     blocking: bool = False
+    #: how far past a match the kind's checks read (a validator looking at what follows): on a
+    #: stream, a finding closer than this to the end of the text so far waits for more text
+    right_context: ClassVar[int] = 0
 
     def __init__(self, config: GuardConfig, settings: GuardSettings, context: GuardContext) -> None:
         self.name = config.name
@@ -103,35 +119,67 @@ class Guard:
         self.action: Action = config.action
         self.config = config
         self.context = context
+        #: the encodings whose decoded form the guard scans too
+        self.decodings = config.decodings()
 
     @property
     def reach(self) -> int | None:
-        """The longest span (characters) a finding can cover; None when it needs the whole text.
+        """The longest span (normalised characters) a finding can cover; None when it needs the
+        whole text.
 
-        On streams the output is held back by the largest reach of the output guards, so the
-        first tokens are not delayed by more than that.
+        On streams, kinds that cannot tell where a match may begin (`pending`) hold back this
+        many characters; None holds the whole answer.
         """
         return None
+
+    def patterns(self) -> Sequence[re.Pattern[str]]:
+        """Pattern-based kinds: one regular expression per check `find` makes, in its order, that
+        matches in every text where the check can report a finding (the check's own pattern, or
+        a cheaper necessary condition). The engine scans a text once for all of them (and every
+        guard's), and tells `find` which checks may report."""
+        return ()
 
     def scan_text(self, text: str) -> list[tuple[int, int, str]]:
         """Matches in one normalised text, as (start, end, label)."""
         raise NotImplementedError
 
+    def find(self, text: str, candidates: Container[int]) -> list[tuple[int, int, str]]:
+        """`scan_text`, running only the patterns whose index in `patterns()` is in `candidates`
+        (the others cannot match: the engine's prefilter said so). Pattern-based kinds override it."""
+        return self.scan_text(text)
+
+    def pending(self, text: str, start: int) -> int | None:
+        """Streams: where in the normalised `text` (at or after `start`) the earliest match begins
+        that more text could still complete, extend or invalidate; None when none can.
+
+        Text before it can be released. The default cannot tell: the last `reach` characters
+        (from `start` when `reach` is None).
+        """
+        reach = self.reach
+        if reach is None:
+            return start
+        return max(start, len(text) - reach) if len(text) > start else None
+
     def scan(self, texts: Sequence[str]) -> list[Finding]:
         """Findings across every text of a request.
 
-        The default scans the texts joined by newlines, so a phrase split across two messages or
-        two parts is still found, and maps each match back to the texts it touches.
+        The default scans the texts joined by newlines (`joined`), so a phrase split across two
+        messages or two parts is still found, and maps each match back to the texts it touches.
         """
+        return self.scan_prefiltered(texts, EVERY)
+
+    def scan_prefiltered(self, texts: Sequence[str], candidates: Container[int]) -> list[Finding]:
+        """`scan`, running only the patterns in `candidates` (see `find`); the engine calls it for
+        kinds with `patterns()`."""
         if len(texts) == 1:
-            return [Finding(0, s, e, label) for s, e, label in self.scan_text(texts[0])]
+            return [Finding(0, s, e, label) for s, e, label in self.find(texts[0], candidates)]
         starts = []
         pos = 0
         for text in texts:
             starts.append(pos)
             pos += len(text) + 1
         findings = []
-        for s, e, label in self.scan_text("\n".join(texts)):
+        for s, e, label in self.find(joined(texts), candidates):
             i = bisect_right(starts, s) - 1
             while i < len(texts) and starts[i] < e:
                 lo = max(s - starts[i], 0)
@@ -144,6 +192,11 @@ class Guard:
     async def ascan(self, texts: Sequence[str]) -> list[Finding]:
         """Remote kinds: findings across every text (raise `GuardUnavailable` when the service fails)."""
         return self.scan(texts)
+
+
+def joined(texts: Sequence[str]) -> str:
+    """The one text `Guard.scan` reads for several: joined by newlines."""
+    return texts[0] if len(texts) == 1 else "\n".join(texts)
 
 
 GuardFactory = Callable[["GuardConfig", GuardSettings, GuardContext], Guard]

@@ -38,6 +38,8 @@ _BASE64 = re.compile(
     r"(?:[A-Za-z0-9+/]{16,}={0,2}(?:\r?\n[A-Za-z0-9+/]{4,}={0,2})*|[A-Za-z0-9_-]{16,}={0,2})"
     r"(?![A-Za-z0-9+/=_-])"
 )
+#: what an encoded run looks like: a text that none of these matches has no decoded view
+RUN_PATTERNS: tuple[re.Pattern[str], ...] = (_ENTITY, _PERCENT, _BASE64)
 _BASE64_LINES = re.compile(r"[^\r\n]+")
 # What decoded bytes must not hold much of to be text: C0 and C1 controls other than whitespace.
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffd]")
@@ -267,4 +269,4 @@ def _looks_like_text(text: str) -> bool:
     return bool(text) and len(_CONTROL.findall(text)) * 20 <= len(text)
 
 
-__all__ = ["ENCODINGS", "MAX_DEPTH", "Encoding", "View", "base64_text", "compose", "views"]
+__all__ = ["ENCODINGS", "MAX_DEPTH", "RUN_PATTERNS", "Encoding", "View", "base64_text", "compose", "views"]

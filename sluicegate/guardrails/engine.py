@@ -1,9 +1,11 @@
 """Running guards on a call: pick the guards, scan, and block, redact or flag.
 
-`Guardrails` is built once per config snapshot: it constructs every configured guard and, per
-(consumer, model), the input and output guard lists, so a call with no guard attached pays one
-dict lookup. Guards see normalised texts; findings map back to the client's own text, so
-redaction replaces exactly what was sent. The audit gets guard, action, part and label only.
+`Guardrails` is built once per config snapshot: it constructs every configured guard, compiles
+the patterns of the pattern-based ones into one matcher (`matcher.py`), and per (consumer, model)
+the input and output guard lists, so a call with no guard attached pays one dict lookup. Guards
+see normalised texts, scanned once per text variant for all their patterns; findings map back to
+the client's own text, so redaction replaces exactly what was sent. The audit gets guard, action,
+part and label only.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from typing import TYPE_CHECKING, Any
 from sluicegate.dialects import request_texts, response_texts
 from sluicegate.dialects.paths import Path, PathError, format_path, replace_paths
 from sluicegate.errors import BadRequest, ServiceUnavailable
-from sluicegate.guardrails.base import Finding, Guard, GuardContext, GuardUnavailable, guard_kinds
+from sluicegate.guardrails.base import Finding, Guard, GuardContext, GuardUnavailable, guard_kinds, joined
 from sluicegate.guardrails.decode import View, views
+from sluicegate.guardrails.matcher import Matcher
 from sluicegate.guardrails.normalize import Normalized, normalize
 
 if TYPE_CHECKING:
@@ -55,6 +58,8 @@ class GuardSet:
     window: int | None
     #: an input `redact` guard asks for its placeholders to be restored in the answer
     restore: bool = False
+    #: the snapshot's compiled patterns (None: made for these guards on first use)
+    matcher: Matcher | None = None
 
 
 @dataclass(slots=True)
@@ -88,6 +93,14 @@ class CallGuards:
     placeholders: dict[tuple[str, str], str] = field(default_factory=dict)
     #: placeholder -> original value, for the guards with `restore: true`
     restorable: dict[str, str] = field(default_factory=dict)
+    _matcher: Matcher | None = None
+
+    @property
+    def matcher(self) -> Matcher:
+        """The compiled patterns of the call's guards."""
+        if self._matcher is None:
+            self._matcher = self.guards.matcher or Matcher((*self.guards.input, *self.guards.output))
+        return self._matcher
 
 
 def build_guard(config: GuardConfig, context: GuardContext) -> Guard:
@@ -104,6 +117,7 @@ class Guardrails:
 
     def __init__(self, config: GatewayConfig, context: GuardContext) -> None:
         self.guards = {g.name: build_guard(g, context) for g in config.guards}
+        self.matcher = Matcher(self.guards.values())
         self._sets: dict[tuple[str, str], GuardSet | None] = {}
 
     def for_call(self, consumer: Consumer, route: Route) -> GuardSet | None:
@@ -120,46 +134,69 @@ class Guardrails:
         reaches = [g.reach for g in outputs]
         window = None if None in reaches else max((r for r in reaches if r is not None), default=0)
         restore = any(g.config.restore and g.action == "redact" for g in inputs)
-        result = GuardSet(inputs, outputs, window, restore) if guards else None
+        result = GuardSet(inputs, outputs, window, restore, self.matcher) if guards else None
         if len(self._sets) > 10_000:
             self._sets.clear()
         self._sets[key] = result
         return result
 
 
+@dataclass(slots=True)
+class TextScan:
+    """What scanning some texts with some guards found, and the forms of the texts it read."""
+
+    hits: list[tuple[Guard, Finding]]
+    #: the texts normalised per variant: None (as sent, for remote guards), True (case folded), False
+    norms: dict[bool | None, list[Normalized]]
+    #: per set of encodings, the decoded views of each text (normalised without case folding)
+    decoded: dict[frozenset[Decoding], list[list[View]]]
+    #: per variant, the patterns that one pass over the joined texts says may match
+    passes: dict[bool, frozenset[int]]
+    #: per (text, view, variant): the view normalised, and what one pass over it says may match
+    inner: dict[tuple[int, int, bool], tuple[Normalized, frozenset[int] | None]] = field(default_factory=dict)
+
+
 async def run_guards(
     state: CallGuards, guards: Sequence[Guard], texts: Sequence[str], direction: str
 ) -> tuple[list[tuple[Guard, Finding]], dict[bool | None, list[Normalized]]]:
     """Scan `texts` with `guards`; raise `Blocked` on a block, `GuardFailed` when one fails closed."""
-    norms: dict[bool | None, list[Normalized]] = {}
-    decoded: dict[frozenset[Decoding], list[list[View]]] = {}
-    hits: list[tuple[Guard, Finding]] = []
+    scan = await scan_texts(state, guards, texts, direction)
+    return scan.hits, scan.norms
+
+
+async def scan_texts(
+    state: CallGuards, guards: Sequence[Guard], texts: Sequence[str], direction: str, *, block: bool = True
+) -> TextScan:
+    """Scan `texts` with `guards`: every finding, and what was read. `GuardFailed` when a guard
+    fails closed; with `block`, `Blocked` at the first finding of a blocking guard (without, the
+    caller decides: a stream waits until a match is final)."""
+    scan = TextScan([], {}, {}, {})
+    norms = scan.norms
+    matcher = state.matcher
+    plains: dict[bool | None, list[str]] = {}
     for guard in guards:
         # Remote services get the text as sent (they do their own analysis); local rules match
         # on normalised text. The key is the variant, so each is computed once per request.
         variant = None if guard.remote else guard.casefold
-        normalized = norms.get(variant)
-        if normalized is None:
-            normalized = norms[variant] = (
-                [Normalized(t, None, t) for t in texts]
-                if variant is None
-                else [normalize(t, casefold=variant) for t in texts]
-            )
-            if variant is not None:
-                _note_tags(state, normalized, direction)
-        plain = [n.text for n in normalized]
+        plain = plains.get(variant)
+        if plain is None:
+            normalized = norms.get(variant)
+            if normalized is None:
+                normalized = norms[variant] = (
+                    [Normalized(t, None, t) for t in texts]
+                    if variant is None
+                    else [normalize(t, casefold=variant) for t in texts]
+                )
+                if variant is not None:
+                    _note_tags(state, normalized, direction)
+            plain = plains[variant] = [n.text for n in normalized]
         try:
             if guard.remote:
                 findings = await asyncio.wait_for(guard.ascan(plain), guard.config.timeout_s)
             elif guard.blocking:
-                findings = await asyncio.to_thread(guard.scan, plain)
+                findings = await asyncio.to_thread(_scan_local, guard, plain, texts, scan, matcher)
             else:
-                findings = guard.scan(plain)
-            if not guard.remote and guard.config.decodings():
-                if guard.blocking:
-                    findings += await asyncio.to_thread(_scan_decoded, guard, findings, texts, norms, decoded)
-                else:
-                    findings += _scan_decoded(guard, findings, texts, norms, decoded)
+                findings = _scan_local(guard, plain, texts, scan, matcher)
         except (GuardUnavailable, TimeoutError, OSError) as exc:
             reason = "timed out" if isinstance(exc, TimeoutError) else "is unavailable"
             if guard.config.on_error == "block":
@@ -170,17 +207,46 @@ async def run_guards(
             state.records.append(GuardRecord(guard.name, guard.kind, "error_allowed", direction, "", reason))
             continue
         for finding in findings:
-            hits.append((guard, finding))
-        if findings and guard.action == "block":
-            for finding in findings:
-                state.records.append(
-                    GuardRecord(guard.name, guard.kind, "block", direction, str(finding.index), finding.label)
-                )
-            raise Blocked(
-                f"Blocked by guard '{guard.name}': the {direction} contains {findings[0].label}",
-                rule=f"guards.{guard.name}",
-            )
-    return hits, norms
+            scan.hits.append((guard, finding))
+        if block and findings and guard.action == "block":
+            refuse(state, guard, findings, direction)
+    return scan
+
+
+def refuse(state: CallGuards, guard: Guard, findings: Sequence[Finding], direction: str) -> None:
+    """Record a blocking guard's findings and raise `Blocked`."""
+    for finding in findings:
+        state.records.append(GuardRecord(guard.name, guard.kind, "block", direction, str(finding.index), finding.label))
+    raise Blocked(
+        f"Blocked by guard '{guard.name}': the {direction} contains {findings[0].label}",
+        rule=f"guards.{guard.name}",
+    )
+
+
+def _scan_local(
+    guard: Guard, plain: list[str], texts: Sequence[str], scan: TextScan, matcher: Matcher
+) -> list[Finding]:
+    """One local guard on the normalised texts, with the patterns the variant's one pass allows,
+    then on their decoded views."""
+    variant = matcher.variant(guard)
+    if variant is None:
+        findings = guard.scan(plain)
+    else:
+        found = scan.passes.get(variant)
+        if found is None:
+            # ASCII texts: one pass for both variants (normalised, such a text is itself).
+            both = matcher.maybe_ascii(joined(texts))
+            if both is not None:
+                scan.passes.update(both)
+                found = both[variant]
+            else:
+                found = scan.passes[variant] = matcher.maybe(variant, joined(plain))
+        findings = guard.scan_prefiltered(plain, matcher.candidates(guard, found))
+    if guard.decodings:
+        known = scan.decoded.get(guard.decodings)
+        if known is None or any(known):  # not decoded yet, or something was
+            findings += _scan_decoded(guard, findings, texts, scan, matcher)
+    return findings
 
 
 def _note_tags(state: CallGuards, normalized: Sequence[Normalized], direction: str) -> None:
@@ -193,33 +259,55 @@ def _note_tags(state: CallGuards, normalized: Sequence[Normalized], direction: s
             state.records.append(record)
 
 
-def _scan_decoded(
-    guard: Guard,
-    found: Sequence[Finding],
-    texts: Sequence[str],
-    norms: dict[bool | None, list[Normalized]],
-    decoded: dict[frozenset[Decoding], list[list[View]]],
-) -> list[Finding]:
-    """Findings in the decoded views of the texts, reported over the encoded run they come from."""
-    encodings = guard.config.decodings()
-    per_text = decoded.get(encodings)
+def decoded_views(
+    scan: TextScan, texts: Sequence[str], encodings: frozenset[Decoding], matcher: Matcher
+) -> list[list[View]]:
+    """The decoded views of each text (normalised with case kept), once per scan; none without
+    a plausible encoded run (one pass of the matcher tells)."""
+    per_text = scan.decoded.get(encodings)
     if per_text is None:
         # Views are decoded from the text normalised without case folding (base64 is
         # case-sensitive; zero-width padding and look-alikes are gone), once per request.
-        cased = norms.get(False)
+        cased = scan.norms.get(False)
         if cased is None:
-            cased = norms[False] = [normalize(t, casefold=False) for t in texts]
-        per_text = decoded[encodings] = [views(n.text, encodings) for n in cased]
+            cased = scan.norms[False] = [normalize(t, casefold=False) for t in texts]
+        found = scan.passes.get(False)
+        if found is None:
+            found = scan.passes[False] = matcher.maybe(False, joined([n.text for n in cased]))
+        if matcher.may_hold_encoded(found):
+            per_text = [views(n.text, encodings) for n in cased]
+        else:
+            per_text = [[] for _ in cased]
+        scan.decoded[encodings] = per_text
+    return per_text
+
+
+def _scan_decoded(
+    guard: Guard, found: Sequence[Finding], texts: Sequence[str], scan: TextScan, matcher: Matcher
+) -> list[Finding]:
+    """Findings in the decoded views of the texts, reported over the encoded run they come from."""
+    per_text = decoded_views(scan, texts, guard.decodings, matcher)
     if not any(per_text):
         return []
-    cased = norms[False]
-    target = norms[guard.casefold]
+    cased = scan.norms[False]
+    target = scan.norms[guard.casefold]
+    variant = matcher.variant(guard)
     out: list[Finding] = []
     for index, text_views in enumerate(per_text):
         taken = [(f.start, f.end, f.label) for f in found if f.index == index]
-        for view in text_views:
-            inner = normalize(view.text, casefold=guard.casefold)
-            for f in guard.scan([inner.text]):
+        for number, view in enumerate(text_views):
+            # Each view is normalised and passed over once per variant, whatever the guards.
+            key = (index, number, guard.casefold)
+            cached = scan.inner.get(key)
+            if cached is None or (variant is not None and cached[1] is None):
+                inner = normalize(view.text, casefold=guard.casefold) if cached is None else cached[0]
+                cached = scan.inner[key] = (inner, None if variant is None else matcher.maybe(variant, inner.text))
+            inner, maybe = cached
+            if maybe is None:
+                inner_findings = guard.scan([inner.text])
+            else:
+                inner_findings = guard.scan_prefiltered([inner.text], matcher.candidates(guard, maybe))
+            for f in inner_findings:
                 # view -> text normalised with case kept -> the client's text -> the guard's variant
                 start, end = cased[index].span(*view.span(*inner.span(f.start, f.end)))
                 origin = target[index].origin

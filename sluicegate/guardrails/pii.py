@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import re
+from collections.abc import Container, Sequence
 from typing import ClassVar, Literal, Protocol, get_args
 
 import phonenumbers
@@ -20,6 +21,7 @@ from pydantic import Field, field_validator
 
 from sluicegate.config.model import GuardConfig
 from sluicegate.guardrails.base import (
+    EVERY,
     Guard,
     GuardContext,
     GuardSettings,
@@ -27,9 +29,10 @@ from sluicegate.guardrails.base import (
     register_guard_kind,
     settings_as,
 )
+from sluicegate.guardrails.matcher import Partial, earliest
 from sluicegate.guardrails.pii_ids import NATIONAL_IDS
 from sluicegate.guardrails.pii_patterns import DEFAULT_PHONE_REGIONS, EMAIL_MAX, Detector, count_digits, detectors
-from sluicegate.guardrails.regex import any_overlap, fold_pattern
+from sluicegate.guardrails.regex import any_overlap, fold_pattern, pattern_width
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +48,11 @@ REACH = EMAIL_MAX
 FLAGS = re.IGNORECASE
 #: earlier entities win overlaps: a valid SSN is not also reported as a phone
 ORDER: tuple[Entity, ...] = ("EMAIL", "CREDIT_CARD", "IBAN", "NATIONAL_ID", "IP_ADDRESS", "PHONE")
+#: the validators read up to this far past a candidate (a unit after a phone, `-> 1.2.3.4` after a
+#: dotted number, `:org/repo` after an address): on a stream a finding waits for that much text
+RIGHT_CONTEXT = 24
+#: the detectors' lookaheads read at most two characters past a match
+LOOKAHEAD = 2
 
 Span = tuple[int, int]
 
@@ -85,6 +93,7 @@ class PiiGuard(Guard):
     Settings = PiiSettings
     #: the NER model reads case ("Paris" vs "paris"); every pattern here is case-insensitive
     casefold: ClassVar[bool] = False
+    right_context: ClassVar[int] = RIGHT_CONTEXT
 
     def __init__(self, config: GuardConfig, settings: GuardSettings, context: GuardContext) -> None:
         super().__init__(config, settings, context)
@@ -94,6 +103,7 @@ class PiiGuard(Guard):
         self._detectors = [d for name in ORDER if name in settings.entities for d in by_entity[name]]
         self._ner_entities = [e for e in NER_ENTITIES if e in settings.entities]
         self._analyzer: NerAnalyzer | None = None
+        self._partials: list[Partial] | None = None
         if self._ner_entities:
             self._analyzer = _load_analyzer(self.name, self._ner_entities)
             # NER takes milliseconds per text: the engine runs this guard in a worker thread.
@@ -104,12 +114,27 @@ class PiiGuard(Guard):
         """The longest valid email address; every other entity is shorter."""
         return REACH
 
+    def patterns(self) -> Sequence[re.Pattern[str]]:
+        """Per pattern detector, in the order they claim text, what a text with a finding of it
+        holds: its gate where it has one, else its candidate pattern."""
+        return tuple(d.gate or d.pattern for d in self._detectors)
+
     def scan_text(self, text: str) -> list[tuple[int, int, str]]:
         """Personal data in `text`, as (start, end, entity)."""
+        return self.find(text, EVERY)
+
+    def find(self, text: str, candidates: Container[int]) -> list[tuple[int, int, str]]:
+        """`scan_text`, running only the pattern detectors that may match (NER always runs)."""
         found: list[tuple[int, int, str]] = []
+        if not candidates and self._analyzer is None:
+            return found
         taken: list[Span] = []
-        digits = count_digits(text)
-        for detector in self._detectors:
+        digits = -1
+        for i, detector in enumerate(self._detectors):
+            if i not in candidates:
+                continue
+            if digits < 0:
+                digits = count_digits(text)
             if not detector.applies(text, digits):
                 continue
             for start, end in detector.find(text):
@@ -125,6 +150,19 @@ class PiiGuard(Guard):
                         taken.append((r.start, r.end))
         found.sort()
         return found
+
+    def pending(self, text: str, start: int) -> int | None:
+        """Where a candidate may still be growing at the end of `text`; with NER, also the last
+        `reach` characters (a model cannot tell where a name it has not seen begins)."""
+        if self._partials is None:
+            self._partials = [
+                Partial(d.pattern, margin=LOOKAHEAD, cap=pattern_width(d.pattern.pattern)) for d in self._detectors
+            ]
+        at = earliest(self._partials, text, start)
+        if self._analyzer is not None and len(text) > start:
+            window = max(start, len(text) - REACH)
+            at = window if at is None else min(at, window)
+        return at
 
     def _is_allowed(self, matched: str) -> bool:
         return any(p.search(matched) for p in self._allow)

@@ -44,6 +44,9 @@ class Detector:
     min_digits: int = 0
     #: a character every candidate holds (`@`, `:`); a text without it is not searched
     needs: str = ""
+    #: a pattern found wherever a valid candidate is, cheaper to look for than `pattern` (the
+    #: guard's one-pass prefilter uses it): a text without a match of it holds no finding
+    gate: re.Pattern[str] | None = None
 
     def applies(self, text: str, digits: int) -> bool:
         """A cheap test that `text` may hold a candidate: its digit count, a needed character."""
@@ -249,6 +252,9 @@ PHONE = re.compile(
     r"(?![\w+%]|[.,:/-]\d)",
     FLAGS,
 )
+#: what every valid phone candidate holds: eight digits (`phone_ok` wants 8 to 15), each at most two
+#: characters after the one before (a separator, or ` (` / `) ` around an area code)
+PHONE_GATE = re.compile(r"\d(?:\D{0,2}\d){7}")
 #: what precedes a number that is a reference rather than a phone
 _REFERENCE_BEFORE = re.compile(
     r"\b(?:order|invoice|ref|reference|tracking|ticket|case|account|acct|sku|po|booking|confirmation|serial|"
@@ -337,7 +343,7 @@ def detectors(phone_regions: Sequence[str] = DEFAULT_PHONE_REGIONS) -> dict[str,
             Detector("IP_ADDRESS", IPV4, ipv4_ok, min_digits=4, needs="."),
             Detector("IP_ADDRESS", IPV6, ipv6_ok, min_digits=1, needs=":"),
         ],
-        "PHONE": [Detector("PHONE", PHONE, phone_validator(phone_regions), min_digits=8)],
+        "PHONE": [Detector("PHONE", PHONE, phone_validator(phone_regions), min_digits=8, gate=PHONE_GATE)],
     }
 
 

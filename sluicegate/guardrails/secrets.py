@@ -10,15 +10,16 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Container, Sequence
 from itertools import pairwise
 from typing import ClassVar, Literal, get_args
 
 from pydantic import Field
 
 from sluicegate.config.model import GuardConfig
-from sluicegate.guardrails.base import Guard, GuardContext, GuardSettings, register_guard_kind, settings_as
+from sluicegate.guardrails.base import EVERY, Guard, GuardContext, GuardSettings, register_guard_kind, settings_as
 from sluicegate.guardrails.decode import base64_text
+from sluicegate.guardrails.matcher import Partial, earliest
 from sluicegate.guardrails.regex import any_overlap, pattern_width
 
 Detector = Literal[
@@ -37,6 +38,8 @@ Detector = Literal[
 DETECTORS: tuple[Detector, ...] = get_args(Detector)
 #: the longest token `high_entropy` considers; longer runs (inline images, blobs) are not keys
 MAX_TOKEN_CHARS = 512
+#: the patterns' lookaheads read one character past a match
+LOOKAHEAD = 1
 
 #: provider formats, in the order they claim text (an `sk-ant-` key is not also an OpenAI key)
 PATTERNS: dict[Detector, str] = {
@@ -170,18 +173,29 @@ class SecretsGuard(Guard):
             self._token = re.compile(_TOKEN % (settings.min_entropy_length, MAX_TOKEN_CHARS))
             widths.append(MAX_TOKEN_CHARS)
         self._reach = max(widths)
+        self._partials: list[Partial] | None = None
 
     @property
     def reach(self) -> int | None:
         """The widest detector: a PEM private key when that one is on, else a JWT."""
         return self._reach
 
+    def patterns(self) -> Sequence[re.Pattern[str]]:
+        """The provider formats in the order they claim text, then `high_entropy`'s tokens."""
+        return (*(p for _, p in self._patterns), *(() if self._token is None else (self._token,)))
+
     def scan_text(self, text: str) -> list[tuple[int, int, str]]:
         """Secrets in `text`, as (start, end, detector name)."""
+        return self.find(text, EVERY)
+
+    def find(self, text: str, candidates: Container[int]) -> list[tuple[int, int, str]]:
+        """`scan_text`, running only the detectors that may match."""
         found: list[tuple[int, int, str]] = []
+        if not candidates:
+            return found
         taken: list[tuple[int, int]] = []
-        for name, pattern in self._patterns:
-            if not any(literal in text for literal in GATES[name]):
+        for i, (name, pattern) in enumerate(self._patterns):
+            if i not in candidates or not any(literal in text for literal in GATES[name]):
                 continue  # the key's prefix is nowhere: the pattern cannot match
             validate = VALIDATORS.get(name, key_ok)
             for m in pattern.finditer(text):
@@ -189,13 +203,21 @@ class SecretsGuard(Guard):
                 if not any_overlap(taken, start, end) and validate(m, text):
                     found.append((start, end, name))
                     taken.append((start, end))
-        if self._token is not None:
+        if self._token is not None and len(self._patterns) in candidates:
             for m in self._token.finditer(text):
                 start, end = m.span()
                 if not any_overlap(taken, start, end) and self.is_random(m.group(), text, start):
                     found.append((start, end, "high_entropy"))
         found.sort()
         return found
+
+    def pending(self, text: str, start: int) -> int | None:
+        """Where a key or token may still be growing at the end of `text`."""
+        if self._partials is None:
+            self._partials = [
+                Partial(p, margin=LOOKAHEAD, cap=pattern_width(p.pattern) or MAX_TOKEN_CHARS) for p in self.patterns()
+            ]
+        return earliest(self._partials, text, start)
 
     def is_random(self, token: str, text: str, start: int) -> bool:
         """`high_entropy`'s validator: a random-looking token that is not a digest, an encoded

@@ -1,17 +1,23 @@
-"""Output guards on a stream: a bounded hold-back window, scanned as the answer arrives.
+"""Output guards on a stream: events are held back only while a match may still be growing.
 
-Events are held until the text they carry is more than `window` characters (the largest reach of
-the output guards) behind the newest text, so a match is always found while all of it is still
+Each channel's text (a choice's content, a tool call's arguments ...) is scanned as it arrives,
+from where the last scan left off plus a little context. Text is released as soon as no match can
+include it: a guard reports where the earliest match still open at the end of the text begins, in
+normalised characters (`Guard.pending`: for pattern-based kinds the patterns' partial matches,
+for the others the last `reach` characters), an encoded run still open is held from its start
+(`holdback.py`), and a finding whose checks read text that has not come yet waits for it; the
+hold-back point is mapped back to the characters as sent, so padding with invisible characters
+cannot walk a match out of view. A match is therefore always found while all of it is still
 held: a block stops the stream before any of it reaches the client, a redaction rewrites the held
-events. The first tokens wait for at most `window` characters; a guard without a bounded reach
-holds the whole answer. On a block `feed` raises `Blocked`: the relay then ends the stream with
-an error event and cancels the upstream.
+events. A guard without a bounded reach holds the whole answer. A channel holding more than
+`MAX_HELD_CHARS` undecided characters stops the stream (fail closed). On a block `drain` raises
+`Blocked`: the relay then ends the stream with an error event and cancels the upstream.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -19,10 +25,34 @@ import orjson
 
 from sluicegate.dialects.openai_texts import chunk_texts
 from sluicegate.dialects.paths import Path, set_path
-from sluicegate.guardrails.engine import Blocked, CallGuards, GuardRecord, placeholder, run_guards
+from sluicegate.guardrails.engine import (
+    Blocked,
+    CallGuards,
+    GuardRecord,
+    TextScan,
+    placeholder,
+    refuse,
+    scan_texts,
+)
+from sluicegate.guardrails.holdback import index, open_run, pending, position
 
 if TYPE_CHECKING:
-    from sluicegate.guardrails.base import Guard
+    from sluicegate.guardrails.base import Finding, Guard
+
+#: the most characters of one channel held back undecided (a match that keeps growing, a guard
+#: that needs the whole answer); past it the stream is stopped as blocked
+MAX_HELD_CHARS = 1 << 20
+#: normalised characters before the hold-back point that a scan reads again, as context for
+#: the checks that look back (a reference number's label, a version's `v`: 40 at most)
+CONTEXT_CHARS = 48
+#: that context in characters as sent, at most (invisible padding cannot make rescans costly)
+MAX_CONTEXT_RAW = 1024
+#: while a channel holds more than `RESCAN_FROM` characters (a long PEM block or base64 run still
+#: open), it is scanned again only once it has grown by this share of what it holds: rescans of
+#: held text then add up to a few times its length, however small the events (nothing is released
+#: meanwhile, so nothing is missed; release just comes a little later)
+RESCAN_FROM = 1024
+RESCAN_SHARE = 0.25
 
 
 @dataclass(slots=True)
@@ -31,6 +61,7 @@ class _Piece:
 
     channel: str
     path: Path
+    #: offset of the piece in the channel's text (as sent, redactions applied)
     start: int
     text: str
 
@@ -61,6 +92,25 @@ class _Held:
         return self.data
 
 
+@dataclass(slots=True)
+class _Channel:
+    """The text of one channel: offsets are in its characters as sent, from its first one."""
+
+    #: the text from `base` on (older text is released and out of any scan's context)
+    text: str = ""
+    base: int = 0
+    #: pieces added since the last scan, not yet in `text`
+    fresh: list[str] = field(default_factory=list)
+    #: the length of the channel's text so far
+    end: int = 0
+    #: text before this offset may be released; a scan does not act on findings before it again
+    hold: int = 0
+    #: where the next scan begins (`hold` less some context)
+    scan_from: int = 0
+    #: the next scan waits until the text reaches this length (see `RESCAN_SHARE`)
+    next_scan: int = 0
+
+
 class StreamGuard:
     """Holds back, scans and (for `redact`) rewrites the events of one streamed answer."""
 
@@ -73,11 +123,11 @@ class StreamGuard:
     ) -> None:
         self.state = state
         self.guards = guards
+        #: None: some guard needs the whole answer, which is held until the end
         self.window = window
         #: (channel, path, text) an event adds; default: an OpenAI (neutral) chunk's
         self._texts = texts or chunk_texts
-        self._text: dict[str, str] = {}
-        self._scanned: dict[str, int] = {}
+        self._channels: dict[str, _Channel] = {}
         self._held: deque[_Held] = deque()
         self._seen: set[tuple[str, str, int, str]] = set()
 
@@ -107,10 +157,13 @@ class StreamGuard:
     def _hold(self, event: bytes, data: dict[str, Any] | None) -> None:
         held = _Held(event, data)
         if data is not None:
-            for channel, path, piece in self._texts(data):
-                text = self._text.get(channel, "")
-                held.pieces.append(_Piece(channel, path, len(text), piece))
-                self._text[channel] = text + piece
+            for name, path, piece in self._texts(data):
+                channel = self._channels.get(name)
+                if channel is None:
+                    channel = self._channels[name] = _Channel()
+                held.pieces.append(_Piece(name, path, channel.end, piece))
+                channel.fresh.append(piece)
+                channel.end += len(piece)
         self._held.append(held)
 
     async def drain(self) -> list[bytes]:
@@ -123,12 +176,16 @@ class StreamGuard:
         return [held.chunk() for held in await self._drain()]
 
     async def _drain(self) -> list[_Held]:
-        if self.window is None:
-            return []
-        for channel, text in self._text.items():
-            if len(text) > self._scanned.get(channel, 0):
-                await self._scan(channel, final=False)
-        return self._release()
+        for name, channel in self._channels.items():
+            if self.window is not None and channel.fresh and channel.end >= channel.next_scan:
+                await self._scan(name, final=False)
+            if channel.end - channel.hold > MAX_HELD_CHARS:
+                self.state.records.append(GuardRecord("", "stream", "block", "output", name, "held_limit"))
+                raise Blocked(
+                    f"The answer held more than {MAX_HELD_CHARS} characters the output guards could not decide on",
+                    rule="guards",
+                )
+        return self._release() if self.window is not None else []
 
     async def finish(self) -> list[bytes]:
         """End of the answer: scan what is left and release every held event."""
@@ -139,79 +196,183 @@ class StreamGuard:
         return [held.chunk() for held in await self._finish()]
 
     async def _finish(self) -> list[_Held]:
-        for channel in list(self._text):
-            await self._scan(channel, final=True)
+        for name in list(self._channels):
+            await self._scan(name, final=True)
         out = list(self._held)
         self._held.clear()
         return out
 
-    async def _scan(self, channel: str, *, final: bool) -> None:
-        text = self._text[channel]
-        done = self._scanned.get(channel, 0)
-        if len(text) <= done and not final:
+    async def _scan(self, name: str, *, final: bool) -> None:
+        channel = self._channels[name]
+        if channel.fresh:
+            channel.text += "".join(channel.fresh)
+            channel.fresh.clear()
+        start = channel.scan_from
+        text = channel.text[start - channel.base :]
+        decided = channel.hold - start  # findings before it were acted on by an earlier scan
+        if not text or (final and decided >= len(text)):
             return
-        # Rescan the last `window` characters: a match may straddle the previous scan's end.
-        start = 0 if self.window is None else max(0, done - self.window)
         before = len(self.state.records)
         try:
-            hits, norms = await run_guards(self.state, self.guards, [text[start:]], "output")
-        except Blocked:
+            scan = await scan_texts(self.state, self.guards, [text], "output", block=False)
+        finally:
             for record in self.state.records[before:]:
-                record.part = channel
-            raise
+                if record.part.isdigit():
+                    record.part = name
+        # Offsets from here on are in the scanned text as sent.
+        hold = len(text)
+        acted: list[tuple[Guard, Finding]] = []
+        for guard in self.guards:
+            # Findings are in the form of the text the guard read; remote guards read it as sent.
+            seen = scan.norms[None if guard.remote else guard.casefold][0]
+            # Findings before the decided point were acted on already (and are seen again as
+            # context); one that reaches past it is new.
+            found = [(f, seen.span(f.start, f.end)) for g, f in scan.hits if g is guard]
+            found = [(f, (s, e)) for f, (s, e) in found if e > decided]
+            if final:
+                acted.extend((guard, f) for f, _ in found)
+                continue
+            at = pending(guard, scan, text, decided)
+            # A finding closer to the end than its checks read, or overlapping an open match,
+            # is not final: more text may extend, exempt or invalidate it. Hold it.
+            settled = position(seen, len(seen.text) - guard.right_context)
+            limit = settled if at is None else min(at, settled)
+            for finding, (s, e) in found:
+                if e > limit:
+                    at = s if at is None else min(at, s)
+                else:
+                    acted.append((guard, finding))
+            if at is not None:
+                hold = min(hold, at)
+        if not final:
+            runs = open_run(scan, text, decided, self.guards)
+            if runs is not None:
+                hold = min(hold, runs)
+        shifts = self._act(name, acted, scan, start)
+        self._advance(channel, scan, start, max(hold, decided), shifts, final)
+
+    def _act(
+        self, name: str, acted: list[tuple[Guard, Finding]], scan: TextScan, start: int
+    ) -> list[tuple[int, int, int]]:
+        """Block on a final finding of a blocking guard; otherwise record and redact. Returns the
+        redacted spans (start, end, change in length), in text order."""
+        for guard in self.guards:
+            blocks = [f for g, f in acted if g is guard and guard.action == "block"]
+            if blocks:
+                before = len(self.state.records)
+                try:
+                    refuse(self.state, guard, blocks, "output")
+                finally:
+                    for record in self.state.records[before:]:
+                        record.part = name
         redactions: list[tuple[int, int, str]] = []
-        for guard, finding in hits:
-            variant = None if guard.remote else guard.casefold
-            s, e = norms[variant][0].span(finding.start, finding.end)
-            key = (guard.name, channel, start + s, finding.label)
+        for guard, finding in acted:
+            norm = scan.norms[None if guard.remote else guard.casefold][0]
+            s, e = norm.span(finding.start, finding.end)
+            key = (guard.name, name, start + s, finding.label)
             if key in self._seen:
                 continue
             self._seen.add(key)
-            self.state.records.append(
-                GuardRecord(guard.name, guard.kind, guard.action, "output", channel, finding.label)
-            )
+            self.state.records.append(GuardRecord(guard.name, guard.kind, guard.action, "output", name, finding.label))
             if guard.action == "redact":
                 redactions.append((start + s, start + e, finding.label))
         # Later spans first, so earlier offsets stay valid while the text is rewritten.
-        for s, e, label in sorted(redactions, reverse=True):
-            self._redact(channel, s, e, label)
-        self._scanned[channel] = len(self._text[channel])
+        shifts = []
+        taken_from = None
+        for s, e, label in sorted(set(redactions), reverse=True):
+            if taken_from is not None and e > taken_from:
+                continue  # overlaps a span redacted already
+            delta = self._redact(name, s, e, label)
+            if delta is not None:
+                shifts.append((s, e, delta))
+                taken_from = s
+        return shifts[::-1]
 
-    def _redact(self, channel: str, s: int, e: int, label: str) -> None:
-        text = self._text[channel]
-        if s >= e or e > len(text):
+    def _advance(
+        self,
+        channel: _Channel,
+        scan: TextScan,
+        start: int,
+        hold: int,
+        shifts: list[tuple[int, int, int]],
+        final: bool,
+    ) -> None:
+        """Move the hold-back point (and the next scan's start) forward; drop text out of reach.
+        `hold` is in the scanned text, before this scan's redactions (`shifts`)."""
+        if final:
+            channel.hold = channel.scan_from = channel.end
+            channel.text, channel.base = "", channel.end
             return
-        token = placeholder(self.state, label, text[s:e])
-        self._text[channel] = text[:s] + token + text[e:]
+        norms = scan.norms.get(False) or scan.norms.get(True)
+        if norms:
+            norm = norms[0]
+            at = max(0, index(norm, hold) - CONTEXT_CHARS)
+            context = norm.span(at, at)[0]
+        else:
+            context = max(0, hold - CONTEXT_CHARS)
+        channel.hold = max(channel.hold, _shifted(start + hold, shifts))
+        scan_from = max(channel.scan_from, _shifted(start + context, shifts), channel.hold - MAX_CONTEXT_RAW)
+        channel.scan_from = min(scan_from, channel.hold)
+        cut = channel.scan_from - channel.base
+        if cut > 0:
+            channel.text = channel.text[cut:]
+            channel.base = channel.scan_from
+        held = channel.end - channel.hold
+        channel.next_scan = channel.end + (int(held * RESCAN_SHARE) if held > RESCAN_FROM else 0)
+
+    def _redact(self, name: str, s: int, e: int, label: str) -> int | None:
+        """Replace [s, e) of the channel's text and held pieces with a placeholder; the change in length."""
+        channel = self._channels[name]
+        text = channel.text
+        lo, hi = s - channel.base, e - channel.base
+        if s >= e or lo < 0 or hi > len(text):
+            return None
+        token = placeholder(self.state, label, text[lo:hi])
+        channel.text = text[:lo] + token + text[hi:]
+        delta = len(token) - (e - s)
+        channel.end += delta
+        self._seen = {(g, c, at + delta if c == name and at >= e else at, label_) for g, c, at, label_ in self._seen}
         # Held pieces of a channel are its text's tail, in order: rewrite the ones the span
         # touches (the first gets the placeholder), then lay them out again from where they began.
-        pieces = [p for held in self._held for p in held.pieces if p.channel == channel]
+        pieces = [p for held in self._held for p in held.pieces if p.channel == name]
         if not pieces or pieces[0].start > s:
-            return  # cannot happen while window >= reach: the match would have been released
+            return delta  # cannot happen: a match is found while all of it is held
         placed = False
         for held in self._held:
             for piece in held.pieces:
-                if piece.channel != channel:
+                if piece.channel != name:
                     continue
                 end = piece.start + len(piece.text)
                 if end <= s or piece.start >= e:
                     continue
-                lo, hi = max(s, piece.start) - piece.start, min(e, end) - piece.start
-                piece.text = piece.text[:lo] + ("" if placed else token) + piece.text[hi:]
+                a, b = max(s, piece.start) - piece.start, min(e, end) - piece.start
+                piece.text = piece.text[:a] + ("" if placed else token) + piece.text[b:]
                 placed = True
                 held.dirty = True
         pos = pieces[0].start
         for piece in pieces:
             piece.start = pos
             pos += len(piece.text)
+        return delta
 
     def _release(self) -> list[_Held]:
-        window = self.window or 0
         out = []
         while self._held:
             held = self._held[0]
-            if any(p.start + len(p.text) > self._scanned.get(p.channel, 0) - window for p in held.pieces):
+            if any(p.start + len(p.text) > self._channels[p.channel].hold for p in held.pieces):
                 break
             out.append(held)
             self._held.popleft()
         return out
+
+
+def _shifted(offset: int, shifts: Sequence[tuple[int, int, int]]) -> int:
+    """An offset in a text before redactions (spans in text order) as it is after them; inside
+    a redacted span it is the span's start."""
+    change = 0
+    for s, e, delta in shifts:
+        if offset >= e:
+            change += delta
+        elif offset > s:
+            return s + change
+    return offset + change

@@ -8,11 +8,13 @@ Findings are labelled `words[i]` (the entry's index in `words`), never with the 
 from __future__ import annotations
 
 import re
+from collections.abc import Container, Sequence
 
 from pydantic import Field, field_validator
 
 from sluicegate.config.model import GuardConfig
-from sluicegate.guardrails.base import Guard, GuardContext, GuardSettings, register_guard_kind, settings_as
+from sluicegate.guardrails.base import EVERY, Guard, GuardContext, GuardSettings, register_guard_kind, settings_as
+from sluicegate.guardrails.matcher import Partial
 from sluicegate.guardrails.normalize import normalize
 
 #: the whitespace a phrase's words may have between them in the text
@@ -57,15 +59,26 @@ class WordsGuard(Guard):
         # (`c++`, `.env`) still need a non-word character (or the text's edge) beside them.
         self._pattern = re.compile(rf"(?<!\w)(?:{_trie_pattern(phrases)})(?!\w)", re.IGNORECASE)
         self._reach = max(len(p) + p.count(" ") * (MAX_GAP_CHARS - 1) for p in phrases)
+        self._partial: Partial | None = None
 
     @property
     def reach(self) -> int | None:
         """The longest entry, with the widest whitespace its words may have between them."""
         return self._reach
 
+    def patterns(self) -> Sequence[re.Pattern[str]]:
+        """The one pattern of every entry."""
+        return (self._pattern,)
+
     def scan_text(self, text: str) -> list[tuple[int, int, str]]:
         """Whole-word occurrences of the listed words and phrases in `text`."""
+        return self.find(text, EVERY)
+
+    def find(self, text: str, candidates: Container[int]) -> list[tuple[int, int, str]]:
+        """`scan_text`, when the pattern may match."""
         found: list[tuple[int, int, str]] = []
+        if 0 not in candidates:
+            return found
         for m in self._pattern.finditer(text):
             key = " ".join(m.group().split())
             index = self._index.get(key)
@@ -74,6 +87,13 @@ class WordsGuard(Guard):
             if index is not None:
                 found.append((m.start(), m.end(), f"words[{index}]"))
         return found
+
+    def pending(self, text: str, start: int) -> int | None:
+        """Where an entry may still be completing at the end of `text`."""
+        if self._partial is None:
+            # `(?!\w)` reads one character past a match
+            self._partial = Partial(self._pattern, margin=1, cap=self._reach)
+        return self._partial.pending(text, start)
 
 
 def _trie_pattern(phrases: list[str]) -> str:

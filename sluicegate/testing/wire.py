@@ -60,6 +60,16 @@ _ALNUM = string.ascii_letters + string.digits
 
 
 @dataclass(slots=True)
+class Progress:
+    """How far the fake is in streaming a reply: a test reads it while the stream runs, to tell
+    what the gateway forwarded before the fake sent more."""
+
+    #: events sent so far, and of them the body's (one per piece of text, or tool-call fragment)
+    events: int = 0
+    body_events: int = 0
+
+
+@dataclass(slots=True)
 class Reply:
     """What the fake answers to one request (scripted by a test), in whichever wire format.
 
@@ -105,6 +115,8 @@ class Reply:
     #: the answer's body exactly (with `status` and `raw_content_type`), instead of the planned one
     raw_body: bytes | None = None
     raw_content_type: str = "application/json"
+    #: counts the stream's events as they are sent (kept by copies of the reply)
+    progress: Progress | None = None
 
     def __post_init__(self) -> None:
         if self.fault not in FAULTS:
@@ -396,10 +408,14 @@ async def stream_events(
     if reply.sse:
         events = reframe(events, reply.sse)
     interval = reply.chunk_interval_s
+    progress = reply.progress
     for i, event in enumerate(events):
         if interval > 0 and i:
             await asyncio.sleep(interval)
         await send({"type": "http.response.body", "body": event, "more_body": True})
+        if progress is not None:
+            progress.events += 1
+            progress.body_events += len(head) <= i < len(head) + len(body)
     if reset:
         if interval > 0:
             await asyncio.sleep(interval)

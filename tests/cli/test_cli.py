@@ -1,7 +1,9 @@
-"""The `sluicegate` command: check, keys (create, list, revoke) and audit tail."""
+"""The `sluicegate` command: check, keys (create, list, revoke), audit tail and mock-upstream."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -13,7 +15,7 @@ from click.testing import CliRunner
 
 from sluicegate.cli import main
 from sluicegate.store.keys import KeyStore
-from tests.conftest import run_gateway
+from tests.conftest import free_port, run_gateway, wait_for
 
 CHAT = "/v1/chat/completions"
 
@@ -138,3 +140,42 @@ def test_key_rotation_keeps_the_old_key_for_the_overlap(
         assert second.exit_code == 0
         _eventually(lambda: status(old_key) == 401)
         assert runner.invoke(main, ["keys", "rotate", "key_nope"]).exit_code == 1
+
+
+def test_mock_upstream_paces_stream_events(runner: CliRunner) -> None:
+    """`mock-upstream --chunk-interval-ms` sends a streamed answer's events that far apart; a
+    negative interval is a usage error."""
+    assert runner.invoke(main, ["mock-upstream", "--chunk-interval-ms", "-1"]).exit_code == 2
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sluicegate.cli", "mock-upstream", "--port", str(port), "--chunk-interval-ms", "150"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}/v1"
+        headers = {"Authorization": "Bearer sk-test"}
+        wait_for(lambda: _answers(url + "/models", headers))
+        body = {
+            "model": "gpt-4o-mini",
+            "stream": True,
+            "messages": [{"role": "user", "content": "echo: one two three"}],
+        }
+        arrivals = []
+        with httpx.stream("POST", url + "/chat/completions", json=body, headers=headers, timeout=10) as resp:
+            for chunk in resp.iter_raw():
+                arrivals.extend([time.monotonic()] * chunk.count(b"data:"))
+        assert len(arrivals) >= 5  # role, three words, finish, usage, [DONE]
+        # Paced, not fast: the fake sleeps 150 ms before each event after the first (a lower
+        # bound the pacing guarantees, whatever the machine's load).
+        assert arrivals[-1] - arrivals[0] >= 0.15 * (len(arrivals) - 1) * 0.9
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def _answers(url: str, headers: dict[str, str]) -> bool:
+    try:
+        return httpx.get(url, headers=headers, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False

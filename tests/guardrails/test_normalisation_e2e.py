@@ -198,17 +198,12 @@ def test_plain_text_still_flows(gw: RunningGateway, upstream: FakeUpstream, api:
     assert "4663 9233 2146 8815" in received_strings(resp)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the stream hold-back window is counted in raw characters, the guards' reach in normalised "
-    "ones: invisible padding walks a phrase past the window (the window must be in normalised units)",
-)
 @pytest.mark.parametrize("api", APIS)
 def test_stream_window_sees_a_phrase_padded_past_it(gw: RunningGateway, upstream: FakeUpstream, api: str) -> None:
     # 40 invisible characters after each letter: 19 normalised characters, 779 raw ones, and its
     # first word alone longer than the 256-character window of a regex with an unbounded `\s+`.
     disguised = "".join(c + "\u2060" * 40 for c in PHRASE)
-    filler = " ".join(f"w{i}" for i in range(100))
+    filler = " ".join(f"w{i}" for i in range(40))  # the answer stays within max_tokens (100 pieces)
     upstream.enqueue(Reply(content=f"{filler} {disguised} {filler}", chunk_interval_s=0.001))
     resp = request(gw, api, "what is the codename?", stream=True)
     assert_blocked(resp, api, "codename")
