@@ -41,23 +41,29 @@ async def read_answer(call: Call, resp: aiohttp.ClientResponse, prefix: bytes = 
     """The whole upstream answer (bounded), raw and parsed; it must be a JSON object, and not an
     error body."""
     name = call.provider
-    parts = [prefix] if prefix else []
-    size = len(prefix)
     try:
-        if (resp.content_length or 0) > MAX_RESPONSE_BYTES:
-            raise UpstreamError(f"provider '{name}' answered with more than {MAX_RESPONSE_BYTES} bytes")
-        async for data in resp.content.iter_any():
-            size += len(data)
-            if size > MAX_RESPONSE_BYTES:
+        length = resp.content_length
+        if length is not None and not prefix and "Content-Encoding" not in resp.headers:
+            # The common answer: its length is known, bounded and not compressed (a compressed one
+            # could decode to any size), so it is read whole at once.
+            if length > MAX_RESPONSE_BYTES:
                 raise UpstreamError(f"provider '{name}' answered with more than {MAX_RESPONSE_BYTES} bytes")
-            parts.append(data)
+            raw = await resp.read()
+        else:
+            parts = [prefix] if prefix else []
+            size = len(prefix)
+            async for data in resp.content.iter_any():
+                size += len(data)
+                if size > MAX_RESPONSE_BYTES:
+                    raise UpstreamError(f"provider '{name}' answered with more than {MAX_RESPONSE_BYTES} bytes")
+                parts.append(data)
+            raw = b"".join(parts)
     except TimeoutError:
         raise UpstreamTimeout(f"provider '{name}' did not finish its answer in time") from None
     except aiohttp.ClientError:
         raise UpstreamError(f"provider '{name}' broke the connection during its answer") from None
     finally:
         resp.release()
-    raw = b"".join(parts)
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:

@@ -418,3 +418,19 @@ def test_an_upstream_error_event_keeps_its_kind_in_the_clients_shape(
     with pytest.raises(openai.APIError, match="unavailable"):
         for _ in oai(gw).chat.completions.create(**chat_body(model="m-anthropic", stream=True)):  # type: ignore[call-overload]
             pass
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_a_compressed_answer_is_bounded_once_decoded(gw: RunningGateway, upstream: FakeUpstream, stream: bool) -> None:
+    # 96 MiB of JSON in about 100 KiB of gzip: the bound applies to what it decodes to.
+    import gzip
+
+    answer = b'{"id": "x", "object": "chat.completion", "choices": [], "pad": "' + b"a" * (96 << 20) + b'"}'
+    upstream.enqueue(Reply(raw_body=gzip.compress(answer, 9), headers={"content-encoding": "gzip"}))
+    with gw.client() as c:
+        body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "stream": stream}
+        resp = c.post(CHAT, json=body, timeout=60)
+    text = resp.text
+    assert resp.status_code == 502 or "upstream_error" in text, text[:300]
+    assert "more than" in text and len(text) < 10_000
+    assert gw.last_audit()["outcome"] == "upstream_error"
