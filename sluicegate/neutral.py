@@ -137,8 +137,8 @@ def checked_usage(
 
 
 def _bounded(value: Any, bound: int) -> int | None:
-    count = token_count(value)
-    return count if count is not None and count <= bound else None
+    """A count no larger than `bound`, else None."""
+    return value if type(value) is int and 0 <= value <= bound else None
 
 
 def clean_usage(value: Any, provider: str | None = None, *, warn: bool = True) -> dict[str, Any] | None:
@@ -164,19 +164,15 @@ def clean_usage(value: Any, provider: str | None = None, *, warn: bool = True) -
                 _shown(raw_completion),
             )
         return None
-    prompt_details = value.get("prompt_tokens_details")
-    completion_details = value.get("completion_tokens_details")
-    return usage(
-        prompt,
-        completion,
-        cached=_detail(prompt_details, "cached_tokens", prompt),
-        cache_creation=_detail(prompt_details, "cache_creation_tokens", prompt),
-        reasoning=_detail(completion_details, "reasoning_tokens", completion),
-    )
-
-
-def _detail(details: Any, key: str, bound: int) -> int | None:
-    return _bounded(details.get(key), bound) if isinstance(details, dict) else None
+    cached = cache_creation = reasoning = None
+    details = value.get("prompt_tokens_details")
+    if isinstance(details, dict):
+        cached = _bounded(details.get("cached_tokens"), prompt)
+        cache_creation = _bounded(details.get("cache_creation_tokens"), prompt)
+    details = value.get("completion_tokens_details")
+    if isinstance(details, dict):
+        reasoning = _bounded(details.get("reasoning_tokens"), completion)
+    return usage(prompt, completion, cached=cached, cache_creation=cache_creation, reasoning=reasoning)
 
 
 def _shown(value: Any) -> str:

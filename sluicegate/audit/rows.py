@@ -94,14 +94,68 @@ def _bound_of(column: sa.Column[Any]) -> _Bound:
     raise TypeError(f"audit column {column.name} has a type the writer cannot bound: {kind!r}")
 
 
-_BOUNDS: tuple[_Bound, ...] = tuple(_bound_of(audit_events.c[name]) for name in FIELDS)
+_COLUMNS = [audit_events.c[name] for name in FIELDS]
+_BOUNDS: tuple[_Bound, ...] = tuple(_bound_of(column) for column in _COLUMNS)
 #: where `request_id` sits in a row (replays skip the ids the store holds already)
 REQUEST_ID = FIELDS.index("request_id")
 
 
+def _check_of(index: int, column: sa.Column[Any]) -> str:
+    """Python source of a test that row value `index` fits `column` as it is."""
+    kind = column.type
+    v = f"r[{index}]"
+    if isinstance(kind, sa.Boolean):
+        test = f"type({v}) is bool"
+    elif isinstance(kind, sa.Integer):
+        limit = INT64 if isinstance(kind, sa.BigInteger) else INT32
+        test = f"type({v}) is int and {-limit - 1} <= {v} <= {limit}"
+    elif isinstance(kind, sa.Float):
+        test = f"type({v}) is float and isfinite({v})"
+    else:
+        # NUL and lone surrogates are checked on the row's text at once (`_clean_text`).
+        test = f"type({v}) is str and len({v}) <= {kind.length or MAX_TEXT_CHARS}"  # type: ignore[attr-defined]
+    return f"({v} is None or {test})" if column.nullable else f"({test})"
+
+
+def _compile_fits() -> Callable[[Row], bool]:
+    """`fits(row)`: whether every value of a row fits its column as it is, the writer's common
+    case. Compiled from the table once (as `dataclasses` builds its methods), so that the check is
+    one expression rather than a call per value."""
+    strings = [f"r[{i}]" for i, c in enumerate(_COLUMNS) if isinstance(c.type, sa.String)]
+    checks = " and ".join(_check_of(i, c) for i, c in enumerate(_COLUMNS))
+    source = (
+        f"def fits(r):\n    return len(r) == {len(_COLUMNS)} and {checks} and clean_text(({', '.join(strings)},))\n"
+    )
+    namespace: dict[str, Any] = {"isfinite": math.isfinite, "clean_text": _clean_text}
+    # The source is built from the table's column types and lengths only, never from a value.
+    exec(source, namespace)
+    fits: Callable[[Row], bool] = namespace["fits"]
+    return fits
+
+
+def _clean_text(strings: tuple[str | None, ...]) -> bool:
+    """Whether a row's texts hold no NUL and no lone surrogate."""
+    text = "".join(filter(None, strings))
+    if "\0" in text:
+        return False
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+_fits = _compile_fits()
+
+
 def bound_values(values: tuple[Any, ...] | list[Any]) -> Row:
     """A row whose every value fits its column, in `FIELDS` order."""
-    return tuple([bound(value) for bound, value in zip(_BOUNDS, values, strict=True)])
+    row = tuple(values)
+    if _fits(row):
+        return row
+    return tuple([bound(value) for bound, value in zip(_BOUNDS, row, strict=True)])
 
 
 _values_of: Callable[[AuditEvent], tuple[Any, ...]] = operator.attrgetter(*FIELDS)

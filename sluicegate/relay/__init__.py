@@ -96,16 +96,17 @@ class Relay:
         #: per provider with several keys: calls made (`round_robin`) or 429s seen (`on_429`)
         self._key_turns: dict[str, int] = {}
         #: the scrubber of each set of credentials a call sends (built once per key)
-        self._scrubbers: dict[tuple[str, ...], Scrubber] = {}
+        self._scrubbers: dict[tuple[str | None, ...], Scrubber] = {}
 
-    def scrubber(self, *secrets: str | None) -> Scrubber:
-        """The `Scrubber` of the secret values one call sends upstream (cached: keys rarely change)."""
-        key = tuple(s for s in secrets if s)
+    def scrubber(self, provider: Provider, secret: str | None) -> Scrubber:
+        """The `Scrubber` of the secret values a call to `provider` sends upstream with `secret`
+        as its key (cached: keys rarely change)."""
+        key = (secret,) if not provider.header_refs else provider.secret_values(secret)
         found = self._scrubbers.get(key)
         if found is None:
             if len(self._scrubbers) > 1024:
                 self._scrubbers.clear()
-            found = self._scrubbers[key] = Scrubber(key)
+            found = self._scrubbers[key] = Scrubber(tuple(s for s in key if s))
         return found
 
     def _timeout(self, provider: Provider) -> aiohttp.ClientTimeout:
@@ -163,7 +164,7 @@ class Relay:
         # A cache hit (nearly every call) costs a dict lookup; only a miss awaits the vault.
         secret = (self.vault.cached(ref) or await self.vault.aresolve(ref)) if ref else None
         # Every upstream text the call repeats is scrubbed of what it sends (see `scrub.py`).
-        call.scrub = self.scrubber(*provider.secret_values(secret))
+        call.scrub = self.scrubber(provider, secret)
         upstream_model = route.upstream_model or call.model_requested or ""
         if provider.native_dialect == call.dialect:
             # Same protocol on both sides: the client's body passes through.

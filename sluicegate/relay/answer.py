@@ -108,7 +108,7 @@ async def relay_json(call: Call, resp: aiohttp.ClientResponse, send: Send) -> No
     changed = False
     if call.dialect == "openai":
         take_answer(call, data)
-        usage = await counted(call)
+        usage = await counted(call) if call.usage_source == "none" else None
         if usage is not None or (data.get("usage") is not None and call.usage_source != "upstream"):
             # No usage, or numbers that are not counts: the answer says what the audit records.
             data["usage"] = usage
@@ -116,7 +116,7 @@ async def relay_json(call: Call, resp: aiohttp.ClientResponse, send: Send) -> No
     elif call.route is not None and call.endpoint != "count_tokens":
         # Passthrough of another protocol (Anthropic's): its provider reads usage.
         take_answer(call, call.route.provider.parse_response(data, call))
-        usage = await counted(call)
+        usage = await counted(call) if call.usage_source == "none" else None
         if usage is not None:
             data["usage"] = render_usage(usage)
             changed = True
