@@ -271,8 +271,10 @@ class Gateway:
             endpoint.dialect,
         )
         client = scope.get("client")
+        peer = client[0] if client else None
         # The peer's address, or behind a trusted proxy the client's it forwarded.
-        call.client_ip = self._clients.resolve(client[0] if client else None, scope["headers"])
+        clients = self._clients
+        call.client_ip = clients.resolve(peer, scope["headers"]) if clients.networks else peer
         return call
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send, endpoint: Endpoint) -> None:

@@ -153,8 +153,9 @@ def clean_usage(value: Any, provider: str | None = None, *, warn: bool = True) -
         return None
     # An absent count is 0 (embeddings report no completion tokens); a null one is no count.
     raw_prompt, raw_completion = value.get("prompt_tokens", 0), value.get("completion_tokens", 0)
-    prompt = token_count(raw_prompt)
-    completion = token_count(raw_completion)
+    # Checked inline (this runs on every answer): an int, 0 <= n <= MAX_TOKENS, as `token_count`.
+    prompt = raw_prompt if type(raw_prompt) is int and 0 <= raw_prompt <= MAX_TOKENS else None
+    completion = raw_completion if type(raw_completion) is int and 0 <= raw_completion <= MAX_TOKENS else None
     if prompt is None or completion is None:
         if warn:
             log.warning(
@@ -166,11 +167,11 @@ def clean_usage(value: Any, provider: str | None = None, *, warn: bool = True) -
         return None
     cached = cache_creation = reasoning = None
     details = value.get("prompt_tokens_details")
-    if isinstance(details, dict):
+    if details and isinstance(details, dict):
         cached = _bounded(details.get("cached_tokens"), prompt)
         cache_creation = _bounded(details.get("cache_creation_tokens"), prompt)
     details = value.get("completion_tokens_details")
-    if isinstance(details, dict):
+    if details and isinstance(details, dict):
         reasoning = _bounded(details.get("reasoning_tokens"), completion)
     return usage(prompt, completion, cached=cached, cache_creation=cache_creation, reasoning=reasoning)
 

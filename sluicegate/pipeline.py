@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from sluicegate.audit.writer import AuditNotDurable
 from sluicegate.edge.body import ClientGone, read_body
 from sluicegate.errors import SluicegateError
+from sluicegate.relay import relay_answer
 from sluicegate.stages.base import Services, Stage, stage_factories
 
 if TYPE_CHECKING:
@@ -128,9 +129,7 @@ class Pipeline:
 
         `edge` is the request's handle on `EdgeProtocol` (None under another server): it enforces
         the body and write deadlines and reports a disconnect without a task of our own."""
-        from sluicegate.relay import relay_answer
-
-        send = finishing = self.finishing_send(call, send)
+        send = finishing = FinishingSend(self, call, send)
         started = False
         watcher: asyncio.Future[Any] | None = None
         gone = watching = False
@@ -155,7 +154,7 @@ class Pipeline:
             # From now on a client that leaves is noticed at once, before the first byte of an answer too.
             watching = True
             if edge is not None:
-                edge.on_disconnect(on_gone)
+                edge.on_gone = on_gone
             else:
                 watcher = asyncio.ensure_future(receive())
                 watcher.add_done_callback(lambda fut: on_gone() if _disconnected(fut) else None)
@@ -205,7 +204,7 @@ class Pipeline:
         finally:
             watching = False
             if edge is not None:
-                edge.on_disconnect(None)
+                edge.on_gone = None
                 if edge.stalled:
                     _client_left(call, edge)
             if watcher is not None and not watcher.done():

@@ -322,10 +322,10 @@ class AuditWriter:
         if first is _STOP:
             stopping = True
         else:
-            batch.append(_item(first))
+            batch.append((row_of(first), None) if type(first) is AuditEvent else _item(first))
         # A caller waits on a commit: write what is queued now, without waiting to fill the batch
         # (group commit: what arrives during this write goes in the next one).
-        waiting = first is not _STOP and not isinstance(first, AuditEvent)
+        waiting = first is not _STOP and type(first) is not AuditEvent
         deadline = time.monotonic() + self.flush_interval_s
         while len(batch) < self.batch_size:
             try:
@@ -336,8 +336,11 @@ class AuditWriter:
             if raw is _STOP:
                 stopping = True
                 continue
-            waiting = waiting or not isinstance(raw, AuditEvent)
-            batch.append(_item(raw))
+            if type(raw) is AuditEvent:
+                batch.append((row_of(raw), None))
+            else:
+                waiting = True
+                batch.append(_item(raw))
         return batch, stopping
 
     def _write_fresh(self, items: list[Item]) -> None:

@@ -67,7 +67,7 @@ class _Refused(Exception):
 class EdgeRequest:
     """The gateway's handle on one request of an `EdgeProtocol` connection."""
 
-    __slots__ = ("_on_gone", "body_expired", "deadline", "stalled")
+    __slots__ = ("body_expired", "deadline", "on_gone", "stalled")
 
     def __init__(self) -> None:
         #: loop time past which no write waits (the call's total deadline); None: the write deadline only
@@ -76,17 +76,13 @@ class EdgeRequest:
         self.stalled = False
         #: the body deadline (seconds) that passed before the body arrived; None: not passed
         self.body_expired: float | None = None
-        self._on_gone: Callable[[], None] | None = None
-
-    def on_disconnect(self, callback: Callable[[], None] | None) -> None:
-        """Have `callback` called (once) if the client goes away before the response is complete;
-        None stops listening."""
-        self._on_gone = callback
+        #: called (once) if the client goes away before the response is complete; None: nobody listens
+        self.on_gone: Callable[[], None] | None = None
 
     def gone(self) -> None:
         """The connection was lost before the response was complete (called by the protocol)."""
-        callback = self._on_gone
-        self._on_gone = None
+        callback = self.on_gone
+        self.on_gone = None
         if callback is not None:
             callback()
 
@@ -317,7 +313,7 @@ class EdgeProtocol(HttpToolsProtocol):
     def _adopt(self, cycle: RequestResponseCycle) -> None:
         """Give a new request its handle, in its scope; an HTTP/1.0 request its own cycle class."""
         request = self._request = EdgeRequest()
-        scope = cast("dict[str, Any]", cycle.scope)
+        scope: dict[str, Any] = cycle.scope  # type: ignore[assignment]
         scope["extensions"] = {EXTENSION: request}
         if scope["http_version"] == "1.0":
             # Changing an object's class costs CPython's attribute caches: only HTTP/1.0 pays it.

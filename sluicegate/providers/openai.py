@@ -115,6 +115,8 @@ class OpenAIProvider(Provider):
         return json_error_message(data, ("error", "message"), ("error",), ("message",), ("detail",))
 
     def answer_error(self, data: dict[str, Any]) -> SluicegateError | None:
+        if not data.get("error") and data.get("object") != "error":
+            return None  # an answer (checked here: nearly every answer is one)
         return stream_error(self.name, None, data)
 
 

@@ -120,7 +120,7 @@ def event_of(call: Call) -> AuditEvent:
         upstream_status=call.upstream_status,
         decision=call.decision,
         outcome=call.outcome,
-        reason=reason_of(call),
+        reason=reason_of(call) if call.error is not None else None,
         rule=error.rule if error is not None else None,
         guards=_guards(call),
         prompt_tokens=call.prompt_tokens,
