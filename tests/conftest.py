@@ -6,6 +6,7 @@ reach into it to wait for the audit writer; clients talk to it only over HTTP.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -107,6 +108,25 @@ class RunningGateway:
         events = self.audit(1)
         assert events, "no audit event"
         return events[-1]
+
+    def reconfigure(self, edit: Callable[[str], str]) -> None:
+        """Rewrite the config file with `edit` and reload it (the reload must succeed)."""
+        self.config_path.write_text(edit(self.config_path.read_text()))
+        assert asyncio.run(self.app.reload()), self.app.last_reload_error
+
+
+def with_claude(text: str, upstream_url: str, *aliases: str) -> str:
+    """A config with an Anthropic provider `claude` on the fake upstream, serving each of
+    `aliases` as `claude-sonnet-4-5`."""
+    provider = f'  - {{name: claude, type: anthropic, base_url: "{upstream_url}", api_key: env://TEST_UPSTREAM_KEY}}\n'
+    models = "".join(f"  - {{name: {alias}, provider: claude, model: claude-sonnet-4-5}}\n" for alias in aliases)
+    text = text.replace("models:\n", provider + "models:\n", 1)
+    return text.replace("models:\n", "models:\n" + models, 1)
+
+
+def guarded_alice(text: str) -> str:
+    """A config whose consumer alice is in the `guarded` group."""
+    return text.replace("  - name: alice\n", "  - name: alice\n    groups: [guarded]\n")
 
 
 @contextlib.contextmanager

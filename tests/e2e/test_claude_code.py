@@ -10,7 +10,6 @@ tools, a stream), with the gateway's own texts. Both ways are checked: to an Ant
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import shutil
@@ -24,9 +23,8 @@ import httpx
 import pytest
 
 from sluicegate.testing import FakeUpstream, Reply
-from tests.conftest import CANARY_KEY, RunningGateway, run_gateway
+from tests.conftest import CANARY_KEY, RunningGateway, run_gateway, with_claude
 
-ANTHROPIC = '  - {{name: claude, type: anthropic, base_url: "{upstream}", api_key: env://TEST_UPSTREAM_KEY}}\n'
 BETAS = ",".join(
     ("claude-code-20250219", "interleaved-thinking-2025-05-14", "context-management-2025-06-27",
      "mid-conversation-system-2026-04-07")
@@ -38,13 +36,7 @@ MODELS = {"claude-sonnet": "/v1/messages", "gpt-4o-mini": "/v1/chat/completions"
 @pytest.fixture(scope="module")
 def gw(upstream_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
     with run_gateway(tmp_path_factory.mktemp("claude-code"), upstream_url) as gw:
-        text = gw.config_path.read_text()
-        text = text.replace("models:\n", ANTHROPIC.format(upstream=upstream_url) + "models:\n", 1)
-        text = text.replace(
-            "models:\n", "models:\n  - {name: claude-sonnet, provider: claude, model: claude-sonnet-4-5}\n", 1
-        )
-        gw.config_path.write_text(text)
-        assert asyncio.run(gw.app.reload()), gw.app.last_reload_error
+        gw.reconfigure(lambda text: with_claude(text, upstream_url, "claude-sonnet"))
         yield gw
 
 

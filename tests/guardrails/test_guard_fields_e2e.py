@@ -5,7 +5,6 @@ streamed form of an answer is blocked exactly when its JSON form is."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 from collections.abc import Iterator
@@ -18,7 +17,15 @@ import pytest
 
 from sluicegate import tokens
 from sluicegate.testing import FakeUpstream, Reply
-from tests.conftest import CANARY_KEY, RunningGateway, assert_openai_error, run_gateway, wait_for
+from tests.conftest import (
+    CANARY_KEY,
+    RunningGateway,
+    assert_openai_error,
+    guarded_alice,
+    run_gateway,
+    wait_for,
+    with_claude,
+)
 
 GUARDS = """\
 guards:
@@ -56,7 +63,6 @@ groups:
   - name: guarded
     guards: [codename, cards, emails, answer-codename, answer-emails]
 """
-ANTHROPIC = '  - {{name: claude, type: anthropic, base_url: "{upstream}", api_key: env://TEST_UPSTREAM_KEY}}\n'
 PASSTHROUGH, TRANSLATED = "claude-sonnet", "gpt-4o-mini"
 SECRET = "Project Nightingale"
 CARD = 4111111111111111
@@ -67,15 +73,10 @@ HIDING_NAMES = ["data", "url", "type", "id", "format", "source", "status"]
 @pytest.fixture(scope="module")
 def gw(upstream_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
     with run_gateway(tmp_path_factory.mktemp("guard-fields"), upstream_url, GUARDS) as gw:
-        text = gw.config_path.read_text()
-        text = text.replace("models:\n", ANTHROPIC.format(upstream=upstream_url) + "models:\n", 1)
-        text = text.replace(
-            "models:\n", f"models:\n  - {{name: {PASSTHROUGH}, provider: claude, model: claude-sonnet-4-5}}\n", 1
+        legacy = "models:\n  - {name: legacy-alias, provider: mock, model: gpt-4}\n"
+        gw.reconfigure(
+            lambda text: guarded_alice(with_claude(text, upstream_url, PASSTHROUGH).replace("models:\n", legacy, 1))
         )
-        text = text.replace("models:\n", "models:\n  - {name: legacy-alias, provider: mock, model: gpt-4}\n", 1)
-        text = text.replace("  - name: alice\n", "  - name: alice\n    groups: [guarded]\n")
-        gw.config_path.write_text(text)
-        assert asyncio.run(gw.app.reload()), gw.app.last_reload_error
         yield gw
 
 

@@ -4,7 +4,6 @@ translated streams (the hold-back window over neutral chunks), in the client's o
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,7 +13,7 @@ import openai
 import pytest
 
 from sluicegate.testing import FakeUpstream, Reply
-from tests.conftest import CANARY_KEY, RunningGateway, run_gateway
+from tests.conftest import CANARY_KEY, RunningGateway, guarded_alice, run_gateway, with_claude
 
 GUARDS = """\
 guards:
@@ -46,21 +45,13 @@ groups:
   - name: guarded
     guards: [codename, emails, answer-codename, answer-emails]
 """
-ANTHROPIC = '  - {{name: claude, type: anthropic, base_url: "{upstream}", api_key: env://TEST_UPSTREAM_KEY}}\n'
 PASSTHROUGH, TRANSLATED = "claude-sonnet", "gpt-4o-mini"
 
 
 @pytest.fixture(scope="module")
 def gw(upstream_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
     with run_gateway(tmp_path_factory.mktemp("guards-dialects"), upstream_url, GUARDS) as gw:
-        text = gw.config_path.read_text()
-        text = text.replace("models:\n", ANTHROPIC.format(upstream=upstream_url) + "models:\n", 1)
-        text = text.replace(
-            "models:\n", f"models:\n  - {{name: {PASSTHROUGH}, provider: claude, model: claude-sonnet-4-5}}\n", 1
-        )
-        text = text.replace("  - name: alice\n", "  - name: alice\n    groups: [guarded]\n")
-        gw.config_path.write_text(text)
-        assert asyncio.run(gw.app.reload()), gw.app.last_reload_error
+        gw.reconfigure(lambda text: guarded_alice(with_claude(text, upstream_url, PASSTHROUGH)))
         yield gw
 
 

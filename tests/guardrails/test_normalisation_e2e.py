@@ -5,7 +5,6 @@ cases, other-script digits in a card number, and base64, percent and HTML-entity
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import urllib.parse
@@ -16,7 +15,7 @@ import httpx
 import pytest
 
 from sluicegate.testing import FakeUpstream, Reply
-from tests.conftest import CANARY_KEY, RunningGateway, run_gateway
+from tests.conftest import CANARY_KEY, RunningGateway, guarded_alice, run_gateway, with_claude
 
 GUARDS = """\
 guards:
@@ -32,7 +31,6 @@ groups:
   - name: guarded
     guards: [codename, cards]
 """
-ANTHROPIC = '  - {{name: claude, type: anthropic, base_url: "{upstream}", api_key: env://TEST_UPSTREAM_KEY}}\n'
 CLAUDE = "claude-sonnet"
 
 PHRASE = "project nightingale"
@@ -85,13 +83,7 @@ APIS = ["chat", "completions", "responses", "messages"]
 @pytest.fixture(scope="module")
 def gw(upstream_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
     with run_gateway(tmp_path_factory.mktemp("guards-normalisation"), upstream_url, GUARDS) as gw:
-        text = gw.config_path.read_text()
-        text = text.replace("models:\n", ANTHROPIC.format(upstream=upstream_url) + "models:\n", 1)
-        claude = f"  - {{name: {CLAUDE}, provider: claude, model: claude-sonnet-4-5}}\n"
-        text = text.replace("models:\n", "models:\n" + claude, 1)
-        text = text.replace("  - name: alice\n", "  - name: alice\n    groups: [guarded]\n")
-        gw.config_path.write_text(text)
-        assert asyncio.run(gw.app.reload()), gw.app.last_reload_error
+        gw.reconfigure(lambda text: guarded_alice(with_claude(text, upstream_url, CLAUDE)))
         yield gw
 
 

@@ -5,7 +5,6 @@ that could still become a match waits only for the event that settles it."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -15,7 +14,7 @@ import pytest
 
 from sluicegate.testing import FakeUpstream, Reply
 from sluicegate.testing.wire import Progress
-from tests.conftest import RunningGateway, run_gateway
+from tests.conftest import RunningGateway, guarded_alice, run_gateway, with_claude
 
 GUARDS = """\
 guards:
@@ -29,7 +28,6 @@ groups:
   - name: guarded
     guards: [codename, pii, secrets]
 """
-ANTHROPIC = '  - {{name: claude, type: anthropic, base_url: "{upstream}", api_key: env://TEST_UPSTREAM_KEY}}\n'
 CLAUDE = "claude-sonnet"
 APIS = ["chat", "completions", "responses", "messages"]
 #: every event ends after a comma: nothing in it can be the start of a match
@@ -42,14 +40,12 @@ INTERVAL_S = 0.2
 @pytest.fixture(scope="module")
 def gw(upstream_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
     with run_gateway(tmp_path_factory.mktemp("guards-release"), upstream_url, GUARDS) as gw:
-        text = gw.config_path.read_text()
-        text = text.replace("models:\n", ANTHROPIC.format(upstream=upstream_url) + "models:\n", 1)
-        claude = f"  - {{name: {CLAUDE}, provider: claude, model: claude-sonnet-4-5}}\n"
-        text = text.replace("models:\n", "models:\n" + claude, 1)
-        text = text.replace("  - name: alice\n", "  - name: alice\n    groups: [guarded]\n")
-        text = text.replace("    models: [gpt-4o-mini]\n", f"    models: [gpt-4o-mini, {CLAUDE}]\n")  # bob: no guards
-        gw.config_path.write_text(text)
-        assert asyncio.run(gw.app.reload()), gw.app.last_reload_error
+        gw.reconfigure(
+            lambda text: guarded_alice(with_claude(text, upstream_url, CLAUDE)).replace(
+                "    models: [gpt-4o-mini]\n",
+                f"    models: [gpt-4o-mini, {CLAUDE}]\n",  # bob: no guards
+            )
+        )
         yield gw
 
 
