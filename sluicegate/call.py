@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from sluicegate.config.snapshot import Consumer, Route, Snapshot
     from sluicegate.errors import SluicegateError
     from sluicegate.guardrails.engine import CallGuards
+    from sluicegate.limits.plan import Held
 
 
 class Call:
@@ -22,6 +23,7 @@ class Call:
 
     __slots__ = (
         "body",
+        "body_size",
         "client_ip",
         "client_request_id",
         "completion_tokens",
@@ -35,6 +37,8 @@ class Call:
         "headers",
         "include_usage",
         "key_id",
+        "limit_headers",
+        "limits",
         "model_requested",
         "model_served",
         "outcome",
@@ -82,6 +86,8 @@ class Call:
         self.key_id: str | None = None
         #: the parsed request body; stages read it, nobody mutates it (retries rebuild from it)
         self.body: dict[str, Any] | None = None
+        #: the request body's size in bytes, as decoded (the limits' input estimate)
+        self.body_size = 0
         self.model_requested: str | None = None
         self.stream = False
         #: whether the client itself asked for the usage chunk of a stream
@@ -111,6 +117,10 @@ class Call:
         self.guards: CallGuards | None = None
         #: removes the credentials this call sent upstream from upstream text (set by `Relay.open`)
         self.scrub: Scrubber = NOTHING
+        #: what the limits stage reserved for this call, to settle at its end (`limits.plan.Held`)
+        self.limits: Held | None = None
+        #: rate-limit headers of the tightest scopes, sent with the answer
+        self.limit_headers: list[tuple[bytes, bytes]] | None = None
 
     def fail(self, error: SluicegateError) -> None:
         """Record a refusal or failure: its status, audit decision and outcome. The error's message

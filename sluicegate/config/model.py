@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from sluicegate.limits.config import LimitsConfig, PriceConfig
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -50,8 +52,13 @@ class ModelConfig(_Strict):
     provider: str = Field(min_length=1)
     #: the upstream's name for it; default: the name the client asked for
     model: str | None = None
-    input_cost_per_mtok: float | None = Field(None, ge=0, description="USD per million input tokens")
-    output_cost_per_mtok: float | None = Field(None, ge=0, description="USD per million output tokens")
+    #: what a call costs (overrides the built-in price table, looked up by the upstream model name)
+    price: PriceConfig | None = None
+    #: shorthands kept from earlier configs: `price.input` and `price.output`
+    input_cost_per_mtok: float | None = Field(None, ge=0, description="per million input tokens")
+    output_cost_per_mtok: float | None = Field(None, ge=0, description="per million output tokens")
+    #: the output cap inserted in a request that names none when a budget or token limit applies
+    max_output_tokens: int | None = Field(None, gt=0)
     #: names of guards applied to every call of this model
     guards: list[str] = Field(default_factory=list)
 
@@ -266,3 +273,4 @@ class GatewayConfig(_Strict):
     consumers: list[ConsumerConfig] = Field(default_factory=list)
     jwt_issuers: list[JWTIssuerConfig] = Field(default_factory=list)
     guards: list[GuardConfig] = Field(default_factory=list)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)

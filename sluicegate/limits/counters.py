@@ -1,0 +1,248 @@
+"""Counters for budgets and rate limits: atomic all-or-nothing reservations, idempotent settlement.
+
+Every limit of a call is a `Charge` on one counter bucket. `reserve` checks every charge and, only
+if all have room, holds each amount (a worst case: the estimate) under the call's request id.
+`settle` replaces what a request holds with what it actually used, once: a second settle, or a
+settle after the reaper took the reservation, changes nothing. A reservation that is never
+settled (its instance crashed) is settled at its estimate by `reap` once its lease or its TTL
+runs out, and reported so the audit trail records it.
+
+Two backends keep this contract: `MemoryCounters` (one process, the default) and
+`sluicegate.limits.redis.RedisCounters` (every instance sharing one Redis server). The contract
+tests in `tests/limits/test_counters.py` run against both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """What one call takes from one counter."""
+
+    #: the bucket the amount is held in, and settled into
+    key: str
+    #: every bucket summed for the check: `(key,)` for a fixed or calendar window, the live
+    #: buckets of a rolling window (the current one, `key`, among them)
+    window: tuple[str, ...]
+    #: the most the buckets of `window` may hold together (used + reserved)
+    limit: int
+    #: held now: the worst case of this call
+    amount: int
+    #: how long `key` must live from now (to the end of its window, and a margin)
+    ttl_s: float
+    #: when refused while reservations of other calls hold the room, the caller may wait for them
+    #: (budgets); False: refuse at once (rate limits)
+    wait: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Level:
+    """A counter's state over its window: settled spend, and what calls in flight hold."""
+
+    used: int
+    reserved: int
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """`reserve` found no room in `charges[index]` (the first one without room); nothing was held."""
+
+    index: int
+    level: Level
+    #: the settled use alone leaves room: calls in flight may free what they hold
+    may_wait: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Reaped:
+    """A reservation the reaper settled at its estimate (its call's instance never settled it)."""
+
+    request_id: str
+    keys: tuple[str, ...]
+    amounts: tuple[int, ...]
+    #: what the gateway stored with the reservation (who, which model), to audit it
+    meta: str
+
+
+class CountersUnavailable(Exception):
+    """The counter store cannot be reached or did not answer in time."""
+
+
+class Counters(Protocol):
+    """Where budget and rate-limit counters live."""
+
+    async def reserve(
+        self, request_id: str, charges: Sequence[Charge], ttl_s: float, meta: str = ""
+    ) -> list[Level] | Refused:
+        """Hold every charge's amount, or none: the levels after holding, or the first refusal.
+
+        `ttl_s`: after this time the reaper settles the reservation at its amounts. A request id
+        that already holds a reservation is refused with ValueError."""
+        ...
+
+    async def settle(
+        self, request_id: str, actual: Sequence[int], windows: Sequence[tuple[str, ...]]
+    ) -> list[Level] | None:
+        """Replace what `request_id` holds with `actual` (one value per charge, in order): the
+        levels of `windows` (the charges' windows) just after, in the same operation; None when
+        it holds nothing (settled or reaped before), and nothing changes."""
+        ...
+
+    async def levels(self, windows: Sequence[tuple[str, ...]]) -> list[Level]:
+        """The level of each window (a tuple of bucket keys)."""
+        ...
+
+    async def adjust(self, key: str, delta: int, ttl_s: float) -> None:
+        """Add `delta` to a bucket's settled use (reconciliation with the ledger)."""
+        ...
+
+    async def renew(self, request_ids: Sequence[str]) -> None:
+        """Extend the lease of reservations this instance still holds (shared backends)."""
+        ...
+
+    async def reap(self) -> list[Reaped]:
+        """Settle at their estimate the reservations whose lease or TTL ran out; drop dead buckets."""
+        ...
+
+    async def wait_settled(self, timeout_s: float) -> None:
+        """Return when some reservation may have been settled, or after `timeout_s`."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections."""
+        ...
+
+
+@dataclass(slots=True)
+class _Held:
+    keys: tuple[str, ...]
+    amounts: tuple[int, ...]
+    expires: float
+    meta: str
+
+
+class MemoryCounters:
+    """Counters in this process: exact for one process (each operation runs without awaiting)."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        #: bucket -> [used, reserved]
+        self._buckets: dict[str, list[int]] = {}
+        #: bucket -> when it may be dropped
+        self._expires: dict[str, float] = {}
+        self._held: dict[str, _Held] = {}
+        self._settled: asyncio.Event | None = None
+
+    async def reserve(
+        self, request_id: str, charges: Sequence[Charge], ttl_s: float, meta: str = ""
+    ) -> list[Level] | Refused:
+        if request_id in self._held:
+            raise ValueError(f"request {request_id} already holds a reservation")
+        buckets = self._buckets
+        levels: list[Level] = []
+        for i, charge in enumerate(charges):
+            used = reserved = 0
+            for key in charge.window:
+                bucket = buckets.get(key)
+                if bucket is not None:
+                    used += bucket[0]
+                    reserved += bucket[1]
+            if used + reserved + charge.amount > charge.limit:
+                return Refused(i, Level(used, reserved), used + charge.amount <= charge.limit)
+            levels.append(Level(used, reserved + charge.amount))
+        now = self.clock()
+        expires = self._expires
+        for charge in charges:
+            bucket = buckets.get(charge.key)
+            if bucket is None:
+                bucket = buckets[charge.key] = [0, 0]
+            bucket[1] += charge.amount
+            until = now + charge.ttl_s
+            if expires.get(charge.key, 0.0) < until:
+                expires[charge.key] = until
+        self._held[request_id] = _Held(
+            tuple(c.key for c in charges), tuple(c.amount for c in charges), now + ttl_s, meta
+        )
+        return levels
+
+    async def settle(
+        self, request_id: str, actual: Sequence[int], windows: Sequence[tuple[str, ...]]
+    ) -> list[Level] | None:
+        held = self._held.pop(request_id, None)
+        if held is None:
+            return None
+        self._release(held, actual)
+        return [self._level(window) for window in windows]
+
+    def _release(self, held: _Held, actual: Sequence[int]) -> None:
+        buckets = self._buckets
+        for key, amount, spent in zip(held.keys, held.amounts, actual, strict=True):
+            bucket = buckets.get(key)
+            if bucket is None:  # dropped at the end of its window: recreate it for the record
+                bucket = buckets[key] = [0, amount]
+            bucket[1] -= amount
+            bucket[0] += spent
+        if self._settled is not None:
+            self._settled.set()
+            self._settled = None
+
+    def _level(self, window: tuple[str, ...]) -> Level:
+        used = reserved = 0
+        for key in window:
+            bucket = self._buckets.get(key)
+            if bucket is not None:
+                used += bucket[0]
+                reserved += bucket[1]
+        return Level(used, reserved)
+
+    async def levels(self, windows: Sequence[tuple[str, ...]]) -> list[Level]:
+        return [self._level(window) for window in windows]
+
+    async def adjust(self, key: str, delta: int, ttl_s: float) -> None:
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = [0, 0]
+        bucket[0] += delta
+        until = self.clock() + ttl_s
+        if self._expires.get(key, 0.0) < until:
+            self._expires[key] = until
+
+    async def renew(self, request_ids: Sequence[str]) -> None:
+        return None  # a process holds its own reservations for as long as it lives
+
+    async def reap(self) -> list[Reaped]:
+        now = self.clock()
+        reaped: list[Reaped] = []
+        for request_id, held in list(self._held.items()):
+            if held.expires <= now:
+                del self._held[request_id]
+                self._release(held, held.amounts)
+                reaped.append(Reaped(request_id, held.keys, held.amounts, held.meta))
+        live = {key for held in self._held.values() for key in held.keys}
+        for key, until in list(self._expires.items()):
+            if until <= now and key not in live:
+                del self._expires[key]
+                self._buckets.pop(key, None)
+        return reaped
+
+    async def wait_settled(self, timeout_s: float) -> None:
+        if self._settled is None:
+            self._settled = asyncio.Event()
+        try:
+            await asyncio.wait_for(self._settled.wait(), timeout_s)
+        except TimeoutError:
+            pass
+
+    async def close(self) -> None:
+        return None
+
+    @property
+    def holding(self) -> int:
+        """Reservations held now."""
+        return len(self._held)
