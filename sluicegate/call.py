@@ -24,6 +24,8 @@ class Call:
     __slots__ = (
         "body",
         "body_size",
+        "cache_write_tokens",
+        "cached_tokens",
         "client_ip",
         "client_request_id",
         "completion_tokens",
@@ -45,6 +47,7 @@ class Call:
         "output_cap",
         "prompt_tokens",
         "provider",
+        "reasoning_tokens",
         "request_id",
         "route",
         "scrub",
@@ -107,6 +110,11 @@ class Call:
         self.prompt_tokens: int | None = None
         self.completion_tokens: int | None = None
         self.total_tokens: int | None = None
+        #: of the prompt tokens, those read from / written to the provider's cache; of the
+        #: completion tokens, the reasoning ones (None: the upstream did not say)
+        self.cached_tokens: int | None = None
+        self.cache_write_tokens: int | None = None
+        self.reasoning_tokens: int | None = None
         #: upstream | counted | none
         self.usage_source = "none"
         #: the answer's texts, kept to count its tokens when the upstream sent no usage

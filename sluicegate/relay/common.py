@@ -44,6 +44,12 @@ def take_usage(call: Call, usage: Any, *, warn: bool = True) -> dict[str, Any] |
         call.completion_tokens = checked["completion_tokens"]
         call.total_tokens = checked["total_tokens"]
         call.usage_source = "upstream"
+        # Details are in the checked usage only where reported, each a count within its total.
+        details = checked.get("prompt_tokens_details")
+        call.cached_tokens = details.get("cached_tokens") if details else None
+        call.cache_write_tokens = details.get("cache_creation_tokens") if details else None
+        details = checked.get("completion_tokens_details")
+        call.reasoning_tokens = details.get("reasoning_tokens") if details else None
     return checked
 
 
