@@ -1,6 +1,9 @@
 """Accounting: tokens of every call (upstream usage, or counted when there is none) and cost.
 
-Cost is kept in integer micro-USD: a price of P USD per million tokens is P micro-USD per token.
+Cost is kept in integer micro-units of `limits.currency` (the audit's `cost_micro_usd`), at the
+route's price (`limits.prices`: the model's `price:`, its legacy per-token fields, or the
+built-in table), with cached, cache-write and reasoning tokens at their own prices. A call with
+no price has no cost (None); so has one that neither reached its upstream nor has tokens.
 Counting with the tokenizer is the fallback; large texts are counted in a worker thread so the
 event loop is not held. The relay counts with `count_usage` before it ends an answer (so the
 client is told the same count); this stage then finds the count done and only prices it.
@@ -12,6 +15,7 @@ import asyncio
 from typing import TYPE_CHECKING
 
 from sluicegate import tokens
+from sluicegate.limits.prices import PriceBook, call_cost, reached_upstream
 from sluicegate.stages.base import Services, register_stage
 
 if TYPE_CHECKING:
@@ -20,6 +24,8 @@ if TYPE_CHECKING:
 
 #: texts shorter than this are counted inline; longer ones in a thread
 INLINE_COUNT_CHARS = 4000
+#: endpoints that do not call a model: never priced (Anthropic does not bill token counting)
+UNPRICED_ENDPOINTS = frozenset({"models", "count_tokens"})
 
 
 class AccountingStage:
@@ -28,6 +34,9 @@ class AccountingStage:
     name = "accounting"
     needs_body = False
 
+    def __init__(self, prices: PriceBook) -> None:
+        self.prices = prices
+
     async def on_request(self, call: Call) -> None:
         return None
 
@@ -35,17 +44,13 @@ class AccountingStage:
         if call.usage_source == "none":
             await count_usage(call)
         if call.prompt_tokens is not None or call.completion_tokens is not None:
-            prompt = call.prompt_tokens or 0
-            completion = call.completion_tokens or 0
             if call.total_tokens is None:
-                call.total_tokens = prompt + completion
-            route = call.route
-            if route is not None:
-                cfg = route.config
-                if cfg.input_cost_per_mtok is not None or cfg.output_cost_per_mtok is not None:
-                    call.cost_micro_usd = round(
-                        prompt * (cfg.input_cost_per_mtok or 0.0) + completion * (cfg.output_cost_per_mtok or 0.0)
-                    )
+                call.total_tokens = (call.prompt_tokens or 0) + (call.completion_tokens or 0)
+        route = call.route
+        if route is not None and call.endpoint not in UNPRICED_ENDPOINTS and reached_upstream(call):
+            price = self.prices.price_for(route.config, route.upstream_model or call.model_requested)
+            if price is not None:
+                call.cost_micro_usd = call_cost(price, call)
 
 
 async def count_usage(call: Call) -> bool:
@@ -77,7 +82,7 @@ def _count(prompt_texts: list[str], messages: int, answer: list[str], model: str
 
 
 def _factory(snapshot: Snapshot, services: Services) -> AccountingStage:
-    return AccountingStage()
+    return AccountingStage(PriceBook(snapshot.config.models))
 
 
 register_stage("accounting", _factory)
