@@ -6,9 +6,12 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, kw_only=True)
 class AuditEvent:
-    """What the gateway records of one call (`sluicegate audit tail` prints these)."""
+    """What the gateway records of one call (`sluicegate audit tail` prints these).
+
+    Made by keyword; fields added after the first release default to None, so that code written
+    before them still makes events."""
 
     request_id: str
     ts: float
@@ -32,6 +35,11 @@ class AuditEvent:
     prompt_tokens: int | None
     completion_tokens: int | None
     total_tokens: int | None
+    #: of the prompt tokens, those read from the provider's cache, and those written to it
+    cached_tokens: int | None = None
+    cache_write_tokens: int | None = None
+    #: of the completion tokens, the reasoning (thinking) ones
+    reasoning_tokens: int | None = None
     usage_source: str
     cost_micro_usd: int | None
     latency_ms: float

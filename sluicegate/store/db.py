@@ -59,6 +59,11 @@ audit_events = sa.Table(
     sa.Column("prompt_tokens", sa.Integer),
     sa.Column("completion_tokens", sa.Integer),
     sa.Column("total_tokens", sa.Integer),
+    #: usage details (`m003_usage_details`): cache reads and writes among the prompt tokens,
+    #: reasoning among the completion tokens; NULL where the upstream did not say
+    sa.Column("cached_tokens", sa.Integer),
+    sa.Column("cache_write_tokens", sa.Integer),
+    sa.Column("reasoning_tokens", sa.Integer),
     sa.Column("usage_source", sa.String(16), nullable=False),
     sa.Column("cost_micro_usd", sa.BigInteger),
     sa.Column("latency_ms", sa.Float, nullable=False),
@@ -106,6 +111,20 @@ def m001_initial(conn: sa.Connection) -> None:
 @migration
 def m002_secrets(conn: sa.Connection) -> None:
     secrets_table.create(conn, checkfirst=True)
+
+
+#: columns `m003_usage_details` adds to `audit_events`
+USAGE_DETAIL_COLUMNS = ("cached_tokens", "cache_write_tokens", "reasoning_tokens")
+
+
+@migration
+def m003_usage_details(conn: sa.Connection) -> None:
+    # m001 creates the table as it is now (checkfirst): a database made since has the columns.
+    present = {column["name"] for column in sa.inspect(conn).get_columns(audit_events.name)}
+    for name in USAGE_DETAIL_COLUMNS:
+        if name not in present:
+            # Nullable, no default: SQLite and PostgreSQL add it without rewriting the table.
+            conn.execute(sa.text(f"ALTER TABLE {audit_events.name} ADD COLUMN {name} INTEGER"))
 
 
 def default_url(data_dir: Path) -> str:
