@@ -31,6 +31,7 @@ from sluicegate.settings import Settings
 from sluicegate.store.db import create_engine
 from sluicegate.store.keys import KeyStore
 from sluicegate.testing import FakeUpstream, serve_in_thread
+from tests.redis_server import RedisServer
 
 #: the provider key the gateway holds; tests assert it never reaches a client, a log or the audit
 CANARY_KEY = "sk-canary-5f1d2c9e8b7a6f4e3d2c1b0a9f8e7d6c"
@@ -249,3 +250,14 @@ def gateway_process(
         yield running
     finally:
         running.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A real redis-server on a free loopback port (one per xdist worker); skipped where none is installed."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
