@@ -6,7 +6,9 @@ rounding at the end. Where a price comes from, first match wins (`PriceBook.pric
 
 1. the model entry's `price:` (with the `input_cost_per_mtok` / `output_cost_per_mtok`
    shorthands for its `input` / `output`); a field it leaves out is taken from the built-in entry
-   of the upstream model, when there is one;
+   of the upstream model, when there is one, except that cache prices follow the entry's `input`
+   and the reasoning price its `output` when it sets those (`{input: 0, output: 2}` makes every
+   input token free, cached or not, whatever the table says of cached tokens);
 2. the shorthands alone: input and output, nothing else (cached and reasoning tokens cost what
    input and output tokens cost, as in configs written before cached prices existed);
 3. the built-in table (`data/prices.json`: list prices as of its `as_of` date), by the upstream
@@ -342,6 +344,13 @@ class PriceBook:
                 own.setdefault("output", cfg.output_cost_per_mtok)
             found = self._table.find(upstream) if upstream else None
             base = found[1].price.model_dump(exclude_none=True) if found is not None else {}
+            # A price set here also sets what derives from it (cached input and cache writes
+            # from input, reasoning from output) unless those are set here too.
+            if "input" in own:
+                base.pop("cached_input", None)
+                base.pop("cache_write", None)
+            if "output" in own:
+                base.pop("reasoning", None)
             return Price.from_config(PriceConfig(**{**base, **own}))
         if cfg is not None and (cfg.input_cost_per_mtok is not None or cfg.output_cost_per_mtok is not None):
             return Price(input=micro(cfg.input_cost_per_mtok or 0), output=micro(cfg.output_cost_per_mtok or 0))

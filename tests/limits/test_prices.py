@@ -160,9 +160,27 @@ def test_the_mini_model_is_never_priced_as_its_bigger_sibling() -> None:
 def test_config_price_overrides_the_table_field_by_field() -> None:
     cfg = model(price=PriceConfig(input=2.0, per_request=0.01))
     book = PriceBook([cfg])
-    # given fields win; the rest come from the upstream model's entry (gpt-4o)
-    assert book.price_for(cfg, "gpt-4o-2024-08-06") == Price(
-        input=2_000_000, output=10_000_000, cached_input=1_250_000, per_request=10_000
+    # given fields win; the rest come from the upstream model's entry (gpt-4o), except the cache
+    # prices, which follow the input price the config sets
+    assert book.price_for(cfg, "gpt-4o-2024-08-06") == Price(input=2_000_000, output=10_000_000, per_request=10_000)
+    # a config that sets only the output keeps the table's input and cache prices
+    out = model("out", price=PriceConfig(output=12.0))
+    assert PriceBook([out]).price_for(out, "claude-sonnet-4-5") == Price(
+        input=3_000_000, output=12_000_000, cached_input=300_000, cache_write=3_750_000
+    )
+    # free input stays free, cached or not: the worst case of a free-input model has no input part
+    free = model(price=PriceConfig(input=0, output=2.0))
+    free_price = PriceBook([free]).price_for(free, "gpt-4o-mini")
+    assert free_price == Price(input=0, output=2_000_000)
+    assert free_price is not None and worst_case(free_price, 10_000, 100) == 200
+    # the table's reasoning price is not taken over an output the config sets; one set with it is
+    table = parse_table(
+        {"as_of": "2025-01-01", "currency": "USD", "models": {"r": {"input": 1, "output": 4, "reasoning": 9}}}
+    )
+    both = model("both", price=PriceConfig(output=1.0, reasoning=3.0))
+    assert PriceBook([out, both], table).price_for(out, "r") == Price(input=1_000_000, output=12_000_000)
+    assert PriceBook([out, both], table).price_for(both, "r") == Price(
+        input=1_000_000, output=1_000_000, reasoning=3_000_000
     )
     # no entry for the upstream: the rest are defaults (cached at input, reasoning at output)
     assert book.price_for(cfg, "private-model") == Price(input=2_000_000, output=0, per_request=10_000)
