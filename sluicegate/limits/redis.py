@@ -23,8 +23,11 @@ from redis.exceptions import RedisError, ResponseError
 
 from sluicegate.limits.counters import Charge, CountersUnavailable, Level, Reaped, Refused
 
-#: connections per instance; a call waits up to `timeout_s` for one, then counts Redis as down
-MAX_CONNECTIONS = 32
+#: connections per instance. A call waits its turn for one without a deadline of its own: waiting
+#: is local load, not Redis being down, and every call on a connection is bounded by `timeout_s`,
+#: so the queue drains (at once when Redis refuses connections, or this many per `timeout_s` when
+#: it stops answering).
+MAX_CONNECTIONS = 128
 #: reservations `reap` settles per script run, buckets `buckets` reads per round trip: one step never
 #: blocks Redis for long
 BATCH = 500
@@ -272,7 +275,7 @@ class RedisCounters:
         self._pool: BlockingConnectionPool = BlockingConnectionPool.from_url(
             url,
             max_connections=MAX_CONNECTIONS,
-            timeout=timeout_s,
+            timeout=None,
             socket_timeout=timeout_s,
             socket_connect_timeout=timeout_s,
             # no retries: a timed-out script may have run, and a second run would not be the same
