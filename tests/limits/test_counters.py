@@ -20,6 +20,9 @@ from sluicegate.limits.redis import RedisCounters
 from tests.redis_server import RedisServer
 
 MakeRedis = Callable[..., RedisCounters]
+#: not the default 0.5 s: a thousand concurrent calls on a busy test machine (with -n) are slow,
+#: and these tests are about exactness; the outage tests set their own
+TIMEOUT_S = 5.0
 
 
 def fresh_prefix() -> str:
@@ -33,7 +36,7 @@ async def make_redis(redis_server: RedisServer) -> AsyncIterator[MakeRedis]:
     made: list[RedisCounters] = []
 
     def make(**kwargs: float) -> RedisCounters:
-        counters = RedisCounters(redis_server.url, key_prefix=prefix, **kwargs)
+        counters = RedisCounters(redis_server.url, key_prefix=prefix, **{"timeout_s": TIMEOUT_S, **kwargs})
         made.append(counters)
         return counters
 
@@ -48,7 +51,7 @@ async def counters(request: pytest.FixtureRequest) -> AsyncIterator[Counters]:
         yield MemoryCounters()
         return
     server: RedisServer = request.getfixturevalue("redis_server")
-    counters = RedisCounters(server.url, key_prefix=fresh_prefix())
+    counters = RedisCounters(server.url, key_prefix=fresh_prefix(), timeout_s=TIMEOUT_S)
     yield counters
     await counters.close()
 
@@ -185,7 +188,8 @@ async def test_wait_settled_returns_on_a_settle_or_after_its_timeout(
     # on Redis, the settle comes from another instance
     other = counters
     if isinstance(counters, RedisCounters):
-        other = RedisCounters(request.getfixturevalue("redis_server").url, key_prefix=counters.key_prefix)
+        url = request.getfixturevalue("redis_server").url
+        other = RedisCounters(url, key_prefix=counters.key_prefix, timeout_s=TIMEOUT_S)
     try:
         waiter = asyncio.create_task(counters.wait_settled(30))
         await asyncio.sleep(0.05)
