@@ -45,8 +45,12 @@ class PriceConfig(_Strict):
 
     input: float | None = Field(None, ge=0, description="per million input tokens")
     output: float | None = Field(None, ge=0, description="per million output tokens")
-    cached_input: float | None = Field(None, ge=0, description="per million input tokens read from the provider's cache")
-    cache_write: float | None = Field(None, ge=0, description="per million input tokens written to the provider's cache")
+    cached_input: float | None = Field(
+        None, ge=0, description="per million input tokens read from the provider's cache"
+    )
+    cache_write: float | None = Field(
+        None, ge=0, description="per million input tokens written to the provider's cache"
+    )
     reasoning: float | None = Field(None, ge=0, description="per million reasoning (thinking) tokens")
     per_request: float | None = Field(None, ge=0)
     per_image: float | None = Field(None, ge=0, description="per image in the request")
@@ -66,7 +70,8 @@ class _Window(_Strict):
         value = value.strip().lower()
         if value not in CALENDAR_UNITS and window_seconds(value) is None:
             raise ValueError(
-                f"'{value}' is not a window: day, week, month, second, minute, hour, or a length such as 30s, 5m, 2h, 7d"
+                f"'{value}' is not a window: day, week, month, second, minute, hour, "
+                "or a length such as 30s, 5m, 2h, 7d"
             )
         seconds = window_seconds(value)
         if seconds is not None and not 1 <= seconds <= 366 * 86400:

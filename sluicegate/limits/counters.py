@@ -77,6 +77,10 @@ class CountersUnavailable(Exception):
 class Counters(Protocol):
     """Where budget and rate-limit counters live."""
 
+    def clock(self) -> float:
+        """Now, in epoch seconds, by the clock every user of these counters shares."""
+        ...
+
     async def reserve(
         self, request_id: str, charges: Sequence[Charge], ttl_s: float, meta: str = ""
     ) -> list[Level] | Refused:
@@ -100,6 +104,10 @@ class Counters(Protocol):
 
     async def adjust(self, key: str, delta: int, ttl_s: float) -> None:
         """Add `delta` to a bucket's settled use (reconciliation with the ledger)."""
+        ...
+
+    async def buckets(self, prefix: str) -> dict[str, Level]:
+        """Every live bucket whose key starts with `prefix`, and its level."""
         ...
 
     async def renew(self, request_ids: Sequence[str]) -> None:
@@ -131,13 +139,16 @@ class MemoryCounters:
     """Counters in this process: exact for one process (each operation runs without awaiting)."""
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
-        self.clock = clock
+        self._clock = clock
         #: bucket -> [used, reserved]
         self._buckets: dict[str, list[int]] = {}
         #: bucket -> when it may be dropped
         self._expires: dict[str, float] = {}
         self._held: dict[str, _Held] = {}
         self._settled: asyncio.Event | None = None
+
+    def clock(self) -> float:
+        return self._clock()
 
     async def reserve(
         self, request_id: str, charges: Sequence[Charge], ttl_s: float, meta: str = ""
@@ -156,7 +167,7 @@ class MemoryCounters:
             if used + reserved + charge.amount > charge.limit:
                 return Refused(i, Level(used, reserved), used + charge.amount <= charge.limit)
             levels.append(Level(used, reserved + charge.amount))
-        now = self.clock()
+        now = self._clock()
         expires = self._expires
         for charge in charges:
             bucket = buckets.get(charge.key)
@@ -209,15 +220,18 @@ class MemoryCounters:
         if bucket is None:
             bucket = self._buckets[key] = [0, 0]
         bucket[0] += delta
-        until = self.clock() + ttl_s
+        until = self._clock() + ttl_s
         if self._expires.get(key, 0.0) < until:
             self._expires[key] = until
+
+    async def buckets(self, prefix: str) -> dict[str, Level]:
+        return {k: Level(v[0], v[1]) for k, v in self._buckets.items() if k.startswith(prefix)}
 
     async def renew(self, request_ids: Sequence[str]) -> None:
         return None  # a process holds its own reservations for as long as it lives
 
     async def reap(self) -> list[Reaped]:
-        now = self.clock()
+        now = self._clock()
         reaped: list[Reaped] = []
         for request_id, held in list(self._held.items()):
             if held.expires <= now:

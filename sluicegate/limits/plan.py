@@ -1,0 +1,162 @@
+"""Which budgets and rate limits apply to a call, compiled once per config snapshot.
+
+A rule (one budget, or one of a rate limit's `requests` / `tokens` / `concurrent`) applies to a
+call when its scope's value for the call (the key id, the consumer, each of its groups, the
+model, the provider, or the gateway) matches the rule's `match` (any value when it has none). It
+then charges the counter of that value in the window's current bucket. What applies to a
+(key, consumer, model, provider) is computed once and kept, so the request path pays a dict lookup.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from sluicegate.config.rules import NameMatcher
+from sluicegate.limits.counters import Charge
+from sluicegate.limits.windows import Span, Window
+
+if TYPE_CHECKING:
+    from sluicegate.config.snapshot import Consumer
+    from sluicegate.limits.config import LimitsConfig
+
+Kind = Literal["budget", "requests", "tokens", "concurrent"]
+#: a concurrency slot is freed at the end of a call; its key still expires if a crash leaks it
+CONCURRENT_TTL_S = 86400.0
+#: memoised (key, consumer, model, provider) -> applicable rules, per snapshot
+MAX_MEMO = 10_000
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Rule:
+    """One counted limit of a budget or a rate limit."""
+
+    name: str
+    kind: Kind
+    scope: str
+    matcher: NameMatcher | None
+    limit: int
+    #: None for `concurrent` (no window: a slot is held for the call's duration)
+    window: Window | None
+    #: budget alert thresholds in micro-units, with their percentages
+    alerts: tuple[tuple[int, float], ...] = ()
+
+    def matches(self, value: str) -> bool:
+        return self.matcher is None or self.matcher(value)
+
+
+class Applied:
+    """A rule applied to one scope value: its counter, and the keys of its current bucket."""
+
+    __slots__ = ("_keys", "_span", "prefix", "rule", "value")
+
+    def __init__(self, rule: Rule, value: str) -> None:
+        self.rule = rule
+        self.value = value
+        self.prefix = f"{rule.kind[0]}:{rule.name}:{rule.scope}={value}"
+        self._span: Span | None = None
+        self._keys: tuple[str, tuple[str, ...]] = (self.prefix, (self.prefix,))
+
+    def keys(self, span: Span | None) -> tuple[str, tuple[str, ...]]:
+        """The current bucket's key and the keys its check sums (built once per bucket)."""
+        if span is None or span is self._span:
+            return self._keys
+        prefix = self.prefix
+        keys = (f"{prefix}:{span.bucket}", tuple(f"{prefix}:{b}" for b in span.buckets))
+        self._span, self._keys = span, keys
+        return keys
+
+    def charge(self, amount: int, now: float, wait: bool) -> tuple[Charge, Span | None]:
+        """This call's charge of `amount`, in the bucket `now` falls in."""
+        window = self.rule.window
+        if window is None:
+            return Charge(self.prefix, (self.prefix,), self.rule.limit, amount, CONCURRENT_TTL_S), None
+        span = window.span(now)
+        key, keys = self.keys(span)
+        return Charge(key, keys, self.rule.limit, amount, window.ttl_s(now), wait), span
+
+    def describe(self) -> str:
+        """`consumer 'alice'`, `the gateway`: who the counter counts, for messages."""
+        if self.rule.scope == "gateway":
+            return "the gateway"
+        return f"{self.rule.scope} '{self.value}'"
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """What the limits stage reserved for one call, settled at its end."""
+
+    applied: tuple[Applied, ...]
+    charges: tuple[Charge, ...]
+    #: the reservation's worst cases, by kind, for the settlement of a call that never ran
+    estimate_cost: int
+    estimate_tokens: int
+    #: the backend that holds it (a shared store, or this process's fallback)
+    counters: object
+
+
+class Plan:
+    """The rules of one config, and what applies to whom."""
+
+    def __init__(self, config: LimitsConfig) -> None:
+        rules: list[Rule] = []
+        for b in config.budgets:
+            limit = money(b.amount)
+            alerts = tuple((-(-limit * round(pct * 1000) // 100_000), pct) for pct in b.alerts)
+            rules.append(
+                Rule(
+                    b.name, "budget", b.scope, _matcher(b.match), limit, Window(b.window, b.rolling, b.timezone), alerts
+                )
+            )
+        for r in config.rate_limits:
+            window = Window(r.window, r.rolling, r.timezone)
+            matcher = _matcher(r.match)
+            if r.requests is not None:
+                rules.append(Rule(r.name, "requests", r.scope, matcher, r.requests, window))
+            if r.tokens is not None:
+                rules.append(Rule(r.name, "tokens", r.scope, matcher, r.tokens, window))
+            if r.concurrent is not None:
+                rules.append(Rule(r.name, "concurrent", r.scope, matcher, r.concurrent, None))
+        self.rules = tuple(rules)
+        self.budgets = any(r.kind == "budget" for r in rules)
+        self._memo: dict[tuple[str | None, str, str, str], tuple[Applied, ...]] = {}
+
+    def applicable(self, key_id: str | None, consumer: Consumer, model: str, provider: str) -> tuple[Applied, ...]:
+        """The rules that apply to a call, each with its scope value (memoised)."""
+        memo_key = (key_id, consumer.name, model, provider)
+        found = self._memo.get(memo_key)
+        if found is not None:
+            return found
+        out: list[Applied] = []
+        for rule in self.rules:
+            for value in _values(rule.scope, key_id, consumer, model, provider):
+                if rule.matches(value):
+                    out.append(Applied(rule, value))
+        applied = tuple(out)
+        if len(self._memo) >= MAX_MEMO:
+            self._memo.clear()
+        self._memo[memo_key] = applied
+        return applied
+
+
+def _values(scope: str, key_id: str | None, consumer: Consumer, model: str, provider: str) -> tuple[str, ...]:
+    if scope == "consumer":
+        return (consumer.name,)
+    if scope == "group":
+        return consumer.groups
+    if scope == "model":
+        return (model,)
+    if scope == "provider":
+        return (provider,)
+    if scope == "key":
+        return (key_id,) if key_id is not None else ()
+    return ("*",)
+
+
+def _matcher(patterns: list[str]) -> NameMatcher | None:
+    return NameMatcher(patterns) if patterns else None
+
+
+def money(amount: float) -> int:
+    """An amount in currency units as integer micro-units."""
+    return round(amount * 1_000_000)
