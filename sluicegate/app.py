@@ -35,6 +35,8 @@ from sluicegate.edge.forwarded import ClientAddress
 from sluicegate.edge.protocol import EXTENSION, EdgeState
 from sluicegate.errors import MethodNotAllowed, NotFound, SluicegateError
 from sluicegate.guardrails.base import GuardContext, GuardUnavailable
+from sluicegate.limits.reconcile import Reconciler
+from sluicegate.limits.service import LimitsService
 from sluicegate.pipeline import Endpoint, Pipeline, send_error
 from sluicegate.relay import Relay
 from sluicegate.settings import Settings
@@ -164,7 +166,12 @@ class Gateway:
         )
         self.keys = KeyIndex(KeyStore(self.engine), refresh_s=key_refresh_s)
         self.vault = Vault(snapshot.config.vault, engine=self.engine)
-        self.services = Services(keys=self.keys, audit=self.audit, vault=self.vault)
+        self.services = Services(
+            keys=self.keys, audit=self.audit, vault=self.vault, limits=LimitsService(self.audit, self.vault)
+        )
+        self.services.limits.reconciler = Reconciler(
+            self.engine, self.audit, self.services.limits, lambda: self.snapshot
+        )
         #: the `server:` settings the HTTP protocol reads (`edge.protocol`), swapped on reload
         self.edge = EdgeState(snapshot.server)
         self._clients = ClientAddress(snapshot.server.trusted_proxies, snapshot.server.forwarded_header)
@@ -328,10 +335,15 @@ class Gateway:
         if audit.spill_error is not None:
             problems.append(f"audit spill file cannot be written ({audit.spill_error})")
         details = {"durability": self.snapshot.audit.durability, **audit.status()}
+        limits = self.services.limits.status()
         if problems:
-            await _send_json(send, 503, {"status": "unavailable", "problems": problems, "audit": details})
+            await _send_json(
+                send, 503, {"status": "unavailable", "problems": problems, "audit": details, "limits": limits}
+            )
         else:
-            await _send_json(send, 200, {"status": "ready", "audit_pending": audit.pending, "audit": details})
+            await _send_json(
+                send, 200, {"status": "ready", "audit_pending": audit.pending, "audit": details, "limits": limits}
+            )
 
     async def complete(self, model: str, messages: list[dict[str, object]], max_tokens: int) -> str:
         """Ask a configured model directly through its route, with no stage (guards use this:
@@ -387,6 +399,8 @@ class Gateway:
         session = aiohttp.ClientSession(connector=connector, auto_decompress=True, trust_env=False)
         self.services.http = session
         self.relay = Relay(session, self.vault, self.snapshot.server.max_error_body_bytes)
+        self.services.limits.http = lambda: self.services.http
+        self.services.limits.start()
         await asyncio.to_thread(tokens.preload)
         if self.config_path is not None:
             self._tasks.append(asyncio.create_task(self._watch_config()))
@@ -410,6 +424,7 @@ class Gateway:
         self.started = False
         for task in self._tasks:
             task.cancel()
+        await self.services.limits.stop()
         if self.relay is not None:
             await self.relay.session.close()
         await asyncio.to_thread(self.keys.stop)

@@ -5,12 +5,14 @@
     [parse]       the body (bounded, within its deadline, decoded), once, by the client's dialect;
                   from here a client that leaves cancels the call   408 / 413 / 415 / 499
     model_access  model, provider, streaming, max_tokens  403 / 404
+    limits        budgets and rate limits: reserve the worst case   429 / 503
     guardrails    input guards: block / redact / flag     400 content_blocked
     router        model -> provider + upstream model      404
     audit         (strict mode: refuse while the audit store is down)
     [send]        provider request (the client's body, or translated through the neutral model),
                   then relay of the answer (as sent, or rendered in the client's dialect)
     accounting    tokens and cost                         (finally, always)
+    limits        settle the reservation with the actual use   (finally, always)
     audit         one event per call                      (finally, always)
 
 Accounting and audit run just before the response's last body message is sent
@@ -19,7 +21,7 @@ Accounting and audit run just before the response's last body message is sent
 call that sent no last message (a client that left, a failure mid-stream).
 
 Output guards run inside the relay (on the JSON answer, or on the stream's hold-back window).
-Later stages slot into `STAGE_ORDER` (limits after access, cache before the router) by name; a
+Later stages slot into `STAGE_ORDER` (the cache before the router) by name; a
 stage whose factory returns None for this config is not in the list at all.
 """
 
@@ -158,6 +160,7 @@ class Pipeline:
             else:
                 watcher = asyncio.ensure_future(receive())
                 watcher.add_done_callback(lambda fut: on_gone() if _disconnected(fut) else None)
+            call.body_size = len(raw)
             body = endpoint.parse_body(raw)
             call.body = body
             endpoint.fill_call(call, body)
@@ -297,6 +300,8 @@ async def send_error(
     headers = [(b"content-type", b"application/json"), (b"x-request-id", call.request_id.encode())]
     if extra:
         headers += extra
+    if call.limit_headers:
+        headers += call.limit_headers
     if error.retry_after is not None:
         headers.append((b"retry-after", str(max(1, round(error.retry_after))).encode()))
     if error.status == 401:

@@ -210,6 +210,47 @@ def check_references(config: GatewayConfig) -> list[ConfigIssue]:
     from sluicegate.auth.jwt import check_jwt_issuers  # here: auth.jwt imports this module
 
     issues.extend(check_jwt_issuers(config))
+    issues.extend(_check_limits(config, seen, group_names))
+    return issues
+
+
+def _check_limits(config: GatewayConfig, providers: set[str], groups: set[str]) -> list[ConfigIssue]:
+    """Budgets and rate limits that name what does not exist, and budgets nothing can price."""
+    issues: list[ConfigIssue] = []
+    limits = config.limits
+    known = {
+        "consumer": {c.name for c in config.consumers},
+        "group": groups,
+        "model": {m.name for m in config.models},
+        "provider": providers,
+    }
+    rules = [("budgets", i, b.scope, b.match) for i, b in enumerate(limits.budgets)]
+    rules += [("rate_limits", i, r.scope, r.match) for i, r in enumerate(limits.rate_limits)]
+    for section, i, scope, match in rules:
+        names = known.get(scope)
+        if names is None:
+            continue
+        for j, name in enumerate(match):
+            # A typo would leave the spend it was meant to bound unbounded: an error. Consumers made
+            # from a JWT's groups (`jwt:...`) are not in the config.
+            if not is_glob(name) and name not in names and not name.startswith("jwt:"):
+                issues.append(ConfigIssue(("limits", section, i, "match", j), f"unknown {scope} '{name}'"))
+    if limits.redis is not None and "://" in limits.redis.url:
+        if not limits.redis.url.startswith(("redis://", "rediss://", "unix://")):
+            issues.extend(_check_secret_ref(limits.redis.url, ("limits", "redis", "url"), config.vault))
+    if limits.budgets:
+        from sluicegate.limits.prices import PriceBook
+
+        book = PriceBook(config)
+        for i, m in enumerate(config.models):
+            if not is_glob(m.name) and book.price_for(m, m.model or m.name) is None:
+                issues.append(
+                    ConfigIssue(
+                        ("models", i),
+                        f"model '{m.name}' has no price (set `price:`): budgets count its calls as free",
+                        warning=True,
+                    )
+                )
     return issues
 
 

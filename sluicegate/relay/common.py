@@ -15,7 +15,9 @@ if TYPE_CHECKING:
 
 
 def response_headers(call: Call, base: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    """Response headers with the gateway's request id."""
+    """Response headers with the gateway's request id (and the call's rate-limit figures)."""
+    if call.limit_headers:
+        return [*base, (b"x-request-id", call.request_id.encode()), *call.limit_headers]
     return [*base, (b"x-request-id", call.request_id.encode())]
 
 

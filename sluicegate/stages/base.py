@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from sluicegate.audit.failures import AuthFailureAggregator
 from sluicegate.auth.jwks import JWKSCache
+from sluicegate.limits.service import LimitsService
 
 if TYPE_CHECKING:
     from aiohttp import ClientSession
@@ -59,6 +60,8 @@ class Services:
     jwks: JWKSCache = field(default_factory=JWKSCache)
     #: what guards may use (HTTP session, vault, the gateway's own model calls)
     guard_context: GuardContext | None = None
+    #: budget and rate-limit counters, kept across config reloads
+    limits: LimitsService = field(default_factory=LimitsService)
 
 
 #: builds a stage for a snapshot, or None when the config does not need it (it then costs nothing)
@@ -81,4 +84,4 @@ def stage_factories() -> dict[str, StageFactory]:
 
 
 def _load_builtins() -> None:
-    from sluicegate.stages import access, accounting, audit, guardrails, identity, router  # noqa: F401
+    from sluicegate.stages import access, accounting, audit, guardrails, identity, limits, router  # noqa: F401
