@@ -1,4 +1,4 @@
-"""The `sluicegate` command: serve, mock-upstream, check, keys, audit. Thin over the library."""
+"""The `sluicegate` command: serve, mock-upstream, check, keys, audit, spend. Thin over the library."""
 
 from __future__ import annotations
 
@@ -372,6 +372,104 @@ def audit_tail(limit: int, as_json: bool, config_path: str | None) -> None:
             f"{(e['model_requested'] or '-')[:16]:<16} {e['status']:>6} {e['decision']:<9} "
             f"{e['outcome'][:22]:<22} {tokens:>7} {e['latency_ms']:>8.1f}"
         )
+
+
+def _moment(text: str, zone: str) -> float:
+    import zoneinfo
+
+    try:
+        moment = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise click.BadParameter(f"'{text}' is not an ISO 8601 date or time (2026-12-01, 2026-12-01T08:00)") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=zoneinfo.ZoneInfo(zone))
+    return moment.timestamp()
+
+
+@main.command()
+@click.option("--by", type=click.Choice(["consumer", "group", "model", "provider", "key"]), default="consumer")
+@click.option("--period", type=click.Choice(["day", "week", "month"]), default="month", show_default=True)
+@click.option("--since", default=None, help="Start (ISO 8601); overrides --period.")
+@click.option("--until", default=None, help="End (ISO 8601, excluded); default: now.")
+@click.option("--timezone", "zone", default="UTC", show_default=True, help="For --period and dates without an offset.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Adds the state of its budgets.")
+def spend(
+    by: str, period: str, since: str | None, until: str | None, zone: str, as_json: bool, config_path: str | None
+) -> None:
+    """Spend and tokens by consumer, group, model, provider or key, and each budget's state."""
+    import zoneinfo
+
+    from sluicegate.config.loader import ConfigInvalid, load_config
+    from sluicegate.config.model import GatewayConfig
+    from sluicegate.config.snapshot import build_snapshot
+    from sluicegate.limits.report import budget_states, spend_report
+    from sluicegate.limits.windows import calendar_bounds
+
+    try:
+        tz = zoneinfo.ZoneInfo(zone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise click.BadParameter(f"unknown time zone '{zone}'") from None
+    now = time.time()
+    end = _moment(until, zone) if until else now
+    start = _moment(since, zone) if since else calendar_bounds(min(now, end - 1e-6), period, tz)[0]
+    if start >= end:
+        raise click.BadParameter("--since must be before --until")
+    try:
+        snapshot = load_config(config_path) if config_path else build_snapshot(GatewayConfig())
+    except ConfigInvalid as exc:
+        raise click.ClickException(str(exc)) from None
+    engine = _engine(config_path)
+    report = spend_report(engine, snapshot, by, start, end)
+    budgets: list[dict[str, Any]] = []
+
+    async def read_budgets() -> None:
+        counters = None
+        limits = snapshot.config.limits
+        if limits.backend == "redis" and limits.redis is not None:
+            from sluicegate.limits.service import LimitsService
+            from sluicegate.vault import Vault
+
+            service = LimitsService(vault=Vault(snapshot.config.vault, engine=engine))
+            service.configure(limits)
+            try:
+                counters = await service.counters()
+                budgets.extend(await budget_states(engine, snapshot, counters.clock(), counters))
+            finally:
+                await service.stop()
+            return
+        budgets.extend(await budget_states(engine, snapshot, now))
+
+    if snapshot.config.limits.budgets:
+        try:
+            asyncio.run(read_budgets())
+        except Exception as exc:
+            raise click.ClickException(f"cannot read the budgets' counters ({type(exc).__name__})") from None
+    report["budgets"] = budgets
+    if as_json:
+        click.echo(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+        return
+    currency = report["currency"]
+    click.echo(f"spend by {by}, {report['since']} to {report['until']} ({currency})")
+    click.echo(f"{by.upper():<32} {'CALLS':>8} {'PROMPT':>12} {'COMPLETION':>12} {'COST':>16}")
+    for row in report["rows"]:
+        click.echo(
+            f"{row['name'][:32]:<32} {row['calls']:>8} {row['prompt_tokens']:>12} "
+            f"{row['completion_tokens']:>12} {row['cost_micro'] / 1e6:>16.6f}"
+        )
+    if budgets:
+        click.echo("")
+        click.echo(
+            f"{'BUDGET':<20} {'SCOPE':<28} {'WINDOW':<22} {'LIMIT':>12} {'USED':>12} {'RESERVED':>12} "
+            f"{'REMAINING':>12}  RESETS AT (UTC)"
+        )
+        for b in budgets:
+            reserved = "-" if b["reserved_micro"] is None else f"{b['reserved_micro'] / 1e6:.6f}"
+            click.echo(
+                f"{b['budget'][:20]:<20} {(b['scope'] + '=' + b['value'])[:28]:<28} {b['window'][:22]:<22} "
+                f"{b['limit_micro'] / 1e6:>12.6f} {b['used_micro'] / 1e6:>12.6f} {reserved:>12} "
+                f"{b['remaining_micro'] / 1e6:>12.6f}  {b['resets_at']}"
+            )
 
 
 if __name__ == "__main__":

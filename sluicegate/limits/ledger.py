@@ -1,0 +1,96 @@
+"""The durable ledger of spend: the audit trail, read back by scope and period.
+
+Every call's audit event carries its cost, tokens and who made it; reaped reservations are
+audited at their estimate. Counters are a fast, shared view of the same spend; the
+reconciliation (`limits.reconcile`) and `sluicegate spend` read this ledger.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from sluicegate.store.db import audit_events
+
+#: the audit column of each scope
+SCOPE_COLUMNS = {
+    "consumer": audit_events.c.consumer,
+    "key": audit_events.c.key_id,
+    "model": audit_events.c.model_requested,
+    "provider": audit_events.c.provider,
+}
+#: what `sluicegate spend` groups by
+GROUPINGS = ("consumer", "group", "model", "provider", "key")
+
+
+@dataclass(frozen=True, slots=True)
+class SpendRow:
+    """Spend and tokens of one consumer, group, model, provider or key over a period."""
+
+    name: str
+    calls: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost_micro: int
+
+
+def _period(since: float, until: float) -> sa.ColumnElement[bool]:
+    return sa.and_(audit_events.c.ts >= since, audit_events.c.ts < until)
+
+
+def ledger_total(
+    engine: Engine, scope: str, value: str, since: float, until: float, members: Sequence[str] = ()
+) -> int:
+    """Spend (micro-units) of one scope value in [since, until): `members` are a group's consumers."""
+    query = sa.select(sa.func.coalesce(sa.func.sum(audit_events.c.cost_micro_usd), 0)).where(_period(since, until))
+    if scope == "group":
+        if not members:
+            return 0
+        query = query.where(audit_events.c.consumer.in_(list(members)))
+    elif scope != "gateway":
+        query = query.where(SCOPE_COLUMNS[scope] == value)
+    with engine.connect() as conn:
+        return int(conn.execute(query).scalar_one())
+
+
+def spend_by(
+    engine: Engine, by: str, since: float, until: float, groups: Mapping[str, Sequence[str]] | None = None
+) -> list[SpendRow]:
+    """Spend and tokens over [since, until) grouped `by` a scope, the largest spend first.
+
+    `groups`: each group's consumers (from the config), for `by="group"` (a consumer in several
+    groups counts in each)."""
+    column = audit_events.c.consumer if by == "group" else SCOPE_COLUMNS[by]
+    # Reaped reservations are spend (at their estimate), not calls of their own.
+    is_call = sa.case((audit_events.c.outcome == "reservation_reaped", 0), else_=1)
+    query = (
+        sa.select(
+            column,
+            sa.func.sum(is_call),
+            sa.func.coalesce(sa.func.sum(audit_events.c.prompt_tokens), 0),
+            sa.func.coalesce(sa.func.sum(audit_events.c.completion_tokens), 0),
+            sa.func.coalesce(sa.func.sum(audit_events.c.cost_micro_usd), 0),
+        )
+        .where(_period(since, until))
+        .where(audit_events.c.endpoint != "limits")
+        .group_by(column)
+    )
+    with engine.connect() as conn:
+        rows = [(name, int(n or 0), int(p), int(c), int(cost)) for name, n, p, c, cost in conn.execute(query)]
+    totals: dict[str, list[int]] = {}
+    for name, n, p, c, cost in rows:
+        keys = [name or "-"]
+        if by == "group":
+            keys = [g for g, members in (groups or {}).items() if name in members] or ["(no group)"]
+        for key in keys:
+            acc = totals.setdefault(key, [0, 0, 0, 0])
+            acc[0] += n
+            acc[1] += p
+            acc[2] += c
+            acc[3] += cost
+    out = [SpendRow(name, *values) for name, values in totals.items()]
+    out.sort(key=lambda r: (-r.cost_micro, r.name))
+    return out
