@@ -139,6 +139,11 @@ class Plan:
         return applied
 
 
+def is_slot(key: str) -> bool:
+    """Whether a counter key is a concurrency slot (freed at the end of a call, never spent)."""
+    return key.startswith("c:")
+
+
 def _values(scope: str, key_id: str | None, consumer: Consumer, model: str, provider: str) -> tuple[str, ...]:
     if scope == "consumer":
         return (consumer.name,)

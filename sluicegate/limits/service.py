@@ -29,6 +29,7 @@ import orjson
 from sluicegate.audit.events import AuditEvent
 from sluicegate.limits.config import LimitsConfig
 from sluicegate.limits.counters import Counters, CountersUnavailable, Level, MemoryCounters, Reaped
+from sluicegate.limits.plan import CONCURRENT_TTL_S, is_slot
 
 if TYPE_CHECKING:
     import aiohttp
@@ -120,9 +121,14 @@ class LimitsService:
                 url = await self.vault.aresolve(url)
             except Exception as exc:
                 raise CountersUnavailable(f"cannot resolve the Redis URL ({type(exc).__name__})") from None
-        return RedisCounters(
+        counters = RedisCounters(
             url, key_prefix=redis.key_prefix, timeout_s=redis.timeout_s, lease_s=self.config.reservation_lease_s
         )
+        # Window boundaries by the server's clock from the first call (best effort: a store that
+        # is down now is measured on its first answer).
+        with contextlib.suppress(CountersUnavailable):
+            await counters.sync_clock()
+        return counters
 
     def degraded(self) -> None:
         """Count a call whose rate limits were kept locally; warn at most once a minute."""
@@ -292,7 +298,8 @@ class LimitsService:
 
     async def _run(self) -> None:
         while True:
-            await asyncio.sleep(TICK_S)
+            # Leases are renewed three times per lease at least.
+            await asyncio.sleep(min(TICK_S, self.config.reservation_lease_s / 3))
             try:
                 await self.tick()
             except asyncio.CancelledError:
@@ -325,6 +332,11 @@ class LimitsService:
                 continue
             for item in reaped:
                 self._on_reaped(item)
+                # A concurrency slot is freed, not spent: undo what settling at the amount added.
+                for key, amount in zip(item.keys, item.amounts, strict=True):
+                    if is_slot(key):
+                        with contextlib.suppress(CountersUnavailable):
+                            await counters.adjust(key, -amount, CONCURRENT_TTL_S)
         interval = self.config.reconcile_interval_s
         if self.reconciler is not None and interval > 0 and now - self._last_reconcile >= interval:
             self._last_reconcile = now
