@@ -1,7 +1,8 @@
 """CPU instructions per call of a served gateway, counted by cachegrind: a figure this noisy shared
 machine cannot move, to tell a few per cent of added work from the weather of wall-clock runs.
 
-The gateway (`sluicegate serve`, unguarded consumer, default settings, audit writer included) runs
+The gateway (`sluicegate serve`, unguarded consumer, default settings, audit writer included; with
+`--limits`, a consumer with the budget and rate limit of `bench/limits.py`) runs
 under `valgrind --tool=cachegrind`; a client sends N chat calls one at a time, then the gateway is
 stopped. The same is done with no call, and the difference over N is the instructions per call
 (user space only: system calls are not counted, and cost the same before and after).
@@ -27,6 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from limits import LIMITS
 from run import CONFIG, PROMPT, free_port, sluicegate_bin
 
 
@@ -46,18 +48,22 @@ def _wait_ready(port: int, proc: subprocess.Popen[bytes], seconds: float = 600.0
     raise SystemExit("the gateway did not get ready under valgrind")
 
 
-def count(calls: int, source: Path | None, tmp: Path) -> int:
-    """Instructions of a gateway process that served `calls` calls, from start to stop."""
+def count(calls: int, source: Path | None, tmp: Path, limits: bool = False) -> int:
+    """Instructions of a gateway process that served `calls` calls, from start to stop; with
+    `limits`, for a consumer with a budget and a rate limit (in-process counters)."""
     up_port, paced_port, gw_port = free_port(), free_port(), free_port()
     config = tmp / "sluicegate.yaml"
-    config.write_text(CONFIG.format(port=up_port, paced_port=paced_port))
+    config.write_text(
+        CONFIG.format(port=up_port, paced_port=paced_port) + (LIMITS.format(backend="") if limits else "")
+    )
+    consumer = "bench-limited" if limits else "bench"
     env = {**os.environ, "SLUICEGATE_DATA_DIR": str(tmp / f"data-{calls}"), "BENCH_UPSTREAM_KEY": "sk-bench-upstream"}
     gw_env = dict(env)
     if source is not None:
         gw_env["PYTHONPATH"] = str(source)
     sg = sluicegate_bin()
     key = subprocess.run(
-        [sg, "keys", "create", "--consumer", "bench", "--config", str(config)],
+        [sg, "keys", "create", "--consumer", consumer, "--config", str(config)],
         env=gw_env, capture_output=True, text=True, check=True,
     ).stdout.strip().splitlines()[-1]  # fmt: skip
     out = tmp / f"cachegrind-{calls}.out"
@@ -100,10 +106,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=1000, help="calls served (default 1000)")
     parser.add_argument("--gateway-source", type=Path, help="run the `sluicegate` package in this folder")
+    parser.add_argument(
+        "--limits", action="store_true", help="a consumer with a budget and a rate limit (bench/limits.py's)"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="sluicegate-instr-") as tmp:
-        idle = count(0, args.gateway_source, Path(tmp))
-        served = count(args.calls, args.gateway_source, Path(tmp))
+        idle = count(0, args.gateway_source, Path(tmp), args.limits)
+        served = count(args.calls, args.gateway_source, Path(tmp), args.limits)
     per_call = (served - idle) / args.calls
     print(f"instructions per call: {per_call:,.0f} ({args.calls} calls; start and stop alone: {idle:,})")
 

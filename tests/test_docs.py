@@ -36,8 +36,27 @@ def test_every_provider_type_is_documented() -> None:
 
 
 def test_every_setting_is_documented() -> None:
+    from sluicegate.limits.config import (
+        AlertsConfig,
+        BudgetConfig,
+        LimitsConfig,
+        PriceConfig,
+        RateLimitConfig,
+        RedisLimitsConfig,
+    )
+
     example = (ROOT / "examples" / "sluicegate.yaml").read_text()
-    for model in (ServerConfig, AuditConfig, Timeouts):
+    for model in (
+        ServerConfig,
+        AuditConfig,
+        Timeouts,
+        LimitsConfig,
+        BudgetConfig,
+        RateLimitConfig,
+        RedisLimitsConfig,
+        AlertsConfig,
+        PriceConfig,
+    ):
         for field in model.model_fields:
             assert field in example and f"`{field}`" in README, field
 

@@ -18,12 +18,11 @@ import asyncio
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 
-@dataclass(frozen=True, slots=True)
-class Charge:
-    """What one call takes from one counter."""
+class Charge(NamedTuple):
+    """What one call takes from one counter (a tuple: one is made per limit of every call)."""
 
     #: the bucket the amount is held in, and settled into
     key: str
@@ -41,8 +40,7 @@ class Charge:
     wait: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class Level:
+class Level(NamedTuple):
     """A counter's state over its window: settled spend, and what calls in flight hold."""
 
     used: int
@@ -127,6 +125,10 @@ class Counters(Protocol):
         ...
 
 
+#: builds a Level without the Python-level `__new__` of a NamedTuple (the request path makes many)
+_level = tuple.__new__
+
+
 @dataclass(slots=True)
 class _Held:
     keys: tuple[str, ...]
@@ -153,38 +155,53 @@ class MemoryCounters:
     async def reserve(
         self, request_id: str, charges: Sequence[Charge], ttl_s: float, meta: str = ""
     ) -> list[Level] | Refused:
+        return self.reserve_now(request_id, charges, ttl_s, meta)
+
+    def reserve_now(
+        self, request_id: str, charges: Sequence[Charge], ttl_s: float, meta: str = ""
+    ) -> list[Level] | Refused:
+        """`reserve`, without a coroutine: nothing in it waits (the stage's fast path)."""
         if request_id in self._held:
             raise ValueError(f"request {request_id} already holds a reservation")
         buckets = self._buckets
         levels: list[Level] = []
         for i, charge in enumerate(charges):
-            used = reserved = 0
-            for key in charge.window:
+            key, window, limit, amount = charge[0], charge[1], charge[2], charge[3]
+            if len(window) == 1:
                 bucket = buckets.get(key)
-                if bucket is not None:
-                    used += bucket[0]
-                    reserved += bucket[1]
-            if used + reserved + charge.amount > charge.limit:
-                return Refused(i, Level(used, reserved), used + charge.amount <= charge.limit)
-            levels.append(Level(used, reserved + charge.amount))
+                used, reserved = (bucket[0], bucket[1]) if bucket is not None else (0, 0)
+            else:
+                used = reserved = 0
+                for key in window:
+                    bucket = buckets.get(key)
+                    if bucket is not None:
+                        used += bucket[0]
+                        reserved += bucket[1]
+            if used + reserved + amount > limit:
+                return Refused(i, Level(used, reserved), used + amount <= limit)
+            levels.append(_level(Level, (used, reserved + amount)))
         now = self._clock()
-        expires = self._expires
         for charge in charges:
             bucket = buckets.get(charge.key)
             if bucket is None:
+                # A bucket lives `ttl_s` from its first charge: to its window's end and a margin.
                 bucket = buckets[charge.key] = [0, 0]
+                self._expires[charge.key] = now + charge.ttl_s
             bucket[1] += charge.amount
-            until = now + charge.ttl_s
-            if expires.get(charge.key, 0.0) < until:
-                expires[charge.key] = until
         self._held[request_id] = _Held(
-            tuple(c.key for c in charges), tuple(c.amount for c in charges), now + ttl_s, meta
+            tuple([c.key for c in charges]), tuple([c.amount for c in charges]), now + ttl_s, meta
         )
         return levels
 
     async def settle(
         self, request_id: str, actual: Sequence[int], windows: Sequence[tuple[str, ...]]
     ) -> list[Level] | None:
+        return self.settle_now(request_id, actual, windows)
+
+    def settle_now(
+        self, request_id: str, actual: Sequence[int], windows: Sequence[tuple[str, ...]]
+    ) -> list[Level] | None:
+        """`settle`, without a coroutine."""
         held = self._held.pop(request_id, None)
         if held is None:
             return None

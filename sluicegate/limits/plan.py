@@ -10,7 +10,7 @@ then charges the counter of that value in the window's current bucket. What appl
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 from sluicegate.config.rules import NameMatcher
 from sluicegate.limits.counters import Charge
@@ -45,35 +45,44 @@ class Rule:
         return self.matcher is None or self.matcher(value)
 
 
-class Applied:
-    """A rule applied to one scope value: its counter, and the keys of its current bucket."""
+#: builds a Charge without the Python-level `__new__` of a NamedTuple (one per limit of every call)
+_tuple = tuple.__new__
 
-    __slots__ = ("_keys", "_span", "prefix", "rule", "value")
+
+class Applied:
+    """A rule applied to one scope value: its counter, and the charge of its current bucket."""
+
+    __slots__ = ("_base", "_span", "kind", "limit_text", "prefix", "rule", "value")
 
     def __init__(self, rule: Rule, value: str) -> None:
         self.rule = rule
+        self.kind = rule.kind
         self.value = value
+        #: the limit as the rate-limit headers write it (budgets in currency units)
+        self.limit_text = (f"{rule.limit / 1_000_000:.6f}" if rule.kind == "budget" else str(rule.limit)).encode()
         self.prefix = f"{rule.kind[0]}:{rule.name}:{rule.scope}={value}"
         self._span: Span | None = None
-        self._keys: tuple[str, tuple[str, ...]] = (self.prefix, (self.prefix,))
+        #: the charge of one unit in the current bucket (built once per bucket)
+        self._base = Charge(self.prefix, (self.prefix,), rule.limit, 1, CONCURRENT_TTL_S, False)
 
-    def keys(self, span: Span | None) -> tuple[str, tuple[str, ...]]:
-        """The current bucket's key and the keys its check sums (built once per bucket)."""
-        if span is None or span is self._span:
-            return self._keys
-        prefix = self.prefix
-        keys = (f"{prefix}:{span.bucket}", tuple(f"{prefix}:{b}" for b in span.buckets))
-        self._span, self._keys = span, keys
-        return keys
-
-    def charge(self, amount: int, now: float, wait: bool) -> tuple[Charge, Span | None]:
+    def charge(self, amount: int, now: float) -> tuple[Charge, Span | None]:
         """This call's charge of `amount`, in the bucket `now` falls in."""
         window = self.rule.window
         if window is None:
-            return Charge(self.prefix, (self.prefix,), self.rule.limit, amount, CONCURRENT_TTL_S), None
-        span = window.span(now)
-        key, keys = self.keys(span)
-        return Charge(key, keys, self.rule.limit, amount, window.ttl_s(now), wait), span
+            base = self._base
+            return (base if amount == 1 else base._replace(amount=amount)), None
+        span = self._span
+        if span is None or not span.starts <= now < span.ends:
+            span = window.span(now)
+            prefix = self.prefix
+            key = f"{prefix}:{span.bucket}"
+            keys = (key,) if len(span.buckets) == 1 else tuple(f"{prefix}:{b}" for b in span.buckets)
+            self._base = Charge(key, keys, self.rule.limit, 1, window.ttl_s(span), self.kind == "budget")
+            self._span = span
+        base = self._base
+        if amount == 1:
+            return base, span
+        return _tuple(Charge, (base[0], base[1], base[2], amount, base[4], base[5])), span
 
     def describe(self) -> str:
         """`consumer 'alice'`, `the gateway`: who the counter counts, for messages."""
@@ -82,15 +91,26 @@ class Applied:
         return f"{self.rule.scope} '{self.value}'"
 
 
-@dataclass(frozen=True, slots=True)
-class Held:
+class Applicable:
+    """What applies to one (key, consumer, model, provider): the rules, and what they need."""
+
+    __slots__ = ("alerts", "applied", "budget", "kinds", "tokens")
+
+    def __init__(self, applied: tuple[Applied, ...]) -> None:
+        self.applied = applied
+        self.kinds = tuple(a.kind for a in applied)
+        self.budget = "budget" in self.kinds
+        #: the call's input and output must be bounded (a budget or a token limit applies)
+        self.tokens = self.budget or "tokens" in self.kinds
+        #: levels are read back at settlement, for alert thresholds
+        self.alerts = any(a.rule.alerts for a in applied)
+
+
+class Held(NamedTuple):
     """What the limits stage reserved for one call, settled at its end."""
 
-    applied: tuple[Applied, ...]
+    applicable: Applicable
     charges: tuple[Charge, ...]
-    #: the reservation's worst cases, by kind, for the settlement of a call that never ran
-    estimate_cost: int
-    estimate_tokens: int
     #: the backend that holds it (a shared store, or this process's fallback)
     counters: object
 
@@ -119,9 +139,9 @@ class Plan:
                 rules.append(Rule(r.name, "concurrent", r.scope, matcher, r.concurrent, None))
         self.rules = tuple(rules)
         self.budgets = any(r.kind == "budget" for r in rules)
-        self._memo: dict[tuple[str | None, str, str, str], tuple[Applied, ...]] = {}
+        self._memo: dict[tuple[str | None, str, str, str], Applicable] = {}
 
-    def applicable(self, key_id: str | None, consumer: Consumer, model: str, provider: str) -> tuple[Applied, ...]:
+    def applicable(self, key_id: str | None, consumer: Consumer, model: str, provider: str) -> Applicable:
         """The rules that apply to a call, each with its scope value (memoised)."""
         memo_key = (key_id, consumer.name, model, provider)
         found = self._memo.get(memo_key)
@@ -132,11 +152,11 @@ class Plan:
             for value in _values(rule.scope, key_id, consumer, model, provider):
                 if rule.matches(value):
                     out.append(Applied(rule, value))
-        applied = tuple(out)
+        applicable = Applicable(tuple(out))
         if len(self._memo) >= MAX_MEMO:
             self._memo.clear()
-        self._memo[memo_key] = applied
-        return applied
+        self._memo[memo_key] = applicable
+        return applicable
 
 
 def is_slot(key: str) -> bool:

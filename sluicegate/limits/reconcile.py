@@ -79,7 +79,7 @@ class Reconciler:
                     "; corrected to the trail" if self._last.get(key) == drift else "",
                 )
                 if self._last.get(key) == drift:
-                    await counters.adjust(key, -drift, rule.window.ttl_s(counters.clock()))
+                    await counters.adjust(key, -drift, rule.window.ttl_s(span))
                     seen.pop(key)
         self._last = seen
         self.service.drift = total

@@ -355,7 +355,14 @@ class RedisCounters:
     ) -> list[Level] | None:
         window_keys, sizes = self._window_keys(windows)
         keys = [self._records + request_id, self._leases, self._settles, *window_keys]
-        args: list[str | int] = [request_id, self._buckets, self._lease_ms, len(actual), *map(str, actual), *sizes]
+        args: list[str | int] = [
+            request_id,
+            self._buckets,
+            self._lease_ms,
+            len(actual),
+            *(str(int(a)) for a in actual),
+            *sizes,
+        ]
         reply = await self._run(self._settle, keys, args)
         if reply[0] == 0:
             return None

@@ -53,6 +53,8 @@ class LimitsService:
         self.audit = audit
         self.vault = vault
         self.config = LimitsConfig()
+        #: whether counters live in a shared store (Redis)
+        self.shared = False
         self.memory = MemoryCounters()
         #: in-process counters for rate limits while the shared store is down
         self.fallback = MemoryCounters()
@@ -83,17 +85,13 @@ class LimitsService:
     def configure(self, config: LimitsConfig) -> None:
         """Take a new config's `limits:` (the backend is rebuilt only when its settings changed)."""
         self.config = config
-        key = (config.backend, config.redis, config.reservation_lease_s) if config.backend == "redis" else None
+        self.shared = config.backend == "redis"
+        key = (config.backend, config.redis, config.reservation_lease_s) if self.shared else None
         if key != self._shared_key and self._shared is not None:
             # Calls in flight still settle through the backend they reserved in: close it at shutdown.
             self._retired.append(self._shared)
             self._shared = None
         self._shared_key = key
-
-    @property
-    def shared(self) -> bool:
-        """Whether counters live in a shared store (Redis)."""
-        return self.config.backend == "redis"
 
     async def counters(self) -> Counters:
         """The backend of the current config (Redis is connected on first use)."""
@@ -145,10 +143,11 @@ class LimitsService:
 
     # -- settlement ------------------------------------------------------------------------
 
-    async def settle(self, held: Held, request_id: str, actual: tuple[int, ...]) -> list[Level] | None:
+    async def settle(
+        self, held: Held, request_id: str, actual: tuple[int, ...], windows: tuple[tuple[str, ...], ...]
+    ) -> list[Level] | None:
         """Settle a call's reservation; a shared store that fails gets it again on the next tick."""
         counters: Counters = held.counters  # type: ignore[assignment]
-        windows = tuple(c.window for c in held.charges)
         self.in_flight.discard(request_id)
         try:
             return await counters.settle(request_id, actual, windows)
@@ -157,16 +156,18 @@ class LimitsService:
             self.unsettled[request_id] = (counters, actual, windows)
             return None
 
-    def alerts(self, held: Held, levels: Sequence[Level], actual: Sequence[int], call_info: dict[str, Any]) -> None:
+    def alerts(
+        self, applied: Sequence[Applied], levels: Sequence[Level], actual: Sequence[int], call_info: dict[str, Any]
+    ) -> None:
         """Fire the alerts of every budget threshold this settlement crossed."""
-        for applied, level, spent in zip(held.applied, levels, actual, strict=True):
-            rule = applied.rule
+        for applied_, level, spent in zip(applied, levels, actual, strict=True):
+            rule = applied_.rule
             if not rule.alerts or spent <= 0:
                 continue
             before = level.used - spent
             for threshold, pct in rule.alerts:
                 if before < threshold <= level.used:
-                    self._alert(applied, pct, level, call_info)
+                    self._alert(applied_, pct, level, call_info)
 
     def _alert(self, applied: Applied, pct: float, level: Level, call_info: dict[str, Any]) -> None:
         self.alerts_fired += 1

@@ -76,12 +76,12 @@ class Window:
         self._span = span
         return span
 
-    def ttl_s(self, now: float) -> float:
-        """How long the current bucket must be kept: to the end of the window it counts in."""
-        span = self.span(now)
+    def ttl_s(self, span: Span) -> float:
+        """How long a bucket must be kept from its first charge: at most its whole window (a
+        calendar month's length, or a rolling window's after the bucket ends), and a margin."""
         if self.rolling:
-            return span.ends - now + self.length + TTL_MARGIN_S
-        return span.ends - now + TTL_MARGIN_S
+            return span.ends - span.starts + self.length + TTL_MARGIN_S
+        return span.ends - span.starts + TTL_MARGIN_S
 
     def _compute(self, now: float) -> Span:
         if self.rolling:

@@ -24,7 +24,7 @@ import orjson
 
 from sluicegate.errors import RateLimited, ServiceUnavailable
 from sluicegate.limits.counters import Charge, Counters, CountersUnavailable, Level, MemoryCounters, Refused
-from sluicegate.limits.plan import Applied, Held, Plan
+from sluicegate.limits.plan import Applicable, Applied, Held, Plan
 from sluicegate.limits.prices import PriceBook, count_images, worst_case
 from sluicegate.limits.service import LimitsService, local_limit
 from sluicegate.limits.windows import Span, retry_after
@@ -75,68 +75,91 @@ class LimitsStage:
             return
         # Counted per configured model: a glob route counts as one model, whatever name is asked.
         model_name = model if route.name == model else route.name
-        applied = self.plan.applicable(call.key_id, consumer, model_name, route.provider.name)
-        if not applied:
+        applicable = self.plan.applicable(call.key_id, consumer, model_name, route.provider.name)
+        if not applicable.applied:
             return
         service = self.service
-        try:
-            counters = await service.counters()
-        except CountersUnavailable:
-            counters = None
-        kinds = {a.rule.kind for a in applied}
-        input_tokens = output_tokens = cost = 0
-        if "budget" in kinds or "tokens" in kinds:
+        cost = tokens = 0
+        if applicable.tokens:
             input_tokens, output_tokens = self._bounds(call, route)
-            if "budget" in kinds:
+            tokens = input_tokens + output_tokens
+            if applicable.budget:
                 cost = self._worst_cost(call, route, input_tokens, output_tokens)
-        tokens = input_tokens + output_tokens
-        meta = ""
-        if counters is not None and service.shared:
-            meta = orjson.dumps(
-                {
-                    "consumer": consumer.name,
-                    "key": call.key_id,
-                    "model": model,
-                    "provider": route.provider.name,
-                    "endpoint": call.endpoint,
-                    "cost": cost,
-                    "tokens": tokens,
-                }
-            ).decode()
-        if counters is None:
-            if "budget" in kinds:
-                raise _store_down()
-            counters = service.fallback
-            service.degraded()
-        charges, spans, levels = await self._reserve(call, counters, applied, cost, tokens, meta)
-        call.limits = Held(applied, charges, cost, tokens, counters)
-        call.limit_headers = _headers(call, applied, charges, levels, spans, counters.clock())
-
-    async def _reserve(
-        self, call: Call, counters: Counters, applied: tuple[Applied, ...], cost: int, tokens: int, meta: str
-    ) -> tuple[tuple[Charge, ...], tuple[Span | None, ...], list[Level]]:
-        service = self.service
-        deadline: float | None = None
-        degraded = counters is service.fallback
-        while True:
-            now = counters.clock()
-            charges, spans = _charges(applied, cost, tokens, now, degraded, service)
+        counters: Counters
+        if not service.shared:
+            memory = service.memory
+            now = memory.clock()
+            charges, spans = _charges(applicable.applied, cost, tokens, now, 1)
+            result = memory.reserve_now(call.request_id, charges, self.config.reservation_ttl_s)
+            counters = memory
+            if isinstance(result, Refused):
+                charges, spans, result, _ = await self._reserve(call, memory, applicable, cost, tokens, "", result)
+                now = memory.clock()
+        else:
             try:
-                result = await _reserve_shielded(
-                    counters, call.request_id, charges, self.config.reservation_ttl_s, meta
-                )
+                counters = await service.counters()
             except CountersUnavailable:
-                service.store_errors += 1
-                if any(a.rule.kind == "budget" for a in applied):
+                if applicable.budget:
                     raise _store_down() from None
                 counters = service.fallback
-                degraded = True
                 service.degraded()
-                continue
+            meta = ""
+            if counters is not service.fallback:
+                meta = orjson.dumps(
+                    {
+                        "consumer": consumer.name,
+                        "key": call.key_id,
+                        "model": model,
+                        "provider": route.provider.name,
+                        "endpoint": call.endpoint,
+                        "cost": cost,
+                        "tokens": tokens,
+                    }
+                ).decode()
+            charges, spans, result, counters = await self._reserve(call, counters, applicable, cost, tokens, meta, None)
+            now = counters.clock()
+        call.limits = Held(applicable, charges, counters)
+        call.limit_headers = _headers(call, applicable.applied, charges, result, spans, now)
+
+    async def _reserve(
+        self,
+        call: Call,
+        counters: Counters,
+        applicable: Applicable,
+        cost: int,
+        tokens: int,
+        meta: str,
+        refused: Refused | None,
+    ) -> tuple[tuple[Charge, ...], tuple[Span | None, ...], list[Level], Counters]:
+        """Reserve (again, after a first refusal `refused`): wait while the room is held by calls
+        in flight, fall back to local counters while a shared store is down; raise the refusal.
+        The charges, their spans and levels, and the counters that hold them."""
+        service = self.service
+        deadline: float | None = None
+        applied = applicable.applied
+        degraded = counters is service.fallback
+        instances = service.config.redis.instances if service.config.redis is not None else 1
+        now = counters.clock()
+        charges, spans = _charges(applied, cost, tokens, now, instances if degraded else 1)
+        result: list[Level] | Refused | None = refused
+        while True:
+            if result is None:
+                try:
+                    ttl = self.config.reservation_ttl_s
+                    result = await _reserve_shielded(counters, call.request_id, charges, ttl, meta)
+                except CountersUnavailable:
+                    service.store_errors += 1
+                    if applicable.budget:
+                        raise _store_down() from None
+                    counters = service.fallback
+                    degraded = True
+                    service.degraded()
+                    charges, spans = _charges(applied, cost, tokens, now, instances)
+                    continue
             if not isinstance(result, Refused):
                 if service.shared and not degraded:
                     service.in_flight.add(call.request_id)
-                return charges, spans, result
+                return charges, spans, result, counters
             charge = charges[result.index]
             if result.may_wait and charge.wait and self.config.budget_wait_s > 0:
                 clock = time.monotonic()
@@ -144,6 +167,9 @@ class LimitsStage:
                     deadline = clock + self.config.budget_wait_s
                 if clock < deadline:
                     await counters.wait_settled(min(deadline - clock, 1.0))
+                    now = counters.clock()
+                    charges, spans = _charges(applied, cost, tokens, now, instances if degraded else 1)
+                    result = None
                     continue
             raise _refusal(call, applied[result.index], charge, spans[result.index], result, now, self.config.currency)
 
@@ -203,13 +229,23 @@ class LimitsStage:
         if held is None:
             return
         call.limits = None
-        actual = tuple(_actual(a.rule.kind, call) for a in held.applied)
-        # Shielded: a cancelled call still settles (and frees its concurrency slot).
-        levels = await asyncio.shield(self.service.settle(held, call.request_id, actual))
-        if levels is not None and self.plan.budgets:
-            self.service.alerts(
-                held, levels, actual, {"request_id": call.request_id, "consumer": call.consumer and call.consumer.name}
-            )
+        applicable = held.applicable
+        cost = call.cost_micro_usd or 0
+        used = (call.prompt_tokens or 0) + (call.completion_tokens or 0)
+        actual = tuple(
+            [cost if k == "budget" else used if k == "tokens" else int(k == "requests") for k in applicable.kinds]
+        )
+        counters = held.counters
+        windows = tuple([c.window for c in held.charges]) if applicable.alerts else ()
+        if isinstance(counters, MemoryCounters):
+            # Nothing in it waits: it completes even in a task being cancelled.
+            levels = counters.settle_now(call.request_id, actual, windows)
+        else:
+            # Shielded: a cancelled call still settles (and frees its concurrency slot).
+            levels = await asyncio.shield(self.service.settle(held, call.request_id, actual, windows))
+        if levels and applicable.alerts:
+            info = {"request_id": call.request_id, "consumer": call.consumer and call.consumer.name}
+            self.service.alerts(applicable.applied, levels, actual, info)
 
 
 async def _reserve_shielded(
@@ -238,32 +274,20 @@ def _release_cancelled(
 
 
 def _charges(
-    applied: tuple[Applied, ...], cost: int, tokens: int, now: float, degraded: bool, service: LimitsService
+    applied: tuple[Applied, ...], cost: int, tokens: int, now: float, instances: int
 ) -> tuple[tuple[Charge, ...], tuple[Span | None, ...]]:
+    """The call's charge on each counter; `instances` > 1: this instance's share of each limit
+    (the shared store is down)."""
     charges: list[Charge] = []
     spans: list[Span | None] = []
-    instances = service.config.redis.instances if degraded and service.config.redis is not None else 1
     for a in applied:
-        kind = a.rule.kind
-        amount = cost if kind == "budget" else tokens if kind == "tokens" else 1
-        charge, span = a.charge(amount, now, kind == "budget")
+        kind = a.kind
+        charge, span = a.charge(cost if kind == "budget" else tokens if kind == "tokens" else 1, now)
         if instances > 1:
-            charge = Charge(
-                charge.key, charge.window, local_limit(charge.limit, instances), amount, charge.ttl_s, charge.wait
-            )
+            charge = charge._replace(limit=local_limit(charge.limit, instances))
         charges.append(charge)
         spans.append(span)
     return tuple(charges), tuple(spans)
-
-
-def _actual(kind: str, call: Call) -> int:
-    if kind == "budget":
-        return call.cost_micro_usd or 0
-    if kind == "tokens":
-        return (call.prompt_tokens or 0) + (call.completion_tokens or 0)
-    if kind == "requests":
-        return 1
-    return 0  # concurrent: the slot is freed
 
 
 def _store_down() -> ServiceUnavailable:
@@ -315,7 +339,23 @@ def _refusal(
     return error
 
 
-_KIND_HEADER = {"requests": "requests", "tokens": "tokens", "budget": "budget"}
+#: header names per kind: OpenAI's, and Anthropic's for Anthropic clients
+_OPENAI_NAMES = {
+    kind: (
+        f"x-ratelimit-limit-{kind}".encode(),
+        f"x-ratelimit-remaining-{kind}".encode(),
+        f"x-ratelimit-reset-{kind}".encode(),
+    )
+    for kind in ("requests", "tokens", "budget")
+}
+_ANTHROPIC_NAMES = {
+    kind: (
+        f"anthropic-ratelimit-{kind}-limit".encode(),
+        f"anthropic-ratelimit-{kind}-remaining".encode(),
+        f"anthropic-ratelimit-{kind}-reset".encode(),
+    )
+    for kind in ("requests", "tokens")
+}
 
 
 def _headers(
@@ -327,38 +367,26 @@ def _headers(
     now: float,
 ) -> list[tuple[bytes, bytes]]:
     """`x-ratelimit-{limit,remaining,reset}-{requests,tokens,budget}` of the tightest counter of
-    each kind (the least left), as OpenAI sends them; Anthropic's names for Anthropic clients."""
-    tightest: dict[str, tuple[int, int, float]] = {}
+    each kind (the least left, this call's reservation held), as OpenAI sends them; Anthropic's
+    names too for Anthropic clients. Budget amounts are in currency units."""
+    tightest: dict[str, tuple[Applied, int, Span]] = {}
     for a, charge, level, span in zip(applied, charges, levels, spans, strict=True):
-        kind = _KIND_HEADER.get(a.rule.kind)
-        if kind is None or span is None:
+        if span is None:  # a concurrency slot: no window to report
             continue
-        left = max(0, charge.limit - level.used - level.reserved)
-        best = tightest.get(kind)
+        left = charge[2] - level[0] - level[1]
+        best = tightest.get(a.kind)
         if best is None or left < best[1]:
-            tightest[kind] = (charge.limit, left, span.resets)
+            tightest[a.kind] = (a, left, span)
     headers: list[tuple[bytes, bytes]] = []
-    anthropic = call.dialect == "anthropic"
-    for kind, (limit, left, resets) in tightest.items():
-        if kind == "budget":
-            headers += [
-                (b"x-ratelimit-limit-budget", _amount(limit)),
-                (b"x-ratelimit-remaining-budget", _amount(left)),
-                (b"x-ratelimit-reset-budget", _duration(max(0.0, resets - now)).encode()),
-            ]
-            continue
-        headers += [
-            (f"x-ratelimit-limit-{kind}".encode(), str(limit).encode()),
-            (f"x-ratelimit-remaining-{kind}".encode(), str(left).encode()),
-            (f"x-ratelimit-reset-{kind}".encode(), _duration(max(0.0, resets - now)).encode()),
-        ]
-        if anthropic:
-            stamp = dt.datetime.fromtimestamp(resets, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ").encode()
-            headers += [
-                (f"anthropic-ratelimit-{kind}-limit".encode(), str(limit).encode()),
-                (f"anthropic-ratelimit-{kind}-remaining".encode(), str(left).encode()),
-                (f"anthropic-ratelimit-{kind}-reset".encode(), stamp),
-            ]
+    for kind, (a, left, span) in tightest.items():
+        limit_name, left_name, reset_name = _OPENAI_NAMES[kind]
+        reset = _reset_text(span.resets - now)
+        left_text = (_amount(left) if kind == "budget" else str(left).encode()) if left > 0 else b"0"
+        headers += ((limit_name, a.limit_text), (left_name, left_text), (reset_name, reset))
+        if kind != "budget" and call.dialect == "anthropic":
+            limit_name, left_name, reset_name = _ANTHROPIC_NAMES[kind]
+            stamp = dt.datetime.fromtimestamp(span.resets, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ").encode()
+            headers += ((limit_name, a.limit_text), (left_name, left_text), (reset_name, stamp))
     return headers
 
 
@@ -373,10 +401,26 @@ def _amount(micro: int) -> bytes:
     return f"{micro / 1_000_000:.6f}".encode()
 
 
+_RESETS: dict[int, bytes] = {}
+
+
+def _reset_text(seconds: float) -> bytes:
+    """`_duration` to the tenth of a second, remembered (calls in the same tenth share it)."""
+    tenths = round(seconds * 10)
+    text = _RESETS.get(tenths)
+    if text is None:
+        if len(_RESETS) >= 4096:
+            _RESETS.clear()
+        text = _RESETS[tenths] = _duration(tenths / 10).encode()
+    return text
+
+
 def _duration(seconds: float) -> str:
     """A duration as OpenAI's rate-limit headers write it: `20ms`, `1s`, `6m0s`, `1h2m3s`."""
     if seconds < 1:
         return f"{max(0, round(seconds * 1000))}ms"
+    if seconds < 60 and seconds == int(seconds):
+        return f"{int(seconds)}s"
     whole = int(seconds)
     hours, rest = divmod(whole, 3600)
     minutes, secs = divmod(rest, 60)

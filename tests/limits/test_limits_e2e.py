@@ -322,6 +322,7 @@ def test_failed_cut_and_abandoned_calls_free_their_reservations(
 
 def _budget_window(gw: RunningGateway, memory: MemoryCounters) -> tuple[str, ...]:
     stage = next(s for s in gw.app.pipeline.stages if s.name == "limits")
-    applied = next(a for a in stage.plan.applicable(None, gw.app.snapshot.consumers["alice"], "budgeted", "mock"))  # type: ignore[attr-defined]
+    consumer = gw.app.snapshot.consumers["alice"]
+    applied = stage.plan.applicable(None, consumer, "budgeted", "mock").applied[0]  # type: ignore[attr-defined]
     assert applied.rule.kind == "budget"
-    return applied.charge(0, memory.clock(), True)[0].window  # type: ignore[no-any-return]
+    return applied.charge(0, memory.clock())[0].window  # type: ignore[no-any-return]

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from sluicegate.store.db import create_engine
 from sluicegate.store.keys import KeyStore
@@ -210,9 +209,3 @@ def test_redis_down_budgets_fail_closed_and_rate_limits_keep_a_local_share(
             wait_for(lambda: bob.post("/v1/chat/completions", json=body).status_code == 200, timeout=10)
         events = gw.audit()
         assert any(e["outcome"] == "budget_store_unavailable" for e in events)
-
-
-@pytest.fixture(autouse=True)
-def _no_reply_left(upstream: FakeUpstream) -> Iterator[None]:
-    yield
-    upstream.default = None

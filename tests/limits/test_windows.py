@@ -79,7 +79,7 @@ def test_a_rolling_window_forgets_spend_one_bucket_at_a_time() -> None:
     applied = Applied(rule, "*")
 
     def spend(amount: int, request_id: str) -> bool:
-        charge, _ = applied.charge(amount, now[0], False)
+        charge, _ = applied.charge(amount, now[0])
         held = asyncio.run(counters.reserve(request_id, [charge], 60))
         if not isinstance(held, list):
             return False
