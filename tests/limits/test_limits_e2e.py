@@ -326,3 +326,70 @@ def _budget_window(gw: RunningGateway, memory: MemoryCounters) -> tuple[str, ...
     applied = stage.plan.applicable(None, consumer, "budgeted", "mock").applied[0]  # type: ignore[attr-defined]
     assert applied.rule.kind == "budget"
     return applied.charge(0, memory.clock())[0].window  # type: ignore[no-any-return]
+
+
+#: one call per client API: path, body (the model is filled in), and how its error names the kind
+ENDPOINT_CALLS = {
+    "chat": ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 50}),
+    "completions": ("/v1/completions", {"prompt": "hi", "max_tokens": 50}),
+    "responses": ("/v1/responses", {"input": "hi", "max_output_tokens": 50}),
+    "embeddings": ("/v1/embeddings", {"input": "hi"}),
+    "messages": ("/v1/messages", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 50}),
+}
+
+
+@pytest.mark.parametrize("endpoint", list(ENDPOINT_CALLS))
+@pytest.mark.parametrize("model", ["budgeted", "claude"], ids=["openai-upstream", "anthropic-upstream"])
+def test_every_client_api_is_priced_counted_and_refused_in_its_own_format(
+    tmp_path: Path, upstream: FakeUpstream, upstream_url: str, endpoint: str, model: str
+) -> None:
+    if endpoint in ("embeddings", "completions") and model == "claude":
+        pytest.skip("Anthropic serves neither embeddings nor legacy completions")
+    fixed(upstream)
+    if endpoint == "embeddings":
+        model = "priced-input"  # an embedding has input tokens only
+    limits = """\
+  budgets:
+    - {name: monthly, scope: consumer, amount: 1, window: month}
+  rate_limits:
+    - {name: once, scope: consumer, requests: 1, window: day}
+"""
+    with limited_gateway(tmp_path, upstream_url, limits, claude=True) as gw, gw.client() as client:
+        path, body = ENDPOINT_CALLS[endpoint]
+        first = client.post(path, json={"model": model, **body})
+        assert first.status_code == 200, first.text
+        assert first.headers["x-ratelimit-remaining-requests"] == "0"
+        assert float(first.headers["x-ratelimit-remaining-budget"]) < 1
+        second = client.post(path, json={"model": model, **body})
+        assert second.status_code == 429
+        assert "once" in second.text and int(second.headers["retry-after"]) > 0
+        if endpoint == "messages":
+            assert second.json()["type"] == "error"
+            assert second.json()["error"]["type"] == "rate_limit_error"
+        else:
+            assert_openai_error(second, 429, "rate_limit_exceeded")
+        [event] = [e for e in gw.audit() if e["status"] == 200 and e["endpoint"] == endpoint]
+        assert event["cost_micro_usd"] is not None and event["cost_micro_usd"] > 0
+        memory = gw.app.services.limits.memory
+        [level] = asyncio.run(memory.buckets("b:monthly:consumer=alice:")).values()
+        assert level == (event["cost_micro_usd"], 0)
+
+
+def test_the_openai_sdk_waits_out_a_short_window_and_succeeds(
+    tmp_path: Path, upstream: FakeUpstream, upstream_url: str
+) -> None:
+    fixed(upstream)
+    limits = """\
+  rate_limits:
+    - {name: burst, scope: consumer, requests: 1, window: 2s}
+"""
+    with limited_gateway(tmp_path, upstream_url, limits) as gw:
+        client = openai.OpenAI(base_url=gw.url + "/v1", api_key=gw.keys["alice"], max_retries=3)
+        for _ in range(2):  # the second is refused, then retried by the SDK after Retry-After
+            raw = client.chat.completions.with_raw_response.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+            )
+            assert raw.http_response.status_code == 200
+        outcomes = [e["outcome"] for e in gw.audit() if e["model_requested"] == "gpt-4o-mini"]
+        assert outcomes[0] == "ok" and outcomes[-1] == "ok"
+        assert "rate_limit_exceeded" in outcomes  # the SDK was refused at least once, and retried
