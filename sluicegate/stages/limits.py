@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from sluicegate import tokens as tokenizer
 from sluicegate.errors import RateLimited, ServiceUnavailable
 from sluicegate.limits.counters import Charge, Counters, CountersUnavailable, Level, MemoryCounters, Refused
 from sluicegate.limits.plan import Applicable, Applied, Held, Plan
@@ -29,6 +30,7 @@ from sluicegate.limits.prices import PriceBook, count_images, worst_case
 from sluicegate.limits.service import LimitsService, local_limit
 from sluicegate.limits.windows import Span, retry_after
 from sluicegate.providers.base import OUTPUT_LIMITS
+from sluicegate.stages.accounting import INLINE_COUNT_CHARS
 from sluicegate.stages.base import Services, register_stage
 
 if TYPE_CHECKING:
@@ -79,12 +81,8 @@ class LimitsStage:
         if not applicable.applied:
             return
         service = self.service
-        cost = tokens = 0
-        if applicable.tokens:
-            input_tokens, output_tokens = self._bounds(call, route)
-            tokens = input_tokens + output_tokens
-            if applicable.budget:
-                cost = self._worst_cost(call, route, input_tokens, output_tokens)
+        bounds = self._bounds(call, route) if applicable.tokens else (0, 0)
+        cost, tokens = self._amounts(call, route, applicable, bounds)
         counters: Counters
         if not service.shared:
             memory = service.memory
@@ -93,7 +91,7 @@ class LimitsStage:
             result = memory.reserve_now(call.request_id, charges, self.config.reservation_ttl_s)
             counters = memory
             if isinstance(result, Refused):
-                charges, spans, result, _ = await self._reserve(call, memory, applicable, cost, tokens, "", result)
+                charges, spans, result, _ = await self._reserve(call, route, memory, applicable, bounds, result)
                 now = memory.clock()
         else:
             try:
@@ -103,20 +101,7 @@ class LimitsStage:
                     raise _store_down() from None
                 counters = service.fallback
                 service.degraded()
-            meta = ""
-            if counters is not service.fallback:
-                meta = orjson.dumps(
-                    {
-                        "consumer": consumer.name,
-                        "key": call.key_id,
-                        "model": model,
-                        "provider": route.provider.name,
-                        "endpoint": call.endpoint,
-                        "cost": cost,
-                        "tokens": tokens,
-                    }
-                ).decode()
-            charges, spans, result, counters = await self._reserve(call, counters, applicable, cost, tokens, meta, None)
+            charges, spans, result, counters = await self._reserve(call, route, counters, applicable, bounds, None)
             now = counters.clock()
         call.limits = Held(applicable, charges, counters)
         call.limit_headers = _headers(call, applicable.applied, charges, result, spans, now)
@@ -124,19 +109,22 @@ class LimitsStage:
     async def _reserve(
         self,
         call: Call,
+        route: Route,
         counters: Counters,
         applicable: Applicable,
-        cost: int,
-        tokens: int,
-        meta: str,
+        bounds: tuple[int, int],
         refused: Refused | None,
     ) -> tuple[tuple[Charge, ...], tuple[Span | None, ...], list[Level], Counters]:
-        """Reserve (again, after a first refusal `refused`): wait while the room is held by calls
-        in flight, fall back to local counters while a shared store is down; raise the refusal.
-        The charges, their spans and levels, and the counters that hold them."""
+        """Reserve (again, after a first refusal `refused`): refine the input bound by counting
+        the prompt's tokens, wait while the room is held by calls in flight, fall back to local
+        counters while a shared store is down; raise the refusal. The charges, their spans and
+        levels, and the counters that hold them."""
         service = self.service
         deadline: float | None = None
+        refined = False
         applied = applicable.applied
+        cost, tokens = self._amounts(call, route, applicable, bounds)
+        meta = _meta(call, route, cost, tokens) if service.shared else ""
         degraded = counters is service.fallback
         instances = service.config.redis.instances if service.config.redis is not None else 1
         now = counters.clock()
@@ -161,6 +149,17 @@ class LimitsStage:
                     service.in_flight.add(call.request_id)
                 return charges, spans, result, counters
             charge = charges[result.index]
+            if not refined and applied[result.index].kind in ("budget", "tokens"):
+                # Near the limit: count the prompt's tokens rather than bound them by its bytes.
+                refined = True
+                counted = await _counted_input(call)
+                if counted < bounds[0]:
+                    bounds = (counted, bounds[1])
+                    cost, tokens = self._amounts(call, route, applicable, bounds)
+                    meta = _meta(call, route, cost, tokens) if service.shared else ""
+                    charges, spans = _charges(applied, cost, tokens, now, instances if degraded else 1)
+                    result = None
+                    continue
             if result.may_wait and charge.wait and self.config.budget_wait_s > 0:
                 clock = time.monotonic()
                 if deadline is None:
@@ -172,6 +171,13 @@ class LimitsStage:
                     result = None
                     continue
             raise _refusal(call, applied[result.index], charge, spans[result.index], result, now, self.config.currency)
+
+    def _amounts(self, call: Call, route: Route, applicable: Applicable, bounds: tuple[int, int]) -> tuple[int, int]:
+        """The worst-case cost and tokens of a call with these input and output bounds."""
+        if not applicable.tokens:
+            return 0, 0
+        cost = self._worst_cost(call, route, bounds[0], bounds[1]) if applicable.budget else 0
+        return cost, bounds[0] + bounds[1]
 
     def _bounds(self, call: Call, route: Route) -> tuple[int, int]:
         """The most input and output tokens this call can use: one token per body byte at most
@@ -246,6 +252,56 @@ class LimitsStage:
         if levels and applicable.alerts:
             info = {"request_id": call.request_id, "consumer": call.consumer and call.consumer.name}
             self.service.alerts(applicable.applied, levels, actual, info)
+
+
+def _meta(call: Call, route: Route, cost: int, tokens: int) -> str:
+    """What a shared store keeps with a reservation, for the audit event of its reaping."""
+    return orjson.dumps(
+        {
+            "consumer": call.consumer.name if call.consumer is not None else None,
+            "key": call.key_id,
+            "model": call.model_requested,
+            "provider": route.provider.name,
+            "endpoint": call.endpoint,
+            "cost": cost,
+            "tokens": tokens,
+        }
+    ).decode()
+
+
+async def _counted_input(call: Call) -> int:
+    """The prompt's tokens counted with the model's encoding (o200k_base for models it does not
+    know): every text of the body, and the chat format's overhead per message. Large bodies are
+    counted in a worker thread."""
+    texts: list[str] = []
+    _texts(call.body, texts, 0)
+    messages = call.body.get("messages") if call.body is not None else None
+    overhead = (
+        len(messages) * tokenizer.TOKENS_PER_MESSAGE + tokenizer.TOKENS_PER_REPLY if isinstance(messages, list) else 0
+    )
+    model = call.model_served or call.model_requested
+    if sum(map(len, texts)) <= INLINE_COUNT_CHARS:
+        return tokenizer.count_tokens(texts, model) + overhead
+    return await asyncio.to_thread(tokenizer.count_tokens, texts, model) + overhead
+
+
+#: body fields whose strings the model does not read as text
+_NOT_TEXT = frozenset({"model", "role", "type", "id", "tool_call_id", "stream", "user", "metadata"})
+
+
+def _texts(value: Any, out: list[str], depth: int) -> None:
+    """Every string of a request body but the ones naming things (model, roles, types, ids)."""
+    if depth > 64:
+        return
+    if isinstance(value, str):
+        out.append(value)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if key not in _NOT_TEXT:
+                _texts(item, out, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _texts(item, out, depth + 1)
 
 
 async def _reserve_shielded(

@@ -97,11 +97,12 @@ def test_concurrent_calls_against_a_budget_with_room_for_exactly_100(
         assert _holding(gw) == 0
 
 
-def test_a_worst_case_above_the_actual_cost_never_overspends(
+def test_input_priced_calls_reserve_their_counted_prompt_near_the_limit(
     tmp_path: Path, upstream: FakeUpstream, upstream_url: str
 ) -> None:
-    # Input is priced and estimated from the body's size (more than the 7 tokens the upstream
-    # reports): calls wait for those in flight instead of being refused, and the budget holds.
+    # Input is priced. Its bound, the body's size in bytes, is above the 7 tokens the upstream
+    # reports; near the limit the prompt's tokens are counted instead (here 7 as well), so the
+    # budget admits exactly what it has room for, and calls wait for those in flight meanwhile.
     fixed(upstream, delay_s=0.01)
     actual = PROMPT * 1 + COMPLETION * 2
     budget = 50 * actual
@@ -112,11 +113,29 @@ def test_a_worst_case_above_the_actual_cost_never_overspends(
 """
     with limited_gateway(tmp_path, upstream_url, limits) as gw:
         responses = asyncio.run(_many(gw, 200, model="priced-input"))
-        ok = sum(r.status_code == 200 for r in responses)
-        # The last call is refused once what is left is below its worst case.
-        assert 45 <= ok <= 50
+        assert sum(r.status_code == 200 for r in responses) == 50
         spent = sum(e["cost_micro_usd"] or 0 for e in gw.audit() if e["status"] == 200)
-        assert spent == ok * actual <= budget
+        assert spent == budget
+        assert _holding(gw) == 0
+
+
+def test_a_worst_case_above_the_actual_cost_never_overspends(
+    tmp_path: Path, upstream: FakeUpstream, upstream_url: str
+) -> None:
+    # The upstream reports fewer output tokens than the reserved cap: calls reserve more than
+    # they cost, and the last ones are refused once what is left is below a worst case.
+    fixed(upstream, delay_s=0.01)
+    limits = f"""\
+  budget_wait_s: 20
+  budgets:
+    - {{name: wide, scope: gateway, amount: {50 * CALL_COST / 1e6}, window: day}}
+"""
+    with limited_gateway(tmp_path, upstream_url, limits) as gw:
+        responses = asyncio.run(_many(gw, 200, max_tokens=2 * COMPLETION))
+        ok = sum(r.status_code == 200 for r in responses)
+        assert 40 <= ok < 50
+        spent = sum(e["cost_micro_usd"] or 0 for e in gw.audit() if e["status"] == 200)
+        assert spent == ok * CALL_COST <= 50 * CALL_COST
         assert _holding(gw) == 0
 
 
