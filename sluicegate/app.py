@@ -17,6 +17,7 @@ import signal
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
 import aiohttp
 import orjson
@@ -33,9 +34,11 @@ from sluicegate.dialects import request_texts
 from sluicegate.dialects import responses as responses_dialect
 from sluicegate.edge.forwarded import ClientAddress
 from sluicegate.edge.protocol import EXTENSION, EdgeState
-from sluicegate.errors import MethodNotAllowed, NotFound, SluicegateError
+from sluicegate.errors import BadRequest, MethodNotAllowed, NotFound, ServiceUnavailable, SluicegateError
 from sluicegate.guardrails.base import GuardContext, GuardUnavailable
+from sluicegate.limits.counters import CountersUnavailable
 from sluicegate.limits.reconcile import Reconciler
+from sluicegate.limits.report import caller_view
 from sluicegate.limits.service import LimitsService
 from sluicegate.pipeline import Endpoint, Pipeline, send_error
 from sluicegate.relay import Relay
@@ -125,6 +128,7 @@ ENDPOINTS: dict[str, Endpoint] = {
 _JSON = (b"content-type", b"application/json")
 #: `/v1/models` runs the header stages only; it has no body to parse
 _MODELS = _openai("models", lambda call, body: None)
+_SPEND = _openai("spend", lambda call, body: None)
 #: a path the gateway does not serve (404), audited under this endpoint name
 _UNKNOWN = _openai("unknown", lambda call, body: None)
 _ANTHROPIC_UNKNOWN = Endpoint(
@@ -136,7 +140,13 @@ _ANTHROPIC_UNKNOWN = Endpoint(
     dialect="anthropic",
 )
 #: the paths answered to GET, with the methods they allow (their `Allow` header on a 405)
-_GET_PATHS = {"/v1/models": b"GET", "/models": b"GET", "/healthz": b"GET, HEAD", "/readyz": b"GET, HEAD"}
+_GET_PATHS = {
+    "/v1/models": b"GET",
+    "/models": b"GET",
+    "/v1/spend": b"GET",
+    "/healthz": b"GET, HEAD",
+    "/readyz": b"GET, HEAD",
+}
 
 
 class Gateway:
@@ -230,6 +240,8 @@ class Gateway:
             await self._unknown(scope, send, None, MethodNotAllowed(f"Use GET for {_shown(path)}"))
         elif path in ("/v1/models", "/models"):
             await self._models(scope, receive, send)
+        elif path == "/v1/spend":
+            await self._spend(scope, send)
         elif path == "/healthz":
             await _send_json(send, 200, {"status": "ok"})
         elif path == "/readyz":
@@ -321,6 +333,38 @@ class Gateway:
         except SluicegateError as exc:
             call.fail(exc)
             await send_error(call, send, exc, anthropic_dialect.error_body if anthropic else openai_dialect.error_body)
+        finally:
+            if not finishing.finished:
+                await pipeline.finish(call)
+
+    async def _spend(self, scope: Scope, send: Send) -> None:
+        """`GET /v1/spend[?period=day|week|month]`: the caller's own spend and limits."""
+        snapshot, pipeline = self._state
+        call = self._new_call(scope, _SPEND, snapshot)
+        send = finishing = pipeline.finishing_send(call, send)
+        try:
+            for stage in pipeline.header_stages:
+                await stage.on_request(call)
+            assert call.consumer is not None
+            query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
+            period = query.get("period", "month")
+            if period not in ("day", "week", "month"):
+                raise BadRequest("'period' is day, week or month", param="period")
+            limits = self.services.limits
+            counters = limits.memory if not limits.shared else await limits.counters()
+            report = await caller_view(self.engine, snapshot, call.consumer, call.key_id, counters, period)
+            call.status = 200
+            body = orjson.dumps(report)
+            headers = [_JSON, (b"x-request-id", call.request_id.encode())]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+        except CountersUnavailable:
+            error = ServiceUnavailable("The limits' counter store is unavailable", code="budget_store_unavailable")
+            call.fail(error)
+            await send_error(call, send, error, openai_dialect.error_body)
+        except SluicegateError as exc:
+            call.fail(exc)
+            await send_error(call, send, exc, openai_dialect.error_body)
         finally:
             if not finishing.finished:
                 await pipeline.finish(call)

@@ -99,7 +99,7 @@ class GuardConfig(_Strict):
         return frozenset(out)
 
 
-Endpoint = Literal["chat", "completions", "embeddings", "models", "responses", "messages", "count_tokens"]
+Endpoint = Literal["chat", "completions", "embeddings", "models", "responses", "messages", "count_tokens", "spend"]
 
 
 class AccessRules(_Strict):

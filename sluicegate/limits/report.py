@@ -17,7 +17,7 @@ from sluicegate.limits.plan import Plan
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
-    from sluicegate.config.snapshot import Snapshot
+    from sluicegate.config.snapshot import Consumer, Snapshot
     from sluicegate.limits.counters import Counters
 
 
@@ -97,3 +97,75 @@ async def budget_states(
 
 def _iso(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="seconds")
+
+
+async def caller_view(
+    engine: Engine,
+    snapshot: Snapshot,
+    consumer: Consumer,
+    key_id: str | None,
+    counters: Counters,
+    period: str = "month",
+) -> dict[str, Any]:
+    """What one caller may see of its own limits (`GET /v1/spend`): its consumer's spend over the
+    current calendar `period` (UTC) from the ledger, and every budget and rate limit of its key,
+    consumer, groups or the gateway with the live levels of their counters. Model- and
+    provider-scoped limits are left out: they depend on the call."""
+    import asyncio
+
+    from sluicegate.limits.windows import calendar_bounds
+
+    now = counters.clock()
+    since, until = calendar_bounds(now, period, dt.UTC)  # type: ignore[arg-type]
+    spent = await asyncio.to_thread(_consumer_spend, engine, consumer.name, since, until)
+    plan = Plan(snapshot.config.limits)
+    applicable = plan.applicable(key_id, consumer, "", "")
+    chosen = [a for a in applicable.applied if a.rule.scope in ("key", "consumer", "group", "gateway")]
+    charges = [a.charge(0, now) for a in chosen]
+    levels = await counters.levels([charge.window for charge, _ in charges]) if chosen else []
+    limits: list[dict[str, Any]] = []
+    for a, (_, span), level in zip(chosen, charges, levels, strict=True):
+        rule = a.rule
+        entry: dict[str, Any] = {
+            "name": rule.name,
+            "kind": rule.kind,
+            "scope": rule.scope,
+            "value": a.value,
+            "limit": rule.limit,
+            "used": level.used,
+            "reserved": level.reserved,
+            "remaining": max(0, rule.limit - level.used - level.reserved),
+        }
+        if span is not None:
+            entry["window"] = span.label
+            entry["resets_at"] = _iso(span.resets)
+        limits.append(entry)
+    return {
+        "consumer": consumer.name,
+        "currency": snapshot.config.limits.currency,
+        "period": {"name": period, "since": _iso(since), "until": _iso(until)},
+        "spend": spent,
+        "limits": limits,
+    }
+
+
+def _consumer_spend(engine: Engine, consumer: str, since: float, until: float) -> dict[str, int]:
+    import sqlalchemy as sa
+
+    from sluicegate.store.db import audit_events
+
+    columns = audit_events.c
+    query = sa.select(
+        sa.func.count(),
+        sa.func.coalesce(sa.func.sum(columns.prompt_tokens), 0),
+        sa.func.coalesce(sa.func.sum(columns.completion_tokens), 0),
+        sa.func.coalesce(sa.func.sum(columns.cost_micro_usd), 0),
+    ).where(columns.consumer == consumer, columns.ts >= since, columns.ts < until, columns.endpoint != "limits")
+    with engine.connect() as conn:
+        calls, prompt, completion, cost = conn.execute(query).one()
+    return {
+        "calls": int(calls),
+        "prompt_tokens": int(prompt),
+        "completion_tokens": int(completion),
+        "cost_micro": int(cost),
+    }

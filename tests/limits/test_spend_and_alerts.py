@@ -129,3 +129,37 @@ def test_spend_by_consumer_and_budget_state(
         assert "per-consumer" in table.output
         bad = runner.invoke(main, ["spend", "--since", "yesterday"])
         assert bad.exit_code != 0 and "ISO 8601" in bad.output
+
+
+def test_a_caller_reads_its_own_spend_and_limits(tmp_path: Path, upstream: FakeUpstream, upstream_url: str) -> None:
+    fixed(upstream)
+    limits = """\
+  budgets:
+    - {name: mine, scope: consumer, amount: 1, window: month}
+    - {name: bobs, scope: consumer, match: [bob], amount: 1, window: month}
+    - {name: per-model, scope: model, amount: 1, window: day}
+  rate_limits:
+    - {name: rpm, scope: key, requests: 100, window: minute}
+"""
+    with limited_gateway(tmp_path, upstream_url, limits) as gw:
+        assert all(r.status_code == 200 for r in asyncio.run(_many(gw, 3)))
+        gw.audit()
+        with gw.client() as client:
+            resp = client.get("/v1/spend")
+            assert resp.status_code == 200, resp.text
+            view = resp.json()
+            assert view["consumer"] == "alice" and view["period"]["name"] == "month"
+            assert view["spend"]["calls"] == 3 and view["spend"]["cost_micro"] == 3 * CALL_COST
+            by_name = {entry["name"]: entry for entry in view["limits"]}
+            assert set(by_name) == {"mine", "rpm"}  # not bob's, not the per-model one
+            assert by_name["mine"]["used"] == 3 * CALL_COST and by_name["mine"]["reserved"] == 0
+            assert by_name["mine"]["remaining"] == 1_000_000 - 3 * CALL_COST
+            assert by_name["rpm"]["used"] == 3 and by_name["rpm"]["window"] == "1m"
+            assert client.get("/v1/spend?period=day").json()["period"]["name"] == "day"
+            bad = client.get("/v1/spend?period=year")
+            assert bad.status_code == 400 and bad.json()["error"]["param"] == "period"
+            assert client.post("/v1/spend").status_code == 405
+        with gw.client("bob") as bob:
+            assert bob.get("/v1/spend").json()["spend"]["calls"] == 0
+        with gw.client(None) as anonymous:
+            assert anonymous.get("/v1/spend").status_code == 401
