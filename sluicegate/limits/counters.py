@@ -135,6 +135,8 @@ class _Held:
     amounts: tuple[int, ...]
     expires: float
     meta: str
+    #: the buckets themselves, when the caller holds them (`hold`)
+    refs: Sequence[list[int]] | None = None
 
 
 class MemoryCounters:
@@ -207,6 +209,45 @@ class MemoryCounters:
             return None
         self._release(held, actual)
         return [self._level(window) for window in windows]
+
+    def bucket(self, key: str, ttl_s: float) -> list[int]:
+        """A bucket's `[used, reserved]`, created when new: a caller that keeps it (the limits
+        stage, for the current window) reserves and settles on it without a lookup (`hold`)."""
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = [0, 0]
+            self._expires[key] = self._clock() + ttl_s
+        return bucket
+
+    def is_live(self, key: str, bucket: list[int]) -> bool:
+        """Whether `bucket` is still the one counted under `key` (not dropped by the reaper)."""
+        return self._buckets.get(key) is bucket
+
+    def hold(
+        self, request_id: str, keys: tuple[str, ...], amounts: tuple[int, ...], refs: Sequence[list[int]], ttl_s: float
+    ) -> None:
+        """Record a reservation the caller made on `refs` (buckets from `bucket`) itself, after
+        checking them: settled by `settle_held`, or by the reaper like any other."""
+        if request_id in self._held:
+            raise ValueError(f"request {request_id} already holds a reservation")
+        self._held[request_id] = _Held(keys, amounts, self._clock() + ttl_s, "", refs)
+
+    def settle_held(self, request_id: str, actual: Sequence[int]) -> Sequence[list[int]] | None:
+        """Settle a reservation made with `hold`: its buckets after, or None when it holds nothing."""
+        held = self._held.pop(request_id, None)
+        if held is None:
+            return None
+        refs = held.refs
+        if refs is None:
+            self._release(held, actual)
+            return [self.bucket(key, 0.0) for key in held.keys]
+        for bucket, amount, spent in zip(refs, held.amounts, actual, strict=True):
+            bucket[1] -= amount
+            bucket[0] += spent
+        if self._settled is not None:
+            self._settled.set()
+            self._settled = None
+        return refs
 
     def _release(self, held: _Held, actual: Sequence[int]) -> None:
         buckets = self._buckets

@@ -19,6 +19,7 @@ from sluicegate.limits.windows import Span, Window
 if TYPE_CHECKING:
     from sluicegate.config.snapshot import Consumer
     from sluicegate.limits.config import LimitsConfig
+    from sluicegate.limits.counters import MemoryCounters
 
 Kind = Literal["budget", "requests", "tokens", "concurrent"]
 #: a concurrency slot is freed at the end of a call; its key still expires if a crash leaks it
@@ -52,7 +53,7 @@ _tuple = tuple.__new__
 class Applied:
     """A rule applied to one scope value: its counter, and the charge of its current bucket."""
 
-    __slots__ = ("_base", "_span", "kind", "limit_text", "prefix", "rule", "value")
+    __slots__ = ("_base", "_bucket", "_span", "kind", "limit_text", "prefix", "rule", "value")
 
     def __init__(self, rule: Rule, value: str) -> None:
         self.rule = rule
@@ -62,6 +63,8 @@ class Applied:
         self.limit_text = (f"{rule.limit / 1_000_000:.6f}" if rule.kind == "budget" else str(rule.limit)).encode()
         self.prefix = f"{rule.kind[0]}:{rule.name}:{rule.scope}={value}"
         self._span: Span | None = None
+        #: the in-process bucket of the current span (see `bucket`)
+        self._bucket: tuple[object, Span | None, list[int]] | None = None
         #: the charge of one unit in the current bucket (built once per bucket)
         self._base = Charge(self.prefix, (self.prefix,), rule.limit, 1, CONCURRENT_TTL_S, False)
 
@@ -84,6 +87,31 @@ class Applied:
             return base, span
         return _tuple(Charge, (base[0], base[1], base[2], amount, base[4], base[5])), span
 
+    def bucket(self, counters: MemoryCounters, now: float) -> list[int]:
+        """The in-process bucket `now` falls in, kept until its span ends (the fast path of
+        single-bucket windows: no key built, no lookup). A concurrency slot's bucket is checked
+        on each call: the reaper drops it once unused for a day."""
+        cached = self._bucket
+        if cached is not None and cached[0] is counters:
+            span = cached[1]
+            if span is None:
+                if counters.is_live(self.prefix, cached[2]):
+                    return cached[2]
+            elif span.starts <= now < span.ends:
+                return cached[2]
+        charge, span = self.charge(1, now)
+        bucket = counters.bucket(charge.key, charge.ttl_s)
+        self._bucket = (counters, span, bucket)
+        return bucket
+
+    def current_key(self) -> str:
+        """The key of the bucket `bucket` or `charge` returned last."""
+        return self._base[0]
+
+    def current_span(self) -> Span | None:
+        """The span of the bucket `bucket` or `charge` returned last (None: a concurrency slot)."""
+        return self._span
+
     def describe(self) -> str:
         """`consumer 'alice'`, `the gateway`: who the counter counts, for messages."""
         if self.rule.scope == "gateway":
@@ -94,11 +122,18 @@ class Applied:
 class Applicable:
     """What applies to one (key, consumer, model, provider): the rules, and what they need."""
 
-    __slots__ = ("alerts", "applied", "budget", "kinds", "tokens")
+    __slots__ = ("alerts", "applied", "budget", "distinct", "kinds", "limits", "single", "tokens", "windowed")
 
     def __init__(self, applied: tuple[Applied, ...]) -> None:
         self.applied = applied
         self.kinds = tuple(a.kind for a in applied)
+        self.limits = tuple(a.rule.limit for a in applied)
+        #: every counter is one bucket (no rolling window): the in-process fast path applies
+        self.single = not any(a.rule.window is not None and a.rule.window.rolling for a in applied)
+        #: the counters with a window (their figures go to the rate-limit headers)
+        self.windowed = tuple(i for i, a in enumerate(applied) if a.rule.window is not None)
+        #: no two of them of one kind: each is the tightest of its kind
+        self.distinct = len({applied[i].kind for i in self.windowed}) == len(self.windowed)
         self.budget = "budget" in self.kinds
         #: the call's input and output must be bounded (a budget or a token limit applies)
         self.tokens = self.budget or "tokens" in self.kinds
@@ -110,7 +145,8 @@ class Held(NamedTuple):
     """What the limits stage reserved for one call, settled at its end."""
 
     applicable: Applicable
-    charges: tuple[Charge, ...]
+    #: the charges (None: reserved on in-process buckets directly, `MemoryCounters.hold`)
+    charges: tuple[Charge, ...] | None
     #: the backend that holds it (a shared store, or this process's fallback)
     counters: object
 

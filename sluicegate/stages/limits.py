@@ -87,6 +87,8 @@ class LimitsStage:
         if not service.shared:
             memory = service.memory
             now = memory.clock()
+            if applicable.single and self._reserve_buckets(call, memory, applicable, cost, tokens, now):
+                return
             charges, spans = _charges(applicable.applied, cost, tokens, now, 1)
             result = memory.reserve_now(call.request_id, charges, self.config.reservation_ttl_s)
             counters = memory
@@ -105,6 +107,27 @@ class LimitsStage:
             now = counters.clock()
         call.limits = Held(applicable, charges, counters)
         call.limit_headers = _headers(call, applicable.applied, charges, result, spans, now)
+
+    def _reserve_buckets(
+        self, call: Call, memory: MemoryCounters, applicable: Applicable, cost: int, tokens: int, now: float
+    ) -> bool:
+        """The in-process fast path: check and hold the call's amounts on the buckets themselves
+        (nothing awaits in between); False when one has no room (the general path then decides:
+        count the prompt, wait, or refuse)."""
+        applied = applicable.applied
+        refs = [a.bucket(memory, now) for a in applied]
+        amounts = tuple([cost if k == "budget" else tokens if k == "tokens" else 1 for k in applicable.kinds])
+        for bucket, amount, limit in zip(refs, amounts, applicable.limits, strict=True):
+            if bucket[0] + bucket[1] + amount > limit:
+                return False
+        for bucket, amount in zip(refs, amounts, strict=True):
+            bucket[1] += amount
+        memory.hold(
+            call.request_id, tuple([a.current_key() for a in applied]), amounts, refs, self.config.reservation_ttl_s
+        )
+        call.limits = Held(applicable, None, memory)
+        call.limit_headers = _bucket_headers(call, applicable, refs, now)
+        return True
 
     async def _reserve(
         self,
@@ -242,7 +265,15 @@ class LimitsStage:
             [cost if k == "budget" else used if k == "tokens" else int(k == "requests") for k in applicable.kinds]
         )
         counters = held.counters
+        if held.charges is None:  # reserved on in-process buckets (single-bucket windows)
+            assert isinstance(counters, MemoryCounters)
+            buckets = counters.settle_held(call.request_id, actual)
+            if buckets is not None and applicable.alerts:
+                info = {"request_id": call.request_id, "consumer": call.consumer and call.consumer.name}
+                self.service.alerts(applicable.applied, [Level(b[0], b[1]) for b in buckets], actual, info)
+            return
         windows = tuple([c.window for c in held.charges]) if applicable.alerts else ()
+        levels: list[Level] | None
         if isinstance(counters, MemoryCounters):
             # Nothing in it waits: it completes even in a task being cancelled.
             levels = counters.settle_now(call.request_id, actual, windows)
@@ -433,6 +464,10 @@ def _headers(
         best = tightest.get(a.kind)
         if best is None or left < best[1]:
             tightest[a.kind] = (a, left, span)
+    return _header_lines(call, tightest, now)
+
+
+def _header_lines(call: Call, tightest: dict[str, tuple[Applied, int, Span]], now: float) -> list[tuple[bytes, bytes]]:
     headers: list[tuple[bytes, bytes]] = []
     for kind, (a, left, span) in tightest.items():
         limit_name, left_name, reset_name = _OPENAI_NAMES[kind]
@@ -451,6 +486,38 @@ def money_text(micro: int) -> str:
     text = f"{micro / 1_000_000:.6f}".rstrip("0")
     whole, _, frac = text.partition(".")
     return f"{whole}.{frac.ljust(2, '0')}"
+
+
+def _bucket_headers(call: Call, applicable: Applicable, refs: list[list[int]], now: float) -> list[tuple[bytes, bytes]]:
+    """`_headers` for a reservation held on in-process buckets (each window one bucket)."""
+    applied = applicable.applied
+    if applicable.distinct and call.dialect != "anthropic":
+        # One counter per kind (the usual case): each is its kind's tightest.
+        headers: list[tuple[bytes, bytes]] = []
+        limits = applicable.limits
+        for i in applicable.windowed:
+            a, bucket = applied[i], refs[i]
+            left = limits[i] - bucket[0] - bucket[1]
+            limit_name, left_name, reset_name = _OPENAI_NAMES[a.kind]
+            if left <= 0:
+                left_text = b"0"
+            else:
+                left_text = _amount(left) if a.kind == "budget" else str(left).encode()
+            span = a.current_span()
+            assert span is not None
+            reset = _reset_text(span.resets - now)
+            headers += ((limit_name, a.limit_text), (left_name, left_text), (reset_name, reset))
+        return headers
+    tightest: dict[str, tuple[Applied, int, Span]] = {}
+    for a, bucket in zip(applied, refs, strict=True):
+        span = a.current_span()
+        if span is None:
+            continue
+        left = a.rule.limit - bucket[0] - bucket[1]
+        best = tightest.get(a.kind)
+        if best is None or left < best[1]:
+            tightest[a.kind] = (a, left, span)
+    return _header_lines(call, tightest, now)
 
 
 def _amount(micro: int) -> bytes:
