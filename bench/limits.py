@@ -5,7 +5,8 @@ One gateway serves three consumers, measured one after the other in the same run
 - `bench`: no limits;
 - `bench-limited`: a monthly budget, and a rate limit of requests, tokens and concurrent calls, on
   the consumer (in-process counters; set so nothing is refused);
-- the same rules in a second gateway whose counters live in Redis (`redis-server` pinned with the
+- `bench-two`: the same budget and a requests-per-minute limit only (two counters);
+- the four-counter rules in a second gateway whose counters live in Redis (`redis-server` pinned with the
   clients), for the added latency at concurrency 1 and the throughput at 64.
 Non-streaming chat through wrk, as `bench/run.py` does (same prompt, same pinning); CPU per call
 from /proc.
@@ -47,12 +48,15 @@ from run import (
 LIMITS = """\
   - name: bench-limited
     models: ["*"]
+  - name: bench-two
+    models: ["*"]
 limits:
 {backend}  budgets:
-    - {{name: monthly, scope: consumer, match: [bench-limited], amount: 1000000, window: month}}
+    - {{name: monthly, scope: consumer, match: [bench-limited, bench-two], amount: 1000000, window: month}}
   rate_limits:
     - {{name: rl, scope: consumer, match: [bench-limited], requests: 1000000000, tokens: 100000000000,
        concurrent: 100000, window: minute}}
+    - {{name: rpm, scope: consumer, match: [bench-two], requests: 1000000000, window: minute}}
 """
 
 
@@ -79,7 +83,7 @@ def bench(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         configs[name] = path
     env = {**os.environ, "SLUICEGATE_DATA_DIR": str(tmp / "data"), "BENCH_UPSTREAM_KEY": "sk-bench-upstream"}
     keys = {}
-    for consumer in ("bench", "bench-limited"):
+    for consumer in ("bench", "bench-limited", "bench-two"):
         created = subprocess.run(
             [sg, "keys", "create", "--consumer", consumer, "--config", str(configs["memory"])],
             env=env, capture_output=True, text=True, check=True,
@@ -115,6 +119,8 @@ def bench(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             Target("floor", f"http://127.0.0.1:{floor_port}", "gpt-4o-mini", "sk-bench-direct", floor_proc.pid),
             Target("gateway", gw, "bench-chat", keys["bench"], gw_proc.pid),
             Target("limits", gw, "bench-chat", keys["bench-limited"], gw_proc.pid),
+            # a budget and a requests-per-minute limit only: two counters instead of four
+            Target("limits-2", gw, "bench-chat", keys["bench-two"], gw_proc.pid),
             Target("limits-redis", rgw, "bench-chat", keys["bench-limited"], rgw_proc.pid),
         ]
         for target in targets:
@@ -146,11 +152,14 @@ def summary(res: dict[str, Any]) -> str:
                 f"{med('floor', 'rps'):.0f}",
                 f"{med('gateway', 'rps'):.0f}",
                 f"{med('limits', 'rps'):.0f}",
+                f"{med('limits-2', 'rps'):.0f}",
                 f"{med('limits-redis', 'rps'):.0f}",
                 f"{med('limits', 'rps') / med('gateway', 'rps'):.3f}",
+                f"{med('limits-2', 'rps') / med('gateway', 'rps'):.3f}",
                 f"{med('limits', 'rps') / med('floor', 'rps'):.3f}",
                 f"{med('gateway', 'cpu_ms_per_request'):.4f}",
                 f"{med('limits', 'cpu_ms_per_request'):.4f}",
+                f"{med('limits-2', 'cpu_ms_per_request'):.4f}",
                 f"{med('limits-redis', 'cpu_ms_per_request'):.4f}",
                 f"{med('gateway', 'p50_ms'):.3f}",
                 f"{med('limits', 'p50_ms'):.3f}",
@@ -158,8 +167,9 @@ def summary(res: dict[str, Any]) -> str:
             ]
         )
     headers = [
-        "conc", "rps floor", "rps gateway", "rps limits", "rps limits+redis", "limits/gateway", "limits/floor",
-        "CPU ms gateway", "CPU ms limits", "CPU ms limits+redis", "p50 gateway", "p50 limits", "p50 limits+redis",
+        "conc", "rps floor", "rps gateway", "rps limits", "rps limits-2", "rps limits+redis", "limits/gateway",
+        "limits-2/gateway", "limits/floor", "CPU ms gateway", "CPU ms limits", "CPU ms limits-2", "CPU ms limits+redis",
+        "p50 gateway", "p50 limits", "p50 limits+redis",
     ]  # fmt: skip
     return table(headers, out)
 
