@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from sluicegate.config.model import ConsumerConfig, GatewayConfig, GroupConfig, VaultConfig
 from sluicegate.config.rules import RuleError, is_glob, parse_network, parse_time_window
 from sluicegate.config.snapshot import Snapshot, build_snapshot
+from sluicegate.limits.prices import PriceBook
 from sluicegate.providers.base import provider_types
 from sluicegate.vault import SECRET_SCHEMES, Vault
 from sluicegate.vault.refs import env_name_problem, is_credential_header, looks_like_credential, parse_ref
@@ -239,8 +240,6 @@ def _check_limits(config: GatewayConfig, providers: set[str], groups: set[str]) 
         if not limits.redis.url.startswith(("redis://", "rediss://", "unix://")):
             issues.extend(_check_secret_ref(limits.redis.url, ("limits", "redis", "url"), config.vault))
     if limits.budgets:
-        from sluicegate.limits.prices import PriceBook
-
         book = PriceBook(config)
         for i, m in enumerate(config.models):
             if not is_glob(m.name) and book.price_for(m, m.model or m.name) is None:

@@ -8,11 +8,16 @@ another process, so `reserved` is then None.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from typing import TYPE_CHECKING, Any
 
+import sqlalchemy as sa
+
 from sluicegate.limits.ledger import ledger_total, spend_by
 from sluicegate.limits.plan import Plan
+from sluicegate.limits.windows import calendar_bounds
+from sluicegate.store.db import audit_events
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -111,10 +116,6 @@ async def caller_view(
     current calendar `period` (UTC) from the ledger, and every budget and rate limit of its key,
     consumer, groups or the gateway with the live levels of their counters. Model- and
     provider-scoped limits are left out: they depend on the call."""
-    import asyncio
-
-    from sluicegate.limits.windows import calendar_bounds
-
     now = counters.clock()
     since, until = calendar_bounds(now, period, dt.UTC)  # type: ignore[arg-type]
     spent = await asyncio.to_thread(_consumer_spend, engine, consumer.name, since, until)
@@ -150,10 +151,6 @@ async def caller_view(
 
 
 def _consumer_spend(engine: Engine, consumer: str, since: float, until: float) -> dict[str, int]:
-    import sqlalchemy as sa
-
-    from sluicegate.store.db import audit_events
-
     columns = audit_events.c
     query = sa.select(
         sa.func.count(),
