@@ -412,3 +412,23 @@ def test_the_openai_sdk_waits_out_a_short_window_and_succeeds(
         outcomes = [e["outcome"] for e in gw.audit() if e["model_requested"] == "gpt-4o-mini"]
         assert outcomes[0] == "ok" and outcomes[-1] == "ok"
         assert "rate_limit_exceeded" in outcomes  # the SDK was refused at least once, and retried
+
+
+def test_streamed_answers_and_upstream_errors_carry_the_figures_too(
+    tmp_path: Path, upstream: FakeUpstream, upstream_url: str
+) -> None:
+    fixed(upstream)
+    limits = """\
+  rate_limits:
+    - {name: rpm, scope: consumer, requests: 10, window: minute}
+"""
+    with limited_gateway(tmp_path, upstream_url, limits) as gw, gw.client() as client:
+        body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+        with client.stream("POST", "/v1/chat/completions", json=body) as resp:
+            assert resp.status_code == 200
+            assert resp.headers["x-ratelimit-remaining-requests"] == "9"
+            assert b"[DONE]" in resp.read()
+        upstream.enqueue(Reply(status=500, error_message="boom"))
+        failed = client.post("/v1/chat/completions", json={**body, "stream": False})
+        assert failed.status_code >= 500
+        assert failed.headers["x-ratelimit-remaining-requests"] == "8"
