@@ -444,6 +444,8 @@ class Gateway:
         self.services.http = session
         self.relay = Relay(session, self.vault, self.snapshot.server.max_error_body_bytes)
         self.services.limits.http = lambda: self.services.http
+        # Budgets resume from the audit trail (spilled events were replayed into it above).
+        await self.services.limits.seed()
         self.services.limits.start()
         await asyncio.to_thread(tokens.preload)
         if self.config_path is not None:
@@ -511,6 +513,8 @@ class Gateway:
             self.last_reload_error = str(exc)
             log.error("config reload refused, the previous config keeps serving:\n%s", exc)
             return False
+        # New budgets start from what the audit trail holds of their window, before they serve.
+        await self.services.limits.seed(snapshot)
         self._state = (snapshot, pipeline)
         self.edge.server = snapshot.server
         self._clients = ClientAddress(snapshot.server.trusted_proxies, snapshot.server.forwarded_header)

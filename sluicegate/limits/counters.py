@@ -219,6 +219,10 @@ class MemoryCounters:
             self._expires[key] = self._clock() + ttl_s
         return bucket
 
+    def has(self, key: str) -> bool:
+        """Whether a bucket is counted under `key`."""
+        return key in self._buckets
+
     def is_live(self, key: str, bucket: list[int]) -> bool:
         """Whether `bucket` is still the one counted under `key` (not dropped by the reaper)."""
         return self._buckets.get(key) is bucket

@@ -16,8 +16,8 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from sluicegate.limits.ledger import ledger_total
-from sluicegate.limits.plan import Plan
+from sluicegate.limits.ledger import ledger_total, spend_by
+from sluicegate.limits.plan import Applied, Plan
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -40,6 +40,43 @@ class Reconciler:
         self.service = service
         self.snapshot = snapshot
         self._last: dict[str, int] = {}
+
+    async def seed(self, snapshot: Snapshot | None = None) -> int:
+        """Load the budgets' settled spend of their current windows from the audit trail into
+        in-process counters that do not exist yet: all of them at startup (a restart must not
+        give budgets back), a new or changed budget's on a reload; the counters seeded. Rolling
+        windows get their whole window's spend in the current bucket, so it leaves them late
+        rather than early. Shared counters (Redis) outlive instances: untouched."""
+        snapshot = snapshot or self.snapshot()
+        if snapshot.config.limits.backend != "memory":
+            return 0
+        plan = Plan(snapshot.config.limits)
+        counters = self.service.memory
+        members = {g: [c for c, cfg in snapshot.consumers.items() if g in cfg.groups] for g in snapshot.groups}
+        now = counters.clock()
+        seeded = 0
+        for rule in plan.rules:
+            if rule.kind != "budget" or rule.window is None:
+                continue
+            span = rule.window.span(now)
+            since = now - rule.window.length if rule.window.rolling else span.starts
+            values = await asyncio.to_thread(_spenders, self.engine, rule.scope, since, now + 1, list(members))
+            for value in values:
+                if not rule.matches(value):
+                    continue
+                spent = await asyncio.to_thread(
+                    ledger_total, self.engine, rule.scope, value, since, now + 1, members.get(value, ())
+                )
+                if spent <= 0:
+                    continue
+                charge, _ = Applied(rule, value).charge(0, now)
+                if counters.has(charge.key):  # counting already: what it holds is newer than the trail
+                    continue
+                await counters.adjust(charge.key, spent, charge.ttl_s)
+                seeded += 1
+        if seeded:
+            log.info("budget counters seeded from the audit trail: %d", seeded)
+        return seeded
 
     async def __call__(self) -> None:
         snapshot = self.snapshot()
@@ -83,3 +120,12 @@ class Reconciler:
                     seen.pop(key)
         self._last = seen
         self.service.drift = total
+
+
+def _spenders(engine: Engine, scope: str, since: float, until: float, groups: list[str]) -> list[str]:
+    """The values of a scope that spent in [since, until) (every group; the gateway itself)."""
+    if scope == "gateway":
+        return ["*"]
+    if scope == "group":
+        return groups
+    return [row.name for row in spend_by(engine, scope, since, until) if row.cost_micro > 0 and row.name != "-"]

@@ -22,7 +22,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     import aiohttp
 
     from sluicegate.audit.writer import AuditWriter
+    from sluicegate.config.snapshot import Snapshot
     from sluicegate.limits.plan import Applied, Held
     from sluicegate.vault import Vault
 
@@ -44,6 +45,14 @@ log = logging.getLogger("sluicegate.limits")
 TICK_S = 1.0
 #: a degraded-mode warning is logged at most this often
 WARN_EVERY_S = 60.0
+
+
+class Reconciling(Protocol):
+    """What compares counters with the ledger (`limits.reconcile.Reconciler`)."""
+
+    async def __call__(self) -> None: ...
+
+    async def seed(self, snapshot: Snapshot | None = None) -> int: ...
 
 
 class LimitsService:
@@ -67,7 +76,7 @@ class LimitsService:
         #: settlements the shared store did not take yet: request id -> (counters, actual, windows)
         self.unsettled: dict[str, tuple[Counters, tuple[int, ...], tuple[tuple[str, ...], ...]]] = {}
         self.http: Callable[[], aiohttp.ClientSession | None] = lambda: None
-        self.reconciler: Callable[[], Awaitable[None]] | None = None
+        self.reconciler: Reconciling | None = None
         self._task: asyncio.Task[None] | None = None
         self._last_warning = 0.0
         self._last_renew = 0.0
@@ -276,6 +285,16 @@ class LimitsService:
         )
 
     # -- housekeeping ------------------------------------------------------------------------
+
+    async def seed(self, snapshot: Snapshot | None = None) -> None:
+        """Load budgets' current spend from the audit trail into in-process counters that do not
+        exist yet (at startup; for a reload's new budgets, before its config serves)."""
+        if self.reconciler is None:
+            return
+        try:
+            await self.reconciler.seed(snapshot)
+        except Exception:
+            log.exception("cannot seed the budget counters from the audit trail; they start from zero")
 
     def start(self) -> None:
         """Run the housekeeping loop on the running event loop."""

@@ -432,3 +432,28 @@ def test_streamed_answers_and_upstream_errors_carry_the_figures_too(
         failed = client.post("/v1/chat/completions", json={**body, "stream": False})
         assert failed.status_code >= 500
         assert failed.headers["x-ratelimit-remaining-requests"] == "8"
+
+
+def test_a_restart_does_not_give_a_budget_back(tmp_path: Path, upstream: FakeUpstream, upstream_url: str) -> None:
+    fixed(upstream)
+    limits = f"""\
+  budgets:
+    - {{name: four, scope: consumer, amount: {4 * CALL_COST / 1e6}, window: month, timezone: Europe/Paris}}
+    - {{name: everyone, scope: gateway, amount: 1, window: 7d, rolling: true}}
+"""
+    with limited_gateway(tmp_path, upstream_url, limits) as gw:
+        assert all(r.status_code == 200 for r in asyncio.run(_many(gw, 3)))
+        gw.audit()
+    # The same data folder, a new gateway with the budget in its config from the start.
+    with run_gateway(tmp_path, upstream_url, extra="limits:\n" + limits) as started:
+        [mine] = asyncio.run(started.app.services.limits.memory.buckets("b:four:consumer=alice:")).values()
+        assert mine == (3 * CALL_COST, 0)
+    # And one whose config gains the budgets on a reload: seeded before they serve.
+    with limited_gateway(tmp_path, upstream_url, limits) as again:
+        memory = again.app.services.limits.memory
+        [mine] = asyncio.run(memory.buckets("b:four:consumer=alice:")).values()
+        assert mine == (3 * CALL_COST, 0)
+        [everyone] = asyncio.run(memory.buckets("b:everyone:gateway=*:")).values()
+        assert everyone.used == 3 * CALL_COST
+        responses = asyncio.run(_many(again, 3))
+        assert [r.status_code for r in responses].count(200) == 1  # room for one more, not four
