@@ -150,6 +150,8 @@ class MemoryCounters:
         self._expires: dict[str, float] = {}
         self._held: dict[str, _Held] = {}
         self._settled: asyncio.Event | None = None
+        #: changes whenever buckets are dropped: what callers keep of them (`bucket`) is then stale
+        self.generation = 0
 
     def clock(self) -> float:
         return self._clock()
@@ -305,6 +307,7 @@ class MemoryCounters:
             if until <= now and key not in live:
                 del self._expires[key]
                 self._buckets.pop(key, None)
+                self.generation += 1
         return reaped
 
     async def wait_settled(self, timeout_s: float) -> None:

@@ -9,6 +9,8 @@ then charges the counter of that value in the window's current bucket. What appl
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, NamedTuple
 
@@ -122,23 +124,68 @@ class Applied:
 class Applicable:
     """What applies to one (key, consumer, model, provider): the rules, and what they need."""
 
-    __slots__ = ("alerts", "applied", "budget", "distinct", "kinds", "limits", "single", "tokens", "windowed")
+    __slots__ = (
+        "_keys",
+        "_owner",
+        "_price",
+        "_refs",
+        "_until",
+        "alerts",
+        "applied",
+        "budget",
+        "distinct",
+        "kinds",
+        "limits",
+        "single",
+        "tokens",
+        "windowed",
+    )
 
     def __init__(self, applied: tuple[Applied, ...]) -> None:
         self.applied = applied
         self.kinds = tuple(a.kind for a in applied)
         self.limits = tuple(a.rule.limit for a in applied)
+        self.budget = "budget" in self.kinds
+        #: the call's input and output must be bounded (a budget or a token limit applies)
+        self.tokens = self.budget or "tokens" in self.kinds
+        #: levels are read back at settlement, for alert thresholds
+        self.alerts = any(a.rule.alerts for a in applied)
         #: every counter is one bucket (no rolling window): the in-process fast path applies
         self.single = not any(a.rule.window is not None and a.rule.window.rolling for a in applied)
         #: the counters with a window (their figures go to the rate-limit headers)
         self.windowed = tuple(i for i, a in enumerate(applied) if a.rule.window is not None)
         #: no two of them of one kind: each is the tightest of its kind
         self.distinct = len({applied[i].kind for i in self.windowed}) == len(self.windowed)
-        self.budget = "budget" in self.kinds
-        #: the call's input and output must be bounded (a budget or a token limit applies)
-        self.tokens = self.budget or "tokens" in self.kinds
-        #: levels are read back at settlement, for alert thresholds
-        self.alerts = any(a.rule.alerts for a in applied)
+        #: the in-process buckets of the current spans, for `buckets`
+        self._owner: tuple[object, int] | None = None
+        self._refs: list[list[int]] = []
+        self._keys: tuple[str, ...] = ()
+        self._until = 0.0
+        #: the last price looked up (see `price`)
+        self._price: tuple[object, str, object] | None = None
+
+    def buckets(self, counters: MemoryCounters, now: float) -> tuple[list[list[int]], tuple[str, ...]]:
+        """The in-process bucket of each counter for `now`, and their keys: kept until the first of
+        their spans ends or the counters drop buckets."""
+        owner = self._owner
+        if owner is not None and owner[0] is counters and owner[1] == counters.generation and now < self._until:
+            return self._refs, self._keys
+        applied = self.applied
+        refs = [a.bucket(counters, now) for a in applied]
+        ends = [span.ends for a in applied if (span := a.current_span()) is not None]
+        self._refs, self._keys = refs, tuple([a.current_key() for a in applied])
+        self._until = min(ends) if ends else math.inf
+        self._owner = (counters, counters.generation)
+        return refs, self._keys
+
+    def price(self, route: object, upstream: str, lookup: Callable[[], object]) -> object:
+        """The price of `route` serving `upstream`, from `lookup` once per route and name in a row."""
+        last = self._price
+        if last is not None and last[0] is route and last[1] == upstream:
+            return last[2]
+        price = lookup()
+        self._price = (route, upstream, price)
+        return price
 
 
 class Held(NamedTuple):

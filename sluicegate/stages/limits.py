@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 
@@ -26,7 +26,7 @@ from sluicegate import tokens as tokenizer
 from sluicegate.errors import RateLimited, ServiceUnavailable
 from sluicegate.limits.counters import Charge, Counters, CountersUnavailable, Level, MemoryCounters, Refused
 from sluicegate.limits.plan import Applicable, Applied, Held, Plan
-from sluicegate.limits.prices import PriceBook, count_images, worst_case
+from sluicegate.limits.prices import Price, PriceBook, count_images, worst_case
 from sluicegate.limits.service import LimitsService, local_limit
 from sluicegate.limits.windows import Span, retry_after
 from sluicegate.providers.base import OUTPUT_LIMITS
@@ -43,6 +43,8 @@ LIMITED_ENDPOINTS = frozenset({"chat", "completions", "responses", "messages", "
 _OUTPUT_ENDPOINTS = frozenset({"chat", "completions", "responses", "messages"})
 #: a refusal whose window resets later than this tells SDKs not to retry (`x-should-retry`)
 SDK_RETRY_MAX_S = 60.0
+#: builds a NamedTuple without its Python-level `__new__` (one per limited call)
+_new = tuple.__new__
 #: releases of reservations whose call was cancelled while the store answered
 _RELEASING: set[asyncio.Future[Any]] = set()
 
@@ -114,18 +116,15 @@ class LimitsStage:
         """The in-process fast path: check and hold the call's amounts on the buckets themselves
         (nothing awaits in between); False when one has no room (the general path then decides:
         count the prompt, wait, or refuse)."""
-        applied = applicable.applied
-        refs = [a.bucket(memory, now) for a in applied]
+        refs, keys = applicable.buckets(memory, now)
         amounts = tuple([cost if k == "budget" else tokens if k == "tokens" else 1 for k in applicable.kinds])
         for bucket, amount, limit in zip(refs, amounts, applicable.limits, strict=True):
             if bucket[0] + bucket[1] + amount > limit:
                 return False
         for bucket, amount in zip(refs, amounts, strict=True):
             bucket[1] += amount
-        memory.hold(
-            call.request_id, tuple([a.current_key() for a in applied]), amounts, refs, self.config.reservation_ttl_s
-        )
-        call.limits = Held(applicable, None, memory)
+        memory.hold(call.request_id, keys, amounts, refs, self.config.reservation_ttl_s)
+        call.limits = _new(Held, (applicable, None, memory))
         call.limit_headers = _bucket_headers(call, applicable, refs, now)
         return True
 
@@ -199,7 +198,7 @@ class LimitsStage:
         """The worst-case cost and tokens of a call with these input and output bounds."""
         if not applicable.tokens:
             return 0, 0
-        cost = self._worst_cost(call, route, bounds[0], bounds[1]) if applicable.budget else 0
+        cost = self._worst_cost(call, route, applicable, bounds[0], bounds[1]) if applicable.budget else 0
         return cost, bounds[0] + bounds[1]
 
     def _bounds(self, call: Call, route: Route) -> tuple[int, int]:
@@ -245,9 +244,13 @@ class LimitsStage:
                 self._caps[key] = cap
         return cap
 
-    def _worst_cost(self, call: Call, route: Route, input_tokens: int, output_tokens: int) -> int:
+    def _worst_cost(
+        self, call: Call, route: Route, applicable: Applicable, input_tokens: int, output_tokens: int
+    ) -> int:
         upstream = route.upstream_model or call.model_requested or ""
-        price = self.prices.price_for(route.config, upstream)
+        price = cast(
+            "Price | None", applicable.price(route, upstream, lambda: self.prices.price_for(route.config, upstream))
+        )
         if price is None:
             return 0
         images = count_images(call.body) if price.per_image and call.body is not None else 0
