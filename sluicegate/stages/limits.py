@@ -41,6 +41,8 @@ if TYPE_CHECKING:
 LIMITED_ENDPOINTS = frozenset({"chat", "completions", "responses", "messages", "embeddings"})
 #: endpoints whose answer is generated text, bounded by an output cap
 _OUTPUT_ENDPOINTS = frozenset({"chat", "completions", "responses", "messages"})
+#: the largest amount a call reserves on a counter (a request asking for 10^12 choices gets it)
+MAX_AMOUNT = 1 << 60
 #: a refusal whose window resets later than this tells SDKs not to retry (`x-should-retry`)
 SDK_RETRY_MAX_S = 60.0
 #: builds a NamedTuple without its Python-level `__new__` (one per limited call)
@@ -199,7 +201,8 @@ class LimitsStage:
         if not applicable.tokens:
             return 0, 0
         cost = self._worst_cost(call, route, applicable, bounds[0], bounds[1]) if applicable.budget else 0
-        return cost, bounds[0] + bounds[1]
+        # Bounded so every backend counts them exactly (Redis: 64-bit integers); far above any limit.
+        return min(cost, MAX_AMOUNT), min(bounds[0] + bounds[1], MAX_AMOUNT)
 
     def _bounds(self, call: Call, route: Route) -> tuple[int, int]:
         """The most input and output tokens this call can use: one token per body byte at most

@@ -457,3 +457,21 @@ def test_a_restart_does_not_give_a_budget_back(tmp_path: Path, upstream: FakeUps
         assert everyone.used == 3 * CALL_COST
         responses = asyncio.run(_many(again, 3))
         assert [r.status_code for r in responses].count(200) == 1  # room for one more, not four
+
+
+def test_an_absurd_output_request_is_refused_not_overflowed(
+    tmp_path: Path, upstream: FakeUpstream, upstream_url: str
+) -> None:
+    fixed(upstream)
+    limits = """\
+  budgets:
+    - {name: monthly, scope: consumer, amount: 1000, window: month}
+  rate_limits:
+    - {name: tpm, scope: consumer, tokens: 1000000, window: minute}
+"""
+    with limited_gateway(tmp_path, upstream_url, limits) as gw, gw.client() as client:
+        body = {"model": "budgeted", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10**15, "n": 128}
+        resp = client.post("/v1/chat/completions", json=body)
+        assert resp.status_code == 429, resp.text
+        assert resp.json()["error"]["code"] in ("budget_exceeded", "rate_limit_exceeded")
+        assert client.post("/v1/chat/completions", json={**body, "max_tokens": 10, "n": 1}).status_code == 200

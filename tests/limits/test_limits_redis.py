@@ -209,3 +209,24 @@ def test_redis_down_budgets_fail_closed_and_rate_limits_keep_a_local_share(
             wait_for(lambda: bob.post("/v1/chat/completions", json=body).status_code == 200, timeout=10)
         events = gw.audit()
         assert any(e["outcome"] == "budget_store_unavailable" for e in events)
+
+
+def test_an_absurd_worst_case_is_refused_by_redis_too(
+    tmp_path: Path, upstream: FakeUpstream, upstream_url: str, redis_server: RedisServer
+) -> None:
+    fixed(upstream)
+    limits = redis_limits(
+        redis_server,
+        uuid.uuid4().hex,
+        """\
+        budgets:
+          - {name: monthly, scope: consumer, amount: 1000, window: month}
+        rate_limits:
+          - {name: tpm, scope: consumer, tokens: 1000000, window: minute}
+        """,
+    )
+    with shared_gateways(tmp_path, upstream_url, limits, n=1) as [gw], gw.client() as client:
+        body = {"model": "budgeted", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10**15, "n": 128}
+        resp = client.post("/v1/chat/completions", json=body)
+        assert resp.status_code == 429, resp.text
+        assert client.post("/v1/chat/completions", json={**body, "max_tokens": 10, "n": 1}).status_code == 200
