@@ -317,6 +317,10 @@ class AuditWriter:
         wait: float | None = None
         if self._held or (self._replay_due and not self.healthy):
             wait = max(0.0, self._next_try - time.monotonic()) + 0.001
+        elif self.spill is not None:
+            # Another thread (the overflow) may spill while this one waits here, and set
+            # `_replay_due`: look again every `retry_s`, or its events wait for the next call.
+            wait = self.retry_s
         try:
             first = self._queue.get_nowait() if stopping else self._queue.get(timeout=wait)
         except queue.Empty:
