@@ -237,8 +237,17 @@ def _check_limits(config: GatewayConfig, providers: set[str], groups: set[str]) 
             if not is_glob(name) and name not in names and not name.startswith("jwt:"):
                 issues.append(ConfigIssue(("limits", section, i, "match", j), f"unknown {scope} '{name}'"))
     if limits.redis is not None and "://" in limits.redis.url:
-        if not limits.redis.url.startswith(("redis://", "rediss://", "unix://")):
-            issues.extend(_check_secret_ref(limits.redis.url, ("limits", "redis", "url"), config.vault))
+        url = limits.redis.url
+        if not url.startswith(("redis://", "rediss://", "unix://")):
+            issues.extend(_check_secret_ref(url, ("limits", "redis", "url"), config.vault))
+        elif urlsplit(url).password:
+            issues.append(
+                ConfigIssue(
+                    ("limits", "redis", "url"),
+                    "the Redis URL holds a password: keep it in a secret reference (env://REDIS_URL)",
+                    warning=True,
+                )
+            )
     if limits.budgets:
         book = PriceBook(config)
         for i, m in enumerate(config.models):

@@ -113,3 +113,14 @@ def test_config_refuses_what_cannot_be_counted() -> None:
         )
     with pytest.raises(ValidationError, match="needs a 'redis:' section"):
         LimitsConfig(backend="redis")
+
+
+def test_a_redis_password_in_the_config_is_flagged_without_being_printed() -> None:
+    from sluicegate.config.loader import parse_config
+
+    text = 'limits:\n  backend: redis\n  redis: {url: "redis://:hunter2-secret@127.0.0.1:6379/0"}\n'
+    snapshot, issues = parse_config(text)
+    assert snapshot is not None
+    [issue] = [i for i in issues if i.path[:2] == ("limits", "redis")]
+    assert issue.warning and "secret reference" in issue.message
+    assert "hunter2" not in str(issue)
