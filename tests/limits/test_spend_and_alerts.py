@@ -15,6 +15,7 @@ from click.testing import CliRunner
 
 from sluicegate.cli import main
 from sluicegate.testing import FakeUpstream, serve_in_thread
+from sluicegate.testing.wire import read_body
 from tests.conftest import wait_for
 from tests.limits.test_limits_e2e import CALL_COST, COMPLETION, _many, fixed, limited_gateway
 
@@ -28,12 +29,9 @@ class Hook:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_body(receive)
+        if body is None:
+            return
         self.bodies.append(orjson.loads(body))
         await send({"type": "http.response.start", "status": 204, "headers": []})
         await send({"type": "http.response.body", "body": b""})
