@@ -62,9 +62,10 @@ STAGE_ORDER = (
     "router",
     "audit",
     "accounting",
+    "metrics",
 )
 #: `on_finish` runs in this order (audit last: it records what the others settled)
-FINISH_ORDER = ("accounting", "limits", "cache", "audit")
+FINISH_ORDER = ("accounting", "limits", "cache", "audit", "metrics", "tracing")
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from sluicegate.limits.config import LimitsConfig, PriceConfig
+from sluicegate.observability.config import ObservabilityConfig
 
 
 class _Strict(BaseModel):
@@ -274,3 +275,4 @@ class GatewayConfig(_Strict):
     jwt_issuers: list[JWTIssuerConfig] = Field(default_factory=list)
     guards: list[GuardConfig] = Field(default_factory=list)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    observability: ObservabilityConfig = Field(default_factory=ObservabilityConfig)

@@ -1,0 +1,1 @@
+"""Operations' view of the gateway: Prometheus metrics, OpenTelemetry traces, structured logs."""
