@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from sluicegate.audit.sink_config import AuditSinkConfig
 from sluicegate.limits.config import LimitsConfig, PriceConfig
 from sluicegate.observability.config import ObservabilityConfig
 
@@ -257,6 +258,8 @@ class AuditConfig(_Strict):
     #: counted into one summary event per source when the window closes
     auth_failures_per_window: int = Field(10, ge=0)
     auth_failure_window_s: float = Field(60.0, gt=0)
+    #: copies of every stored event (with its chain hash) to files, webhooks or OTLP logs
+    sinks: list[AuditSinkConfig] = Field(default_factory=list)
 
 
 class GatewayConfig(_Strict):
