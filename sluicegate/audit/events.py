@@ -44,6 +44,13 @@ class AuditEvent:
     cost_micro_usd: int | None
     latency_ms: float
     ttft_ms: float | None
+    #: HMACs (hex) of the request body as received and the response body as sent, under the
+    #: audit content key: they prove what was said without keeping it
+    prompt_hmac: str | None = None
+    answer_hmac: str | None = None
+    #: the request (after the guards' redactions) and the answer as sent, as JSON, where content
+    #: capture is enabled for the call (`audit.capture`), cut to its size bound
+    content: str | None = None
 
     def as_row(self) -> dict[str, Any]:
         """Column values for the store."""

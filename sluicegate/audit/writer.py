@@ -31,12 +31,13 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from sluicegate.audit.chain import CHAIN_FIELDS, AnchorFile, Chain, insert_sql
 from sluicegate.audit.events import FIELDS, AuditEvent
 from sluicegate.audit.rows import REQUEST_ID, Row, row_as_dict, row_from_dict, row_of
 from sluicegate.audit.spill import POISON_NAME, SPILL_NAME, JsonLinesFile, SpillFile
@@ -51,6 +52,16 @@ Item = tuple[Row, "asyncio.Future[bool] | None"]
 REPLAY_CHUNK = 500
 #: the same alarm is logged at most this often
 ALARM_INTERVAL_S = 10.0
+
+
+class Sinks(Protocol):
+    """Where stored events are copied besides the database (`audit.sinks.AuditSinks`)."""
+
+    def offer(self, records: list[dict[str, Any]]) -> None:
+        """Queue stored events (never blocks, never raises)."""
+
+    def anchor(self, record: dict[str, Any]) -> None:
+        """Queue a chain anchor."""
 
 
 class AuditNotDurable(Exception):
@@ -124,6 +135,10 @@ class AuditWriter:
         max_queue_events: int = 100_000,
         spill_dir: Path | None = None,
         on_written: Callable[[int], None] | None = None,
+        chain: Chain | None = None,
+        anchors: AnchorFile | None = None,
+        anchor_interval_s: float = 60.0,
+        sinks: Sinks | None = None,
     ) -> None:
         self.engine = engine
         self.batch_size = batch_size
@@ -134,11 +149,22 @@ class AuditWriter:
         self.spill = SpillFile(spill_dir / SPILL_NAME) if spill_dir is not None else None
         self.poison = JsonLinesFile(spill_dir / POISON_NAME) if spill_dir is not None else None
         self._on_written = on_written
+        #: told (events, seconds) after each batch committed to the store, in the writer's thread
+        self.on_commit: Callable[[int, float], None] | None = None
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="sluicegate-audit", daemon=True)
         self._overflow: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._overflow_thread: threading.Thread | None = None
-        self._sql = _insert_sql(engine)
+        #: the hash chain every stored event joins (None: events are stored unchained)
+        self.chain = chain
+        self.anchors = anchors
+        self.anchor_interval_s = anchor_interval_s
+        self._anchored: tuple[int, str] | None = None
+        self._next_anchor = time.monotonic() + anchor_interval_s
+        #: where stored events are copied (files, webhooks, OTLP): never blocks the writer
+        self.sinks = sinks
+        self._sql = insert_sql(engine.dialect) if chain is not None else _insert_sql(engine)
+        self._canary = (*_CANARY_ROW, None, None) if chain is not None else _CANARY_ROW
         self.healthy = True
         self.last_error: str | None = None
         self.spill_error: str | None = None
@@ -301,6 +327,8 @@ class AuditWriter:
                 self._write_fresh(items)
             if self._replay_due and (self.healthy or time.monotonic() >= self._next_try):
                 self._replay()
+            if self.chain is not None and (stopping or time.monotonic() >= self._next_anchor):
+                self._anchor()
             if self.spill_error is not None and time.monotonic() >= self._next_spill_check:
                 self._next_spill_check = time.monotonic() + self.retry_s
                 self._check_spill_dir()
@@ -315,12 +343,15 @@ class AuditWriter:
     def _take(self, stopping: bool) -> tuple[list[Item], bool]:
         """The next batch: what is queued, up to `batch_size`, within `flush_interval_s` of the first."""
         wait: float | None = None
+        if self.chain is not None and self.chain.head != self._anchored:
+            # The head moved since the last anchor: wake to anchor it even if no event comes.
+            wait = max(0.0, self._next_anchor - time.monotonic()) + 0.001
         if self._held or (self._replay_due and not self.healthy):
             wait = max(0.0, self._next_try - time.monotonic()) + 0.001
         elif self.spill is not None:
             # Another thread (the overflow) may spill while this one waits here, and set
             # `_replay_due`: look again every `retry_s`, or its events wait for the next call.
-            wait = self.retry_s
+            wait = self.retry_s if wait is None else min(wait, self.retry_s)
         try:
             first = self._queue.get_nowait() if stopping else self._queue.get(timeout=wait)
         except queue.Empty:
@@ -383,6 +414,25 @@ class AuditWriter:
         return []
 
     def _insert(self, rows: list[Row], *, dedupe: bool) -> None:
+        chain = self.chain
+        started = time.perf_counter()
+        try:
+            stored = self._insert_rows(rows, dedupe)
+        except BaseException:
+            if chain is not None:
+                chain.rolled_back()
+            raise
+        if self.on_commit is not None:
+            self.on_commit(len(stored), time.perf_counter() - started)
+        if chain is not None:
+            chain.committed()
+        sinks = self.sinks
+        if sinks is not None and stored:
+            columns = (*FIELDS, *CHAIN_FIELDS) if chain is not None else FIELDS
+            sinks.offer([dict(zip(columns, row, strict=True)) for row in stored])
+
+    def _insert_rows(self, rows: list[Row], dedupe: bool) -> list[Row]:
+        """Write `rows` in one transaction (chained when the chain is on); return what was written."""
         with self.engine.begin() as conn:
             if dedupe:
                 # A replay may hold events the store has already (a write that failed after its commit,
@@ -397,7 +447,10 @@ class AuditWriter:
                         fresh_rows.append(row)
                 rows = fresh_rows
             if rows:
+                if self.chain is not None:
+                    rows = self.chain.extend(conn, rows)
                 conn.exec_driver_sql(self._sql, rows)
+        return rows
 
     def _store_takes_rows(self) -> bool:
         """Whether the store takes a plain row (written, then rolled back)."""
@@ -405,7 +458,7 @@ class AuditWriter:
             with self.engine.connect() as conn:
                 transaction = conn.begin()
                 try:
-                    conn.exec_driver_sql(self._sql, [_CANARY_ROW])
+                    conn.exec_driver_sql(self._sql, [self._canary])
                 finally:
                     transaction.rollback()
         except Exception:
@@ -534,6 +587,26 @@ class AuditWriter:
                 SpillFile.remove(path)
         if done:
             log.warning("replayed %d audit events from the spill file %s into the store", done, spill.path)
+
+    def _anchor(self) -> None:
+        """Write the chain's head to the anchor file and the sinks, when it moved since the last."""
+        chain = self.chain
+        assert chain is not None
+        self._next_anchor = time.monotonic() + self.anchor_interval_s
+        if chain.head == self._anchored or chain.head[0] == 0:
+            return
+        anchor = chain.anchor()
+        if self.anchors is not None:
+            try:
+                self.anchors.append(anchor)
+            except OSError as exc:
+                if self._alarm("anchor"):
+                    log.error("audit anchor file %s cannot be written (%s)", self.anchors.path, exc.strerror or exc)
+                return
+        if self.sinks is not None:
+            self.sinks.anchor(anchor)
+        self._anchored = chain.head
+        log.info("audit anchor: position %d, hash %s", anchor["seq"], anchor["hash"])
 
     def _keep_unreadable(self, line: bytes) -> None:
         record = {"error": "unreadable spill line", "line": line.decode("utf-8", "replace")}

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 
+from sluicegate.audit.content import AnswerTap, Capture, request_text
 from sluicegate.audit.events import AuditEvent
 from sluicegate.audit.failures import AuthFailureAggregator
 from sluicegate.audit.reason import reason_of
@@ -23,6 +24,7 @@ from sluicegate.errors import ServiceUnavailable
 from sluicegate.stages.base import Services, register_stage
 
 if TYPE_CHECKING:
+    from sluicegate.audit.chain import ChainKey
     from sluicegate.audit.writer import AuditWriter
     from sluicegate.call import Call
     from sluicegate.config.snapshot import Snapshot
@@ -45,8 +47,13 @@ class AuditStage:
         *,
         before_response: bool = False,
         commit_timeout_s: float = 5.0,
+        content_key: ChainKey | None = None,
+        capture: Capture | None = None,
     ) -> None:
         self.writer = writer
+        #: the key of the content HMACs (None: no HMACs)
+        self.content_key = content_key
+        self.capture = capture if capture else None
         self.refuse_when_unhealthy = refuse_when_unhealthy
         self.failures = failures
         self.before_response = before_response
@@ -59,6 +66,19 @@ class AuditStage:
                 "The audit store cannot be written; calls are refused until it recovers",
                 code="audit_unavailable",
             )
+        key = self.content_key
+        if key is not None:
+            # The call passed every policy stage: what the client is sent from here is its answer.
+            capture = self.capture
+            limit = 0
+            if capture is not None:
+                consumer = call.consumer
+                limit = capture.limit(
+                    consumer.name if consumer is not None else None,
+                    consumer.groups if consumer is not None else (),
+                    call.model_requested,
+                )
+            call.answer_tap = AnswerTap(key.content_mac(), limit)
 
     async def on_finish(self, call: Call) -> None:
         failures = self.failures
@@ -68,6 +88,9 @@ class AuditStage:
         if call.status in (404, 405) and call.consumer is None and not unknown.admit(call.client_ip):
             return  # a scanner without a key: counted the same way
         event = event_of(call)
+        key = self.content_key
+        if key is not None:
+            _add_content(event, call, key)
         for summary in failures.due():
             self.writer.submit(summary)
         for summary in unknown.due():
@@ -136,6 +159,23 @@ def event_of(call: Call) -> AuditEvent:
     )
 
 
+def _add_content(event: AuditEvent, call: Call, key: ChainKey) -> None:
+    """The HMACs of the call's request and answer, and its content where it is captured."""
+    raw = call.raw_body
+    if raw is not None:
+        mac = key.content_mac()
+        mac.update(raw)
+        event.prompt_hmac = mac.hexdigest()
+    tap = call.answer_tap
+    if tap is None:
+        return
+    event.answer_hmac = tap.hexdigest()
+    if tap.limit and call.decision == "allowed" and call.body is not None:
+        # `call.body` is the guards' redacted copy where they redacted; blocked calls keep no content.
+        answer = tap.text()
+        event.content = orjson.dumps({"request": request_text(call.body, tap.limit), "response": answer}).decode()
+
+
 def _guards(call: Call) -> str | None:
     state = call.guards
     if state is None or not state.records:
@@ -155,6 +195,8 @@ def _factory(snapshot: Snapshot, services: Services) -> AuditStage:
         services.unknown_urls,
         before_response=cfg.durability == "before_response",
         commit_timeout_s=cfg.commit_timeout_s,
+        content_key=services.audit.chain.key if cfg.content_hmac and services.audit.chain is not None else None,
+        capture=Capture(cfg.capture),
     )
 
 

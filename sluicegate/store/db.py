@@ -68,6 +68,46 @@ audit_events = sa.Table(
     sa.Column("cost_micro_usd", sa.BigInteger),
     sa.Column("latency_ms", sa.Float, nullable=False),
     sa.Column("ttft_ms", sa.Float),
+    #: HMACs of the request body as received and the response body as sent (`m004_audit_chain`):
+    #: they prove what was said without keeping it; `content` holds it where capture is enabled
+    sa.Column("prompt_hmac", sa.String(64)),
+    sa.Column("answer_hmac", sa.String(64)),
+    sa.Column("content", sa.Text),
+    #: the event's place in the hash chain and `HMAC(key, previous hash, canonical event)`; set by
+    #: the writer in the transaction that stores the event (`audit.chain`)
+    sa.Column("chain_seq", sa.BigInteger),
+    sa.Column("chain_hash", sa.String(64)),
+    sa.Index("ix_audit_events_chain_seq", "chain_seq", unique=True),
+)
+
+#: the head of the audit hash chain: one row, locked by every transaction that extends the chain
+audit_chain = sa.Table(
+    "audit_chain",
+    metadata,
+    sa.Column("name", sa.String(32), primary_key=True),
+    sa.Column("seq", sa.BigInteger, nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+    #: which key wrote the chain (a short hash of it, never the key)
+    sa.Column("key_id", sa.String(32)),
+    #: events stored before the chain began have `seq` up to this and no `chain_seq`
+    sa.Column("legacy_max_seq", sa.BigInteger, nullable=False),
+)
+
+#: retention checkpoints: the chain position through which events were deleted, and its hash
+audit_checkpoints = sa.Table(
+    "audit_checkpoints",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    #: the chain position through which events were deleted
+    sa.Column("seq", sa.BigInteger, nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+    #: events at or before this time (and at or before `seq`) may be deleted
+    sa.Column("through_ts", sa.Float, nullable=False),
+    sa.Column("deleted", sa.BigInteger, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("key_id", sa.String(32), nullable=False),
+    #: HMAC of the checkpoint's fields, so that one cannot be made without the key
+    sa.Column("mac", sa.String(64), nullable=False),
 )
 
 secrets_table = sa.Table(
@@ -125,6 +165,91 @@ def m003_usage_details(conn: sa.Connection) -> None:
         if name not in present:
             # Nullable, no default: SQLite and PostgreSQL add it without rewriting the table.
             conn.execute(sa.text(f"ALTER TABLE {audit_events.name} ADD COLUMN {name} INTEGER"))
+
+
+#: columns `m004_audit_chain` adds to `audit_events`
+CHAIN_COLUMNS = (
+    ("prompt_hmac", "VARCHAR(64)"),
+    ("answer_hmac", "VARCHAR(64)"),
+    ("content", "TEXT"),
+    ("chain_seq", "BIGINT"),
+    ("chain_hash", "VARCHAR(64)"),
+)
+GENESIS_HASH = "0" * 64
+#: the message of the append-only triggers (the writer and the CLI recognise it)
+APPEND_ONLY = "audit_events is append-only"
+
+
+@migration
+def m004_audit_chain(conn: sa.Connection) -> None:
+    present = {column["name"] for column in sa.inspect(conn).get_columns(audit_events.name)}
+    for name, kind in CHAIN_COLUMNS:
+        if name not in present:
+            conn.execute(sa.text(f"ALTER TABLE {audit_events.name} ADD COLUMN {name} {kind}"))
+    indexes = {index["name"] for index in sa.inspect(conn).get_indexes(audit_events.name)}
+    if "ix_audit_events_chain_seq" not in indexes:
+        conn.execute(sa.text("CREATE UNIQUE INDEX ix_audit_events_chain_seq ON audit_events (chain_seq)"))
+    audit_chain.create(conn, checkfirst=True)
+    audit_checkpoints.create(conn, checkfirst=True)
+    legacy = conn.execute(sa.select(sa.func.coalesce(sa.func.max(audit_events.c.seq), 0))).scalar_one()
+    conn.execute(audit_chain.insert().values(name="main", seq=0, hash=GENESIS_HASH, key_id=None, legacy_max_seq=legacy))
+    install_append_only(conn)
+
+
+def install_append_only(conn: sa.Connection) -> None:
+    """Triggers that refuse UPDATE and DELETE on the audit events and their checkpoints.
+
+    The one deletion allowed is retention's: an event covered by a retention checkpoint (its chain
+    position and time at or before the checkpoint's), which the same transaction wrote first."""
+    covered = (
+        "EXISTS (SELECT 1 FROM audit_checkpoints c WHERE c.seq >= COALESCE(OLD.chain_seq, 0) "
+        "AND c.through_ts >= OLD.ts)"
+    )
+    if conn.dialect.name == "postgresql":
+        conn.execute(
+            sa.text(
+                "CREATE OR REPLACE FUNCTION sluicegate_audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $$\n"
+                "BEGIN\n"
+                f"  IF TG_OP = 'DELETE' AND TG_TABLE_NAME = 'audit_events' AND {covered} THEN RETURN OLD; END IF;\n"
+                f"  RAISE EXCEPTION '{APPEND_ONLY} (% on %)', TG_OP, TG_TABLE_NAME;\n"
+                "END $$"
+            )
+        )
+        for table in ("audit_events", "audit_checkpoints"):
+            conn.execute(sa.text(f"DROP TRIGGER IF EXISTS {table}_append_only ON {table}"))
+            conn.execute(
+                sa.text(
+                    f"CREATE TRIGGER {table}_append_only BEFORE UPDATE OR DELETE ON {table} "
+                    "FOR EACH ROW EXECUTE FUNCTION sluicegate_audit_append_only()"
+                )
+            )
+            conn.execute(sa.text(f"DROP TRIGGER IF EXISTS {table}_no_truncate ON {table}"))
+            conn.execute(
+                sa.text(
+                    f"CREATE TRIGGER {table}_no_truncate BEFORE TRUNCATE ON {table} "
+                    "FOR EACH STATEMENT EXECUTE FUNCTION sluicegate_audit_append_only()"
+                )
+            )
+        return
+    for table in ("audit_events", "audit_checkpoints"):
+        conn.execute(
+            sa.text(
+                f"CREATE TRIGGER IF NOT EXISTS {table}_no_update BEFORE UPDATE ON {table} "
+                f"BEGIN SELECT RAISE(ABORT, '{APPEND_ONLY}'); END"
+            )
+        )
+    conn.execute(
+        sa.text(
+            "CREATE TRIGGER IF NOT EXISTS audit_events_no_delete BEFORE DELETE ON audit_events "
+            f"WHEN NOT {covered} BEGIN SELECT RAISE(ABORT, '{APPEND_ONLY}'); END"
+        )
+    )
+    conn.execute(
+        sa.text(
+            "CREATE TRIGGER IF NOT EXISTS audit_checkpoints_no_delete BEFORE DELETE ON audit_checkpoints "
+            f"BEGIN SELECT RAISE(ABORT, '{APPEND_ONLY}'); END"
+        )
+    )
 
 
 def default_url(data_dir: Path) -> str:

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -105,9 +106,13 @@ def postgres() -> Iterator[Postgres]:
 
 @pytest.fixture
 def engine(postgres: Postgres) -> Iterator[sa.Engine]:
-    engine = create_engine(postgres.url)
-    with engine.begin() as conn:
-        conn.execute(sa.text("DELETE FROM audit_events"))
+    # A database per test: the audit table is append-only, so it cannot be emptied between tests.
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(postgres.url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f"CREATE DATABASE {name}"))
+    admin.dispose()
+    engine = create_engine(postgres.url.rsplit("/", 1)[0] + f"/{name}")
     yield engine
     engine.dispose()
 
