@@ -210,7 +210,10 @@ def install_append_only(conn: sa.Connection) -> None:
             sa.text(
                 "CREATE OR REPLACE FUNCTION sluicegate_audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $$\n"
                 "BEGIN\n"
-                f"  IF TG_OP = 'DELETE' AND TG_TABLE_NAME = 'audit_events' AND {covered} THEN RETURN OLD; END IF;\n"
+                # Nested: PL/pgSQL does not promise to evaluate AND left to right.
+                "  IF TG_OP = 'DELETE' AND TG_TABLE_NAME = 'audit_events' THEN\n"
+                f"    IF {covered} THEN RETURN OLD; END IF;\n"
+                "  END IF;\n"
                 f"  RAISE EXCEPTION '{APPEND_ONLY} (% on %)', TG_OP, TG_TABLE_NAME;\n"
                 "END $$"
             )

@@ -196,3 +196,63 @@ def test_a_postgres_outage_spills_and_the_spill_is_replayed(
     assert count(engine) == 21 and writer.healthy
     assert not list(tmp_path.glob("audit-spill*"))
     writer.close()
+
+
+# -- the hash chain on PostgreSQL ------------------------------------------------------------------
+
+CHAIN_KEY = "a test key that is long enough"
+
+
+def test_writers_sharing_postgres_make_one_gapless_verifiable_chain(engine: sa.Engine, tmp_path: Path) -> None:
+    from sluicegate.audit.chain import Chain, ChainKey, verify
+
+    key = ChainKey.from_secret(CHAIN_KEY)
+    url = engine.url.render_as_string(hide_password=False)
+    writers = [
+        AuditWriter(create_engine(url), flush_interval_s=0.001, batch_size=5, chain=Chain(key)) for _ in range(3)
+    ]
+    for w in writers:
+        w.start()
+    for i in range(240):
+        writers[i % 3].submit(event(i))
+    for w in writers:
+        assert w.wait_idle(20)
+        w.close()
+    result = verify(engine, key)
+    assert result.intact, result.problems
+    assert (result.events, result.first, result.last, result.head_seq) == (240, 1, 240, 240)
+
+
+def test_postgres_refuses_update_delete_and_truncate_until_retention_covers_an_event(engine: sa.Engine) -> None:
+    from sluicegate.audit.chain import Chain, ChainKey, retain, verify
+    from sluicegate.store.db import APPEND_ONLY
+
+    key = ChainKey.from_secret(CHAIN_KEY)
+    writer = AuditWriter(engine, flush_interval_s=0.001, chain=Chain(key))
+    writer.start()
+    for i in range(10):
+        e = event(i)
+        e.ts = 1000.0 + i
+        writer.submit(e)
+    assert writer.wait_idle(10)
+    writer.close()
+    for statement in (
+        "UPDATE audit_events SET consumer = 'mallory' WHERE chain_seq = 2",
+        "DELETE FROM audit_events WHERE chain_seq = 2",
+        "TRUNCATE audit_events",
+    ):
+        with pytest.raises(sa.exc.DatabaseError, match=APPEND_ONLY), engine.begin() as conn:
+            conn.execute(sa.text(statement))
+    done = retain(engine, Chain(key), 1004.5)
+    assert (done.through_seq, done.deleted) == (5, 5)
+    with pytest.raises(sa.exc.DatabaseError, match=APPEND_ONLY), engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM audit_checkpoints"))
+    result = verify(engine, key)
+    assert result.intact, result.problems
+    assert result.checkpoint == 5 and result.events == 6
+    # Tampering with what is left is reported at its position.
+    with engine.begin() as conn:
+        conn.execute(sa.text("ALTER TABLE audit_events DISABLE TRIGGER USER"))
+        conn.execute(sa.text("UPDATE audit_events SET total_tokens = 99 WHERE chain_seq = 7"))
+    result = verify(engine, key)
+    assert [(p.kind, p.position) for p in result.problems][:1] == [("edited", 7)]

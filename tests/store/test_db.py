@@ -12,12 +12,14 @@ import sqlalchemy as sa
 
 from sluicegate.audit.writer import AuditWriter
 from sluicegate.store import db
-from sluicegate.store.db import USAGE_DETAIL_COLUMNS, audit_events, create_engine
+from sluicegate.audit.chain import Chain, ChainKey, verify
+from sluicegate.store.db import CHAIN_COLUMNS, USAGE_DETAIL_COLUMNS, audit_events, create_engine
 from tests.audit.test_writer import event
 from tests.audit.test_writer_postgres import Postgres
 
 #: the migrations an earlier release applied, before the audit kept usage details
 EARLIER = ("m001_initial", "m002_secrets")
+CHAIN_NAMES = {name for name, _ in CHAIN_COLUMNS}
 
 
 def _earlier_store(url: str) -> None:
@@ -30,7 +32,7 @@ def _earlier_store(url: str) -> None:
         *(
             sa.Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable, autoincrement=c.autoincrement)
             for c in audit_events.columns
-            if c.name not in USAGE_DETAIL_COLUMNS
+            if c.name not in USAGE_DETAIL_COLUMNS and c.name not in CHAIN_NAMES
         ),
     )
     engine = sa.create_engine(url)
@@ -58,13 +60,14 @@ def _upgrades(url: str) -> None:
     _earlier_store(url)
     engine = sa.create_engine(url)
     assert not _columns(engine) & set(USAGE_DETAIL_COLUMNS)
-    assert db.migrate(engine) == ["m003_usage_details"]
-    assert set(USAGE_DETAIL_COLUMNS) <= _columns(engine)
+    assert db.migrate(engine) == ["m003_usage_details", "m004_audit_chain"]
+    assert set(USAGE_DETAIL_COLUMNS) | CHAIN_NAMES <= _columns(engine)
     assert db.migrate(engine) == []
     engine.dispose()
     # The writer stores the new fields; the earlier event reads back with them NULL.
     engine = create_engine(url)
-    writer = AuditWriter(engine, batch_size=10, flush_interval_s=0.01)
+    key = ChainKey.from_secret("a test key that is long enough")
+    writer = AuditWriter(engine, batch_size=10, flush_interval_s=0.01, chain=Chain(key))
     writer.start()
     new = event(1)
     new.cached_tokens, new.cache_write_tokens, new.reasoning_tokens = 3, 4, 5
@@ -77,6 +80,10 @@ def _upgrades(url: str) -> None:
                     " FROM audit_events ORDER BY seq")
         ).all()  # fmt: skip
     assert [tuple(r) for r in rows] == [("req_old", 5, None, None, None), ("req_1", 1, 3, 4, 5)]
+    # The chain begins after the earlier events: they are counted, not reported as inserted.
+    report = verify(engine, key)
+    assert report.intact, report.problems
+    assert (report.legacy, report.events, report.first) == (1, 1, 1)
     engine.dispose()
 
 
