@@ -45,6 +45,7 @@ from sluicegate.relay import Relay
 from sluicegate.settings import Settings
 from sluicegate.stages.base import Services
 from sluicegate.stages.identity import KeyIndex
+from sluicegate.stages.tracing import tracing_for
 from sluicegate.store.db import create_engine
 from sluicegate.store.keys import KeyStore
 from sluicegate.types import Receive, Scope, Send
@@ -448,6 +449,8 @@ class Gateway:
         await self.services.limits.seed()
         self.services.limits.start()
         await asyncio.to_thread(tokens.preload)
+        # A tracing config that cannot start (a header's secret unreadable) stops the startup.
+        self.services.tracing = await tracing_for(self.snapshot.config.observability.tracing, None, self.vault)
         if self.config_path is not None:
             self._tasks.append(asyncio.create_task(self._watch_config()))
             try:
@@ -478,6 +481,10 @@ class Gateway:
             for summary in aggregator.due(all_=True):
                 self.audit.submit(summary)
         await asyncio.to_thread(self.audit.close)
+        tracing, self.services.tracing = self.services.tracing, None
+        if tracing is not None:
+            # Spans still queued are exported, within the export timeout.
+            await asyncio.to_thread(tracing.shutdown)
 
     # -- config reload --------------------------------------------------------------------------
 
@@ -519,6 +526,7 @@ class Gateway:
         self.edge.server = snapshot.server
         self._clients = ClientAddress(snapshot.server.trusted_proxies, snapshot.server.forwarded_header)
         self.vault.configure(snapshot.config.vault)
+        await self._retrace(snapshot)
         self.reloads += 1
         self.last_reload_error = None
         log.info(
@@ -528,6 +536,20 @@ class Gateway:
             len(snapshot.consumers),
         )
         return True
+
+    async def _retrace(self, snapshot: Snapshot) -> None:
+        """Keep the tracer provider when the tracing settings did not change; else start the new
+        one and retire the old (it exports its calls' spans, then shuts down). A new one that
+        cannot start leaves the old one serving: traces are not worth refusing a reload."""
+        old = self.services.tracing
+        try:
+            tracing = await tracing_for(snapshot.config.observability.tracing, old, self.vault)
+        except Exception as exc:
+            log.error("tracing: the reloaded settings cannot start (%s); the previous ones stay", exc)
+            return
+        self.services.tracing = tracing
+        if old is not None and old is not tracing:
+            old.retire()
 
 
 def _shown(text: str) -> str:

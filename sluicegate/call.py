@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from sluicegate.errors import SluicegateError
     from sluicegate.guardrails.engine import CallGuards
     from sluicegate.limits.plan import Held
+    from sluicegate.observability.tracing import CallTrace
 
 
 class Call:
@@ -57,6 +58,7 @@ class Call:
         "status",
         "stream",
         "total_tokens",
+        "trace",
         "translated",
         "ttft_ms",
         "upstream_status",
@@ -129,6 +131,8 @@ class Call:
         self.limits: Held | None = None
         #: rate-limit headers of the tightest scopes, sent with the answer
         self.limit_headers: list[tuple[bytes, bytes]] | None = None
+        #: the call's span and its children, while tracing is enabled (`stages.tracing`)
+        self.trace: CallTrace | None = None
 
     def fail(self, error: SluicegateError) -> None:
         """Record a refusal or failure: its status, audit decision and outcome. The error's message

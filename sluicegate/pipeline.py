@@ -1,5 +1,6 @@
 """The request path, top to bottom. The stage order is the policy.
 
+    tracing       opens the call's span (when enabled); the stages below run in child spans
     identity      key or JWT -> consumer                  (headers only: before the body is read)
     access        endpoint, source address, time window   403 (headers only too)
     [parse]       the body (bounded, within its deadline, decoded), once, by the client's dialect;
@@ -14,6 +15,7 @@
     accounting    tokens and cost                         (finally, always)
     limits        settle the reservation with the actual use   (finally, always)
     audit         one event per call                      (finally, always)
+    tracing       ends the call's span with what the others settled   (finally, always)
 
 Accounting and audit run just before the response's last body message is sent
 (`FinishingSend`): a call is not reported complete until its audit event is queued, and with
@@ -38,6 +40,7 @@ from sluicegate.edge.body import ClientGone, read_body
 from sluicegate.errors import SluicegateError
 from sluicegate.relay import relay_answer
 from sluicegate.stages.base import Services, Stage, stage_factories
+from sluicegate.stages.tracing import TracingStage
 
 if TYPE_CHECKING:
     import aiohttp
@@ -53,6 +56,7 @@ log = logging.getLogger("sluicegate.pipeline")
 
 #: where each registered stage runs; names not registered are skipped
 STAGE_ORDER = (
+    "tracing",
     "identity",
     "access",
     "model_access",
@@ -111,6 +115,11 @@ class Pipeline:
         split = next((i for i, s in enumerate(ordered) if s.needs_body), len(ordered))
         self.header_stages = ordered[:split]
         self.body_stages = ordered[split:]
+        tracing = stages.get("tracing")
+        if isinstance(tracing, TracingStage):
+            # Stages run in child spans of the call's; an untraced pipeline has no wrapper at all.
+            self.header_stages = tracing.traced(self.header_stages)
+            self.body_stages = tracing.traced(self.body_stages)
         self.finishers = [stages[n] for n in FINISH_ORDER if n in stages]
         #: who is calling, for answers outside the request path (an unknown URL names its caller)
         self.identity = stages.get("identity")

@@ -245,6 +245,7 @@ class AuditWriter:
             "spill_error": self.spill_error,
             "spill_file": str(self.spill.path) if self.spill is not None else None,
             "poison_file": str(self.poison.path) if self.poison is not None else None,
+            "chain_head": self.chain.head[0] if self.chain is not None else None,
         }
 
     # -- blocking calls (startup, shutdown, tests, worker threads) -----------------------------

@@ -167,6 +167,9 @@ def check_references(config: GatewayConfig) -> list[ConfigIssue]:
                 issues.extend(_check_secret_ref(ref, (*at, "api_key", j), config.vault))
         for name, value in p.headers.items():
             issues.extend(_check_header(name, value, (*at, "headers", name), config.vault))
+    # The trace exporter's headers follow the providers' rule: a credential only as a reference.
+    for name, value in config.observability.tracing.headers.items():
+        issues.extend(_check_header(name, value, ("observability", "tracing", "headers", name), config.vault))
     names: set[str] = set()
     for i, m in enumerate(config.models):
         if m.name in names:

@@ -395,6 +395,14 @@ async def check_request(call: Call, state: CallGuards) -> None:
 async def check_answer(call: Call, state: CallGuards, data: dict[str, Any], endpoint: str) -> bool:
     """Output guards on a complete answer (of `endpoint`'s shape), then placeholders restored;
     True when `data` changed (in place)."""
+    trace = call.trace
+    if trace is None or not trace.recording:
+        return await _check_answer(state, data, endpoint)
+    with trace.section("guardrails.output"):
+        return await _check_answer(state, data, endpoint)
+
+
+async def _check_answer(state: CallGuards, data: dict[str, Any], endpoint: str) -> bool:
     refs = response_texts(endpoint, data)
     if not refs:
         return False

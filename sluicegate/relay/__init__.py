@@ -182,11 +182,16 @@ class Relay:
         url_text = provider.url_for(endpoint, upstream_model, call.stream)
         url = self._url(url_text)
         name = provider.name
+        headers = provider.request_headers(call, secret, url_text, body)
+        trace = call.trace
+        if trace is not None:
+            # The upstream call's span; a `traceparent` naming it goes upstream (never the client's).
+            headers = trace.upstream(provider, url, headers)
         try:
             resp = await self.session.post(
                 url,
                 data=body,
-                headers=provider.request_headers(call, secret, url_text, body),
+                headers=headers,
                 timeout=self._timeout(provider),
                 allow_redirects=False,
             )

@@ -231,6 +231,9 @@ def output_guard(
     guards = call.guards
     if guards is None or not guards.guards.output:
         return None
+    if call.trace is not None:
+        # The output guards of a stream act all along it: their span ends with the call.
+        call.trace.hold("guardrails.output")
     return StreamGuard(guards, guards.guards.output, guards.guards.window, texts)
 
 

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from sluicegate.call import Call
     from sluicegate.config.snapshot import Snapshot
     from sluicegate.guardrails.base import GuardContext
+    from sluicegate.observability.tracing import Tracing
     from sluicegate.stages.identity import KeyIndex
     from sluicegate.vault import Vault
 
@@ -62,6 +63,8 @@ class Services:
     guard_context: GuardContext | None = None
     #: budget and rate-limit counters, kept across config reloads
     limits: LimitsService = field(default_factory=LimitsService)
+    #: the tracer provider while tracing is enabled (set at startup, kept or replaced on reload)
+    tracing: Tracing | None = None
 
 
 #: builds a stage for a snapshot, or None when the config does not need it (it then costs nothing)
@@ -84,4 +87,4 @@ def stage_factories() -> dict[str, StageFactory]:
 
 
 def _load_builtins() -> None:
-    from sluicegate.stages import access, accounting, audit, guardrails, identity, limits, router  # noqa: F401
+    from sluicegate.stages import access, accounting, audit, guardrails, identity, limits, router, tracing  # noqa: F401

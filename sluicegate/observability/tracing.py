@@ -1,0 +1,465 @@
+"""OpenTelemetry traces of the gateway's calls, exported over OTLP/HTTP in batches off the request path.
+
+Imported only when `observability.tracing.enabled` (it needs `sluicegate[otel]`). `Tracing` is one
+gateway's tracer provider, never the process-global one; `CallTrace` is one call's span and its
+children, carried by `Call.trace`:
+
+    chat gpt-4o         SERVER    the call, from its first byte to its last, with GenAI attributes
+      identity ... router   INTERNAL  one per stage that ran (`guardrails.input` for the input guards)
+      upstream          CLIENT    the provider request; the `traceparent` sent upstream names it
+      guardrails.output INTERNAL  the output guards (on a stream: the hold-back window, to its end)
+
+An export that fails never reaches a call: spans wait in a bounded queue, a batch that cannot be
+sent is dropped, and the failure is logged once until exports succeed again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry.context import Context
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, get_current_span, set_span_in_context
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from sluicegate.errors import SluicegateError
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from yarl import URL
+
+    from sluicegate.call import Call
+    from sluicegate.observability.config import TracingConfig
+    from sluicegate.providers.base import Provider
+    from sluicegate.vault import Vault
+
+log = logging.getLogger("sluicegate.tracing")
+
+#: GenAI `gen_ai.operation.name` of each endpoint that calls a model
+OPERATIONS = {
+    "chat": "chat",
+    "messages": "chat",
+    "responses": "chat",
+    "completions": "text_completion",
+    "embeddings": "embeddings",
+    "count_tokens": "count_tokens",
+}
+#: `gen_ai.provider.name` of the provider types the GenAI conventions name; others go as their type
+PROVIDER_NAMES = {
+    "anthropic": "anthropic",
+    "azure_openai": "azure.ai.openai",
+    "bedrock": "aws.bedrock",
+    "cohere": "cohere",
+    "deepseek": "deepseek",
+    "gemini": "gcp.gemini",
+    "groq": "groq",
+    "mistral": "mistral_ai",
+    "openai": "openai",
+    "perplexity": "perplexity",
+    "xai": "x_ai",
+}
+#: the longest string attribute kept (a client names its model; longer values are cut)
+MAX_ATTRIBUTE_CHARS = 256
+#: guard verdicts listed on a call's span at most
+MAX_VERDICTS = 32
+#: the SDK's loggers that log every failed batch, retry and dropped span (`_FailOpenExporter` says it once)
+_EXPORTER_LOGGERS = (
+    "opentelemetry.exporter.otlp.proto.http.trace_exporter",
+    "opentelemetry.exporter.otlp.common.http",
+    "opentelemetry.sdk._shared_internal",
+)
+_PROPAGATOR = TraceContextTextMapPropagator()
+
+
+class Tracing:
+    """One gateway's tracer provider: sampler, resource, batch processor and OTLP/HTTP exporter.
+
+    Usage: `tracing = await Tracing.create(config, vault)`; `call.trace = tracing.start(call)` and
+    `call.trace.finish(call)` per call; `tracing.shutdown()` (blocking) flushes what is queued."""
+
+    def __init__(self, config: TracingConfig, headers: Mapping[str, str]) -> None:
+        self.config = config
+        resource = Resource.create({**config.resource_attributes, "service.name": config.service_name})
+        self.provider = TracerProvider(
+            resource=resource,
+            sampler=ParentBased(TraceIdRatioBased(config.sample_ratio)),
+            span_limits=SpanLimits(max_span_attributes=64, max_attribute_length=1024, max_events=16, max_links=4),
+            shutdown_on_exit=False,
+        )
+        exporter = OTLPSpanExporter(endpoint=config.endpoint, headers=dict(headers), timeout=config.timeout_s)
+        self.exporter = _FailOpenExporter(exporter, config.endpoint)
+        self.provider.add_span_processor(
+            BatchSpanProcessor(
+                self.exporter,
+                max_queue_size=config.max_queue_spans,
+                schedule_delay_millis=config.export_interval_s * 1000.0,
+                max_export_batch_size=config.max_batch_spans,
+            )
+        )
+        self.tracer = self.provider.get_tracer("sluicegate")
+        #: calls whose span is open; a retired provider shuts down once none is left
+        self.active = 0
+        self.retired = False
+        #: shut down: its spans are exported, it takes no more
+        self.closed = False
+
+    @classmethod
+    async def create(cls, config: TracingConfig, vault: Vault) -> Tracing:
+        """A provider for `config`, its header references read from the vault (once: a changed
+        secret is read again on the next config reload)."""
+        from sluicegate.vault.refs import parse_ref
+
+        headers: dict[str, str] = {}
+        for name, value in config.headers.items():
+            ref = parse_ref(value, allow_prefix=True)
+            if ref is None:
+                headers[name] = value
+            else:
+                secret = await vault.aresolve(ref.ref)
+                headers[name] = f"{ref.prefix} {secret}" if ref.prefix else secret
+        return cls(config, headers)
+
+    def start(self, call: Call) -> CallTrace:
+        """Open the call's span (continuing the client's trace when allowed and well formed)."""
+        parent: Context | None = None
+        if self.config.continue_client_trace:
+            parent = client_context(call.headers)
+        operation = OPERATIONS.get(call.endpoint)
+        attributes: dict[str, Any] = {"sluicegate.request_id": call.request_id, "sluicegate.endpoint": call.endpoint}
+        if operation is not None:
+            attributes["gen_ai.operation.name"] = operation
+        span = self.tracer.start_span(
+            operation or call.endpoint,
+            parent,
+            SpanKind.SERVER,
+            attributes,
+            start_time=int(call.started_wall * 1e9),
+        )
+        self.active += 1
+        return CallTrace(self, span)
+
+    def release(self) -> None:
+        """A call's span ended; a retired provider with no call left shuts down (off the loop)."""
+        self.active -= 1
+        if self.retired and self.active <= 0:
+            self._shutdown_in_background()
+
+    def retire(self) -> None:
+        """A config reload replaced this provider: shut it down once its calls have ended."""
+        self.retired = True
+        if self.active <= 0:
+            self._shutdown_in_background()
+
+    def _shutdown_in_background(self) -> None:
+        threading.Thread(target=self.shutdown, name="sluicegate-tracing-shutdown", daemon=True).start()
+
+    def shutdown(self, timeout_s: float | None = None) -> None:
+        """Export the spans still queued, then stop; blocking, for `timeout_s` at most (default: the
+        export timeout), after which what is left is dropped."""
+        if self.closed:
+            return
+        self.closed = True
+        # The processor exports what it holds before it stops; against a receiver that is down the
+        # exporter would retry until its timeout, batch after batch. Past the deadline the
+        # exporter is stopped: its retries end and the batches left fail at once.
+        timer = threading.Timer(self.config.timeout_s if timeout_s is None else timeout_s, self.exporter.shutdown)
+        timer.daemon = True
+        timer.start()
+        try:
+            self.provider.shutdown()
+        finally:
+            timer.cancel()
+
+
+class CallTrace:
+    """One call's span, its open children, and how they are named and ended."""
+
+    __slots__ = ("context", "held", "recording", "span", "tracing", "upstream_span")
+
+    def __init__(self, tracing: Tracing, span: Span) -> None:
+        self.tracing = tracing
+        self.span = span
+        #: False when the sampler dropped the trace: children are made (their ids go upstream)
+        #: but no attribute is computed
+        self.recording = span.is_recording()
+        self.context = set_span_in_context(span)
+        self.upstream_span: Span | None = None
+        #: children that end with the call (a stream's output guards)
+        self.held: list[Span] = []
+
+    def child(self, name: str, kind: SpanKind = SpanKind.INTERNAL) -> Span:
+        """Start a child span of the call's span (the caller ends it)."""
+        return self.tracing.tracer.start_span(name, self.context, kind)
+
+    @contextlib.contextmanager
+    def section(self, name: str) -> Iterator[Span]:
+        """A child span around a block; an exception that leaves the block marks it failed."""
+        span = self.child(name)
+        try:
+            yield span
+        except BaseException as exc:
+            failed(span, exc)
+            raise
+        finally:
+            span.end()
+
+    def hold(self, name: str) -> None:
+        """Start a child span that ends with the call (the output guards of a stream)."""
+        self.held.append(self.child(name))
+
+    def upstream(self, provider: Provider, url: URL, headers: Mapping[str, str]) -> Mapping[str, str]:
+        """Start the upstream call's span; the request headers with `traceparent` (and the
+        trace's `tracestate`) naming it when `propagate_upstream`, else `headers` unchanged."""
+        previous = self.upstream_span
+        if previous is not None:
+            previous.end()
+        attributes: dict[str, Any] | None = None
+        if self.recording:
+            # Scheme, host, port and path only: no query string or user info, where some
+            # upstreams take credentials. Request headers are never recorded.
+            attributes = {
+                "http.request.method": "POST",
+                "server.address": url.host or "",
+                "url.full": f"{url.scheme}://{url.host}:{url.port}{url.path}",
+                "sluicegate.provider": provider.name,
+                "gen_ai.provider.name": PROVIDER_NAMES.get(provider.type, provider.type),
+            }
+            if url.port is not None:
+                attributes["server.port"] = url.port
+        span = self.upstream_span = self.tracing.tracer.start_span(
+            "upstream", self.context, SpanKind.CLIENT, attributes
+        )
+        if not self.tracing.config.propagate_upstream:
+            return headers
+        context = span.get_span_context()
+        out = dict(headers)
+        out["traceparent"] = f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
+        if context.trace_state:
+            out["tracestate"] = context.trace_state.to_header()
+        return out
+
+    def finish(self, call: Call) -> None:
+        """End the call's spans with what the call settled: status, usage, outcome."""
+        try:
+            error = _error_type(call)
+            for span in self.held:
+                if error is not None and call.outcome != "ok" and self.recording:
+                    span.set_attribute("error.type", error)
+                span.end()
+            upstream = self.upstream_span
+            if upstream is not None:
+                if self.recording:
+                    _upstream_result(upstream, call)
+                upstream.end()
+            span = self.span
+            if self.recording:
+                span.set_attributes(call_attributes(call))
+                if call.model_requested and call.endpoint in OPERATIONS:
+                    span.update_name(f"{OPERATIONS[call.endpoint]} {_cut(call.model_requested)}")
+                if error is not None:
+                    span.set_attribute("error.type", error)
+                if call.status >= 500:
+                    span.set_status(Status(StatusCode.ERROR, error))
+            span.end()
+        finally:
+            self.tracing.release()
+
+
+def client_context(headers: Mapping[bytes, bytes]) -> Context | None:
+    """The trace context a client's W3C `traceparent` (and `tracestate`) names; None when there
+    is none or it is malformed (it is then ignored, and the call starts a trace of its own)."""
+    raw = headers.get(b"traceparent")
+    if raw is None:
+        return None
+    carrier = {"traceparent": raw.decode("latin-1")}
+    state = headers.get(b"tracestate")
+    if state is not None:
+        carrier["tracestate"] = state.decode("latin-1")
+    context = _PROPAGATOR.extract(carrier, Context())
+    if not get_current_span(context).get_span_context().is_valid:
+        # Shown raw: the log formatter neutralises control characters.
+        log.debug("ignored a malformed traceparent: %s", carrier["traceparent"][:128])
+        return None
+    return context
+
+
+def call_attributes(call: Call) -> dict[str, Any]:
+    """The attributes a call's span ends with: GenAI conventions, HTTP status, the gateway's own."""
+    out: dict[str, Any] = {
+        "sluicegate.decision": call.decision,
+        "sluicegate.outcome": call.outcome,
+        "sluicegate.dialect": call.dialect,
+    }
+    if call.status:
+        out["http.response.status_code"] = call.status
+    if call.client_ip:
+        out["client.address"] = call.client_ip
+    if call.consumer is not None:
+        out["sluicegate.consumer"] = call.consumer.name
+    if call.key_id is not None:
+        out["sluicegate.key_id"] = call.key_id
+    if call.provider is not None:
+        out["sluicegate.provider"] = call.provider
+    route = call.route
+    if route is not None:
+        name = PROVIDER_NAMES.get(route.provider.type, route.provider.type)
+        out["gen_ai.provider.name"] = name
+        out["gen_ai.system"] = name
+    if call.model_requested:
+        out["gen_ai.request.model"] = _cut(call.model_requested)
+    if call.model_served:
+        out["gen_ai.response.model"] = _cut(call.model_served)
+    if call.endpoint in OPERATIONS:
+        out["gen_ai.request.stream"] = call.stream
+        if call.body is not None:
+            _request_parameters(call.body, out)
+    for key, value in (
+        ("gen_ai.usage.input_tokens", call.prompt_tokens),
+        ("gen_ai.usage.output_tokens", call.completion_tokens),
+        ("gen_ai.usage.cache_read.input_tokens", call.cached_tokens),
+        ("gen_ai.usage.cache_creation.input_tokens", call.cache_write_tokens),
+        ("gen_ai.usage.reasoning.output_tokens", call.reasoning_tokens),
+        ("sluicegate.cost_micro_usd", call.cost_micro_usd),
+    ):
+        if value is not None:
+            out[key] = value
+    if call.prompt_tokens is not None or call.completion_tokens is not None:
+        out["sluicegate.usage_source"] = call.usage_source
+    if call.stream and call.ttft_ms is not None:
+        out["gen_ai.response.time_to_first_chunk"] = call.ttft_ms / 1000.0
+    guards = call.guards
+    if guards is not None and guards.records:
+        # Guard, action and direction: never the text a guard matched.
+        verdicts = dict.fromkeys(f"{r.guard}:{r.action}:{r.direction}" for r in guards.records)
+        out["sluicegate.guard_verdicts"] = list(verdicts)[:MAX_VERDICTS]
+    return out
+
+
+#: request parameters recorded, by the body field that carries them in each client API
+_NUMBER_PARAMETERS = (
+    ("max_tokens", "gen_ai.request.max_tokens"),
+    ("max_completion_tokens", "gen_ai.request.max_tokens"),
+    ("max_output_tokens", "gen_ai.request.max_tokens"),
+    ("temperature", "gen_ai.request.temperature"),
+    ("top_p", "gen_ai.request.top_p"),
+    ("top_k", "gen_ai.request.top_k"),
+    ("frequency_penalty", "gen_ai.request.frequency_penalty"),
+    ("presence_penalty", "gen_ai.request.presence_penalty"),
+    ("seed", "gen_ai.request.seed"),
+)
+
+
+def _request_parameters(body: dict[str, Any], out: dict[str, Any]) -> None:
+    for field, key in _NUMBER_PARAMETERS:
+        value = body.get(field)
+        # Numbers only, finite and of a sane size; `True` is not a number here.
+        if type(value) is int and -(2**53) < value < 2**53:
+            out[key] = value
+        elif type(value) is float and -1e9 < value < 1e9:
+            out[key] = value
+    n = body.get("n")
+    if type(n) is int and 1 < n < 2**31:
+        out["gen_ai.request.choice.count"] = n
+
+
+def _upstream_result(span: Span, call: Call) -> None:
+    status = call.upstream_status
+    if status is not None:
+        span.set_attribute("http.response.status_code", status)
+    if status is not None and status >= 400:
+        span.set_attribute("error.type", str(status))
+        span.set_status(Status(StatusCode.ERROR))
+    elif call.error is not None and (status is None or call.outcome.startswith("upstream")):
+        # No answer (connection, timeout), or an answer that failed on the way (a cut stream).
+        span.set_attribute("error.type", call.error.code)
+        span.set_status(Status(StatusCode.ERROR))
+
+
+def _error_type(call: Call) -> str | None:
+    if call.error is not None:
+        return call.error.code
+    return None if call.outcome == "ok" else call.outcome
+
+
+def failed(span: Span, exc: BaseException) -> None:
+    """Mark a child span failed by `exc`: its error code, or its class name (never its text)."""
+    if not span.is_recording():
+        return
+    kind = exc.code if isinstance(exc, SluicegateError) else type(exc).__name__
+    span.set_attribute("error.type", kind)
+    span.set_status(Status(StatusCode.ERROR, kind))
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= MAX_ATTRIBUTE_CHARS else text[:MAX_ATTRIBUTE_CHARS]
+
+
+class _FailOpenExporter(SpanExporter):
+    """The OTLP exporter, its failures logged once (and its recovery once), never raised.
+
+    The batch processor calls it on its own thread; a batch that cannot be sent is dropped."""
+
+    def __init__(self, exporter: OTLPSpanExporter, endpoint: str) -> None:
+        self.exporter = exporter
+        self.endpoint = endpoint
+        self.failing = False
+        self.failures = 0
+        self.stopped = False
+        self._lock = threading.Lock()
+        for name in _EXPORTER_LOGGERS:
+            logger = logging.getLogger(name)
+            if not any(isinstance(f, _Silenced) for f in logger.filters):
+                logger.addFilter(_Silenced())
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        try:
+            result = self.exporter.export(spans)
+        except Exception as exc:  # an exporter bug must not stop the batch thread
+            log.debug("span export raised %s", type(exc).__name__)
+            result = SpanExportResult.FAILURE
+        if result is SpanExportResult.SUCCESS:
+            if self.failing:
+                self.failing = False
+                log.warning(
+                    "tracing: spans are exported to %s again (%d batches were dropped)", self.endpoint, self.failures
+                )
+                self.failures = 0
+            return result
+        self.failures += 1
+        if not self.failing:
+            self.failing = True
+            log.warning(
+                "tracing: spans cannot be exported to %s; they are dropped until it answers (calls are not "
+                "affected; this is logged once)",
+                self.endpoint,
+            )
+        return result
+
+    def shutdown(self) -> None:
+        with self._lock:
+            if self.stopped:
+                return
+            self.stopped = True
+        self.exporter.shutdown()  # type: ignore[no-untyped-call]
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self.exporter.force_flush(timeout_millis)
+
+
+class _Silenced(logging.Filter):
+    """Drops the OTLP exporter's own per-batch failure lines (`_FailOpenExporter` logs once)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.CRITICAL
+
+
+__all__ = ["CallTrace", "Tracing", "call_attributes", "client_context", "failed"]

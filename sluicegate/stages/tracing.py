@@ -1,0 +1,105 @@
+"""Tracing: the call's span opens first and ends last, after audit (see `observability.tracing`).
+
+Built only when `observability.tracing.enabled`; without it nothing here runs and no OpenTelemetry
+module is imported. The stages after it run inside child spans of the call's (`traced`), wrapped
+when the pipeline is built, so an untraced pipeline has no wrapper at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from sluicegate.observability.config import OTEL_EXTRA
+from sluicegate.stages.base import Services, register_stage
+
+if TYPE_CHECKING:
+    from sluicegate.call import Call
+    from sluicegate.config.snapshot import Snapshot
+    from sluicegate.observability.config import TracingConfig
+    from sluicegate.observability.tracing import Tracing
+    from sluicegate.stages.base import Stage
+    from sluicegate.vault import Vault
+
+#: stages whose `on_request` gets a child span, and its name (the rest record nothing of interest)
+TRACED_STAGES = {
+    "identity": "identity",
+    "access": "access",
+    "model_access": "model_access",
+    "limits": "limits",
+    "guardrails": "guardrails.input",
+    "cache": "cache",
+    "router": "router",
+}
+
+
+class TracingStage:
+    """Opens the call's span (the gateway's current tracer provider) and ends it at the finish."""
+
+    name = "tracing"
+    needs_body = False
+
+    def __init__(self, services: Services) -> None:
+        # Read per call: a config reload may replace the provider (`Gateway.reload`).
+        self.services = services
+
+    async def on_request(self, call: Call) -> None:
+        tracing = self.services.tracing
+        if tracing is not None:
+            call.trace = tracing.start(call)
+
+    async def on_finish(self, call: Call) -> None:
+        trace = call.trace
+        if trace is not None:
+            call.trace = None
+            trace.finish(call)
+
+    def traced(self, stages: Sequence[Stage]) -> list[Stage]:
+        """`stages` with each one of `TRACED_STAGES` wrapped in a child span."""
+        return [
+            TracedStage(stage, TRACED_STAGES[stage.name]) if stage.name in TRACED_STAGES else stage for stage in stages
+        ]
+
+
+class TracedStage:
+    """A stage whose `on_request` runs in a child span of the call's (when the call has one)."""
+
+    def __init__(self, stage: Stage, span_name: str) -> None:
+        self.stage = stage
+        self.name = stage.name
+        self.needs_body = stage.needs_body
+        self.span_name = span_name
+
+    async def on_request(self, call: Call) -> None:
+        trace = call.trace
+        if trace is None or not trace.recording:
+            await self.stage.on_request(call)
+            return
+        with trace.section(self.span_name):
+            await self.stage.on_request(call)
+
+    async def on_finish(self, call: Call) -> None:
+        await self.stage.on_finish(call)
+
+
+async def tracing_for(config: TracingConfig, current: Tracing | None, vault: Vault) -> Tracing | None:
+    """The tracer provider for `config`: None when tracing is off, `current` when its settings did
+    not change, else a new one (the caller retires `current` once the new one serves)."""
+    if not config.enabled:
+        return None
+    if current is not None and current.config == config:
+        return current
+    try:
+        from sluicegate.observability.tracing import Tracing
+    except ImportError:
+        raise RuntimeError(f"tracing needs the OpenTelemetry packages: pip install '{OTEL_EXTRA}'") from None
+    return await Tracing.create(config, vault)
+
+
+def _factory(snapshot: Snapshot, services: Services) -> TracingStage | None:
+    if not snapshot.config.observability.tracing.enabled:
+        return None
+    return TracingStage(services)
+
+
+register_stage("tracing", _factory)
