@@ -31,6 +31,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode, get_current_
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from sluicegate.errors import SluicegateError
+from sluicegate.observability.genai import OPERATIONS, PROVIDER_NAMES, call_attributes, cut, error_type
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -44,33 +45,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sluicegate.tracing")
 
-#: GenAI `gen_ai.operation.name` of each endpoint that calls a model
-OPERATIONS = {
-    "chat": "chat",
-    "messages": "chat",
-    "responses": "chat",
-    "completions": "text_completion",
-    "embeddings": "embeddings",
-    "count_tokens": "count_tokens",
-}
-#: `gen_ai.provider.name` of the provider types the GenAI conventions name; others go as their type
-PROVIDER_NAMES = {
-    "anthropic": "anthropic",
-    "azure_openai": "azure.ai.openai",
-    "bedrock": "aws.bedrock",
-    "cohere": "cohere",
-    "deepseek": "deepseek",
-    "gemini": "gcp.gemini",
-    "groq": "groq",
-    "mistral": "mistral_ai",
-    "openai": "openai",
-    "perplexity": "perplexity",
-    "xai": "x_ai",
-}
-#: the longest string attribute kept (a client names its model; longer values are cut)
-MAX_ATTRIBUTE_CHARS = 256
-#: guard verdicts listed on a call's span at most
-MAX_VERDICTS = 32
 #: the SDK's loggers that log every failed batch, retry and dropped span (`_FailOpenExporter` says it once)
 _EXPORTER_LOGGERS = (
     "opentelemetry.exporter.otlp.proto.http.trace_exporter",
@@ -250,7 +224,7 @@ class CallTrace:
     def finish(self, call: Call) -> None:
         """End the call's spans with what the call settled: status, usage, outcome."""
         try:
-            error = _error_type(call)
+            error = error_type(call)
             for span in self.held:
                 if error is not None and call.outcome != "ok" and self.recording:
                     span.set_attribute("error.type", error)
@@ -264,7 +238,7 @@ class CallTrace:
             if self.recording:
                 span.set_attributes(call_attributes(call))
                 if call.model_requested and call.endpoint in OPERATIONS:
-                    span.update_name(f"{OPERATIONS[call.endpoint]} {_cut(call.model_requested)}")
+                    span.update_name(f"{OPERATIONS[call.endpoint]} {cut(call.model_requested)}")
                 if error is not None:
                     span.set_attribute("error.type", error)
                 if call.status >= 500:
@@ -292,85 +266,6 @@ def client_context(headers: Mapping[bytes, bytes]) -> Context | None:
     return context
 
 
-def call_attributes(call: Call) -> dict[str, Any]:
-    """The attributes a call's span ends with: GenAI conventions, HTTP status, the gateway's own."""
-    out: dict[str, Any] = {
-        "sluicegate.decision": call.decision,
-        "sluicegate.outcome": call.outcome,
-        "sluicegate.dialect": call.dialect,
-    }
-    if call.status:
-        out["http.response.status_code"] = call.status
-    if call.client_ip:
-        out["client.address"] = call.client_ip
-    if call.consumer is not None:
-        out["sluicegate.consumer"] = call.consumer.name
-    if call.key_id is not None:
-        out["sluicegate.key_id"] = call.key_id
-    if call.provider is not None:
-        out["sluicegate.provider"] = call.provider
-    route = call.route
-    if route is not None:
-        name = PROVIDER_NAMES.get(route.provider.type, route.provider.type)
-        out["gen_ai.provider.name"] = name
-        out["gen_ai.system"] = name
-    if call.model_requested:
-        out["gen_ai.request.model"] = _cut(call.model_requested)
-    if call.model_served:
-        out["gen_ai.response.model"] = _cut(call.model_served)
-    if call.endpoint in OPERATIONS:
-        out["gen_ai.request.stream"] = call.stream
-        if call.body is not None:
-            _request_parameters(call.body, out)
-    for key, value in (
-        ("gen_ai.usage.input_tokens", call.prompt_tokens),
-        ("gen_ai.usage.output_tokens", call.completion_tokens),
-        ("gen_ai.usage.cache_read.input_tokens", call.cached_tokens),
-        ("gen_ai.usage.cache_creation.input_tokens", call.cache_write_tokens),
-        ("gen_ai.usage.reasoning.output_tokens", call.reasoning_tokens),
-        ("sluicegate.cost_micro_usd", call.cost_micro_usd),
-    ):
-        if value is not None:
-            out[key] = value
-    if call.prompt_tokens is not None or call.completion_tokens is not None:
-        out["sluicegate.usage_source"] = call.usage_source
-    if call.stream and call.ttft_ms is not None:
-        out["gen_ai.response.time_to_first_chunk"] = call.ttft_ms / 1000.0
-    guards = call.guards
-    if guards is not None and guards.records:
-        # Guard, action and direction: never the text a guard matched.
-        verdicts = dict.fromkeys(f"{r.guard}:{r.action}:{r.direction}" for r in guards.records)
-        out["sluicegate.guard_verdicts"] = list(verdicts)[:MAX_VERDICTS]
-    return out
-
-
-#: request parameters recorded, by the body field that carries them in each client API
-_NUMBER_PARAMETERS = (
-    ("max_tokens", "gen_ai.request.max_tokens"),
-    ("max_completion_tokens", "gen_ai.request.max_tokens"),
-    ("max_output_tokens", "gen_ai.request.max_tokens"),
-    ("temperature", "gen_ai.request.temperature"),
-    ("top_p", "gen_ai.request.top_p"),
-    ("top_k", "gen_ai.request.top_k"),
-    ("frequency_penalty", "gen_ai.request.frequency_penalty"),
-    ("presence_penalty", "gen_ai.request.presence_penalty"),
-    ("seed", "gen_ai.request.seed"),
-)
-
-
-def _request_parameters(body: dict[str, Any], out: dict[str, Any]) -> None:
-    for field, key in _NUMBER_PARAMETERS:
-        value = body.get(field)
-        # Numbers only, finite and of a sane size; `True` is not a number here.
-        if type(value) is int and -(2**53) < value < 2**53:
-            out[key] = value
-        elif type(value) is float and -1e9 < value < 1e9:
-            out[key] = value
-    n = body.get("n")
-    if type(n) is int and 1 < n < 2**31:
-        out["gen_ai.request.choice.count"] = n
-
-
 def _upstream_result(span: Span, call: Call) -> None:
     status = call.upstream_status
     if status is not None:
@@ -384,12 +279,6 @@ def _upstream_result(span: Span, call: Call) -> None:
         span.set_status(Status(StatusCode.ERROR))
 
 
-def _error_type(call: Call) -> str | None:
-    if call.error is not None:
-        return call.error.code
-    return None if call.outcome == "ok" else call.outcome
-
-
 def failed(span: Span, exc: BaseException) -> None:
     """Mark a child span failed by `exc`: its error code, or its class name (never its text)."""
     if not span.is_recording():
@@ -397,10 +286,6 @@ def failed(span: Span, exc: BaseException) -> None:
     kind = exc.code if isinstance(exc, SluicegateError) else type(exc).__name__
     span.set_attribute("error.type", kind)
     span.set_status(Status(StatusCode.ERROR, kind))
-
-
-def _cut(text: str) -> str:
-    return text if len(text) <= MAX_ATTRIBUTE_CHARS else text[:MAX_ATTRIBUTE_CHARS]
 
 
 class _FailOpenExporter(SpanExporter):
@@ -462,4 +347,4 @@ class _Silenced(logging.Filter):
         return record.levelno >= logging.CRITICAL
 
 
-__all__ = ["CallTrace", "Tracing", "call_attributes", "client_context", "failed"]
+__all__ = ["CallTrace", "Tracing", "client_context", "failed"]
