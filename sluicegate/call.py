@@ -61,6 +61,8 @@ class Call:
         "trace",
         "translated",
         "ttft_ms",
+        "upstream_ms",
+        "upstream_started",
         "upstream_status",
         "usage_source",
         "usage_text",
@@ -123,6 +125,11 @@ class Call:
         self.usage_text: list[str] | None = None
         self.cost_micro_usd: int | None = None
         self.ttft_ms: float | None = None
+        #: `perf_counter()` when the request went upstream (0.0: it did not), and how long the
+        #: upstream took, in ms, until its answer was read to the end or failed (for a stream: until
+        #: its last chunk arrived); the rest of the call's time is the gateway's own
+        self.upstream_started = 0.0
+        self.upstream_ms: float | None = None
         #: guard state when guards apply to this call (see `guardrails.engine`)
         self.guards: CallGuards | None = None
         #: removes the credentials this call sent upstream from upstream text (set by `Relay.open`)
@@ -146,6 +153,11 @@ class Call:
         self.decision = error.decision
         if self.outcome == "ok":
             self.outcome = error.code
+
+    def upstream_done(self) -> None:
+        """Record that the upstream's answer ended (read to its end, cut, or failed) now."""
+        if self.upstream_started:
+            self.upstream_ms = (time.perf_counter() - self.upstream_started) * 1000.0
 
     def elapsed_ms(self) -> float:
         """Milliseconds since the request arrived."""

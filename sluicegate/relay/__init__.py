@@ -10,6 +10,7 @@ every stream shares, `replay.py` a whole answer given where a stream was asked f
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -187,19 +188,19 @@ class Relay:
         if trace is not None:
             # The upstream call's span; a `traceparent` naming it goes upstream (never the client's).
             headers = trace.upstream(provider, url, headers)
+        call.upstream_started = time.perf_counter()
         try:
             resp = await self.session.post(
-                url,
-                data=body,
-                headers=headers,
-                timeout=self._timeout(provider),
-                allow_redirects=False,
+                url, data=body, headers=headers, timeout=self._timeout(provider), allow_redirects=False
             )
         except TimeoutError:
+            call.upstream_done()
             raise UpstreamTimeout(f"provider '{name}' did not answer in time") from None
         except aiohttp.ClientConnectorError:
+            call.upstream_done()
             raise UpstreamUnavailable(f"cannot connect to provider '{name}'") from None
         except aiohttp.ClientError as exc:
+            call.upstream_done()
             # The exception text may carry the URL; the class name says enough.
             raise UpstreamError(f"provider '{name}' failed before answering ({type(exc).__name__})") from None
         call.upstream_status = status = resp.status
@@ -218,6 +219,7 @@ class Relay:
                 raw = b""
             raise provider.parse_error(status, raw, retry_seconds(resp.headers.get("retry-after")), call.scrub)
         finally:
+            call.upstream_done()
             resp.release()
 
 

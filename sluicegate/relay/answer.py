@@ -63,6 +63,7 @@ async def read_answer(call: Call, resp: aiohttp.ClientResponse, prefix: bytes = 
     except aiohttp.ClientError:
         raise UpstreamError(f"provider '{name}' broke the connection during its answer") from None
     finally:
+        call.upstream_done()
         resp.release()
     try:
         data = orjson.loads(raw)

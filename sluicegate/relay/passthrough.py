@@ -72,7 +72,7 @@ async def relay_stream(
     error: SluicegateError | None = None
     tail = b""
     try:
-        async for data in body(resp, prefix):
+        async for data in body(call, resp, prefix):
             if call.ttft_ms is None:
                 call.ttft_ms = call.elapsed_ms()
             comments = parser.comments
@@ -165,7 +165,7 @@ async def relay_native_stream(
     error: SluicegateError | None = None
     tail = b""
     try:
-        async for data in body(resp, prefix):
+        async for data in body(call, resp, prefix):
             if call.ttft_ms is None:
                 call.ttft_ms = call.elapsed_ms()
             comments = parser.comments

@@ -83,11 +83,14 @@ async def start(call: Call, send: Send) -> None:
     call.status = 200
 
 
-async def body(resp: aiohttp.ClientResponse, prefix: bytes = b"") -> AsyncIterator[bytes]:
-    """The upstream body as it arrives, after bytes already read from it (`prefix`)."""
+async def body(call: Call, resp: aiohttp.ClientResponse, prefix: bytes = b"") -> AsyncIterator[bytes]:
+    """The upstream body as it arrives, after bytes already read from it (`prefix`); the call's
+    upstream time runs to its last chunk."""
     if prefix:
+        call.upstream_done()
         yield prefix
     async for data in resp.content.iter_any():
+        call.upstream_done()
         yield data
 
 
@@ -298,7 +301,7 @@ async def relay_translated_stream(
     ended = False
     tail = b""
     try:
-        chunks_in = body(resp, prefix)
+        chunks_in = body(call, resp, prefix)
         while not ended:
             comments = sse.comments if sse is not None else 0
             try:
