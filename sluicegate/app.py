@@ -40,6 +40,7 @@ from sluicegate.limits.counters import CountersUnavailable
 from sluicegate.limits.reconcile import Reconciler
 from sluicegate.limits.report import caller_view
 from sluicegate.limits.service import LimitsService
+from sluicegate.observability.logs import REQUEST_ID, LogSetup
 from sluicegate.pipeline import Endpoint, Pipeline, send_error
 from sluicegate.relay import Relay
 from sluicegate.settings import Settings
@@ -203,6 +204,8 @@ class Gateway:
         #: HTTP requests being handled (their audit events not queued yet)
         self.in_flight = 0
         self._ids = itertools.count(1)
+        #: the process's log setup when the gateway owns it (`sluicegate serve`): reapplied on reload
+        self.logs: LogSetup | None = None
 
     @property
     def snapshot(self) -> Snapshot:
@@ -297,6 +300,8 @@ class Gateway:
         # The peer's address, or behind a trusted proxy the client's it forwarded.
         clients = self._clients
         call.client_ip = clients.resolve(peer, scope["headers"]) if clients.networks else peer
+        # Every line logged while this request's task handles the call names it.
+        REQUEST_ID.set(call.request_id)
         return call
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send, endpoint: Endpoint) -> None:
@@ -527,6 +532,8 @@ class Gateway:
         self._clients = ClientAddress(snapshot.server.trusted_proxies, snapshot.server.forwarded_header)
         self.vault.configure(snapshot.config.vault)
         await self._retrace(snapshot)
+        if self.logs is not None:
+            self.logs.apply(snapshot.config.observability.logging)
         self.reloads += 1
         self.last_reload_error = None
         log.info(

@@ -13,16 +13,19 @@ from typing import TYPE_CHECKING, Any
 import click
 import orjson
 
+from sluicegate.observability.config import LEVELS
 from sluicegate.settings import Settings
 
 if TYPE_CHECKING:
+    from sluicegate.observability.logs import LogSetup
     from sluicegate.vault.encrypted import EncryptedStore
 
 
-def _setup_logging(level: str = "INFO") -> None:
-    logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True
-    )
+def _setup_logging(level: str | None = "INFO", format: str | None = None) -> LogSetup:
+    """Log to stderr (`observability.logs`); a flag given here wins over the config applied later."""
+    from sluicegate.observability.logs import setup_logging
+
+    return setup_logging(level, format)
 
 
 def _run(coro: Any) -> None:
@@ -62,14 +65,25 @@ def main() -> None:
 )
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8080, show_default=True, type=int)
-@click.option("--log-level", default="INFO", show_default=True)
-def serve(config_path: str | None, host: str, port: int, log_level: str) -> None:
+@click.option(
+    "--log-level",
+    type=click.Choice(LEVELS, case_sensitive=False),
+    default=None,
+    help="Level of every logger not named in observability.logging.levels (default: the config's, INFO).",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default=None,
+    help="text, or json: one object per line (default: observability.logging.format, text).",
+)
+def serve(config_path: str | None, host: str, port: int, log_level: str | None, log_format: str | None) -> None:
     """Run the gateway (demo mode without --config)."""
-    _setup_logging(log_level)
-    _run(_serve(config_path, host, port))
+    logs = _setup_logging(log_level, log_format)
+    _run(_serve(config_path, host, port, logs))
 
 
-async def _serve(config_path: str | None, host: str, port: int) -> None:
+async def _serve(config_path: str | None, host: str, port: int, logs: LogSetup | None = None) -> None:
     import uvicorn
 
     from sluicegate.app import Gateway
@@ -104,7 +118,11 @@ async def _serve(config_path: str | None, host: str, port: int) -> None:
             snapshot = load_config(config_path)
         except ConfigInvalid as exc:
             raise click.ClickException(str(exc)) from None
+        if logs is not None:
+            # The config's format and levels from now on, and again on each reload.
+            logs.apply(snapshot.config.observability.logging)
         gateway = Gateway(snapshot, settings=settings, config_path=config_path)
+        gateway.logs = logs
     server = uvicorn.Server(server_config(gateway, host, port))
     _raise_fd_limit(gateway.snapshot.server)
     try:
