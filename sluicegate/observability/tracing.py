@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -157,7 +158,7 @@ class Tracing:
 class CallTrace:
     """One call's span, its open children, and how they are named and ended."""
 
-    __slots__ = ("context", "held", "recording", "span", "tracing", "upstream_span")
+    __slots__ = ("context", "held", "recording", "span", "tracing", "upstream_span", "upstream_start_ns")
 
     def __init__(self, tracing: Tracing, span: Span) -> None:
         self.tracing = tracing
@@ -167,6 +168,7 @@ class CallTrace:
         self.recording = span.is_recording()
         self.context = set_span_in_context(span)
         self.upstream_span: Span | None = None
+        self.upstream_start_ns = 0
         #: children that end with the call (a stream's output guards)
         self.held: list[Span] = []
 
@@ -209,8 +211,9 @@ class CallTrace:
             }
             if url.port is not None:
                 attributes["server.port"] = url.port
+        self.upstream_start_ns = start = time.time_ns()
         span = self.upstream_span = self.tracing.tracer.start_span(
-            "upstream", self.context, SpanKind.CLIENT, attributes
+            "upstream", self.context, SpanKind.CLIENT, attributes, start_time=start
         )
         if not self.tracing.config.propagate_upstream:
             return headers
@@ -233,7 +236,9 @@ class CallTrace:
             if upstream is not None:
                 if self.recording:
                     _upstream_result(upstream, call)
-                upstream.end()
+                # It ends where the upstream's answer ended (`Call.upstream_ms`), not with the call.
+                took = call.upstream_ms
+                upstream.end(self.upstream_start_ns + int(took * 1e6) if took is not None else None)
             span = self.span
             if self.recording:
                 span.set_attributes(call_attributes(call))

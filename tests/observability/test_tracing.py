@@ -155,6 +155,9 @@ def test_openai_chat_span_has_genai_attributes_and_children(
         # Every child lies within the call's span.
         assert root.start_time_unix_nano <= child.start_time_unix_nano <= child.end_time_unix_nano, name
         assert child.end_time_unix_nano <= root.end_time_unix_nano, name
+    if not stream:
+        # The upstream span ends when its answer was read, before the output guards read it.
+        assert spans["upstream"].end_time_unix_nano <= spans["guardrails.output"].start_time_unix_nano
     up = attrs(spans["upstream"])
     assert up["server.address"] == "127.0.0.1"
     assert up["server.port"] == int(gw.app.snapshot.providers["mock"].base_url.rsplit(":", 1)[1].split("/")[0])
