@@ -170,6 +170,17 @@ def check_references(config: GatewayConfig) -> list[ConfigIssue]:
     # The trace exporter's headers follow the providers' rule: a credential only as a reference.
     for name, value in config.observability.tracing.headers.items():
         issues.extend(_check_header(name, value, ("observability", "tracing", "headers", name), config.vault))
+    # And the audit sinks': a webhook URL may itself be a reference (a URL that holds a token).
+    for i, sink in enumerate(config.audit.sinks):
+        sink_headers: dict[str, str] = getattr(sink, "headers", {})
+        for name, value in sink_headers.items():
+            issues.extend(_check_header(name, value, ("audit", "sinks", i, "headers", name), config.vault))
+        url: str | None = getattr(sink, "url", None)
+        if url is not None and parse_ref(url) is not None:
+            issues.extend(_check_secret_ref(url, ("audit", "sinks", i, "url"), config.vault))
+        elif url is not None and urlsplit(url).password:
+            message = "the URL holds a password: keep the URL in a secret reference (env://AUDIT_HOOK_URL)"
+            issues.append(ConfigIssue(("audit", "sinks", i, "url"), message, warning=True))
     names: set[str] = set()
     for i, m in enumerate(config.models):
         if m.name in names:
