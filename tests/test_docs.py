@@ -61,6 +61,22 @@ def test_every_setting_is_documented() -> None:
             assert field in example and f"`{field}`" in README, field
 
 
+def test_every_tracing_and_logging_setting_is_documented() -> None:
+    from sluicegate.observability.config import LoggingConfig, TracingConfig
+
+    example = (ROOT / "examples" / "sluicegate.yaml").read_text()
+    for model, page in ((TracingConfig, "tracing.md"), (LoggingConfig, "logging.md")):
+        doc = (ROOT / "docs" / page).read_text()
+        assert f"docs/{page}" in README, page
+        for field in model.model_fields:
+            assert f"`{field}`" in doc and f"{field}:" in example, (model.__name__, field)
+        blocks = re.findall(r"```yaml\n(.*?)```", doc, re.S)
+        assert blocks, page
+        for block in blocks:
+            snapshot, issues = parse_config(block)
+            assert snapshot is not None, (block, [str(i) for i in issues])
+
+
 def test_every_guard_kind_and_guard_setting_is_documented() -> None:
     from sluicegate.config.model import GuardConfig
     from sluicegate.guardrails.base import guard_kinds
