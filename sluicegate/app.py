@@ -24,6 +24,7 @@ import orjson
 from sqlalchemy.engine import Engine
 
 from sluicegate import tokens
+from sluicegate.audit.sinks import AuditSinks
 from sluicegate.audit.writer import AuditWriter
 from sluicegate.call import Call
 from sluicegate.config.loader import ConfigInvalid, load_config
@@ -168,6 +169,9 @@ class Gateway:
         self.config_path = Path(config_path) if config_path else None
         self.engine = engine or create_engine(self.settings.db_url(snapshot.config.database_url))
         audit_cfg = snapshot.audit
+        self.vault = Vault(snapshot.config.vault, engine=self.engine)
+        #: copies of stored events to files, webhooks and OTLP (`audit.sinks`), kept across reloads
+        self.audit_sinks = AuditSinks(list(audit_cfg.sinks), self.vault, self.settings.data_dir)
         self.audit = AuditWriter(
             self.engine,
             batch_size=audit_cfg.batch_size,
@@ -175,9 +179,9 @@ class Gateway:
             retry_s=audit_cfg.retry_s,
             max_queue_events=audit_cfg.max_queue_events,
             spill_dir=self.settings.data_dir,
+            sinks=self.audit_sinks,
         )
         self.keys = KeyIndex(KeyStore(self.engine), refresh_s=key_refresh_s)
-        self.vault = Vault(snapshot.config.vault, engine=self.engine)
         self.services = Services(
             keys=self.keys, audit=self.audit, vault=self.vault, limits=LimitsService(self.audit, self.vault)
         )
@@ -385,6 +389,9 @@ class Gateway:
         if audit.spill_error is not None:
             problems.append(f"audit spill file cannot be written ({audit.spill_error})")
         details = {"durability": self.snapshot.audit.durability, **audit.status()}
+        if len(self.audit_sinks):
+            # Shown, not judged: the store holds the trail, a sink's copy failing is not unreadiness.
+            details["sinks"] = self.audit_sinks.status()
         limits = self.services.limits.status()
         if problems:
             await _send_json(
@@ -441,6 +448,8 @@ class Gateway:
         """Start the background parts and open the upstream session.
 
         Audit events an earlier run spilled are replayed into the store first, when it answers."""
+        # The sinks run before the writer, which offers them what it stores (replayed events too).
+        self.audit_sinks.start()
         await asyncio.to_thread(self.audit.start)
         await asyncio.to_thread(self.keys.start)
         connector = aiohttp.TCPConnector(
@@ -486,6 +495,8 @@ class Gateway:
             for summary in aggregator.due(all_=True):
                 self.audit.submit(summary)
         await asyncio.to_thread(self.audit.close)
+        # After the writer: its last batches were offered to the sinks, which deliver them now.
+        await asyncio.to_thread(self.audit_sinks.close)
         tracing, self.services.tracing = self.services.tracing, None
         if tracing is not None:
             # Spans still queued are exported, within the export timeout.
@@ -531,6 +542,7 @@ class Gateway:
         self.edge.server = snapshot.server
         self._clients = ClientAddress(snapshot.server.trusted_proxies, snapshot.server.forwarded_header)
         self.vault.configure(snapshot.config.vault)
+        await asyncio.to_thread(self.audit_sinks.configure, list(snapshot.audit.sinks))
         await self._retrace(snapshot)
         if self.logs is not None:
             self.logs.apply(snapshot.config.observability.logging)
