@@ -77,6 +77,24 @@ def test_every_tracing_and_logging_setting_is_documented() -> None:
             assert snapshot is not None, (block, [str(i) for i in issues])
 
 
+def test_every_audit_sink_kind_and_setting_is_documented() -> None:
+    from sluicegate.audit.sink_config import JsonlSinkConfig, OtlpSinkConfig, WebhookSinkConfig
+    from sluicegate.audit.sinks import SINK_KINDS
+
+    example = (ROOT / "examples" / "sluicegate.yaml").read_text()
+    sinks_doc = (ROOT / "docs" / "audit.md").read_text().partition("\n## Sinks\n")[2].partition("\n## ")[0]
+    assert set(SINK_KINDS) == {"jsonl", "webhook", "otlp"}
+    for kind in SINK_KINDS:
+        assert f"`{kind}`" in sinks_doc and f"type: {kind}" in example, kind
+    for model in (JsonlSinkConfig, WebhookSinkConfig, OtlpSinkConfig):
+        for field in model.model_fields:
+            assert f"`{field}`" in sinks_doc or field == "type", (model.__name__, field)
+            assert f"{field}:" in example, (model.__name__, field)
+    for block in re.findall(r"```yaml\n(.*?)```", sinks_doc, re.S):
+        snapshot, issues = parse_config(block)
+        assert snapshot is not None, (block, [str(i) for i in issues])
+
+
 def test_every_guard_kind_and_guard_setting_is_documented() -> None:
     from sluicegate.config.model import GuardConfig
     from sluicegate.guardrails.base import guard_kinds
