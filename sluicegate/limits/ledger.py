@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -56,6 +57,46 @@ def ledger_total(
         return int(conn.execute(query).scalar_one())
 
 
+def spend_rows(
+    engine: Engine, keys: Sequence[sa.ColumnElement[Any]], since: float, until: float
+) -> list[tuple[Any, ...]]:
+    """Calls, prompt tokens, completion tokens and cost over [since, until), grouped by `keys`:
+    one tuple `(*key values, calls, prompt, completion, cost)` per group.
+
+    The one aggregation of spend: `sluicegate spend` and the usage report both read it, so their
+    numbers agree. Spend of the limits' own bookkeeping events is left out; a reaped reservation
+    is spend (at its estimate), not a call of its own."""
+    columns = audit_events.c
+    # Keys are computed in a subquery and grouped by name: the outer query repeats no expression.
+    inner = (
+        sa.select(
+            *(key.label(f"k{i}") for i, key in enumerate(keys)),
+            columns.outcome,
+            columns.prompt_tokens,
+            columns.completion_tokens,
+            columns.cost_micro_usd,
+        )
+        .where(_period(since, until))
+        .where(columns.endpoint != "limits")
+        .subquery()
+    )
+    group = [inner.c[f"k{i}"] for i in range(len(keys))]
+    is_call = sa.case((inner.c.outcome == "reservation_reaped", 0), else_=1)
+    query = sa.select(
+        *group,
+        sa.func.sum(is_call),
+        sa.func.coalesce(sa.func.sum(inner.c.prompt_tokens), 0),
+        sa.func.coalesce(sa.func.sum(inner.c.completion_tokens), 0),
+        sa.func.coalesce(sa.func.sum(inner.c.cost_micro_usd), 0),
+    ).group_by(*group)
+    width = len(keys)
+    with engine.connect() as conn:
+        return [
+            (*row[:width], int(row[width] or 0), int(row[width + 1]), int(row[width + 2]), int(row[width + 3]))
+            for row in conn.execute(query)
+        ]
+
+
 def spend_by(
     engine: Engine, by: str, since: float, until: float, groups: Mapping[str, Sequence[str]] | None = None
 ) -> list[SpendRow]:
@@ -64,22 +105,7 @@ def spend_by(
     `groups`: each group's consumers (from the config), for `by="group"` (a consumer in several
     groups counts in each)."""
     column = audit_events.c.consumer if by == "group" else SCOPE_COLUMNS[by]
-    # Reaped reservations are spend (at their estimate), not calls of their own.
-    is_call = sa.case((audit_events.c.outcome == "reservation_reaped", 0), else_=1)
-    query = (
-        sa.select(
-            column,
-            sa.func.sum(is_call),
-            sa.func.coalesce(sa.func.sum(audit_events.c.prompt_tokens), 0),
-            sa.func.coalesce(sa.func.sum(audit_events.c.completion_tokens), 0),
-            sa.func.coalesce(sa.func.sum(audit_events.c.cost_micro_usd), 0),
-        )
-        .where(_period(since, until))
-        .where(audit_events.c.endpoint != "limits")
-        .group_by(column)
-    )
-    with engine.connect() as conn:
-        rows = [(name, int(n or 0), int(p), int(c), int(cost)) for name, n, p, c, cost in conn.execute(query)]
+    rows = spend_rows(engine, [column], since, until)
     totals: dict[str, list[int]] = {}
     for name, n, p, c, cost in rows:
         keys = [name or "-"]

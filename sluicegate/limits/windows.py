@@ -115,6 +115,22 @@ def calendar_bounds(now: float, unit: str, zone: zoneinfo.ZoneInfo) -> tuple[flo
     return _midnight(first, zone), _midnight(after, zone)
 
 
+def local_days(since: float, until: float, zone: zoneinfo.ZoneInfo) -> list[tuple[dt.date, float, float]]:
+    """The calendar days of `zone` that [since, until) overlaps, in order: (date, start, end) in
+    epoch seconds, the first and last cut to the period. A day across a DST change lasts 23 or 25 hours."""
+    one = dt.timedelta(days=1)
+    day = dt.datetime.fromtimestamp(since, zone).date()
+    while _midnight(day + one, zone) <= since:
+        day += one
+    days: list[tuple[dt.date, float, float]] = []
+    start = since
+    while start < until:
+        end = min(_midnight(day + one, zone), until)
+        days.append((day, start, end))
+        start, day = end, day + one
+    return days
+
+
 def _midnight(day: dt.date, zone: zoneinfo.ZoneInfo) -> float:
     """The first moment of a local day. Where a DST change skips midnight, `fold=0` reads 00:00
     with the offset before the change: the instant the day's first existing minute begins; where
