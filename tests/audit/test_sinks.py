@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 from pydantic import TypeAdapter
@@ -483,6 +484,8 @@ def test_the_gateway_copies_stored_events_to_its_sinks(
         stored = {e["request_id"]: e for e in gw.audit()}
         for line in lines:
             assert line["chain_hash"] == stored[line["request_id"]]["chain_hash"]
+        [shown] = httpx.get(gw.url + "/readyz").json()["audit"]["sinks"]
+        assert shown["name"] == "jsonl-0" and shown["delivered"] == len(lines) and shown["dropped"] == 0
         gw.reconfigure(lambda text: text.replace("sink.jsonl", "other.jsonl"))
         assert [s["target"] for s in gw.app.audit_sinks.status()] == [str(gw.data_dir / "other.jsonl")]
     assert os.stat(path).st_mode & 0o077 == 0
