@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from sluicegate.scrub import MAX_MESSAGE_CHARS, NOTHING, Scrubber
 
 if TYPE_CHECKING:
+    from sluicegate.audit.content import AnswerTap
     from sluicegate.config.snapshot import Consumer, Route, Snapshot
     from sluicegate.errors import SluicegateError
     from sluicegate.guardrails.engine import CallGuards
@@ -23,6 +24,7 @@ class Call:
     """Everything known about one request: who, what, where it went, what came back."""
 
     __slots__ = (
+        "answer_tap",
         "body",
         "body_size",
         "cache_write_tokens",
@@ -48,6 +50,7 @@ class Call:
         "output_cap",
         "prompt_tokens",
         "provider",
+        "raw_body",
         "reasoning_tokens",
         "request_id",
         "route",
@@ -95,6 +98,10 @@ class Call:
         self.body: dict[str, Any] | None = None
         #: the request body's size in bytes, as decoded (the limits' input estimate)
         self.body_size = 0
+        #: the request body as received (decoded), for the audit's HMAC of it
+        self.raw_body: bytes | None = None
+        #: sees every response body message (the audit's HMAC of the answer; `audit.content`)
+        self.answer_tap: AnswerTap | None = None
         self.model_requested: str | None = None
         self.stream = False
         #: whether the client itself asked for the usage chunk of a stream

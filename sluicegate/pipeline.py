@@ -171,6 +171,7 @@ class Pipeline:
                 watcher = asyncio.ensure_future(receive())
                 watcher.add_done_callback(lambda fut: on_gone() if _disconnected(fut) else None)
             call.body_size = len(raw)
+            call.raw_body = raw
             body = endpoint.parse_body(raw)
             call.body = body
             endpoint.fill_call(call, body)
@@ -264,6 +265,9 @@ class FinishingSend:
         self.finished = False
 
     async def __call__(self, message: Message) -> None:
+        tap = self.call.answer_tap
+        if tap is not None and message["type"] == "http.response.body":
+            tap.update(message.get("body", b""))
         if not self.finished and message["type"] == "http.response.body" and not message.get("more_body"):
             self.finished = True
             if not await self.pipeline.finish(self.call):

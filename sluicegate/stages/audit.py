@@ -195,7 +195,7 @@ def _factory(snapshot: Snapshot, services: Services) -> AuditStage:
         services.unknown_urls,
         before_response=cfg.durability == "before_response",
         commit_timeout_s=cfg.commit_timeout_s,
-        content_key=services.audit.chain.key if cfg.content_hmac and services.audit.chain is not None else None,
+        content_key=services.audit_key if cfg.content_hmac else None,
         capture=Capture(cfg.capture),
     )
 
