@@ -428,7 +428,7 @@ class AuditWriter:
         if chain is not None:
             chain.committed()
         sinks = self.sinks
-        if sinks is not None and stored:
+        if sinks and stored:  # an empty set of sinks is false: no dict per row
             columns = (*FIELDS, *CHAIN_FIELDS) if chain is not None else FIELDS
             sinks.offer([dict(zip(columns, row, strict=True)) for row in stored])
 
