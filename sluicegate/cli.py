@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
+import os
+import re
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -392,13 +396,147 @@ def audit_tail(limit: int, as_json: bool, config_path: str | None) -> None:
         )
 
 
-def _moment(text: str, zone: str) -> float:
+def _audit_filters(command: Any) -> Any:
+    """The filters `audit search` and `audit export` share."""
+    options = [
+        click.option("--consumer", help="Consumer name."),
+        click.option("--key", "key_id", help="API key id (key_...)."),
+        click.option("--model", help="The model asked for or the one that answered."),
+        click.option("--provider", help="Provider name, as in the config."),
+        click.option("--status", help="An HTTP status (429) or a class (4xx)."),
+        click.option("--decision", help="allowed, blocked, failed ..."),
+        click.option("--outcome", help="ok, rate_limited, guard_blocked ..."),
+        click.option("--guard", help="A guard's name, among the call's guard decisions."),
+        click.option("--request-id", help="The x-request-id of a call."),
+        click.option("--since", help="Start: ISO 8601 or a time ago (7d, 24h, 30m)."),
+        click.option("--until", help="End, excluded: ISO 8601 or a time ago; default: now."),
+        click.option("--timezone", "zone", default="UTC", show_default=True, help="For times without an offset."),
+        click.option("--config", "config_path", type=click.Path(dir_okay=False)),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _audit_query(filters: dict[str, Any]) -> Any:
+    from sluicegate.audit.search import AuditQuery
+
+    zone = filters.pop("zone")
+    _zone(zone)
+    filters.pop("config_path")
+    now = time.time()
+    for name in ("since", "until"):
+        if filters[name] is not None:
+            filters[name] = _moment(filters[name], zone, now)
+    if filters["since"] is not None and filters["until"] is not None and filters["since"] >= filters["until"]:
+        raise click.BadParameter("--since must be before --until")
+    try:
+        return AuditQuery(**filters)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--status") from None
+
+
+def _cell(value: object, width: int) -> str:
+    """A table cell: control characters (a client's model name can hold escapes) shown as `?`, cut to width."""
+    text = "-" if value is None else "".join(ch if ch.isprintable() else "?" for ch in str(value))
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+@audit.command("search")
+@_audit_filters
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000), help="Events per page.")
+@click.option("--after", type=click.IntRange(min=0), help="The cursor a previous page printed (an event's seq).")
+@click.option("--oldest-first", is_flag=True, help="Oldest events first (default: newest first).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line; the next cursor on stderr.")
+def audit_search(limit: int, after: int | None, oldest_first: bool, as_json: bool, **filters: Any) -> None:
+    """Find audit events by consumer, key, model, provider, status, decision, guard or time, a page at a time."""
+    from sluicegate.audit.export import write_jsonl
+    from sluicegate.audit.search import search
+
+    zone = _zone(filters["zone"])
+    config_path = filters["config_path"]
+    page = search(_engine(config_path), _audit_query(filters), limit, after, oldest_first)
+    more = f"next page: --after {page.next_after}" if page.next_after is not None else "last page"
+    if as_json:
+        with _output(None, binary=True) as out:
+            write_jsonl(page.events, out)
+        click.echo(more, err=True)
+        return
+    click.echo(
+        f"{'SEQ':>7} {('TIME (' + zone.key + ')')[:19]:<19} {'REQUEST':<28} {'CONSUMER':<12} {'MODEL':<16} "
+        f"{'STATUS':>6} {'DECISION':<9} OUTCOME"
+    )
+    for e in page.events:
+        when = dt.datetime.fromtimestamp(e["ts"], zone).strftime("%Y-%m-%d %H:%M:%S")
+        click.echo(
+            f"{e['seq']:>7} {when:<19} {_cell(e['request_id'], 28):<28} {_cell(e['consumer'], 12):<12} "
+            f"{_cell(e['model_requested'], 16):<16} {e['status']:>6} {_cell(e['decision'], 9):<9} "
+            f"{_cell(e['outcome'], 18)}"
+        )
+    click.echo(f"{len(page.events)} event(s); {more}")
+
+
+@audit.command("export")
+@_audit_filters
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True)
+@click.option("--output", "-o", type=click.Path(dir_okay=False), help="File to write (default: stdout).")
+def audit_export(fmt: str, output: str | None, **filters: Any) -> None:
+    """Write every matching audit event, oldest first, as JSON Lines or CSV (with a header row)."""
+    from sluicegate.audit.export import write_csv, write_jsonl
+    from sluicegate.audit.search import columns, stream
+
+    engine = _engine(filters["config_path"])
+    events = stream(engine, _audit_query(filters))
+    with _output(output, binary=fmt == "jsonl") as out:
+        count = write_jsonl(events, out) if fmt == "jsonl" else write_csv(events, out, columns())
+    click.echo(f"exported {count} event(s)" + (f" to {output}" if output else ""), err=True)
+
+
+@contextlib.contextmanager
+def _output(path: str | None, binary: bool) -> Iterator[Any]:
+    """stdout, or a file written whole: beside it first, renamed into place once complete."""
+    if path is None:
+        sys.stdout.flush()
+        out = sys.stdout.buffer if binary else sys.stdout
+        yield out
+        out.flush()
+        return
+    partial = Path(f"{path}.partial")
+    try:
+        with partial.open("wb") if binary else partial.open("w", encoding="utf-8", newline="") as out:
+            yield out
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+
+
+def _zone(name: str) -> Any:
     import zoneinfo
 
     try:
+        return zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise click.BadParameter(f"unknown time zone '{name}'") from None
+
+
+#: `7d`, `24h`, `30m`, `90s`, `2w`: that long before now
+_AGO = re.compile(r"^(\d{1,9})([smhdw])$")
+_AGO_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def _moment(text: str, zone: str, now: float | None = None) -> float:
+    import zoneinfo
+
+    ago = _AGO.match(text.strip())
+    if ago is not None:
+        return (time.time() if now is None else now) - int(ago.group(1)) * _AGO_S[ago.group(2)]
+    try:
         moment = dt.datetime.fromisoformat(text)
     except ValueError:
-        raise click.BadParameter(f"'{text}' is not an ISO 8601 date or time (2026-12-01, 2026-12-01T08:00)") from None
+        raise click.BadParameter(
+            f"'{text}' is not an ISO 8601 date or time (2026-12-01, 2026-12-01T08:00) nor a time ago (7d, 24h)"
+        ) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=zoneinfo.ZoneInfo(zone))
     return moment.timestamp()
