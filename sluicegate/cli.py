@@ -1,4 +1,4 @@
-"""The `sluicegate` command: serve, mock-upstream, check, keys, audit, spend. Thin over the library."""
+"""The `sluicegate` command: serve, mock-upstream, check, keys, audit, spend, report. Thin over the library."""
 
 from __future__ import annotations
 
@@ -626,6 +626,78 @@ def spend(
                 f"{b['limit_micro'] / 1e6:>12.6f} {b['used_micro'] / 1e6:>12.6f} {reserved:>12} "
                 f"{b['remaining_micro'] / 1e6:>12.6f}  {b['resets_at']}"
             )
+
+
+@main.command()
+@click.option("--period", type=click.Choice(["day", "week", "month"]), default="month", show_default=True)
+@click.option("--since", default=None, help="Start: ISO 8601 or a time ago (7d); overrides --period.")
+@click.option("--until", default=None, help="End (excluded): ISO 8601 or a time ago; default: now.")
+@click.option("--timezone", "zone", default="UTC", show_default=True, help="Of the days; for times without an offset.")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="Also write the rows to this CSV file.")
+@click.option("--chart", "chart_path", type=click.Path(dir_okay=False), help="Also draw the daily cost per consumer.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document instead of the table.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Its database and currency.")
+def report(
+    period: str,
+    since: str | None,
+    until: str | None,
+    zone: str,
+    csv_path: str | None,
+    chart_path: str | None,
+    as_json: bool,
+    config_path: str | None,
+) -> None:
+    """Usage and cost by day, consumer and model over a period, as `spend` counts them."""
+    from sluicegate.audit.export import write_csv
+    from sluicegate.config.loader import ConfigInvalid, load_config
+    from sluicegate.limits.chart import ChartUnavailable, draw_daily_cost, require_matplotlib
+    from sluicegate.limits.usage import ROW_FIELDS, micro_text, usage_report
+    from sluicegate.limits.windows import calendar_bounds
+
+    tz = _zone(zone)
+    now = time.time()
+    end = _moment(until, zone, now) if until else now
+    start = _moment(since, zone, now) if since else calendar_bounds(min(now, end - 1e-6), period, tz)[0]
+    if start >= end:
+        raise click.BadParameter("--since must be before --until")
+    try:
+        if chart_path:
+            require_matplotlib()  # before the work, not after it
+        currency = load_config(config_path).config.limits.currency if config_path else "USD"
+    except (ChartUnavailable, ConfigInvalid) as exc:
+        raise click.ClickException(str(exc)) from None
+    data = usage_report(_engine(config_path), start, end, tz, currency)
+    if csv_path:
+        rows = ({**row, "cost": micro_text(row["cost_micro"])} for row in data["rows"])
+        with _output(csv_path, binary=False) as out:
+            write_csv(rows, out, ROW_FIELDS)
+    if chart_path:
+        with _output(chart_path, binary=True) as out:
+            draw_daily_cost(data, out)
+    if as_json:
+        click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
+        return
+    first, last = data["days"][0]["day"], data["days"][-1]["day"]
+    click.echo(f"usage by day, consumer and model, {first} to {last} ({data['timezone']}, {currency})")
+    header = f"{'CALLS':>8} {'PROMPT':>12} {'COMPLETION':>12} {'COST':>16}"
+
+    def figures(row: dict[str, Any]) -> str:
+        return (
+            f"{row['calls']:>8} {row['prompt_tokens']:>12} {row['completion_tokens']:>12} "
+            f"{micro_text(row['cost_micro']):>16}"
+        )
+
+    click.echo(f"{'DAY':<10}  {'CONSUMER':<20} {'MODEL':<28} {header}")
+    for row in data["rows"]:
+        click.echo(f"{row['day']:<10}  {_cell(row['consumer'], 20):<20} {_cell(row['model'], 28):<28} {figures(row)}")
+    click.echo("")
+    click.echo(f"{'CONSUMER':<60} {header}")
+    for row in data["consumers"]:
+        click.echo(f"{_cell(row['consumer'], 60):<60} {figures(row)}")
+    click.echo(f"{'TOTAL':<60} {'':>8} {'':>12} {'':>12} {micro_text(data['total_cost_micro']):>16}")
+    for path, what in ((csv_path, "rows"), (chart_path, "chart")):
+        if path:
+            click.echo(f"wrote the {what} to {path}", err=True)
 
 
 if __name__ == "__main__":
