@@ -1,6 +1,6 @@
 """The request path, top to bottom. The stage order is the policy.
 
-    tracing       opens the call's span (when enabled); the stages below run in child spans
+    tracing       opens the call's span (when enabled); limits and guards run in child spans
     identity      key or JWT -> consumer                  (headers only: before the body is read)
     access        endpoint, source address, time window   403 (headers only too)
     [parse]       the body (bounded, within its deadline, decoded), once, by the client's dialect;

@@ -56,9 +56,7 @@ def call_attributes(call: Call) -> dict[str, Any]:
         out["sluicegate.provider"] = call.provider
     route = call.route
     if route is not None:
-        name = PROVIDER_NAMES.get(route.provider.type, route.provider.type)
-        out["gen_ai.provider.name"] = name
-        out["gen_ai.system"] = name
+        out["gen_ai.provider.name"] = PROVIDER_NAMES.get(route.provider.type, route.provider.type)
     if call.model_requested:
         out["gen_ai.request.model"] = cut(call.model_requested)
     if call.model_served:

@@ -5,7 +5,7 @@ gateway's tracer provider, never the process-global one; `CallTrace` is one call
 children, carried by `Call.trace`:
 
     chat gpt-4o         SERVER    the call, from its first byte to its last, with GenAI attributes
-      identity ... router   INTERNAL  one per stage that ran (`guardrails.input` for the input guards)
+      limits, guardrails.input  INTERNAL  the stages that may wait on a store or a service
       upstream          CLIENT    the provider request; the `traceparent` sent upstream names it
       guardrails.output INTERNAL  the output guards (on a stream: the hold-back window, to its end)
 
