@@ -188,6 +188,13 @@ class CallTrace:
         finally:
             span.end()
 
+    def record(self, name: str, started_ns: int, error: BaseException | None = None) -> None:
+        """A child span that started at `started_ns` and ended now (failed by `error`, if given)."""
+        span = self.tracing.tracer.start_span(name, self.context, SpanKind.INTERNAL, start_time=started_ns)
+        if error is not None:
+            failed(span, error)
+        span.end()
+
     def hold(self, name: str) -> None:
         """Start a child span that ends with the call (the output guards of a stream)."""
         self.held.append(self.child(name))

@@ -7,7 +7,8 @@ wrapped when the pipeline is built, so an untraced pipeline has no wrapper at al
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from sluicegate.observability.config import OTEL_EXTRA
@@ -21,13 +22,14 @@ if TYPE_CHECKING:
     from sluicegate.stages.base import Stage
     from sluicegate.vault import Vault
 
-#: stages whose `on_request` gets a child span, and its name: those that may wait on a store or a
-#: service. The others decide from memory in microseconds, less than a span costs (about 50 us
-#: to make and export with the Python SDK); their time shows as the gap before the upstream span.
-TRACED_STAGES = {
-    "limits": "limits",
-    "guardrails": "guardrails.input",
-    "cache": "cache",
+#: stages whose `on_request` gets a child span: its name, and what says the stage had work for the
+#: call (None: always). Only those that may wait on a store or a service; the others decide from
+#: memory in microseconds, less than a span costs (about 50 us to make and export with the Python
+#: SDK), and their time shows as the gap before the upstream span.
+TRACED_STAGES: dict[str, tuple[str, Callable[[Call], bool] | None]] = {
+    "limits": ("limits", lambda call: call.limits is not None),
+    "guardrails": ("guardrails.input", lambda call: call.guards is not None),
+    "cache": ("cache", None),
 }
 
 
@@ -55,26 +57,35 @@ class TracingStage:
     def traced(self, stages: Sequence[Stage]) -> list[Stage]:
         """`stages` with each one of `TRACED_STAGES` wrapped in a child span."""
         return [
-            TracedStage(stage, TRACED_STAGES[stage.name]) if stage.name in TRACED_STAGES else stage for stage in stages
+            TracedStage(stage, *TRACED_STAGES[stage.name]) if stage.name in TRACED_STAGES else stage for stage in stages
         ]
 
 
 class TracedStage:
-    """A stage whose `on_request` runs in a child span of the call's (when the call has one)."""
+    """A stage whose `on_request` gets a child span of the call's, when the call has a span and the
+    stage had work for it (or refused it). The span is made once the stage returned, with the time
+    it started: a stage with nothing to do for a call costs no span."""
 
-    def __init__(self, stage: Stage, span_name: str) -> None:
+    def __init__(self, stage: Stage, span_name: str, worked: Callable[[Call], bool] | None) -> None:
         self.stage = stage
         self.name = stage.name
         self.needs_body = stage.needs_body
         self.span_name = span_name
+        self.worked = worked
 
     async def on_request(self, call: Call) -> None:
         trace = call.trace
         if trace is None or not trace.recording:
             await self.stage.on_request(call)
             return
-        with trace.section(self.span_name):
+        started = time.time_ns()
+        try:
             await self.stage.on_request(call)
+        except BaseException as exc:
+            trace.record(self.span_name, started, exc)
+            raise
+        if self.worked is None or self.worked(call):
+            trace.record(self.span_name, started)
 
     async def on_finish(self, call: Call) -> None:
         await self.stage.on_finish(call)

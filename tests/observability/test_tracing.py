@@ -239,8 +239,13 @@ def test_refused_calls_carry_their_error_and_have_no_upstream(gw: RunningGateway
     with httpx.Client(base_url=gw.url, timeout=10) as client:
         unknown = client.post("/v1/chat/completions", headers={"Authorization": "Bearer sg-not-a-key"}, json=body)
         bob = {"Authorization": f"Bearer {gw.keys['bob']}"}
-        assert client.post("/v1/chat/completions", headers=bob, json=body).status_code == 200
+        allowed = client.post("/v1/chat/completions", headers=bob, json=body)
         limited = client.post("/v1/chat/completions", headers=bob, json=body)
+    assert allowed.status_code == 200
+    # bob has no guard: the guard stage had nothing to do for his call, and made no span.
+    root = receiver.call_span(allowed.headers["x-request-id"])
+    names = set(receiver.trace(root, {"limits", "upstream"}))
+    assert names == {root.name, "limits", "upstream"}
     assert (unknown.status_code, limited.status_code) == (401, 429)
 
     # Refused by identity, before the body was read: the operation alone names the span.
