@@ -42,7 +42,6 @@ def call_attributes(call: Call) -> dict[str, Any]:
     out: dict[str, Any] = {
         "sluicegate.decision": call.decision,
         "sluicegate.outcome": call.outcome,
-        "sluicegate.dialect": call.dialect,
     }
     if call.status:
         out["http.response.status_code"] = call.status
@@ -68,15 +67,21 @@ def call_attributes(call: Call) -> dict[str, Any]:
     for key, value in (
         ("gen_ai.usage.input_tokens", call.prompt_tokens),
         ("gen_ai.usage.output_tokens", call.completion_tokens),
-        ("gen_ai.usage.cache_read.input_tokens", call.cached_tokens),
-        ("gen_ai.usage.cache_creation.input_tokens", call.cache_write_tokens),
-        ("gen_ai.usage.reasoning.output_tokens", call.reasoning_tokens),
         ("sluicegate.cost_micro_usd", call.cost_micro_usd),
     ):
         if value is not None:
             out[key] = value
-    if call.prompt_tokens is not None or call.completion_tokens is not None:
-        out["sluicegate.usage_source"] = call.usage_source
+    # Each attribute costs a few microseconds to record and export: the details only when not 0.
+    for key, value in (
+        ("gen_ai.usage.cache_read.input_tokens", call.cached_tokens),
+        ("gen_ai.usage.cache_creation.input_tokens", call.cache_write_tokens),
+        ("gen_ai.usage.reasoning.output_tokens", call.reasoning_tokens),
+    ):
+        if value:
+            out[key] = value
+    if call.usage_source == "counted":
+        # The upstream reported no usable usage: the gateway counted the tokens.
+        out["sluicegate.usage_source"] = "counted"
     if call.stream and call.ttft_ms is not None:
         out["gen_ai.response.time_to_first_chunk"] = call.ttft_ms / 1000.0
     guards = call.guards

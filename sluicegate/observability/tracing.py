@@ -32,7 +32,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode, get_current_
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from sluicegate.errors import SluicegateError
-from sluicegate.observability.genai import OPERATIONS, PROVIDER_NAMES, call_attributes, cut, error_type
+from sluicegate.observability.genai import OPERATIONS, call_attributes, cut, error_type
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -41,7 +41,6 @@ if TYPE_CHECKING:
 
     from sluicegate.call import Call
     from sluicegate.observability.config import TracingConfig
-    from sluicegate.providers.base import Provider
     from sluicegate.vault import Vault
 
 log = logging.getLogger("sluicegate.tracing")
@@ -199,7 +198,7 @@ class CallTrace:
         """Start a child span that ends with the call (the output guards of a stream)."""
         self.held.append(self.child(name))
 
-    def upstream(self, provider: Provider, url: URL, headers: Mapping[str, str]) -> Mapping[str, str]:
+    def upstream(self, url: URL, headers: Mapping[str, str]) -> Mapping[str, str]:
         """Start the upstream call's span; the request headers with `traceparent` (and the
         trace's `tracestate`) naming it when `propagate_upstream`, else `headers` unchanged."""
         previous = self.upstream_span
@@ -213,8 +212,6 @@ class CallTrace:
                 "http.request.method": "POST",
                 "server.address": url.host or "",
                 "url.full": f"{url.scheme}://{url.host}:{url.port}{url.path}",
-                "sluicegate.provider": provider.name,
-                "gen_ai.provider.name": PROVIDER_NAMES.get(provider.type, provider.type),
             }
             if url.port is not None:
                 attributes["server.port"] = url.port

@@ -187,7 +187,7 @@ class Relay:
         trace = call.trace
         if trace is not None:
             # The upstream call's span; a `traceparent` naming it goes upstream (never the client's).
-            headers = trace.upstream(provider, url, headers)
+            headers = trace.upstream(url, headers)
         call.upstream_started = time.perf_counter()
         try:
             resp = await self.session.post(

@@ -187,10 +187,10 @@ def test_anthropic_messages_span(
     assert a["gen_ai.response.model"] == "claude-sonnet-4-5"
     assert a["gen_ai.request.max_tokens"] == 60
     assert (a["gen_ai.usage.input_tokens"], a["gen_ai.usage.output_tokens"]) == (usage["input"], usage["output"])
-    assert a["sluicegate.dialect"] == "anthropic"
+    assert a["sluicegate.endpoint"] == "messages"
     spans = receiver.trace(root, CHILDREN)
     assert spans["upstream"].parent_span_id == root.span_id
-    assert attrs(spans["upstream"])["gen_ai.provider.name"] == "anthropic"
+    assert attrs(spans["upstream"])["url.full"].endswith("/v1/messages")
     trace_id, parent, _ = upstream_traceparent(upstream)
     assert (trace_id, parent) == (root.trace_id.hex(), spans["upstream"].span_id.hex())
 
