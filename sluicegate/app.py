@@ -24,6 +24,7 @@ import orjson
 from sqlalchemy.engine import Engine
 
 from sluicegate import tokens
+from sluicegate.admin.server import AdminApp
 from sluicegate.audit.sinks import AuditSinks
 from sluicegate.audit.writer import AuditWriter
 from sluicegate.call import Call
@@ -41,7 +42,10 @@ from sluicegate.limits.counters import CountersUnavailable
 from sluicegate.limits.reconcile import Reconciler
 from sluicegate.limits.report import caller_view
 from sluicegate.limits.service import LimitsService
+from sluicegate.observability.collectors import register_collectors
+from sluicegate.observability.exposition import send_metrics
 from sluicegate.observability.logs import REQUEST_ID, LogSetup
+from sluicegate.observability.metrics import GatewayMetrics
 from sluicegate.pipeline import Endpoint, Pipeline, send_error
 from sluicegate.relay import Relay
 from sluicegate.settings import Settings
@@ -194,11 +198,15 @@ class Gateway:
         self.services.guard_context = GuardContext(
             http=lambda: self.services.http, vault=self.vault, complete=self.complete
         )
+        #: Prometheus metrics, in this gateway's own registry, kept across reloads
+        self.metrics = self.services.metrics = GatewayMetrics()
+        self.audit.on_commit = self.metrics.observe_audit_write
         self._state = (snapshot, Pipeline(snapshot, self.services))
         self.watch_interval_s = watch_interval_s
         self.relay: Relay | None = None
         self.started = False
         self.reloads = 0
+        self.reload_failures = 0
         self.last_reload_error: str | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._config_stamp = self._stamp()
@@ -210,6 +218,7 @@ class Gateway:
         self._ids = itertools.count(1)
         #: the process's log setup when the gateway owns it (`sluicegate serve`): reapplied on reload
         self.logs: LogSetup | None = None
+        register_collectors(self.metrics, self, self.audit, self.services.limits, lambda: self.snapshot)
 
     @property
     def snapshot(self) -> Snapshot:
@@ -254,6 +263,8 @@ class Gateway:
             await _send_json(send, 200, {"status": "ok"})
         elif path == "/readyz":
             await self._ready(send)
+        elif path == "/metrics" and self.snapshot.config.observability.metrics.on_data_port:
+            await self._metrics(scope, send)
         else:
             unknown = NotFound(f"Unknown path: {_shown(method)} {_shown(path)}", code="unknown_url")
             await self._unknown(scope, send, None, unknown)
@@ -402,6 +413,26 @@ class Gateway:
                 send, 200, {"status": "ready", "audit_pending": audit.pending, "audit": details, "limits": limits}
             )
 
+    async def answer_health(self, path: str, send: Send) -> None:
+        """`/healthz` (the process answers) or `/readyz` (it serves calls), for the admin listener."""
+        if path == "/healthz":
+            await _send_json(send, 200, {"status": "ok"})
+        else:
+            await self._ready(send)
+
+    async def _metrics(self, scope: Scope, send: Send) -> None:
+        """`/metrics` on the data port (`observability.metrics.on_data_port`); a 404 while metrics are off."""
+        if self.snapshot.config.observability.metrics.enabled:
+            await send_metrics(self.metrics, scope, send)
+        else:
+            unknown = NotFound(f"Unknown path: {_shown(scope['method'])} /metrics", code="unknown_url")
+            await self._unknown(scope, send, None, unknown)
+
+    @property
+    def admin_app(self) -> AdminApp:
+        """The admin plane's ASGI app: `/metrics`, `/healthz`, `/readyz` (see `admin.server`)."""
+        return AdminApp(self)
+
     async def complete(self, model: str, messages: list[dict[str, object]], max_tokens: int) -> str:
         """Ask a configured model directly through its route, with no stage (guards use this:
         no recursion into guards, no consumer policy); returns the answer's text."""
@@ -533,6 +564,7 @@ class Gateway:
             # Off the event loop too: guards compile their pattern databases (and may load models).
             pipeline = await asyncio.to_thread(Pipeline, snapshot, self.services)
         except ConfigInvalid as exc:
+            self.reload_failures += 1
             self.last_reload_error = str(exc)
             log.error("config reload refused, the previous config keeps serving:\n%s", exc)
             return False

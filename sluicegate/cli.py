@@ -81,13 +81,23 @@ def main() -> None:
     default=None,
     help="text, or json: one object per line (default: observability.logging.format, text).",
 )
-def serve(config_path: str | None, host: str, port: int, log_level: str | None, log_format: str | None) -> None:
+@click.option(
+    "--admin-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Serve /metrics, /healthz and /readyz on this port too (on admin.host); overrides admin.port.",
+)
+def serve(
+    config_path: str | None, host: str, port: int, log_level: str | None, log_format: str | None, admin_port: int | None
+) -> None:
     """Run the gateway (demo mode without --config)."""
     logs = _setup_logging(log_level, log_format)
-    _run(_serve(config_path, host, port, logs))
+    _run(_serve(config_path, host, port, admin_port, logs))
 
 
-async def _serve(config_path: str | None, host: str, port: int, logs: LogSetup | None = None) -> None:
+async def _serve(
+    config_path: str | None, host: str, port: int, admin_port: int | None = None, logs: LogSetup | None = None
+) -> None:
     import uvicorn
 
     from sluicegate.app import Gateway
@@ -129,12 +139,33 @@ async def _serve(config_path: str | None, host: str, port: int, logs: LogSetup |
         gateway.logs = logs
     server = uvicorn.Server(server_config(gateway, host, port))
     _raise_fd_limit(gateway.snapshot.server)
+    admin: Any = None
     try:
+        admin_port = admin_port if admin_port is not None else gateway.snapshot.config.admin.port
+        if admin_port is not None:
+            admin, admin_task = await _start_admin(gateway, admin_port)
         await server.serve()
     finally:
+        if admin is not None:
+            # The data server stopped (signal or failure): the admin listener goes with it.
+            admin.should_exit = True
+            await admin_task
         if mock is not None:
             mock.should_exit = True
             await mock_task
+
+
+async def _start_admin(gateway: Any, port: int) -> tuple[Any, asyncio.Task[None]]:
+    """Start the admin listener (`admin.server`) on `admin.host` and `port`, beside the data server."""
+    from sluicegate.admin.server import admin_server, bind, start_admin
+
+    host = gateway.snapshot.config.admin.host
+    try:
+        sock = bind(host, port)
+    except OSError as exc:
+        raise click.ClickException(f"the admin listener cannot listen on {host}:{port}: {exc.strerror}") from None
+    server = admin_server(gateway)
+    return server, await start_admin(server, sock)
 
 
 def _raise_fd_limit(server: Any) -> None:

@@ -95,6 +95,24 @@ def test_every_audit_sink_kind_and_setting_is_documented() -> None:
         assert snapshot is not None, (block, [str(i) for i in issues])
 
 
+def test_every_metrics_and_admin_setting_is_documented() -> None:
+    from sluicegate.admin.config import AdminConfig
+    from sluicegate.observability.config import MetricsConfig
+
+    example = (ROOT / "examples" / "sluicegate.yaml").read_text()
+    doc = (ROOT / "docs" / "metrics.md").read_text()
+    assert "docs/metrics.md" in README and "docs/grafana/sluicegate-dashboard.json" in README
+    for model in (MetricsConfig, AdminConfig):
+        for field in model.model_fields:
+            assert f"`{field}`" in doc and f"`{field}`" in README and f"{field}:" in example, (model.__name__, field)
+    # The page's config blocks are valid (its Prometheus scrape config is not a gateway config).
+    blocks = [b for b in re.findall(r"```yaml\n(.*?)```", doc, re.S) if "scrape_configs" not in b]
+    assert blocks
+    for block in blocks:
+        snapshot, issues = parse_config(block)
+        assert snapshot is not None, (block, [str(i) for i in issues])
+
+
 def test_every_guard_kind_and_guard_setting_is_documented() -> None:
     from sluicegate.config.model import GuardConfig
     from sluicegate.guardrails.base import guard_kinds

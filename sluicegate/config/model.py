@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from sluicegate.admin.config import AdminConfig
 from sluicegate.audit.sink_config import AuditSinkConfig
 from sluicegate.limits.config import LimitsConfig, PriceConfig
 from sluicegate.observability.config import ObservabilityConfig
@@ -279,3 +280,4 @@ class GatewayConfig(_Strict):
     guards: list[GuardConfig] = Field(default_factory=list)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     observability: ObservabilityConfig = Field(default_factory=ObservabilityConfig)
+    admin: AdminConfig = Field(default_factory=AdminConfig)

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from sluicegate.call import Call
     from sluicegate.config.snapshot import Snapshot
     from sluicegate.guardrails.base import GuardContext
+    from sluicegate.observability.metrics import GatewayMetrics
     from sluicegate.observability.tracing import Tracing
     from sluicegate.stages.identity import KeyIndex
     from sluicegate.vault import Vault
@@ -63,6 +64,8 @@ class Services:
     guard_context: GuardContext | None = None
     #: budget and rate-limit counters, kept across config reloads
     limits: LimitsService = field(default_factory=LimitsService)
+    #: the gateway's Prometheus metrics, kept across config reloads (None: not collected)
+    metrics: GatewayMetrics | None = None
     #: the tracer provider while tracing is enabled (set at startup, kept or replaced on reload)
     tracing: Tracing | None = None
 
@@ -87,4 +90,14 @@ def stage_factories() -> dict[str, StageFactory]:
 
 
 def _load_builtins() -> None:
-    from sluicegate.stages import access, accounting, audit, guardrails, identity, limits, router, tracing  # noqa: F401
+    from sluicegate.stages import (  # noqa: F401
+        access,
+        accounting,
+        audit,
+        guardrails,
+        identity,
+        limits,
+        metrics,
+        router,
+        tracing,
+    )
