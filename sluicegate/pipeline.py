@@ -15,6 +15,7 @@
     accounting    tokens and cost                         (finally, always)
     limits        settle the reservation with the actual use   (finally, always)
     audit         one event per call                      (finally, always)
+    metrics       counts the call in the Prometheus metrics   (finally, always)
     tracing       ends the call's span with what the others settled   (finally, always)
 
 Accounting and audit run just before the response's last body message is sent
