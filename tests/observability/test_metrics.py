@@ -31,6 +31,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sluicegate.call import Call
 from sluicegate.config.loader import load_config
+from sluicegate.observability import recorder as recorder_module
 from sluicegate.observability.metrics import Children, GatewayMetrics
 from sluicegate.observability.recorder import TOKEN_BUCKETS
 from sluicegate.settings import Settings
@@ -433,6 +434,27 @@ def test_label_combinations_are_bounded() -> None:
     assert "model-3" not in text
 
 
+def test_a_configs_label_combinations_are_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(recorder_module, "MAX_SERIES", 3)
+    config = tmp_path / "sluicegate.yaml"
+    many = "".join(f"  - {{name: c{i}, models: ['*']}}\n" for i in range(10))
+    config.write_text(BASE_CONFIG.format(upstream="http://127.0.0.1:9", read_s=5) + many)
+    snapshot = load_config(config)
+    metrics = GatewayMetrics()
+    recorder = metrics.recorder(snapshot)
+    for i in range(10):
+        call = Call("req_x", "chat", snapshot, {})
+        call.consumer = snapshot.consumers[f"c{i}"]
+        call.model_requested = "gpt-4o-mini"
+        call.status = 200
+        recorder.record(call)
+    text = generate(metrics)
+    assert label_values(text, "sluicegate_requests_total", "consumer") == {"c0", "c1", "c2", "other"}
+    assert value(text, "sluicegate_requests_total", consumer="other", model="other") == 7
+    assert value(text, "sluicegate_requests_total") == 10
+    assert value(text, "sluicegate_metrics_label_overflow_total", metric="series") == 7
+
+
 def test_folded_figures_fall_in_the_buckets_the_library_would_choose(tmp_path: Path) -> None:
     """Calls are recorded as plain numbers and folded into the library's objects later: each value
     lands in the same bucket, and sums and counts match, as if the library had observed it."""
@@ -460,7 +482,7 @@ def test_folded_figures_fall_in_the_buckets_the_library_would_choose(tmp_path: P
         for s in f.samples
         if s.name == "gen_ai_client_token_usage_bucket" and s.labels["gen_ai_token_type"] == "input"
     }
-    theirs = {s.labels["le"]: s.value for s in reference.collect()[0].samples if s.name == "reference_bucket"}
+    theirs = {s.labels["le"]: s.value for s in next(iter(reference.collect())).samples if s.name == "reference_bucket"}
     assert ours == theirs and len(ours) == len(TOKEN_BUCKETS) + 1
     assert value(text, "gen_ai_client_token_usage_sum", gen_ai_token_type="input") == sum(values)
     assert value(text, "gen_ai_client_token_usage_count", gen_ai_token_type="input") == len(values)
@@ -473,7 +495,7 @@ def generate(metrics: GatewayMetrics) -> str:
     return generate_latest(metrics.registry).decode()
 
 
-def test_a_consumer_made_from_a_tokens_groups_counts_as_other(tmp_path: Path) -> None:
+def test_a_consumer_made_from_a_jwts_groups_counts_as_other(tmp_path: Path) -> None:
     config = tmp_path / "sluicegate.yaml"
     text = BASE_CONFIG.format(upstream="http://127.0.0.1:9", read_s=5)
     config.write_text(text + "groups:\n  - {name: eng, models: ['*']}\n")
