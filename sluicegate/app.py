@@ -25,6 +25,7 @@ from sqlalchemy.engine import Engine
 
 from sluicegate import tokens
 from sluicegate.admin.server import AdminApp
+from sluicegate.audit.chain import AnchorFile, Chain, anchor_path, load_chain_key
 from sluicegate.audit.sinks import AuditSinks
 from sluicegate.audit.writer import AuditWriter
 from sluicegate.call import Call
@@ -174,6 +175,7 @@ class Gateway:
         self.engine = engine or create_engine(self.settings.db_url(snapshot.config.database_url))
         audit_cfg = snapshot.audit
         self.vault = Vault(snapshot.config.vault, engine=self.engine)
+        chain_key = load_chain_key(audit_cfg.chain, self.vault, self.settings.data_dir)
         #: copies of stored events to files, webhooks and OTLP (`audit.sinks`), kept across reloads
         self.audit_sinks = AuditSinks(list(audit_cfg.sinks), self.vault, self.settings.data_dir)
         self.audit = AuditWriter(
@@ -183,11 +185,18 @@ class Gateway:
             retry_s=audit_cfg.retry_s,
             max_queue_events=audit_cfg.max_queue_events,
             spill_dir=self.settings.data_dir,
+            chain=Chain(chain_key) if audit_cfg.chain.enabled else None,
+            anchors=AnchorFile(anchor_path(audit_cfg.chain, self.settings.data_dir)),
+            anchor_interval_s=audit_cfg.chain.anchor_interval_s,
             sinks=self.audit_sinks,
         )
         self.keys = KeyIndex(KeyStore(self.engine), refresh_s=key_refresh_s)
         self.services = Services(
-            keys=self.keys, audit=self.audit, vault=self.vault, limits=LimitsService(self.audit, self.vault)
+            keys=self.keys,
+            audit=self.audit,
+            vault=self.vault,
+            limits=LimitsService(self.audit, self.vault),
+            audit_key=chain_key,
         )
         self.services.limits.reconciler = Reconciler(
             self.engine, self.audit, self.services.limits, lambda: self.snapshot

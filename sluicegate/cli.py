@@ -427,6 +427,90 @@ def audit_tail(limit: int, as_json: bool, config_path: str | None) -> None:
         )
 
 
+def _chain_parts(config_path: str | None) -> tuple[Any, Any, Any]:
+    """The store, the chain's key and the anchor file, as the gateway with this config has them."""
+    from sluicegate.audit.chain import AnchorFile, ChainKey, anchor_path
+    from sluicegate.config.loader import ConfigInvalid, load_config
+    from sluicegate.config.model import GatewayConfig
+    from sluicegate.store.db import create_engine
+    from sluicegate.vault import SecretUnavailable, Vault
+
+    settings = Settings.from_env()
+    try:
+        config = load_config(config_path).config if config_path else GatewayConfig()
+    except ConfigInvalid as exc:
+        raise click.ClickException(str(exc)) from None
+    engine = create_engine(settings.db_url(config.database_url))
+    chain_cfg = config.audit.chain
+    ref = chain_cfg.key
+    if ref is None:
+        from sluicegate.audit.chain import DEFAULT_KEY_FILE
+
+        path = settings.data_dir / DEFAULT_KEY_FILE
+        if not path.exists():
+            raise click.ClickException(f"no audit chain key: {path} does not exist and audit.chain.key is not set")
+        ref = f"file://{path.resolve()}"
+    try:
+        key = ChainKey.from_secret(Vault(config.vault, engine=engine).resolve(ref))
+    except (SecretUnavailable, ValueError) as exc:
+        raise click.ClickException(f"the audit chain key cannot be read: {exc}") from None
+    return engine, key, AnchorFile(anchor_path(chain_cfg, settings.data_dir))
+
+
+@audit.command("verify")
+@click.option("--anchors", "anchors_path", type=click.Path(dir_okay=False), help="Anchor file (default: the config's).")
+@click.option("--json", "as_json", is_flag=True, help="The report as one JSON document.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False))
+def audit_verify(anchors_path: str | None, as_json: bool, config_path: str | None) -> None:
+    """Replay the audit hash chain; report the first edited, deleted, inserted or truncated event.
+
+    Exits 0 when the trail is intact, 1 when it is not."""
+    from sluicegate.audit.chain import AnchorFile, verify
+
+    engine, key, anchor_file = _chain_parts(config_path)
+    if anchors_path:
+        anchor_file = AnchorFile(Path(anchors_path))
+    report = verify(engine, key, anchor_file.read())
+    if as_json:
+        click.echo(orjson.dumps(report.as_dict()).decode())
+    elif report.intact:
+        since = f" (from the retention checkpoint at {report.checkpoint})" if report.checkpoint else ""
+        click.echo(
+            f"audit trail intact: {report.events} events, positions {report.first or 0}..{report.last or 0}{since}; "
+            f"head {report.head_hash[:16]}..., {report.anchors} anchors agree"
+            + (f"; {report.legacy} events from before the chain" if report.legacy else "")
+        )
+    else:
+        first = report.problems[0]
+        where = f"position {first.position}" if first.position is not None else "a row without a position"
+        click.echo(f"AUDIT TRAIL NOT INTACT: first problem at {where}: {first.kind}: {first.detail}", err=True)
+        for problem in report.problems:
+            rid = f" ({problem.request_id})" if problem.request_id else ""
+            click.echo(f"  {problem.kind:<10} {problem.position if problem.position is not None else '-':>10}{rid}: "
+                       f"{problem.detail}", err=True)  # fmt: skip
+    sys.exit(0 if report.intact else 1)
+
+
+@audit.command("retention")
+@click.option("--older-than", required=True, help="Delete events older than this: ISO 8601 or a time ago (90d).")
+@click.option("--operator", default=None, help="Who runs it, recorded in the retention event.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False))
+def audit_retention(older_than: str, operator: str | None, yes: bool, config_path: str | None) -> None:
+    """Delete old audit events, leaving a checkpoint the chain verifies from, as an audited operation."""
+    from sluicegate.audit.chain import Chain, retain
+
+    cutoff = _moment(older_than, "UTC")
+    engine, key, _ = _chain_parts(config_path)
+    if not yes:
+        click.confirm(f"Delete every audit event older than {_when(cutoff)} UTC?", abort=True)
+    done = retain(engine, Chain(key), cutoff, operator=operator)
+    click.echo(
+        f"deleted {done.deleted + done.legacy_deleted} events through chain position {done.through_seq}; "
+        f"recorded as {done.request_id}"
+    )
+
+
 def _audit_filters(command: Any) -> Any:
     """The filters `audit search` and `audit export` share."""
     options = [

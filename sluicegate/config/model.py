@@ -238,6 +238,35 @@ class ServerConfig(_Strict):
         return value
 
 
+class AuditChainConfig(_Strict):
+    """The hash chain that makes the audit trail tamper-evident (`sluicegate audit verify`)."""
+
+    #: false stores events unchained (`verify` then reports them as inserted): for measurements
+    enabled: bool = True
+
+    #: a secret reference to the chain's key (`secret://audit-chain`, `env://...`, `aws-sm://...`);
+    #: default: a random key made in the data folder (`audit-chain.key`) at the first start
+    key: str | None = None
+    #: where anchors (chain position and head hash) are appended; default: `audit-anchors.jsonl`
+    #: in the data folder. Keep it on another disk or host than the database where you can
+    anchor_file: str | None = None
+    #: how often the head is anchored (when it moved), and at shutdown
+    anchor_interval_s: float = Field(60.0, gt=0, le=86400)
+
+
+class CaptureRule(_Strict):
+    """Calls whose prompt and answer are kept in the audit event (after the guards' redactions).
+
+    A call matches when each list that is set names it: its consumer, one of its groups, its model
+    (as requested); `*` matches any."""
+
+    consumers: list[str] | None = None
+    groups: list[str] | None = None
+    models: list[str] | None = None
+    #: request and answer are each cut to this many bytes
+    max_bytes: int = Field(16 * 1024, gt=0, le=1024 * 1024)
+
+
 class AuditConfig(_Strict):
     """Where and how audit events are written."""
 
@@ -261,6 +290,12 @@ class AuditConfig(_Strict):
     auth_failure_window_s: float = Field(60.0, gt=0)
     #: copies of every stored event (with its chain hash) to files, webhooks or OTLP logs
     sinks: list[AuditSinkConfig] = Field(default_factory=list)
+    chain: AuditChainConfig = Field(default_factory=AuditChainConfig)
+    #: HMACs of each call's request and response bodies in its event (under a key derived from
+    #: the chain's): prove what was said without keeping it
+    content_hmac: bool = True
+    #: calls whose content is kept in their event (off for every call by default)
+    capture: list[CaptureRule] = Field(default_factory=list)
 
 
 class GatewayConfig(_Strict):

@@ -18,6 +18,7 @@ from sluicegate.limits.service import LimitsService
 if TYPE_CHECKING:
     from aiohttp import ClientSession
 
+    from sluicegate.audit.chain import ChainKey
     from sluicegate.audit.writer import AuditWriter
     from sluicegate.call import Call
     from sluicegate.config.snapshot import Snapshot
@@ -64,6 +65,8 @@ class Services:
     guard_context: GuardContext | None = None
     #: budget and rate-limit counters, kept across config reloads
     limits: LimitsService = field(default_factory=LimitsService)
+    #: the audit's keys (the chain's and the content HMACs'); None: no content HMACs
+    audit_key: ChainKey | None = None
     #: the gateway's Prometheus metrics, kept across config reloads (None: not collected)
     metrics: GatewayMetrics | None = None
     #: the tracer provider while tracing is enabled (set at startup, kept or replaced on reload)

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from sluicegate.audit.chain import Chain, ChainKey, verify
 from sluicegate.audit.writer import AuditWriter
 from sluicegate.store import db
-from sluicegate.audit.chain import Chain, ChainKey, verify
 from sluicegate.store.db import CHAIN_COLUMNS, USAGE_DETAIL_COLUMNS, audit_events, create_engine
 from tests.audit.test_writer import event
 from tests.audit.test_writer_postgres import Postgres
