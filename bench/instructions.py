@@ -48,13 +48,13 @@ def _wait_ready(port: int, proc: subprocess.Popen[bytes], seconds: float = 600.0
     raise SystemExit("the gateway did not get ready under valgrind")
 
 
-def count(calls: int, source: Path | None, tmp: Path, limits: bool = False) -> int:
+def count(calls: int, source: Path | None, tmp: Path, limits: bool = False, extra: str = "") -> int:
     """Instructions of a gateway process that served `calls` calls, from start to stop; with
     `limits`, for a consumer with a budget and a rate limit (in-process counters)."""
     up_port, paced_port, gw_port = free_port(), free_port(), free_port()
     config = tmp / "sluicegate.yaml"
     config.write_text(
-        CONFIG.format(port=up_port, paced_port=paced_port) + (LIMITS.format(backend="") if limits else "")
+        CONFIG.format(port=up_port, paced_port=paced_port) + (LIMITS.format(backend="") if limits else "") + extra
     )
     consumer = "bench-limited" if limits else "bench"
     env = {**os.environ, "SLUICEGATE_DATA_DIR": str(tmp / f"data-{calls}"), "BENCH_UPSTREAM_KEY": "sk-bench-upstream"}
@@ -109,10 +109,12 @@ def main() -> None:
     parser.add_argument(
         "--limits", action="store_true", help="a consumer with a budget and a rate limit (bench/limits.py's)"
     )
+    parser.add_argument("--extra", type=Path, help="YAML appended to the config (e.g. `observability.py`'s variants)")
     args = parser.parse_args()
+    extra = args.extra.read_text() if args.extra else ""
     with tempfile.TemporaryDirectory(prefix="sluicegate-instr-") as tmp:
-        idle = count(0, args.gateway_source, Path(tmp), args.limits)
-        served = count(args.calls, args.gateway_source, Path(tmp), args.limits)
+        idle = count(0, args.gateway_source, Path(tmp), args.limits, extra)
+        served = count(args.calls, args.gateway_source, Path(tmp), args.limits, extra)
     per_call = (served - idle) / args.calls
     print(f"instructions per call: {per_call:,.0f} ({args.calls} calls; start and stop alone: {idle:,})")
 

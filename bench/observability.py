@@ -5,6 +5,7 @@ Targets, measured in interleaved rounds in the same run, as `bench/limits.py` do
 - `bare`: `sluicegate serve` with metrics off, the audit chain off and no content HMACs;
 - `metrics`: `bare` plus Prometheus metrics (the default);
 - `chain`: `bare` plus the audit hash chain and the content HMACs (the default);
+- `chain-only`: `bare` plus the audit hash chain, no content HMACs;
 - `gateway`: the defaults (metrics, chain and content HMACs on; tracing off);
 - `traced`: the defaults plus `observability.tracing` at 100 % sampling, exporting over OTLP/HTTP
   to a real receiver (`oteltap`, pinned with the clients) that counts the spans it gets;
@@ -58,6 +59,8 @@ VARIANTS = {
     "bare": "audit:\n" + OFF + "observability:\n  metrics: {enabled: false}\n",
     "metrics": "audit:\n" + OFF,
     "chain": "observability:\n  metrics: {enabled: false}\n",
+    # the chain without the content HMACs
+    "chain-only": "audit:\n  content_hmac: false\nobservability:\n  metrics: {enabled: false}\n",
     "gateway": "",
     "traced": TRACE.format(1.0),
     "traced-10": TRACE.format(0.1),

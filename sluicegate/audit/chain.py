@@ -54,6 +54,9 @@ HEAD = "main"
 #: the file name of the default key (in the data folder) and of the anchor log
 DEFAULT_KEY_FILE = "audit-chain.key"
 DEFAULT_ANCHOR_FILE = "audit-anchors.jsonl"
+#: the head, read under its row's lock; and moved (the parameter marker is the driver's)
+_LOCK_HEAD = f"UPDATE audit_chain SET seq = seq WHERE name = '{HEAD}' RETURNING seq, hash, key_id"
+_MOVE_HEAD = "UPDATE audit_chain SET seq = {m}, hash = {m}, key_id = {m} WHERE name = '" + HEAD + "'"
 #: problems `verify` lists at most (the first one is what matters)
 MAX_PROBLEMS = 100
 
@@ -66,6 +69,8 @@ class ChainKey:
     content: bytes = field(repr=False)
     #: a short hash of the chain key, safe to show and store
     key_id: str
+    #: an HMAC of nothing under the content key, copied per use (cheaper than keying a new one)
+    _content_base: hmac.HMAC = field(repr=False, compare=False)
 
     @classmethod
     def from_secret(cls, secret: str) -> ChainKey:
@@ -75,11 +80,11 @@ class ChainKey:
         chain = hmac.new(raw, b"sluicegate/audit-chain/v1", hashlib.sha256).digest()
         content = hmac.new(raw, b"sluicegate/audit-content/v1", hashlib.sha256).digest()
         key_id = hashlib.sha256(b"sluicegate/audit-key-id\x00" + chain).hexdigest()[:12]
-        return cls(chain, content, key_id)
+        return cls(chain, content, key_id, hmac.new(content, digestmod=hashlib.sha256))
 
     def content_mac(self) -> hmac.HMAC:
         """A new HMAC of content (request or response bodies) under the content key."""
-        return hmac.new(self.content, digestmod=hashlib.sha256)
+        return self._content_base.copy()
 
 
 def ensure_key_file(path: Path) -> str:
@@ -118,9 +123,12 @@ def canonical(fields: Mapping[str, Any], seq: int) -> bytes:
     return orjson.dumps(data, option=orjson.OPT_SORT_KEYS)
 
 
-def link(key: bytes, previous: str, seq: int, fields: Mapping[str, Any]) -> str:
-    """The chain hash of an event at `seq` after `previous`."""
-    return hmac.new(key, previous.encode() + b"\n" + canonical(fields, seq), hashlib.sha256).hexdigest()
+def link(key: bytes | hmac.HMAC, previous: str, seq: int, fields: Mapping[str, Any]) -> str:
+    """The chain hash of an event at `seq` after `previous` (`key`: the key, or an HMAC keyed with
+    it and fed nothing, copied)."""
+    mac = key.copy() if isinstance(key, hmac.HMAC) else hmac.new(key, digestmod=hashlib.sha256)
+    mac.update(previous.encode() + b"\n" + canonical(fields, seq))
+    return mac.hexdigest()
 
 
 def checkpoint_mac(key: bytes, seq: int, hash_: str, through_ts: float, deleted: int) -> str:
@@ -146,12 +154,11 @@ class Chain:
     def extend(self, conn: sa.Connection, rows: Sequence[Row]) -> list[Row]:
         """`rows` with their chain position and hash appended; the head row is locked and moved
         in the same transaction (the caller commits, or rolls all of it back)."""
-        # An UPDATE first: it takes the head row's lock (PostgreSQL) or the write lock (SQLite)
-        # before the head is read, so two writers can never read the same head.
-        conn.execute(sa.update(audit_chain).where(audit_chain.c.name == HEAD).values(seq=audit_chain.c.seq))
-        seq, previous, key_id = conn.execute(
-            sa.select(audit_chain.c.seq, audit_chain.c.hash, audit_chain.c.key_id).where(audit_chain.c.name == HEAD)
-        ).one()
+        # An UPDATE that returns the head: it takes the head row's lock (PostgreSQL) or the write
+        # lock (SQLite) as it reads, so two writers can never read the same head. Plain driver
+        # SQL, two statements per batch: a batch may hold a single event.
+        marker = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+        seq, previous, key_id = conn.exec_driver_sql(_LOCK_HEAD).one()
         if key_id is not None and key_id != self.key.key_id and not self._warned_key:
             self._warned_key = True
             log.error(
@@ -161,17 +168,13 @@ class Chain:
                 self.key.key_id,
                 seq + 1,
             )
-        key = self.key.chain
+        key = hmac.new(self.key.chain, digestmod=hashlib.sha256)
         out: list[Row] = []
         for row in rows:
             seq += 1
             previous = link(key, previous, seq, dict(zip(FIELDS, row, strict=True)))
             out.append((*row, seq, previous))
-        conn.execute(
-            sa.update(audit_chain)
-            .where(audit_chain.c.name == HEAD)
-            .values(seq=seq, hash=previous, key_id=self.key.key_id)
-        )
+        conn.exec_driver_sql(_MOVE_HEAD.format(m=marker), (seq, previous, self.key.key_id))
         self._pending = (seq, previous)
         return out
 
