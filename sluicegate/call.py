@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from sluicegate.errors import SluicegateError
     from sluicegate.guardrails.engine import CallGuards
     from sluicegate.limits.plan import Held
-    from sluicegate.observability.tracing import CallTrace
+    from sluicegate.observability.tracing import CallTrace, UnsampledTrace
 
 
 class Call:
@@ -146,7 +146,7 @@ class Call:
         #: rate-limit headers of the tightest scopes, sent with the answer
         self.limit_headers: list[tuple[bytes, bytes]] | None = None
         #: the call's span and its children, while tracing is enabled (`stages.tracing`)
-        self.trace: CallTrace | None = None
+        self.trace: CallTrace | UnsampledTrace | None = None
 
     def fail(self, error: SluicegateError) -> None:
         """Record a refusal or failure: its status, audit decision and outcome. The error's message

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import random
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -27,7 +28,7 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExport
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
-from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, get_current_span, set_span_in_context
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -52,6 +53,7 @@ _EXPORTER_LOGGERS = (
     "opentelemetry.sdk._shared_internal",
 )
 _PROPAGATOR = TraceContextTextMapPropagator()
+_TRACE_ID_LIMIT = (1 << 64) - 1
 
 
 class Tracing:
@@ -65,7 +67,9 @@ class Tracing:
         resource = Resource.create({**config.resource_attributes, "service.name": config.service_name})
         self.provider = TracerProvider(
             resource=resource,
-            sampler=ParentBased(TraceIdRatioBased(config.sample_ratio)),
+            # `start` samples (by trace id ratio, or the client's flag) before it asks the SDK for
+            # a span: an unsampled call costs no SDK span at all. What reaches the SDK is recorded.
+            sampler=ParentBased(ALWAYS_ON),
             span_limits=SpanLimits(max_span_attributes=64, max_attribute_length=1024, max_events=16, max_links=4),
             shutdown_on_exit=False,
         )
@@ -80,6 +84,8 @@ class Tracing:
             )
         )
         self.tracer = self.provider.get_tracer("sluicegate")
+        #: a root trace is sampled when its id's low 64 bits are below this (as TraceIdRatioBased)
+        self._bound = round(config.sample_ratio * (_TRACE_ID_LIMIT + 1))
         #: calls whose span is open; a retired provider shuts down once none is left
         self.active = 0
         self.retired = False
@@ -102,11 +108,22 @@ class Tracing:
                 headers[name] = f"{ref.prefix} {secret}" if ref.prefix else secret
         return cls(config, headers)
 
-    def start(self, call: Call) -> CallTrace:
-        """Open the call's span (continuing the client's trace when allowed and well formed)."""
+    def start(self, call: Call) -> CallTrace | UnsampledTrace:
+        """Open the call's span (continuing the client's trace when allowed and well formed); an
+        unsampled call gets an `UnsampledTrace`, which only names its trace upstream."""
         parent: Context | None = None
         if self.config.continue_client_trace:
             parent = client_context(call.headers)
+        if parent is not None:
+            remote = get_current_span(parent).get_span_context()
+            if not remote.trace_flags.sampled:
+                self.active += 1
+                return UnsampledTrace(self, remote.trace_id, remote.trace_state.to_header() or None)
+        else:
+            trace_id = random.getrandbits(128) or 1
+            if (trace_id & _TRACE_ID_LIMIT) >= self._bound:
+                self.active += 1
+                return UnsampledTrace(self, trace_id, None)
         operation = OPERATIONS.get(call.endpoint)
         attributes: dict[str, Any] = {"sluicegate.request_id": call.request_id, "sluicegate.endpoint": call.endpoint}
         if operation is not None:
@@ -152,6 +169,41 @@ class Tracing:
             self.provider.shutdown()
         finally:
             timer.cancel()
+
+
+class UnsampledTrace:
+    """A call the sampler dropped: no span is made; upstream it still names its trace (flag 00),
+    so the trace stays one across services that sample on their own."""
+
+    __slots__ = ("trace_id", "trace_state", "tracing")
+    recording = False
+
+    def __init__(self, tracing: Tracing, trace_id: int, trace_state: str | None) -> None:
+        self.tracing = tracing
+        self.trace_id = trace_id
+        self.trace_state = trace_state
+
+    def record(self, name: str, started_ns: int, error: BaseException | None = None) -> None:
+        pass
+
+    def hold(self, name: str) -> None:
+        pass
+
+    @contextlib.contextmanager
+    def section(self, name: str) -> Iterator[None]:
+        yield None
+
+    def upstream(self, url: URL, headers: Mapping[str, str]) -> Mapping[str, str]:
+        if not self.tracing.config.propagate_upstream:
+            return headers
+        out = dict(headers)
+        out["traceparent"] = f"00-{self.trace_id:032x}-{random.getrandbits(64) or 1:016x}-00"
+        if self.trace_state:
+            out["tracestate"] = self.trace_state
+        return out
+
+    def finish(self, call: Call) -> None:
+        self.tracing.release()
 
 
 class CallTrace:

@@ -404,3 +404,31 @@ def test_exporter_headers_take_references_not_credentials() -> None:
     assert not any("abc123secretvalue" in str(i) for i in issues)
     snapshot, issues = parse_config(base + "      Authorization: Bearer env://OTLP_TOKEN\n")
     assert snapshot is not None, issues
+
+
+def test_the_sample_ratio_keeps_that_share_of_calls_and_an_unsampled_client_trace_is_followed(
+    upstream_url: str, receiver: OtlpReceiver, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    calls = 300
+    with run_gateway(tmp_path, upstream_url, tracing(receiver.url, sample_ratio=0.5)) as gw, gw.client() as c:
+        ids = []
+        for _ in range(calls):
+            resp = c.post(
+                "/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+            )
+            assert resp.status_code == 200
+            ids.append(resp.headers["x-request-id"])
+        # The client's trace was not sampled: the call is not recorded, and its trace goes on
+        # upstream, unsampled, with a span id of the gateway's.
+        dropped = c.post(
+            "/v1/chat/completions",
+            json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
+            headers={"traceparent": f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-00"},
+        ).headers["x-request-id"]
+        trace_id, parent, flags = upstream_traceparent(upstream)
+        assert (trace_id, int(flags, 16) & 1) == (CLIENT_TRACE, 0) and parent != CLIENT_SPAN
+    # The gateway has stopped: every span it recorded was exported at its shutdown.
+    recorded = {attrs(s).get("sluicegate.request_id") for s in receiver.received()} & {*ids, dropped}
+    assert dropped not in recorded
+    # Binomial(300, 0.5): 150 ± 8.7; outside 100..200 is a broken sampler, not bad luck (p < 1e-8).
+    assert 100 <= len(recorded) <= 200, len(recorded)
