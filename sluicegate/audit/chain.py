@@ -123,6 +123,20 @@ def canonical(fields: Mapping[str, Any], seq: int) -> bytes:
     return orjson.dumps(data, option=orjson.OPT_SORT_KEYS)
 
 
+#: (name, index in a row) in sorted name order; index -1 is the chain position
+_ROW_ORDER = tuple((name, FIELDS.index(name) if name in FIELDS else -1) for name in sorted((*FIELDS, "chain_seq")))
+
+
+def canonical_row(row: Row, seq: int) -> bytes:
+    """`canonical` of a stored row (its values in `FIELDS` order), built in sorted order at once."""
+    data = {}
+    for name, index in _ROW_ORDER:
+        value = seq if index < 0 else row[index]
+        if value is not None:
+            data[name] = value
+    return orjson.dumps(data)
+
+
 def link(key: bytes | hmac.HMAC, previous: str, seq: int, fields: Mapping[str, Any]) -> str:
     """The chain hash of an event at `seq` after `previous` (`key`: the key, or an HMAC keyed with
     it and fed nothing, copied)."""
@@ -172,7 +186,9 @@ class Chain:
         out: list[Row] = []
         for row in rows:
             seq += 1
-            previous = link(key, previous, seq, dict(zip(FIELDS, row, strict=True)))
+            mac = key.copy()
+            mac.update(previous.encode() + b"\n" + canonical_row(row, seq))
+            previous = mac.hexdigest()
             out.append((*row, seq, previous))
         conn.exec_driver_sql(_MOVE_HEAD.format(m=marker), (seq, previous, self.key.key_id))
         self._pending = (seq, previous)
