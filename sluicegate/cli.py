@@ -450,11 +450,13 @@ def _chain_parts(config_path: str | None) -> tuple[Any, Any, Any]:
         if not path.exists():
             raise click.ClickException(f"no audit chain key: {path} does not exist and audit.chain.key is not set")
         ref = f"file://{path.resolve()}"
+    vault = Vault(config.vault, engine=engine)
     try:
-        key = ChainKey.from_secret(Vault(config.vault, engine=engine).resolve(ref))
+        key = ChainKey.from_secret(vault.resolve(ref))
+        previous = [ChainKey.from_secret(vault.resolve(old)) for old in chain_cfg.previous_keys]
     except (SecretUnavailable, ValueError) as exc:
-        raise click.ClickException(f"the audit chain key cannot be read: {exc}") from None
-    return engine, key, AnchorFile(anchor_path(chain_cfg, settings.data_dir))
+        raise click.ClickException(f"an audit chain key cannot be read: {exc}") from None
+    return engine, (key, previous), AnchorFile(anchor_path(chain_cfg, settings.data_dir))
 
 
 @audit.command("verify")
@@ -467,10 +469,10 @@ def audit_verify(anchors_path: str | None, as_json: bool, config_path: str | Non
     Exits 0 when the trail is intact, 1 when it is not."""
     from sluicegate.audit.chain import AnchorFile, verify
 
-    engine, key, anchor_file = _chain_parts(config_path)
+    engine, (key, previous), anchor_file = _chain_parts(config_path)
     if anchors_path:
         anchor_file = AnchorFile(Path(anchors_path))
-    report = verify(engine, key, anchor_file.read())
+    report = verify(engine, key, anchor_file.read(), previous_keys=previous)
     if as_json:
         click.echo(orjson.dumps(report.as_dict()).decode())
     elif report.intact:
@@ -501,7 +503,7 @@ def audit_retention(older_than: str, operator: str | None, yes: bool, config_pat
     from sluicegate.audit.chain import Chain, retain
 
     cutoff = _moment(older_than, "UTC")
-    engine, key, _ = _chain_parts(config_path)
+    engine, (key, _), _ = _chain_parts(config_path)
     if not yes:
         click.confirm(f"Delete every audit event older than {_when(cutoff)} UTC?", abort=True)
     done = retain(engine, Chain(key), cutoff, operator=operator)

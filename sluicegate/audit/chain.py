@@ -175,9 +175,9 @@ class Chain:
         seq, previous, key_id = conn.exec_driver_sql(_LOCK_HEAD).one()
         if key_id is not None and key_id != self.key.key_id and not self._warned_key:
             self._warned_key = True
-            log.error(
-                "the audit chain was written with key %s and continues with key %s: `audit verify` "
-                "reports the change at position %d",
+            log.warning(
+                "the audit chain was written with key %s and continues with key %s from position %d: "
+                "keep the old key in audit.chain.previous_keys, `audit verify` needs it for the events before",
                 key_id,
                 self.key.key_id,
                 seq + 1,
@@ -307,9 +307,23 @@ class Report:
 _EVENT_COLUMNS = [audit_events.c[name] for name in FIELDS]
 
 
-def verify(engine: sa.Engine, key: ChainKey, anchors: Iterable[Mapping[str, Any]] = (), *, batch: int = 2000) -> Report:
-    """Replay the chain from its latest retention checkpoint; report every break, in order."""
+def verify(
+    engine: sa.Engine,
+    key: ChainKey,
+    anchors: Iterable[Mapping[str, Any]] = (),
+    *,
+    previous_keys: Sequence[ChainKey] = (),
+    batch: int = 2000,
+) -> Report:
+    """Replay the chain from its latest retention checkpoint; report every break, in order.
+
+    `previous_keys`: keys the chain was written with before `key` (`audit.chain.previous_keys`);
+    an event links under the key that linked the one before it, or under another known key where
+    the key changed."""
     report = Report()
+    anchors = list(anchors)
+    keys = [key, *previous_keys]
+    by_id = {k.key_id: k for k in keys}
     with engine.connect() as conn:
         head = conn.execute(
             sa.select(audit_chain.c.seq, audit_chain.c.hash, audit_chain.c.key_id, audit_chain.c.legacy_max_seq).where(
@@ -317,10 +331,12 @@ def verify(engine: sa.Engine, key: ChainKey, anchors: Iterable[Mapping[str, Any]
             )
         ).one()
         report.head_seq, report.head_hash, report.key_id, legacy_max = head
-        if report.key_id is not None and report.key_id != key.key_id:
-            report.add(Problem("key", None, None, f"the chain was written with key {report.key_id}, not {key.key_id}"))
+        if report.key_id is not None and report.key_id not in by_id:
+            known = ", ".join(by_id)
+            report.add(Problem("key", None, None, f"the chain was written with key {report.key_id}, not {known}"))
             return report
-        start, previous = _start(conn, key, report)
+        start, previous = _start(conn, keys, report)
+        current = key.chain
         expected = start + 1
         by_position: dict[int, str] = {}
         wanted = {int(a["seq"]) for a in anchors if isinstance(a.get("seq"), int)}
@@ -353,10 +369,13 @@ def verify(engine: sa.Engine, key: ChainKey, anchors: Iterable[Mapping[str, Any]
             elif position < expected:  # a repeated position cannot pass the unique index, but check
                 report.add(Problem("inserted", position, request_id, "a second event at this position"))
                 continue
-            if link(key.chain, previous, position, fields) != stored:
-                # Either the event's own content was changed, or the one before it was removed and
-                # this one no longer links (reported above as deleted).
-                if position == expected:
+            if link(current, previous, position, fields) != stored:
+                # The key changed here, or the event's own content was changed, or the one before
+                # it was removed and this one no longer links (reported above as deleted).
+                other = next((k.chain for k in keys if link(k.chain, previous, position, fields) == stored), None)
+                if other is not None:
+                    current = other
+                elif position == expected:
                     report.add(Problem("edited", position, request_id, "its content does not match its chain hash"))
             previous = stored
             expected = position + 1
@@ -391,12 +410,12 @@ def verify(engine: sa.Engine, key: ChainKey, anchors: Iterable[Mapping[str, Any]
         report.legacy = conn.execute(
             sa.select(sa.func.count()).where(audit_events.c.chain_seq.is_(None), audit_events.c.seq <= legacy_max)
         ).scalar_one()
-    _check_anchors(key, anchors, start, report, by_position)
+    _check_anchors(key, by_id, anchors, start, report, by_position)
     report.problems.sort(key=lambda p: (p.position is None, p.position or 0))
     return report
 
 
-def _start(conn: sa.Connection, key: ChainKey, report: Report) -> tuple[int, str]:
+def _start(conn: sa.Connection, keys: Sequence[ChainKey], report: Report) -> tuple[int, str]:
     """Where verification starts: the latest retention checkpoint whose MAC holds, else the genesis."""
     rows = conn.execute(
         sa.select(
@@ -408,7 +427,7 @@ def _start(conn: sa.Connection, key: ChainKey, report: Report) -> tuple[int, str
         ).order_by(audit_checkpoints.c.seq.desc(), audit_checkpoints.c.id.desc())
     ).all()
     for seq, hash_, through_ts, deleted, mac in rows:
-        if hmac.compare_digest(mac, checkpoint_mac(key.chain, seq, hash_, through_ts, deleted)):
+        if any(hmac.compare_digest(mac, checkpoint_mac(k.chain, seq, hash_, through_ts, deleted)) for k in keys):
             report.checkpoint = seq
             return seq, hash_
         report.add(Problem("checkpoint", seq, None, "a retention checkpoint whose MAC does not hold"))
@@ -416,16 +435,23 @@ def _start(conn: sa.Connection, key: ChainKey, report: Report) -> tuple[int, str
 
 
 def _check_anchors(
-    key: ChainKey, anchors: Iterable[Mapping[str, Any]], start: int, report: Report, hashes: dict[int, str]
+    key: ChainKey,
+    by_id: Mapping[str, ChainKey],
+    anchors: Iterable[Mapping[str, Any]],
+    start: int,
+    report: Report,
+    hashes: dict[int, str],
 ) -> None:
     last = report.last or start
     for anchor in anchors:
         seq, hash_, ts, mac = anchor.get("seq"), anchor.get("hash"), anchor.get("ts"), anchor.get("mac")
         if not (isinstance(seq, int) and isinstance(hash_, str) and isinstance(ts, float) and isinstance(mac, str)):
             continue
-        if anchor.get("key_id") not in (None, key.key_id):
-            continue  # another key's anchor
-        if not hmac.compare_digest(mac, anchor_mac(key.chain, seq, hash_, ts)):
+        key_id = anchor.get("key_id")
+        signer = key if key_id is None else by_id.get(key_id) if isinstance(key_id, str) else None
+        if signer is None:
+            continue  # an unknown key's anchor
+        if not hmac.compare_digest(mac, anchor_mac(signer.chain, seq, hash_, ts)):
             report.add(Problem("anchor", seq, None, "an anchor whose MAC does not hold"))
             continue
         if seq <= start:

@@ -247,6 +247,9 @@ class AuditChainConfig(_Strict):
     #: a secret reference to the chain's key (`secret://audit-chain`, `env://...`, `aws-sm://...`);
     #: default: a random key made in the data folder (`audit-chain.key`) at the first start
     key: str | None = None
+    #: references to the keys the chain was written with before `key` (a rotation): `audit verify`
+    #: checks the events each one wrote
+    previous_keys: list[str] = Field(default_factory=list)
     #: where anchors (chain position and head hash) are appended; default: `audit-anchors.jsonl`
     #: in the data folder. Keep it on another disk or host than the database where you can
     anchor_file: str | None = None

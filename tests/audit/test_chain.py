@@ -318,3 +318,37 @@ def test_retention_then_verify_without_a_gateway(tmp_path: Path) -> None:
     result = verify(engine, key)
     assert result.intact, result.problems
     assert result.checkpoint == 10 and result.events == 12
+
+
+def test_a_rotated_key_verifies_with_the_previous_one_kept(
+    tmp_path: Path, upstream: FakeUpstream, upstream_url: str
+) -> None:
+    def calls(gw: RunningGateway, n: int) -> None:
+        client = openai.OpenAI(base_url=gw.url + "/v1", api_key=gw.keys["alice"], max_retries=0)
+        for i in range(n):
+            client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": f"r {i}"}])
+        gw.audit()
+
+    with run_gateway(tmp_path, upstream_url) as gw:
+        calls(gw, 3)
+    old = f"file://{tmp_path / 'data' / 'audit-chain.key'}"
+    new_key = tmp_path / "new.key"
+    new_key.write_text("the key after the rotation, long enough\n")
+    rotated = f"audit:\n  chain:\n    key: file://{new_key}\n    previous_keys: ['{old}']\n"
+    with run_gateway(tmp_path, upstream_url, rotated) as gw:
+        calls(gw, 3)
+        data = report(gw)
+        assert data["intact"], data
+        assert (data["events"], data["first"], data["last"]) == (6, 1, 6)
+        # Without the previous key the events it wrote cannot be checked: reported, not skipped.
+        gw.config_path.write_text(gw.config_path.read_text().replace(f"    previous_keys: ['{old}']\n", ""))
+        problem = first(gw)
+        assert (problem["kind"], problem["position"]) == ("edited", 1)
+        # An edit after the rotation is still found with both keys.
+        gw.config_path.write_text(
+            gw.config_path.read_text().replace("    key:", f"    previous_keys: ['{old}']\n    key:")
+        )
+        assert report(gw)["intact"]
+        sql(gw, *UNGUARDED, "UPDATE audit_events SET total_tokens = 7 WHERE chain_seq = 5")
+        problem = first(gw)
+        assert (problem["kind"], problem["position"]) == ("edited", 5)
