@@ -337,6 +337,10 @@ def verify(
             return report
         start, previous = _start(conn, keys, report)
         current = key.chain
+        #: an event that did not link (position, request id, the hash before it), judged by the next
+        suspect: tuple[int, str | None, str] | None = None
+        #: events found put in before this point (the positions after them moved on by this many)
+        shift = 0
         expected = start + 1
         by_position: dict[int, str] = {}
         wanted = {int(a["seq"]) for a in anchors if isinstance(a.get("seq"), int)}
@@ -369,19 +373,35 @@ def verify(
             elif position < expected:  # a repeated position cannot pass the unique index, but check
                 report.add(Problem("inserted", position, request_id, "a second event at this position"))
                 continue
-            if link(current, previous, position, fields) != stored:
-                # The key changed here, or the event's own content was changed, or the one before
-                # it was removed and this one no longer links (reported above as deleted).
-                other = next((k.chain for k in keys if link(k.chain, previous, position, fields) == stored), None)
+            if suspect is not None:
+                # The event before did not link: its successor tells an edit from an insertion.
+                at, suspect_id, before = suspect
+                suspect = None
+                if shift == 0 and link(current, before, position - 1, fields) == stored:
+                    # This event links to the one before the suspect, at the suspect's position:
+                    # the suspect was put in and the events after it moved one place on.
+                    report.add(Problem("inserted", at, suspect_id, "an event that is not in the chain was put here"))
+                    shift, previous = 1, before
+                else:
+                    report.add(Problem("edited", at, suspect_id, "its content does not match its chain hash"))
+            if link(current, previous, position - shift, fields) != stored:
+                # The key changed here, or the event's own content was changed, or an event was
+                # put in before it, or the one before it was removed (reported above as deleted).
+                other = next(
+                    (k.chain for k in keys if link(k.chain, previous, position - shift, fields) == stored), None
+                )
                 if other is not None:
                     current = other
                 elif position == expected:
-                    report.add(Problem("edited", position, request_id, "its content does not match its chain hash"))
+                    suspect = (position, request_id, previous)
             previous = stored
             expected = position + 1
             report.last = position
-            if position in wanted:
-                by_position[position] = stored
+            if position - shift in wanted:
+                # Anchors name positions as written: after an insertion, the events moved on.
+                by_position[position - shift] = stored
+        if suspect is not None:
+            report.add(Problem("edited", suspect[0], suspect[1], "its content does not match its chain hash"))
         if report.last is not None and report.last < report.head_seq:
             report.add(
                 Problem(
@@ -410,7 +430,7 @@ def verify(
         report.legacy = conn.execute(
             sa.select(sa.func.count()).where(audit_events.c.chain_seq.is_(None), audit_events.c.seq <= legacy_max)
         ).scalar_one()
-    _check_anchors(key, by_id, anchors, start, report, by_position)
+    _check_anchors(key, by_id, anchors, start, (report.last or start) - shift, report, by_position)
     report.problems.sort(key=lambda p: (p.position is None, p.position or 0))
     return report
 
@@ -439,10 +459,10 @@ def _check_anchors(
     by_id: Mapping[str, ChainKey],
     anchors: Iterable[Mapping[str, Any]],
     start: int,
+    last: int,
     report: Report,
     hashes: dict[int, str],
 ) -> None:
-    last = report.last or start
     for anchor in anchors:
         seq, hash_, ts, mac = anchor.get("seq"), anchor.get("hash"), anchor.get("ts"), anchor.get("mac")
         if not (isinstance(seq, int) and isinstance(hash_, str) and isinstance(ts, float) and isinstance(mac, str)):

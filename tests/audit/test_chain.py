@@ -130,6 +130,24 @@ def test_an_inserted_event_is_named(gw: RunningGateway) -> None:
     assert (problem["kind"], problem["request_id"]) == ("inserted", "req_forged")
 
 
+def test_an_event_put_into_the_middle_of_the_chain_is_named_inserted(gw: RunningGateway) -> None:
+    with gw.app.engine.begin() as conn:
+        for statement in UNGUARDED:
+            conn.execute(sa.text(statement))
+        conn.execute(sa.text("DROP INDEX ix_audit_events_chain_seq"))
+        conn.execute(sa.text("UPDATE audit_events SET chain_seq = chain_seq + 1 WHERE chain_seq >= 6"))
+        row = dict(conn.execute(sa.text("SELECT * FROM audit_events WHERE chain_seq = 5")).one()._mapping)
+        row.pop("seq")
+        row.update(request_id="req_forged", chain_seq=6, chain_hash="f" * 64, total_tokens=1)
+        columns = ", ".join(row)
+        conn.execute(sa.text(f"INSERT INTO audit_events ({columns}) VALUES ({', '.join(':' + k for k in row)})"), row)
+        conn.execute(sa.text("UPDATE audit_chain SET seq = seq + 1"))
+    problem = first(gw)
+    assert (problem["kind"], problem["position"], problem["request_id"]) == ("inserted", 6, "req_forged")
+    # The events after it still link, one place on: the insertion is the only problem in the chain.
+    assert [p["kind"] for p in report(gw)["problems"]] == ["inserted"], report(gw)["problems"]
+
+
 def test_an_event_forged_at_the_end_of_the_chain_is_named(gw: RunningGateway) -> None:
     with gw.app.engine.begin() as conn:
         row = dict(conn.execute(sa.text(f"SELECT * FROM audit_events WHERE chain_seq = {CALLS}")).one()._mapping)
