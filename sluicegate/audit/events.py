@@ -10,40 +10,40 @@ from typing import Any
 class AuditEvent:
     """What the gateway records of one call (`sluicegate audit tail` prints these).
 
-    Made by keyword; fields added after the first release default to None, so that code written
-    before them still makes events."""
+    Made by keyword; what a call did not have (no consumer, no model, no usage) defaults to None,
+    so that events that are not calls (summaries, alerts, retention) name only what they hold."""
 
     request_id: str
     ts: float
     endpoint: str
-    consumer: str | None
-    key_id: str | None
-    client_ip: str | None
-    model_requested: str | None
-    model_served: str | None
-    provider: str | None
-    stream: bool
+    consumer: str | None = None
+    key_id: str | None = None
+    client_ip: str | None = None
+    model_requested: str | None = None
+    model_served: str | None = None
+    provider: str | None = None
+    stream: bool = False
     status: int
-    upstream_status: int | None
+    upstream_status: int | None = None
     decision: str
     outcome: str
-    reason: str | None
+    reason: str | None = None
     #: the id of the rule that refused the call (`consumers.bob.models`, `groups.eng.time_windows`)
-    rule: str | None
+    rule: str | None = None
     #: guard decisions as a JSON list (guard, kind, action, direction, part, label)
-    guards: str | None
-    prompt_tokens: int | None
-    completion_tokens: int | None
-    total_tokens: int | None
+    guards: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    total_tokens: int | None = None
     #: of the prompt tokens, those read from the provider's cache, and those written to it
     cached_tokens: int | None = None
     cache_write_tokens: int | None = None
     #: of the completion tokens, the reasoning (thinking) ones
     reasoning_tokens: int | None = None
-    usage_source: str
-    cost_micro_usd: int | None
-    latency_ms: float
-    ttft_ms: float | None
+    usage_source: str = "none"
+    cost_micro_usd: int | None = None
+    latency_ms: float = 0.0
+    ttft_ms: float | None = None
     #: HMACs (hex) of the request body as received and the response body as sent, under the
     #: audit content key: they prove what was said without keeping it
     prompt_hmac: str | None = None

@@ -90,35 +90,7 @@ def unavailable(exc: BaseException) -> bool:
 
 #: a plain row, written in a transaction that is rolled back, to tell a refused row from a refusing store
 _CANARY_ROW = row_of(
-    AuditEvent(
-        request_id="audit-store-probe",
-        ts=0.0,
-        endpoint="probe",
-        consumer=None,
-        key_id=None,
-        client_ip=None,
-        model_requested=None,
-        model_served=None,
-        provider=None,
-        stream=False,
-        status=0,
-        upstream_status=None,
-        decision="probe",
-        outcome="probe",
-        reason=None,
-        rule=None,
-        guards=None,
-        prompt_tokens=None,
-        completion_tokens=None,
-        total_tokens=None,
-        cached_tokens=None,
-        cache_write_tokens=None,
-        reasoning_tokens=None,
-        usage_source="none",
-        cost_micro_usd=None,
-        latency_ms=0.0,
-        ttft_ms=None,
-    )
+    AuditEvent(request_id="audit-store-probe", ts=0.0, endpoint="probe", status=0, decision="probe", outcome="probe")
 )
 
 
