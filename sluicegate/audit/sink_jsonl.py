@@ -17,15 +17,12 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sluicegate.audit.files import fsync_dir, lock, same_file, unlock, write_all
 from sluicegate.audit.sink_base import Record, Sink, SinkContext, backoff_s, dump_json
 
 if TYPE_CHECKING:
     from sluicegate.audit.sink_config import JsonlSinkConfig
 
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - not POSIX: one process per file
-    fcntl = None  # type: ignore[assignment]
 
 #: lines written per batch at most
 BATCH_LINES = 1000
@@ -79,14 +76,14 @@ class JsonlSink(Sink):
         max_bytes = self.config.max_bytes
         while lines:
             fd = self._open()
-            _lock(fd)
+            lock(fd)
             try:
-                if not _names(self.path, fd):
+                if not same_file(os.fstat(fd), self.path):
                     self._close_fd()  # another process rotated it meanwhile: write to the new file
                     continue
                 size = os.fstat(fd).st_size
                 if size and os.pread(fd, 1, size - 1) != b"\n":
-                    _write_all(fd, b"\n", size)  # end a line cut by a crash, alone on its line
+                    write_all(fd, b"\n", size)  # end a line cut by a crash, alone on its line
                     size += 1
                 # The lines that fit; one alone when the file is empty, whatever its length.
                 end, length = 0, 0
@@ -96,7 +93,7 @@ class JsonlSink(Sink):
                     length += len(lines[end])
                     end += 1
                 if end:
-                    _write_all(fd, b"".join(lines[:end]), size)
+                    write_all(fd, b"".join(lines[:end]), size)
                     if self.config.fsync:
                         os.fsync(fd)
                     del lines[:end]
@@ -104,7 +101,7 @@ class JsonlSink(Sink):
                     self._rotate()
             finally:
                 if self._fd is not None:
-                    _unlock(self._fd)
+                    unlock(self._fd)
 
     def _open(self) -> int:
         if self._fd is None:
@@ -126,7 +123,7 @@ class JsonlSink(Sink):
             with contextlib.suppress(FileNotFoundError):
                 os.replace(f"{self.path}.{n}", f"{self.path}.{n + 1}")
         os.replace(self.path, f"{self.path}.1")
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent)
         self._close_fd()
 
     def _close_fd(self) -> None:
@@ -134,45 +131,3 @@ class JsonlSink(Sink):
         if fd is not None:
             with contextlib.suppress(OSError):
                 os.close(fd)
-
-
-def _write_all(fd: int, data: bytes, size: int) -> None:
-    """Write `data` whole, or cut the file back to `size` (no half line left for the next write)."""
-    view = memoryview(data)
-    try:
-        while view:
-            view = view[os.write(fd, view) :]
-    except OSError:
-        with contextlib.suppress(OSError):
-            os.ftruncate(fd, size)
-        raise
-
-
-def _names(path: Path, fd: int) -> bool:
-    """Whether `path` still names the open file `fd`."""
-    try:
-        current = os.stat(path)
-    except FileNotFoundError:
-        return False
-    opened = os.fstat(fd)
-    return (current.st_ino, current.st_dev) == (opened.st_ino, opened.st_dev)
-
-
-def _lock(fd: int) -> None:
-    if fcntl is not None:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-
-
-def _unlock(fd: int) -> None:
-    if fcntl is not None:
-        with contextlib.suppress(OSError):
-            fcntl.flock(fd, fcntl.LOCK_UN)
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

@@ -23,10 +23,7 @@ from typing import Any
 
 import orjson
 
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - not POSIX: one process per data folder
-    fcntl = None  # type: ignore[assignment]
+from sluicegate.audit.files import fsync_dir, lock, same_file, try_lock, write_all
 
 SPILL_NAME = "audit-spill.jsonl"
 POISON_NAME = "audit-poison.jsonl"
@@ -47,14 +44,14 @@ class JsonLinesFile:
             while True:
                 fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
                 try:
-                    _lock(fd)
+                    lock(fd)
                     opened = os.fstat(fd)
-                    if not _same_file(opened, self.path):
+                    if not same_file(opened, self.path):
                         continue  # moved aside for a replay while we waited: append to the new one
-                    _write_all(fd, data, opened.st_size)
+                    write_all(fd, data, opened.st_size)
                     os.fsync(fd)
                     if opened.st_size == 0:
-                        _fsync_dir(self.path.parent)  # a new file: its name must survive a crash too
+                        fsync_dir(self.path.parent)  # a new file: its name must survive a crash too
                     return
                 finally:
                     os.close(fd)
@@ -66,9 +63,9 @@ class JsonLinesFile:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             try:
-                _lock(fd)
+                lock(fd)
                 os.fsync(fd)
-                if os.fstat(fd).st_size == 0 and _same_file(os.fstat(fd), self.path):
+                if os.fstat(fd).st_size == 0 and same_file(os.fstat(fd), self.path):
                     self.path.unlink()  # leave no empty file behind
             finally:
                 os.close(fd)
@@ -82,11 +79,11 @@ class SpillFile(JsonLinesFile):
         with self._lock, contextlib.suppress(FileNotFoundError):
             fd = os.open(self.path, os.O_RDONLY)
             try:
-                _lock(fd)
-                if _same_file(os.fstat(fd), self.path):
+                lock(fd)
+                if same_file(os.fstat(fd), self.path):
                     aside = self.path.with_name(f"{self.path.stem}.{time.time_ns():020d}-{os.getpid()}.jsonl")
                     os.rename(self.path, aside)
-                    _fsync_dir(self.path.parent)
+                    fsync_dir(self.path.parent)
             finally:
                 os.close(fd)
         return self.waiting()
@@ -117,7 +114,7 @@ class SpillFile(JsonLinesFile):
             yield False
             return
         try:
-            yield _try_lock(fd)
+            yield try_lock(fd)
         finally:
             os.close(fd)
 
@@ -143,47 +140,4 @@ class SpillFile(JsonLinesFile):
     def remove(path: Path) -> None:
         """Delete a replayed file."""
         path.unlink(missing_ok=True)
-        _fsync_dir(path.parent)
-
-
-def _write_all(fd: int, data: bytes, size: int) -> None:
-    view = memoryview(data)
-    try:
-        while view:
-            view = view[os.write(fd, view) :]
-    except OSError:
-        with contextlib.suppress(OSError):
-            os.ftruncate(fd, size)  # no half line for the next append to follow
-        raise
-
-
-def _same_file(opened: os.stat_result, path: Path) -> bool:
-    try:
-        current = os.stat(path)
-    except FileNotFoundError:
-        return False
-    return (current.st_ino, current.st_dev) == (opened.st_ino, opened.st_dev)
-
-
-def _lock(fd: int) -> None:
-    if fcntl is not None:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-
-
-def _try_lock(fd: int) -> bool:
-    if fcntl is None:
-        return True
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    return True
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_dir(path.parent)
