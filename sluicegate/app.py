@@ -198,6 +198,8 @@ class Gateway:
             limits=LimitsService(self.audit, self.vault),
             audit_key=chain_key,
         )
+        self.services.cache.data_dir = self.settings.data_dir
+        self.services.cache.embed = self.embed
         self.services.limits.reconciler = Reconciler(
             self.engine, self.audit, self.services.limits, lambda: self.snapshot
         )
@@ -466,6 +468,27 @@ class Gateway:
             raise GuardUnavailable(f"model '{model}' gave no answer") from None
         return content if isinstance(content, str) else ""
 
+    async def embed(self, model: str, text: str) -> list[float]:
+        """Embed a text with a configured embeddings model, directly through its route (the
+        semantic cache uses this: no stage, no consumer policy); returns the vector."""
+        snapshot = self.snapshot
+        route = snapshot.route_for(model)
+        if route is None or self.relay is None:
+            raise ValueError(f"model '{model}' is not configured")
+        call = Call(f"{self._id_prefix}{next(self._ids):010x}", "embeddings", snapshot, {})
+        call.model_requested = model
+        call.route = route
+        call.body = {"model": model, "input": text}
+        resp = await self.relay.open(call)
+        try:
+            data = await resp.json(content_type=None)
+        finally:
+            resp.release()
+        vector = data["data"][0]["embedding"]
+        if not isinstance(vector, list) or not all(isinstance(v, int | float) for v in vector):
+            raise ValueError(f"model '{model}' gave no embedding")
+        return [float(v) for v in vector]
+
     # -- lifespan -------------------------------------------------------------------------------
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
@@ -503,6 +526,8 @@ class Gateway:
         await self.services.limits.seed()
         self.services.limits.start()
         await asyncio.to_thread(tokens.preload)
+        # The semantic cache's model loads in the background, not in its first call's time.
+        self.services.cache.warm()
         # A tracing config that cannot start (a header's secret unreadable) stops the startup.
         self.services.tracing = await tracing_for(self.snapshot.config.observability.tracing, None, self.vault)
         if self.config_path is not None:
@@ -528,6 +553,7 @@ class Gateway:
         for task in self._tasks:
             task.cancel()
         await self.services.limits.stop()
+        await self.services.cache.close()
         if self.relay is not None:
             await self.relay.session.close()
         await asyncio.to_thread(self.keys.stop)
@@ -580,6 +606,7 @@ class Gateway:
         # New budgets start from what the audit trail holds of their window, before they serve.
         await self.services.limits.seed(snapshot)
         self._state = (snapshot, pipeline)
+        self.services.cache.warm()
         self.edge.server = snapshot.server
         self._clients = ClientAddress(snapshot.server.trusted_proxies, snapshot.server.forwarded_header)
         self.vault.configure(snapshot.config.vault)

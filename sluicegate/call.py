@@ -13,6 +13,7 @@ from sluicegate.scrub import MAX_MESSAGE_CHARS, NOTHING, Scrubber
 
 if TYPE_CHECKING:
     from sluicegate.audit.content import AnswerTap
+    from sluicegate.cache.state import CacheState
     from sluicegate.config.snapshot import Consumer, Route, Snapshot
     from sluicegate.errors import SluicegateError
     from sluicegate.guardrails.engine import CallGuards
@@ -27,6 +28,7 @@ class Call:
         "answer_tap",
         "body",
         "body_size",
+        "cache",
         "cache_write_tokens",
         "cached_tokens",
         "client_ip",
@@ -147,6 +149,8 @@ class Call:
         self.limit_headers: list[tuple[bytes, bytes]] | None = None
         #: the call's span and its children, while tracing is enabled (`stages.tracing`)
         self.trace: CallTrace | UnsampledTrace | None = None
+        #: what the response cache decided, on an endpoint and route it covers (`stages.cache`)
+        self.cache: CacheState | None = None
 
     def fail(self, error: SluicegateError) -> None:
         """Record a refusal or failure: its status, audit decision and outcome. The error's message

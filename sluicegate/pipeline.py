@@ -9,11 +9,14 @@
     limits        budgets and rate limits: reserve the worst case   429 / 503
     guardrails    input guards: block / redact / flag     400 content_blocked
     router        model -> provider + upstream model      404
+    cache         a stored answer for the same request (exact, then semantic): answered here,
+                  through the output guards; a miss records its answer as it passes
     audit         (strict mode: refuse while the audit store is down)
     [send]        provider request (the client's body, or translated through the neutral model),
                   then relay of the answer (as sent, or rendered in the client's dialect)
     accounting    tokens and cost                         (finally, always)
     limits        settle the reservation with the actual use   (finally, always)
+    cache         stores a whole, successful answer of a miss      (finally, always)
     audit         one event per call                      (finally, always)
     metrics       counts the call in the Prometheus metrics   (finally, always)
     tracing       ends the call's span with what the others settled   (finally, always)
@@ -24,8 +27,8 @@ Accounting and audit run just before the response's last body message is sent
 call that sent no last message (a client that left, a failure mid-stream).
 
 Output guards run inside the relay (on the JSON answer, or on the stream's hold-back window).
-Later stages slot into `STAGE_ORDER` (the cache before the router) by name; a
-stage whose factory returns None for this config is not in the list at all.
+Later stages slot into `STAGE_ORDER` by name; a stage whose factory returns None for this
+config is not in the list at all.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from sluicegate.audit.writer import AuditNotDurable
 from sluicegate.edge.body import ClientGone, read_body
 from sluicegate.errors import SluicegateError
 from sluicegate.relay import relay_answer
+from sluicegate.relay.cached import relay_cached
 from sluicegate.stages.base import Services, Stage, stage_factories
 from sluicegate.stages.tracing import TracingStage
 
@@ -63,8 +67,8 @@ STAGE_ORDER = (
     "model_access",
     "limits",
     "guardrails",
-    "cache",
     "router",
+    "cache",
     "audit",
     "accounting",
     "metrics",
@@ -178,6 +182,11 @@ class Pipeline:
             endpoint.fill_call(call, body)
             for stage in self.body_stages:
                 await stage.on_request(call)
+            cached = call.cache
+            if cached is not None and cached.entry is not None:
+                # A cache hit: the stored answer, in the client's dialect; nothing goes upstream.
+                await relay_cached(call, cached.entry, send, endpoint)
+                return
             if endpoint.local is not None and (call.route is None or not _native(call)):
                 # Nothing goes upstream: the gateway answers (count_tokens for other providers).
                 await _send_local(call, send, await endpoint.local(call))

@@ -51,6 +51,10 @@ class AuditEvent:
     #: the request (after the guards' redactions) and the answer as sent, as JSON, where content
     #: capture is enabled for the call (`audit.capture`), cut to its size bound
     content: str | None = None
+    #: what the response cache did: hit, semantic_hit, miss or bypass (None: not a cached call)
+    cache: str | None = None
+    #: what a cache hit saved: the cost of the answer it served, at the current prices
+    cache_saved_micro_usd: int | None = None
 
     def as_row(self) -> dict[str, Any]:
         """Column values for the store."""

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from sluicegate.admin.config import AdminConfig
 from sluicegate.audit.sink_config import AuditSinkConfig
+from sluicegate.cache.config import CacheConfig
 from sluicegate.limits.config import LimitsConfig, PriceConfig
 from sluicegate.observability.config import ObservabilityConfig
 
@@ -318,4 +319,5 @@ class GatewayConfig(_Strict):
     guards: list[GuardConfig] = Field(default_factory=list)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     observability: ObservabilityConfig = Field(default_factory=ObservabilityConfig)
+    cache: CacheConfig = Field(default_factory=CacheConfig)
     admin: AdminConfig = Field(default_factory=AdminConfig)

@@ -43,6 +43,14 @@ STREAM_EVENT_TEXTS: dict[str, EventTexts] = {
 }
 
 
+#: the neutral chat body of a request, per endpoint whose body is not one already (the cache keys
+#: what the model is asked in one form, whatever the dialect it was asked in)
+TO_CHAT: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "messages": anthropic.to_chat,
+    "responses": responses.to_chat,
+}
+
+
 def request_texts(endpoint: str, body: dict[str, Any], model: str | None = None) -> list[tuple[Path, str]]:
     """Every text of a request the model will read, with its path in the body.
 

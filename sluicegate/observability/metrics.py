@@ -124,9 +124,23 @@ class GatewayMetrics:
             ["consumer", "kind", "limit"],
             fold=(0,),
         )
-        #: no response cache exists yet: zero until one answers calls
-        self.cache_hits = Counter(
-            "sluicegate_cache_hits", "Calls answered from the response cache", registry=self.registry
+        self.cache_requests = self._counter(
+            "sluicegate_cache_requests",
+            "Calls on a cached route, by what the response cache did: hit, semantic_hit, miss, bypass",
+            ["consumer", "model", "result"],
+            fold=(0, 1),
+        )
+        self.cache_saved_tokens = self._counter(
+            "sluicegate_cache_saved_tokens",
+            "Tokens the response cache's hits did not spend upstream (input and output)",
+            ["consumer", "model"],
+            fold=(0, 1),
+        )
+        self.cache_saved_cost = self._counter(
+            "sluicegate_cache_saved_cost",
+            "What the response cache's hits would have cost upstream, in units of the `currency` label",
+            ["consumer", "model", "currency"],
+            fold=(0, 1),
         )
         # GenAI names as the traces set them (`observability.genai`), plus the configured provider:
         # two providers of one type are told apart.

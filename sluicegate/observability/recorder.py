@@ -19,6 +19,7 @@ from sluicegate.observability.genai import OPERATIONS, PROVIDER_NAMES
 if TYPE_CHECKING:
     from prometheus_client import Histogram
 
+    from sluicegate.cache.state import CacheState
     from sluicegate.call import Call
     from sluicegate.config.snapshot import Route, Snapshot
     from sluicegate.observability.metrics import Children, GatewayMetrics
@@ -184,6 +185,11 @@ class CallRecorder:
         guards = call.guards
         if guards is not None and guards.records:
             self._record_guards(call)
+        cache = call.cache
+        hit = False
+        if cache is not None:
+            hit = cache.hit
+            self._record_cache(call, cache, who, model)
         stream = call.stream
         key = (who, model, provider, system, call.endpoint, klass, call.decision, code, "true" if stream else "false")
         series = self.series.get(key)
@@ -196,15 +202,16 @@ class CallRecorder:
                 self.metrics.fold_soon()
             pending.append(series)
         series.requests += 1
-        prompt = call.prompt_tokens
-        completion = call.completion_tokens
+        # A cache hit's tokens were saved, not spent: `sluicegate_cache_saved_tokens` counts them.
+        prompt = call.prompt_tokens if not hit else None
+        completion = call.completion_tokens if not hit else None
         tokens = series.tokens
         if prompt is not None and prompt > 0:
             tokens[0] += prompt
         if completion is not None and completion > 0:
             tokens[1] += completion
         for i, count in ((2, call.cached_tokens), (3, call.cache_write_tokens), (4, call.reasoning_tokens)):
-            if count is not None and count > 0:
+            if count is not None and count > 0 and not hit:
                 tokens[i] += count
         cost = call.cost_micro_usd
         if cost is not None and cost > 0:
@@ -287,6 +294,18 @@ class CallRecorder:
         elif kind == "":
             return  # a 429 that is not the gateway's own limit
         m.limit_refusals.get((who, kind, name)).inc()
+
+    def _record_cache(self, call: Call, cache: CacheState, who: str, model: str) -> None:
+        metrics = self.metrics
+        metrics.cache_requests.get((who, model, cache.audit_value())).inc()
+        if not cache.hit:
+            return
+        saved = (call.prompt_tokens or 0) + (call.completion_tokens or 0)
+        if saved > 0:
+            metrics.cache_saved_tokens.get((who, model)).inc(saved)
+        cost = cache.saved_micro_usd
+        if cost:
+            metrics.cache_saved_cost.get((who, model, self.currency)).inc(cost / 1_000_000)
 
     def _record_guards(self, call: Call) -> None:
         assert call.guards is not None

@@ -18,7 +18,7 @@ import orjson
 from sluicegate.dialects.anthropic.render import render_usage
 from sluicegate.errors import UpstreamError, UpstreamTimeout
 from sluicegate.guardrails.engine import check_answer
-from sluicegate.relay.common import answer_texts, count, response_headers, take_model, take_usage
+from sluicegate.relay.common import answer_texts, count, recorder, response_headers, take_model, take_usage
 
 if TYPE_CHECKING:
     from sluicegate.call import Call
@@ -87,7 +87,7 @@ def take_answer(call: Call, data: dict[str, Any]) -> dict[str, Any] | None:
     return usage
 
 
-async def _send_json_answer(call: Call, send: Send, raw: bytes) -> None:
+async def send_json_answer(call: Call, send: Send, raw: bytes) -> None:
     call.ttft_ms = call.elapsed_ms()
     call.status = 200
     headers = response_headers(call, _JSON_HEADERS)
@@ -107,6 +107,7 @@ async def relay_json(call: Call, resp: aiohttp.ClientResponse, send: Send) -> No
     """Forward a complete JSON answer in the client's own dialect, reading its usage and model."""
     raw, data = await read_answer(call, resp)
     changed = False
+    record = recorder(call)
     if call.dialect == "openai":
         take_answer(call, data)
         usage = await counted(call) if call.usage_source == "none" else None
@@ -114,13 +115,19 @@ async def relay_json(call: Call, resp: aiohttp.ClientResponse, send: Send) -> No
             # No usage, or numbers that are not counts: the answer says what the audit records.
             data["usage"] = usage
             changed = True
+        if record is not None:
+            record.answer(data)
     elif call.route is not None and call.endpoint != "count_tokens":
         # Passthrough of another protocol (Anthropic's): its provider reads usage.
-        take_answer(call, call.route.provider.parse_response(data, call))
+        answer = call.route.provider.parse_response(data, call)
+        checked = take_answer(call, answer)
         usage = await counted(call) if call.usage_source == "none" else None
         if usage is not None:
             data["usage"] = render_usage(usage)
             changed = True
+        if record is not None:
+            answer["usage"] = checked or usage
+            record.answer(answer)
     guards = call.guards
     # Output guards see the answer before any of it is sent; usage is already accounted.
     if (
@@ -129,7 +136,7 @@ async def relay_json(call: Call, resp: aiohttp.ClientResponse, send: Send) -> No
         and await check_answer(call, guards, data, call.endpoint)
     ):
         changed = True
-    await _send_json_answer(call, send, orjson.dumps(data) if changed else raw)
+    await send_json_answer(call, send, orjson.dumps(data) if changed else raw)
 
 
 async def relay_translated_json(
@@ -143,7 +150,10 @@ async def relay_translated_json(
     assert call.route is not None
     neutral = call.route.provider.parse_response(data, call)
     neutral["usage"] = take_answer(call, neutral) or await counted(call)
+    record = recorder(call)
+    if record is not None:
+        record.answer(neutral)
     guards = call.guards
     if guards is not None and (guards.guards.output or guards.restorable):
         await check_answer(call, guards, neutral, "chat")
-    await _send_json_answer(call, send, orjson.dumps(render(neutral, call)))
+    await send_json_answer(call, send, orjson.dumps(render(neutral, call)))

@@ -11,14 +11,25 @@ from sluicegate import neutral
 from sluicegate.stages.accounting import count_usage
 
 if TYPE_CHECKING:
+    from sluicegate.cache.entry import Recorder
     from sluicegate.call import Call
 
 
 def response_headers(call: Call, base: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    """Response headers with the gateway's request id (and the call's rate-limit figures)."""
+    """Response headers with the gateway's request id (and the call's rate-limit figures, and what
+    the cache did)."""
+    headers = [*base, (b"x-request-id", call.request_id.encode())]
     if call.limit_headers:
-        return [*base, (b"x-request-id", call.request_id.encode()), *call.limit_headers]
-    return [*base, (b"x-request-id", call.request_id.encode())]
+        headers += call.limit_headers
+    if call.cache is not None:
+        headers += call.cache.headers()
+    return headers
+
+
+def recorder(call: Call) -> Recorder | None:
+    """What records the call's answer for the cache (a miss the cache will store), if anything."""
+    cache = call.cache
+    return cache.recorder if cache is not None else None
 
 
 def frame(name: str | None, data: bytes) -> bytes:

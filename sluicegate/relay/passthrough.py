@@ -88,6 +88,8 @@ async def relay_stream(
                 failed = stream_error(name, event_name, chunk)
                 if failed is not None:
                     raise failed
+                if tally.record is not None:
+                    tally.record.chunk(chunk)
                 if not tally.saw_model:
                     tally.saw_model = take_model(call, chunk)
                 changed = False

@@ -17,6 +17,7 @@ from sluicegate import neutral
 from sluicegate.errors import SluicegateError
 from sluicegate.guardrails.engine import check_answer
 from sluicegate.relay.answer import counted, read_answer, take_answer
+from sluicegate.relay.common import recorder
 from sluicegate.relay.stream import end, internal, start
 
 if TYPE_CHECKING:
@@ -95,6 +96,10 @@ async def relay_json_stream(
                 assert guards is not None
                 await check_answer(call, guards, answer, "chat")
             chunks = completion_chunks(answer, take_answer(call, answer) or await counted(call))
+        record = recorder(call)
+        if record is not None:
+            for chunk in chunks:
+                record.chunk(chunk)
         out = [encoder.encode(chunk) for chunk in chunks]
         out.append(encoder.finish())
         tail = b"".join(out)  # sent by `end`, with the body's last message

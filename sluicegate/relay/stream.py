@@ -25,7 +25,7 @@ from sluicegate.errors import SluicegateError, UpstreamError
 from sluicegate.guardrails.engine import Blocked, GuardFailed
 from sluicegate.guardrails.stream import StreamGuard
 from sluicegate.providers.framing import SSEDecoder
-from sluicegate.relay.common import answer_texts, count, response_headers, take_model, take_usage
+from sluicegate.relay.common import answer_texts, count, recorder, response_headers, take_model, take_usage
 
 if TYPE_CHECKING:
     from sluicegate.call import Call
@@ -143,7 +143,7 @@ class Tally:
     """What a stream relay reads off the answer as it passes: the model, the usage (every number
     checked; a usage that is no count is dropped and the tokens counted instead), the texts."""
 
-    __slots__ = ("call", "kept", "last", "saw_model", "size", "texts", "warned")
+    __slots__ = ("call", "kept", "last", "record", "saw_model", "size", "texts", "warned")
 
     def __init__(self, call: Call) -> None:
         self.call = call
@@ -156,6 +156,8 @@ class Tally:
         self.size = 0
         #: the last chunk seen: a usage chunk the gateway adds takes its id, model and time
         self.last: dict[str, Any] = {}
+        #: records the chunks for the cache (a miss it will store)
+        self.record = recorder(call)
 
     def usage(self, chunk: dict[str, Any], replace: bool = True) -> bool:
         """Take a chunk's usage; one that is not valid is removed from the chunk, a valid one
@@ -175,6 +177,8 @@ class Tally:
     def chunk(self, chunk: dict[str, Any]) -> None:
         """Model, usage and texts of a neutral chunk (translated streams)."""
         self.last = chunk
+        if self.record is not None:
+            self.record.chunk(chunk)
         if not self.saw_model:
             self.saw_model = take_model(self.call, chunk)
         if "usage" in chunk:

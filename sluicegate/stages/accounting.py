@@ -1,5 +1,8 @@
 """Accounting: tokens of every call (upstream usage, or counted when there is none) and cost.
 
+A cache hit is priced as the answer it served (what it saved), and costs its caller that or
+nothing, as its cache policy says (`charge`).
+
 Cost is kept in integer micro-units of `limits.currency` (the audit's `cost_micro_usd`), at the
 route's price (`limits.prices`: the model's `price:`, its legacy per-token fields, or the
 built-in table), with cached, cache-write and reasoning tokens at their own prices. A call with
@@ -51,6 +54,13 @@ class AccountingStage:
             price = self.prices.price_for(route.config, route.upstream_model or call.model_requested)
             if price is not None:
                 call.cost_micro_usd = call_cost(price, call)
+                cache = call.cache
+                if cache is not None and cache.hit:
+                    # A cache hit saved what the upstream would have cost; it costs its caller
+                    # that (`charge: full`) or nothing.
+                    cache.saved_micro_usd = call.cost_micro_usd
+                    if not cache.charged:
+                        call.cost_micro_usd = 0
 
 
 async def count_usage(call: Call) -> bool:

@@ -156,6 +156,8 @@ def event_of(call: Call) -> AuditEvent:
         cost_micro_usd=call.cost_micro_usd,
         latency_ms=round(call.elapsed_ms(), 3),
         ttft_ms=round(call.ttft_ms, 3) if call.ttft_ms is not None else None,
+        cache=call.cache.audit_value() if call.cache is not None else None,
+        cache_saved_micro_usd=call.cache.saved_micro_usd if call.cache is not None else None,
     )
 
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from sluicegate.audit.failures import AuthFailureAggregator
 from sluicegate.auth.jwks import JWKSCache
+from sluicegate.cache.service import CacheService
 from sluicegate.limits.service import LimitsService
 
 if TYPE_CHECKING:
@@ -71,6 +72,8 @@ class Services:
     metrics: GatewayMetrics | None = None
     #: the tracer provider while tracing is enabled (set at startup, kept or replaced on reload)
     tracing: Tracing | None = None
+    #: the response cache's backends and writes, kept across config reloads
+    cache: CacheService = field(default_factory=CacheService)
 
 
 #: builds a stage for a snapshot, or None when the config does not need it (it then costs nothing)
@@ -97,6 +100,7 @@ def _load_builtins() -> None:
         access,
         accounting,
         audit,
+        cache,
         guardrails,
         identity,
         limits,

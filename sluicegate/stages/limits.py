@@ -267,6 +267,9 @@ class LimitsStage:
         applicable = held.applicable
         cost = call.cost_micro_usd or 0
         used = (call.prompt_tokens or 0) + (call.completion_tokens or 0)
+        cache = call.cache
+        if cache is not None and cache.hit and not cache.charged:
+            used = 0  # a cache hit's tokens were not spent (`cache` policy `charge: none`)
         actual = tuple(
             [cost if k == "budget" else used if k == "tokens" else int(k == "requests") for k in applicable.kinds]
         )

@@ -77,6 +77,9 @@ audit_events = sa.Table(
     #: the writer in the transaction that stores the event (`audit.chain`)
     sa.Column("chain_seq", sa.BigInteger),
     sa.Column("chain_hash", sa.String(64)),
+    #: what the response cache did, and what a hit saved (`m005_cache`)
+    sa.Column("cache", sa.String(16)),
+    sa.Column("cache_saved_micro_usd", sa.BigInteger),
     sa.Index("ix_audit_events_chain_seq", "chain_seq", unique=True),
 )
 
@@ -194,6 +197,19 @@ def m004_audit_chain(conn: sa.Connection) -> None:
     legacy = conn.execute(sa.select(sa.func.coalesce(sa.func.max(audit_events.c.seq), 0))).scalar_one()
     conn.execute(audit_chain.insert().values(name="main", seq=0, hash=GENESIS_HASH, key_id=None, legacy_max_seq=legacy))
     install_append_only(conn)
+
+
+#: columns `m005_cache` adds to `audit_events`
+CACHE_COLUMNS = (("cache", "VARCHAR(16)"), ("cache_saved_micro_usd", "BIGINT"))
+
+
+@migration
+def m005_cache(conn: sa.Connection) -> None:
+    # Nullable, no default: older events keep their chain hashes (null fields are not hashed).
+    present = {column["name"] for column in sa.inspect(conn).get_columns(audit_events.name)}
+    for name, kind in CACHE_COLUMNS:
+        if name not in present:
+            conn.execute(sa.text(f"ALTER TABLE {audit_events.name} ADD COLUMN {name} {kind}"))
 
 
 def install_append_only(conn: sa.Connection) -> None:
