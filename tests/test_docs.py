@@ -132,3 +132,19 @@ def test_every_cli_command_is_documented() -> None:
             for subname in sub:
                 assert f"sluicegate {name} {subname}" in README, f"{group} {name} {subname}"
     assert runner.invoke(main, ["--help"]).exit_code == 0
+
+
+def test_every_cache_setting_is_documented() -> None:
+    from sluicegate.cache.config import CacheConfig, CacheRule, RedisCacheConfig, SemanticConfig
+
+    example = (ROOT / "examples" / "sluicegate.yaml").read_text()
+    doc = (ROOT / "docs" / "cache.md").read_text()
+    assert "docs/cache.md" in README
+    for model in (CacheConfig, CacheRule, RedisCacheConfig, SemanticConfig):
+        for field in model.model_fields:
+            assert f"`{field}`" in doc and f"{field}:" in example, (model.__name__, field)
+    blocks = re.findall(r"```yaml\n(.*?)```", doc, re.S)
+    assert blocks
+    for block in blocks:
+        snapshot, issues = parse_config(block)
+        assert snapshot is not None, (block, [str(i) for i in issues])

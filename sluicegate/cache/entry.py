@@ -39,8 +39,16 @@ class Recorder:
         #: a chunk carried usage
         self.usage = False
 
+    def drop(self) -> None:
+        """Record nothing of this answer: it holds what the neutral answer cannot carry."""
+        self.chunks = None
+        self.completion = None
+        self.finished = False
+
     def answer(self, completion: dict[str, Any]) -> None:
         """A complete answer (neutral), with its usage."""
+        if self.chunks is None:
+            return
         data = orjson.dumps(completion)
         if len(data) > self.limit:
             self.chunks = None
@@ -51,7 +59,7 @@ class Recorder:
     def chunk(self, chunk: dict[str, Any]) -> None:
         """The next chunk of a stream (neutral)."""
         chunks = self.chunks
-        if chunks is None:
+        if chunks is None or self.completion is not None:
             return
         data = orjson.dumps(chunk)
         self.size += len(data) + 1
@@ -89,6 +97,18 @@ class Recorder:
             parts.append(orjson.dumps(neutral.usage_chunk(first.get("id") or "", first.get("model") or "",
                                                           first.get("created") or 0, usage)))  # fmt: skip
         return head + b'"chunks":[' + b",".join(parts) + b"]}"
+
+
+#: Anthropic content blocks the neutral answer carries; an answer with another kind (server tool
+#: results, citations' documents, redacted thinking) is not stored: a hit could not give it back
+NEUTRAL_BLOCKS = frozenset({"text", "tool_use", "thinking"})
+
+
+def carried(content: Any) -> bool:
+    """Whether every block of an Anthropic answer's content has a neutral form (and no citations)."""
+    if not isinstance(content, list):
+        return True
+    return all(isinstance(b, dict) and b.get("type") in NEUTRAL_BLOCKS and not b.get("citations") for b in content)
 
 
 class Entry:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import orjson
 
+from sluicegate.cache.entry import carried
 from sluicegate.dialects.anthropic.render import render_usage
 from sluicegate.errors import UpstreamError, UpstreamTimeout
 from sluicegate.guardrails.engine import check_answer
@@ -127,7 +128,10 @@ async def relay_json(call: Call, resp: aiohttp.ClientResponse, send: Send) -> No
             changed = True
         if record is not None:
             answer["usage"] = checked or usage
-            record.answer(answer)
+            if carried(data.get("content")):
+                record.answer(answer)
+            else:
+                record.drop()
     guards = call.guards
     # Output guards see the answer before any of it is sent; usage is already accounted.
     if (

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import orjson
 
+from sluicegate.cache.entry import carried
 from sluicegate.dialects import STREAM_EVENT_TEXTS
 from sluicegate.dialects.anthropic.render import render_usage
 from sluicegate.dialects.openai import without_usage
@@ -178,6 +179,9 @@ async def relay_native_stream(
                 if not payload or payload.isspace():
                     continue
                 event = event_json(name, payload)
+                if tally.record is not None and event.get("type") == "content_block_start":
+                    if not carried([event.get("content_block")]):
+                        tally.record.drop()
                 chunks = decoder.event(event_name, event)
                 for chunk in chunks:
                     tally.chunk(chunk)

@@ -533,3 +533,26 @@ def test_hits_are_not_charged_to_budgets_by_default(upstream: FakeUpstream, upst
         with pytest.raises(openai.RateLimitError):
             oai(running).chat.completions.create(model="gpt-4o-mini", messages=question("budget-3"))
         assert len(upstream.requests) == 2
+
+
+def test_an_answer_the_neutral_form_cannot_carry_is_not_stored(gw: RunningGateway, upstream: FakeUpstream) -> None:
+    # Anthropic's server tools: a block a hit could not give back is never stored.
+    body = {
+        "id": "msg_1",
+        "type": "message",
+        "role": "assistant",
+        "model": "claude-sonnet-4-5",
+        "content": [
+            {"type": "server_tool_use", "id": "srvtoolu_1", "name": "web_search", "input": {"query": "q"}},
+            {"type": "text", "text": "Found it."},
+        ],
+        "stop_reason": "end_turn",
+        "usage": {"input_tokens": 10, "output_tokens": 5},
+    }
+    upstream.enqueue(Reply(body=body), Reply(body=body))
+    client = ant(gw)
+    messages = [{"role": "user", "content": "search the web (server tools)"}]
+    client.messages.create(model="claude-cached", max_tokens=64, messages=messages)  # type: ignore[arg-type]
+    again = client.messages.with_raw_response.create(model="claude-cached", max_tokens=64, messages=messages)  # type: ignore[arg-type]
+    assert again.headers["x-cache"] == "miss"
+    assert [b.type for b in again.parse().content] == ["server_tool_use", "text"]
