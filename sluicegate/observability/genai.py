@@ -79,9 +79,14 @@ def call_attributes(call: Call) -> dict[str, Any]:
     ):
         if value:
             out[key] = value
-    if call.usage_source == "counted":
-        # The upstream reported no usable usage: the gateway counted the tokens.
-        out["sluicegate.usage_source"] = "counted"
+    if call.usage_source in ("counted", "cache"):
+        # The upstream reported no usable usage (the gateway counted), or a cache hit's tokens.
+        out["sluicegate.usage_source"] = call.usage_source
+    cache = call.cache
+    if cache is not None:
+        out["sluicegate.cache"] = cache.audit_value()
+        if cache.saved_micro_usd is not None:
+            out["sluicegate.cache.saved_micro_usd"] = cache.saved_micro_usd
     if call.stream and call.ttft_ms is not None:
         out["gen_ai.response.time_to_first_chunk"] = call.ttft_ms / 1000.0
     guards = call.guards

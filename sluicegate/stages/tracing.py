@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 TRACED_STAGES: dict[str, tuple[str, Callable[[Call], bool] | None]] = {
     "limits": ("limits", lambda call: call.limits is not None),
     "guardrails": ("guardrails.input", lambda call: call.guards is not None),
-    "cache": ("cache", None),
+    "cache": ("cache", lambda call: call.cache is not None),
 }
 
 

@@ -678,3 +678,27 @@ def test_promtool_finds_no_naming_problem(tmp_path: Path, upstream: FakeUpstream
     checked = subprocess.run([PROMTOOL, "check", "metrics"], input=text.encode(), capture_output=True, timeout=30)
     assert checked.returncode == 0, checked.stdout.decode() + checked.stderr.decode()
     assert not checked.stdout.strip() and not checked.stderr.strip()
+
+
+def test_cache_results_and_what_hits_saved(tmp_path: Path, upstream: FakeUpstream, upstream_url: str) -> None:
+    extra = "cache: {enabled: true}\n"
+    with metered(tmp_path, upstream_url, extra, lambda text: text.replace("models:\n", "models:\n" + PRICED, 1)) as gw:
+        for _ in range(3):
+            ask(oai(gw), "cached question", model="priced")
+        ask(oai(gw, "bob"), "cached question")  # bob's own entry: a miss
+        oai(gw).with_options(default_headers={"Cache-Control": "no-store"}).chat.completions.create(
+            model="priced", messages=[{"role": "user", "content": "cached question"}]
+        )
+        text = metrics_text(gw.url)
+    results = {"consumer": "alice", "model": "priced"}
+    assert value(text, "sluicegate_cache_requests_total", result="miss", **results) == 1
+    assert value(text, "sluicegate_cache_requests_total", result="hit", **results) == 2
+    assert value(text, "sluicegate_cache_requests_total", result="bypass", **results) == 1
+    assert value(text, "sluicegate_cache_requests_total", consumer="bob", result="miss") == 1
+    assert value(text, "sluicegate_cache_saved_tokens_total", **results) == 2 * (PROMPT + COMPLETION)
+    assert value(text, "sluicegate_cache_saved_cost_total", currency="USD", **results) == pytest.approx(
+        2 * COMPLETION * 2 / 1e6
+    )
+    # Hits spent no tokens and cost nothing: only the two calls that went upstream count.
+    assert value(text, "sluicegate_tokens_total", model="priced", type="output") == 2 * COMPLETION
+    assert value(text, "sluicegate_cost_total", model="priced") == pytest.approx(2 * COMPLETION * 2 / 1e6)

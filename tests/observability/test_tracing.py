@@ -432,3 +432,27 @@ def test_the_sample_ratio_keeps_that_share_of_calls_and_an_unsampled_client_trac
     assert dropped not in recorded
     # Binomial(300, 0.5): 150 ± 8.7; outside 100..200 is a broken sampler, not bad luck (p < 1e-8).
     assert 100 <= len(recorded) <= 200, len(recorded)
+
+
+def test_a_cache_hit_has_a_cache_span_and_no_upstream(
+    upstream: FakeUpstream, upstream_url: str, receiver: OtlpReceiver, tmp_path: Path
+) -> None:
+    extra = "cache: {enabled: true}\n" + tracing(receiver.url)
+    with run_gateway(tmp_path, upstream_url, extra) as running:
+        client = openai_client(running)
+        messages = [{"role": "user", "content": "traced cache"}]
+        upstream.enqueue(Reply(content="stored", prompt_tokens=10, completion_tokens=20))
+        miss = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=messages)  # type: ignore[arg-type]
+        hit = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=messages)  # type: ignore[arg-type]
+        assert hit.headers["x-cache"] == "hit"
+        miss_root = receiver.call_span(miss.headers["x-request-id"])
+        assert attrs(miss_root)["sluicegate.cache"] == "miss"
+        root = receiver.call_span(hit.headers["x-request-id"])
+        a = attrs(root)
+        assert (a["sluicegate.cache"], a["sluicegate.usage_source"]) == ("hit", "cache")
+        assert (a["gen_ai.usage.input_tokens"], a["gen_ai.usage.output_tokens"]) == (10, 20)
+        saved = running.last_audit()["cache_saved_micro_usd"]
+        assert a["sluicegate.cache.saved_micro_usd"] == saved > 0
+        spans = receiver.trace(root, {"cache"})
+        assert set(spans) == {"cache", root.name}  # no upstream span: nothing went upstream
+        assert spans["cache"].parent_span_id == root.span_id
