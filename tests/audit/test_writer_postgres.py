@@ -37,10 +37,11 @@ def _pg_bin() -> Path | None:
 
 
 class Postgres:
-    """One PostgreSQL server on loopback, run as the `postgres` user when the tests run as root."""
+    """One PostgreSQL server on loopback, run as the `postgres` user when the tests run as root;
+    from `bindir` if given (another build, as `pgserver`'s with pgvector), else the machine's."""
 
-    def __init__(self, root: Path) -> None:
-        bindir = _pg_bin()
+    def __init__(self, root: Path, bindir: Path | None = None) -> None:
+        bindir = bindir or _pg_bin()
         if bindir is None:
             pytest.skip("PostgreSQL is not installed")
         self.bindir = bindir
