@@ -30,8 +30,10 @@ log = logging.getLogger("sluicegate.cache")
 MAX_PENDING_WRITES = 1000
 #: the key file of a Redis backend configured without a key (one instance: share a vault secret)
 DEFAULT_KEY_FILE = "cache.key"
-#: an embeddings model's answer is awaited this long at most by a routed embedder
+#: the local model's dimension (its vectors' table keeps the plain name)
 _DIM_LOCAL = 384
+#: the pgvector table of the semantic cache's vectors
+PGVECTOR_TABLE = "sluicegate_semantic_cache"
 
 
 class CacheRuntime:
@@ -137,12 +139,14 @@ class CacheService:
             from sluicegate.cache.routed import RoutedEmbedder
 
             embedder = RoutedEmbedder(semantic.embedder, lambda: self.embed, timeout_ms=semantic.timeout_ms)
+        make_index: Any
         try:
-            index: Any
             if semantic.index == "memory":
                 from sluicegate.cache.vectors import MemoryIndex
 
-                index = MemoryIndex(getattr(embedder, "dim", _DIM_LOCAL), semantic.max_vectors)
+                def make_index(dim: int) -> Any:
+                    return MemoryIndex(dim, semantic.max_vectors)
+
             else:
                 from sluicegate.cache.pgvector import PgVectorIndex
 
@@ -150,29 +154,32 @@ class CacheService:
                 url = semantic.pgvector_url
                 if not url.startswith(("postgresql://", "postgres://")):
                     url = vault.resolve(url)
-                index = PgVectorIndex(url, getattr(embedder, "dim", _DIM_LOCAL))
+
+                def make_index(dim: int) -> Any:
+                    # A table per dimension: another model's vectors never meet this one's.
+                    table = PGVECTOR_TABLE if dim == _DIM_LOCAL else f"{PGVECTOR_TABLE}_{dim}"
+                    return PgVectorIndex(url, dim, table)
+
         except ImportError as exc:
             log.error("the semantic cache is off: %s (install 'sluicegate[semantic]')", exc)
             return None
-        return SemanticCache(semantic, embedder, index)
+        return SemanticCache(semantic, embedder, make_index)
 
     def warm(self) -> None:
         """Start loading the semantic cache's model of the current runtime, in the background:
         the gateway serves meanwhile (semantic lookups miss until it is loaded: `ready`)."""
         runtime = self._runtime
-        semantic = runtime.semantic if runtime is not None else None
-        warm = getattr(semantic.embedder, "warm", None) if semantic is not None else None
-        if warm is None or runtime is None or runtime is self._warming:
+        if runtime is None or runtime.semantic is None or runtime is self._warming:
             return
         self._warming = runtime
         self.ready = asyncio.Event()
-        self.write(runtime, self._warm(warm, self.ready))
+        self.write(runtime, self._warm(runtime.semantic.warm, self.ready))
 
     async def _warm(self, warm: Any, ready: asyncio.Event) -> None:
         try:
             await warm()
         except Exception as exc:
-            log.error("the semantic cache's model did not load (%s); its lookups will miss", exc)
+            log.error("the semantic cache did not start (%s); its lookups will miss", exc)
         finally:
             ready.set()
 

@@ -50,6 +50,16 @@ class CacheStage:
         self.header = header.lower().encode()
 
     async def on_request(self, call: Call) -> None:
+        try:
+            await self._lookup(call)
+        except Exception:
+            # The cache never fails a call: whatever broke, the call goes upstream (uncached).
+            log.exception("the cache lookup of request %s failed; the call goes upstream", call.request_id)
+            if call.cache is not None:
+                call.cache.status, call.cache.reason, call.cache.recorder = BYPASS, "cache_error", None
+                call.cache.entry = None
+
+    async def _lookup(self, call: Call) -> None:
         consumer = call.consumer
         route = call.route
         if call.endpoint not in CACHED_ENDPOINTS or consumer is None or route is None or call.body is None:

@@ -556,3 +556,40 @@ def test_an_answer_the_neutral_form_cannot_carry_is_not_stored(gw: RunningGatewa
     again = client.messages.with_raw_response.create(model="claude-cached", max_tokens=64, messages=messages)  # type: ignore[arg-type]
     assert again.headers["x-cache"] == "miss"
     assert [b.type for b in again.parse().content] == ["server_tool_use", "text"]
+
+
+TOOLS = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
+
+
+def test_a_streamed_tool_call_is_replayed_whole_and_streamed(gw: RunningGateway, upstream: FakeUpstream) -> None:
+    upstream.enqueue(Reply(tool_calls=[{"name": "lookup", "arguments": {"city": "Paris", "days": 3}}]))
+    client = oai(gw)
+    messages = question("tools")
+    chunks = list(client.chat.completions.create(model="gpt-4o-mini", messages=messages, tools=TOOLS, stream=True))  # type: ignore[arg-type]
+    streamed = "".join(
+        call.function.arguments or ""
+        for c in chunks
+        if c.choices
+        for call in c.choices[0].delta.tool_calls or ()
+        if call.function is not None
+    )
+    drained(gw)
+    whole = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=messages, tools=TOOLS)  # type: ignore[arg-type]
+    assert whole.headers["x-cache"] == "hit"
+    choice = whole.parse().choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.tool_calls is not None
+    call = choice.message.tool_calls[0]
+    assert call.function.name == "lookup"  # type: ignore[union-attr]
+    assert orjson.loads(call.function.arguments) == {"city": "Paris", "days": 3}  # type: ignore[union-attr]
+    assert call.function.arguments == streamed  # type: ignore[union-attr]
+    # Anthropic's dialect gets the same call as a tool_use block (same target and parameters).
+    claude = ant(gw)
+    message = claude.messages.with_raw_response.create(
+        model="gpt-4o-mini",
+        max_tokens=64,
+        messages=messages,  # type: ignore[arg-type]
+        tools=[{"name": "lookup", "input_schema": {"type": "object"}}],
+    )
+    assert message.headers["x-cache"] == "miss"  # max_tokens: another entry
+    assert len(upstream.requests) == 2
