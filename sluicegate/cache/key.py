@@ -2,8 +2,8 @@
 
 The key is taken from the neutral chat body (the OpenAI chat shape every dialect translates to),
 so the same question asked through the OpenAI, Anthropic or Responses API reaches one entry when
-it goes to the same target. It holds the scope (who may share the entry), the target (provider
-and upstream model, after routing), the output cap the gateway adds, and the body with what does
+it goes to the same target. It holds the scope (who may share the entry), the target (provider,
+its address and the upstream model, after routing), the output cap the gateway adds, and the body with what does
 not change the answer left out: `stream`, `stream_options`, `user`, `metadata`, `store` and the
 like, prompt-cache markers (`cache_control`), null values. Keys are serialised sorted, so key
 order and whitespace never matter, and integral floats are written as integers (`0.0` is `0`).
@@ -78,7 +78,7 @@ def digest(secret: bytes, material: dict[str, Any]) -> str:
     return blake2b(data, key=secret[:64], digest_size=32).hexdigest()
 
 
-def exact_key(secret: bytes, scope: str, target: tuple[str, str], body: dict[str, Any], cap: int | None) -> str:
+def exact_key(secret: bytes, scope: str, target: tuple[str, ...], body: dict[str, Any], cap: int | None) -> str:
     """The key of an entry: scope, target, the canonical body and the gateway's output cap."""
     return digest(secret, {"v": 1, "scope": scope, "target": target, "body": body, "cap": cap})
 
@@ -106,7 +106,7 @@ def last_turn(body: dict[str, Any]) -> str | None:
 
 
 def context_key(
-    secret: bytes, scope: str, target: tuple[str, str], body: dict[str, Any], cap: int | None, model_id: str
+    secret: bytes, scope: str, target: tuple[str, ...], body: dict[str, Any], cap: int | None, model_id: str
 ) -> str:
     """The semantic partition of a call: its exact key's material with the last user turn left
     out, and the embedding model (vectors of different models are never compared)."""

@@ -80,7 +80,9 @@ class CacheStage:
         assert body is not None
         runtime = self.runtime
         scope = _scope(call, policy.scope, policy.group)
-        target = (route.provider.name, route.upstream_model or call.model_requested or "")
+        provider = route.provider
+        # The provider's address too: a provider re-pointed elsewhere does not serve its old answers.
+        target = (provider.name, provider.base_url, route.upstream_model or call.model_requested or "")
         chat = canonical(body)
         state.key = exact_key(runtime.secret, scope, target, chat, call.output_cap)
         state.status = MISS
