@@ -52,7 +52,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-
 from run import (
     BENCH_DIR,
     CLIENT_CORE,
@@ -339,7 +338,7 @@ def bench(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             else:
                 port = free_port()
                 cmd = [*pin, sg, "serve", "--config", str(configs[name]), "--port", str(port)]
-                proc = stack.enter_context(running(name, cmd + ["--log-level", "WARNING"], env, tmp))
+                proc = stack.enter_context(running(name, [*cmd, "--log-level", "WARNING"], env, tmp))
                 url = f"http://127.0.0.1:{port}"
                 wait_ready(name, url + "/readyz", proc, tmp)
             targets.append(build_targets(name, url, key, proc.pid))
@@ -448,8 +447,8 @@ def summary(res: dict[str, Any]) -> str:
     s = res["settings"]
     out = [
         f"Machine: {m['nproc']} CPUs, {m['cpu']}; Python {m['python']}; {m['wrk']}; commit {m['commit']}. "
-        f"{s['rounds']} rounds ({min(s['rounds'], s['semantic_rounds'])} for the semantic targets) of {s['duration']:g} s "
-        f"after {s['warmup']:g} s warm-up; medians over rounds.",
+        f"{s['rounds']} rounds ({min(s['rounds'], s['semantic_rounds'])} for the semantic targets) "
+        f"of {s['duration']:g} s after {s['warmup']:g} s warm-up; medians over rounds.",
         "",
     ]
     rows = []
@@ -474,9 +473,8 @@ def summary(res: dict[str, Any]) -> str:
                     seen[k] = seen.get(k, 0) + v
             total = sum(v for k, v in seen.items() if k != "semantic")
             if total:
-                out.append(
-                    f"\n{name} c={c}: x-cache over the measured runs: {seen}; hit ratio {seen.get('hit', 0) / total:.3f}"
-                )
+                ratio = seen.get("hit", 0) / total
+                out.append(f"\n{name} c={c}: x-cache over the measured runs: {seen}; hit ratio {ratio:.3f}")
     out += ["", "Targets:", ""]
     lo = concs[0]
 
@@ -498,7 +496,9 @@ def summary(res: dict[str, Any]) -> str:
         checks.append(f"- hit / off throughput: {', '.join(parts)} (target >= 1.5x: {verdict(ok)})")
     if "miss" in names and "off" in names:
         parts = [f"c={c}: {med('miss', 'rps', c) / med('off', 'rps', c):.3f}" for c in concs]
-        cpu = [f"c={c}: {med('miss', 'cpu_ms_per_request', c) / med('off', 'cpu_ms_per_request', c):.3f}" for c in concs]
+        cpu = [
+            f"c={c}: {med('miss', 'cpu_ms_per_request', c) / med('off', 'cpu_ms_per_request', c):.3f}" for c in concs
+        ]
         ok = all(med("miss", "rps", c) / med("off", "rps", c) >= 0.95 for c in concs)
         checks.append(
             f"- miss / off throughput: {', '.join(parts)} (target >= 0.95: {verdict(ok)}); "
