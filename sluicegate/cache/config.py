@@ -103,8 +103,10 @@ class SemanticConfig(_Strict):
     max_vectors: int = Field(100_000, gt=0, le=10_000_000)
     #: a lookup that has no vector after this long is a miss
     timeout_ms: float = Field(250, gt=0, le=10_000)
+    #: texts embedded together at most (texts that arrive while the model runs go together next)
     batch_size: int = Field(16, gt=0, le=256)
-    batch_wait_ms: float = Field(2, ge=0, le=100)
+    #: how long a batch waits for more texts before it runs (0: never waits)
+    batch_wait_ms: float = Field(0, ge=0, le=100)
     #: the last user turn is embedded up to this many tokens (the rest is not read by the model)
     max_tokens: int = Field(256, ge=2, le=512)
 

@@ -105,6 +105,8 @@ class _Model:
 
 
 _Pending = tuple[str, "asyncio.Future[Vector | None]"]
+#: characters a batch holds at most (about 500 tokens: some 40 ms of the model on one core)
+MAX_BATCH_CHARS = 2048
 
 
 class LocalEmbedder:
@@ -128,7 +130,7 @@ class LocalEmbedder:
         self,
         *,
         batch_size: int = 16,
-        batch_wait_ms: float = 2.0,
+        batch_wait_ms: float = 0.0,
         timeout_ms: float = 250.0,
         max_tokens: int = 256,
         threads: int = 1,
@@ -225,13 +227,22 @@ class LocalEmbedder:
         return self._queue
 
     async def _gather(self, queue: asyncio.Queue[_Pending]) -> None:
+        """Batches form by themselves: texts that arrive while the model runs wait in the queue
+        and go together next (`batch_wait_ms` may add a wait for more). A batch is bounded by its
+        count and its characters, so one batch of long texts cannot outlast every caller's timeout."""
         loop = asyncio.get_running_loop()
         while True:
-            batch = [await queue.get()]
+            first = await queue.get()
+            batch = [first]
+            size = len(first[0])
             deadline = loop.time() + self.batch_wait_s
-            while len(batch) < self.batch_size:
+            while len(batch) < self.batch_size and size < MAX_BATCH_CHARS:
                 if not queue.empty():
-                    batch.append(queue.get_nowait())
+                    item = queue.get_nowait()
+                    if item[1].done():
+                        continue  # its caller stopped waiting
+                    batch.append(item)
+                    size += len(item[0])
                     continue
                 remaining = deadline - loop.time()
                 if remaining <= 0:

@@ -34,19 +34,22 @@ _TURN = "\x00turn"
 
 
 def canonical(chat: dict[str, Any]) -> dict[str, Any]:
-    """The parts of a neutral chat body that shape the answer, in a normal form."""
+    """The parts of a neutral chat body that shape the answer, in a normal form.
+
+    Messages, the bulk of a body, are copied only where one needs it (a null field, a marker, one
+    text part); the rest is normalised whole. orjson sorts every level when the key is digested."""
     out = {}
     for key, value in chat.items():
         if key in IGNORED_KEYS or value is None:
+            continue
+        if key == "messages" and type(value) is list:
+            out[key] = [_message(m) for m in value]
             continue
         if key == "max_completion_tokens":
             key = "max_tokens"
         elif key == "stop" and isinstance(value, str):
             value = [value]
         out[key] = _normal(value)
-    messages = out.get("messages")
-    if isinstance(messages, list):
-        out["messages"] = [_message(m) for m in messages]
     return out
 
 
@@ -61,14 +64,22 @@ def _normal(value: Any) -> Any:
 
 
 def _message(message: Any) -> Any:
-    """A message whose content is one text part reads as that text (`[{"type": "text", ...}]` is
-    the string it holds: both dialects say the same thing both ways)."""
-    if isinstance(message, dict):
-        content = message.get("content")
-        if isinstance(content, list) and len(content) == 1:
+    """A message in normal form: no null field or marker, and content that is one text part
+    read as that text (`[{"type": "text", ...}]` is the string it holds: both dialects say the
+    same thing both ways)."""
+    if type(message) is not dict:
+        return message
+    if None in message.values() or "cache_control" in message:
+        message = {k: v for k, v in message.items() if v is not None and k not in _MARKERS}
+    content = message.get("content")
+    if type(content) is list:
+        if len(content) == 1:
             part = content[0]
-            if isinstance(part, dict) and part.keys() == {"type", "text"} and part["type"] == "text":
-                return {**message, "content": part["text"]}
+            if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
+                if part.keys() <= {"type", "text", "cache_control"}:
+                    return {**message, "content": part["text"]}
+        if any(isinstance(part, dict) and "cache_control" in part for part in content):
+            return {**message, "content": _normal(content)}
     return message
 
 

@@ -19,7 +19,6 @@ from sluicegate.observability.genai import OPERATIONS, PROVIDER_NAMES
 if TYPE_CHECKING:
     from prometheus_client import Histogram
 
-    from sluicegate.cache.state import CacheState
     from sluicegate.call import Call
     from sluicegate.config.snapshot import Route, Snapshot
     from sluicegate.observability.metrics import Children, GatewayMetrics
@@ -64,10 +63,16 @@ def _add(children: Children[Histogram], labels: tuple[str, ...], pending: Pendin
     pending[0] = pending[1] = 0.0
 
 
+#: what the response cache did, in the order `Series.cache` counts it
+CACHE_RESULTS = ("hit", "semantic_hit", "miss", "bypass")
+_CACHE_INDEX = {name: i for i, name in enumerate(CACHE_RESULTS)}
+
+
 class Series:
     """What the calls of one label combination recorded since the last fold."""
 
     __slots__ = (
+        "cache",
         "cost",
         "currency",
         "duration",
@@ -95,12 +100,26 @@ class Series:
         #: by `TOKEN_TYPES`; cost in micro-units of the currency
         self.tokens = [0, 0, 0, 0, 0]
         self.cost = 0
+        #: cache results by `CACHE_RESULTS`, then the tokens and cost (micro-units) hits saved
+        self.cache: list[int] | None = None
         self.duration = _pending(DURATION_BUCKETS)
         self.upstream = _pending(DURATION_BUCKETS)
         self.overhead = _pending(OVERHEAD_BUCKETS)
         self.ttft = _pending(TTFT_BUCKETS)
         self.usage_input = _pending(TOKEN_BUCKETS)
         self.usage_output = _pending(TOKEN_BUCKETS)
+
+    def _fold_cache(self, m: GatewayMetrics, who: str, model: str, cache: list[int]) -> None:
+        for i, result in enumerate(CACHE_RESULTS):
+            if cache[i]:
+                m.cache_requests.get((who, model, result)).inc(cache[i])
+                cache[i] = 0
+        if cache[4]:
+            m.cache_saved_tokens.get((who, model)).inc(cache[4])
+            cache[4] = 0
+        if cache[5]:
+            m.cache_saved_cost.get((who, model, self.currency)).inc(cache[5] / 1_000_000)
+            cache[5] = 0
 
     def fold(self, m: GatewayMetrics) -> None:
         """Add the pending figures to the metric objects, and clear them."""
@@ -117,6 +136,9 @@ class Series:
         if self.cost:
             m.cost.get((who, model, provider, self.currency)).inc(self.cost / 1_000_000)
             self.cost = 0
+        cache = self.cache
+        if cache is not None:
+            self._fold_cache(m, who, model, cache)
         operation = self.operation
         if operation is None:
             return
@@ -186,10 +208,7 @@ class CallRecorder:
         if guards is not None and guards.records:
             self._record_guards(call)
         cache = call.cache
-        hit = False
-        if cache is not None:
-            hit = cache.hit
-            self._record_cache(call, cache, who, model)
+        hit = cache is not None and cache.hit
         stream = call.stream
         key = (who, model, provider, system, call.endpoint, klass, call.decision, code, "true" if stream else "false")
         series = self.series.get(key)
@@ -202,6 +221,15 @@ class CallRecorder:
                 self.metrics.fold_soon()
             pending.append(series)
         series.requests += 1
+        if cache is not None:
+            counts = series.cache
+            if counts is None:
+                counts = series.cache = [0, 0, 0, 0, 0, 0]
+            counts[_CACHE_INDEX[cache.audit_value()]] += 1
+            if hit:
+                # A hit's tokens were saved, not spent: they count here, not in the tokens below.
+                counts[4] += (call.prompt_tokens or 0) + (call.completion_tokens or 0)
+                counts[5] += cache.saved_micro_usd or 0
         # A cache hit's tokens were saved, not spent: `sluicegate_cache_saved_tokens` counts them.
         prompt = call.prompt_tokens if not hit else None
         completion = call.completion_tokens if not hit else None
@@ -294,18 +322,6 @@ class CallRecorder:
         elif kind == "":
             return  # a 429 that is not the gateway's own limit
         m.limit_refusals.get((who, kind, name)).inc()
-
-    def _record_cache(self, call: Call, cache: CacheState, who: str, model: str) -> None:
-        metrics = self.metrics
-        metrics.cache_requests.get((who, model, cache.audit_value())).inc()
-        if not cache.hit:
-            return
-        saved = (call.prompt_tokens or 0) + (call.completion_tokens or 0)
-        if saved > 0:
-            metrics.cache_saved_tokens.get((who, model)).inc(saved)
-        cost = cache.saved_micro_usd
-        if cost:
-            metrics.cache_saved_cost.get((who, model, self.currency)).inc(cost / 1_000_000)
 
     def _record_guards(self, call: Call) -> None:
         assert call.guards is not None

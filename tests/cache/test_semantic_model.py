@@ -268,3 +268,24 @@ def test_signature_is_a_stable_hex_digest() -> None:
     int(signature(text), 16)
     assert salient_tokens("pay $1,000 to Bob") == ["n:1000 usd", "name:bob"]
     assert "not safe" not in signature("is it not safe")
+
+
+@module_loop
+async def test_long_texts_go_in_batches_bounded_by_characters(
+    embedder: LocalEmbedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sluicegate.cache.embed import MAX_BATCH_CHARS
+
+    batches: list[int] = []
+    run = embedder._run_batch
+
+    def measuring(texts: Sequence[str]) -> object:
+        batches.append(sum(map(len, texts)))
+        return run(texts)
+
+    monkeypatch.setattr(embedder, "_run_batch", measuring)
+    text = "a long paragraph about the quarterly figures of the company " * 10
+    vectors = await asyncio.gather(*(embedder.embed(f"{i} {text}") for i in range(8)))
+    assert all(v is not None for v in vectors)
+    # No batch runs past the bound by more than the text that reached it.
+    assert len(batches) > 1 and all(size < MAX_BATCH_CHARS + len(text) + 2 for size in batches)
