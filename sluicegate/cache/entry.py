@@ -21,6 +21,7 @@ from sluicegate import neutral
 if TYPE_CHECKING:
     from sluicegate.call import Call
 
+#: the entry format (`{"v": 1, ...}`); an entry of another is not read
 FORMAT = 1
 
 
@@ -79,7 +80,7 @@ class Recorder:
         stream without its end), or it was cut by a content filter."""
         if not self.finished:
             return None
-        head = b'{"v":%d,"created":%.3f,' % (FORMAT, time.time())
+        head = b'{"v":1,"created":' + str(int(time.time())).encode() + b","
         if self.completion is not None:
             if b'"finish_reason":"content_filter"' in self.completion:
                 return None

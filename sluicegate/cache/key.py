@@ -8,8 +8,8 @@ not change the answer left out: `stream`, `stream_options`, `user`, `metadata`, 
 like, prompt-cache markers (`cache_control`), null values. Keys are serialised sorted, so key
 order and whitespace never matter, and integral floats are written as integers (`0.0` is `0`).
 
-The digest is keyed (BLAKE2b with the cache's secret): who can read the keys of a shared store
-cannot test them against guessed prompts.
+The digest is keyed (SHA-256 of the cache's secret and the material, see `Keyed`): who can read
+the keys of a shared store cannot test them against guessed prompts.
 
 The semantic cache partitions its vectors by the same digest taken with the last user turn left
 out (`context_key`): a semantic hit needs everything but that turn to be equal.
@@ -17,7 +17,7 @@ out (`context_key`): a semantic hit needs everything but that turn to be equal.
 
 from __future__ import annotations
 
-from hashlib import blake2b
+import hashlib
 from typing import Any
 
 import orjson
@@ -83,15 +83,30 @@ def _message(message: Any) -> Any:
     return message
 
 
-def digest(secret: bytes, material: dict[str, Any]) -> str:
-    """The keyed digest of a key's material (hex)."""
-    data = orjson.dumps(material, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
-    return blake2b(data, key=secret[:64], digest_size=32).hexdigest()
+class Keyed:
+    """SHA-256 of the cache's secret, ready to take a key's material: a key is the digest of the
+    secret followed by the material, computed from a copy of this state (the secret is not hashed
+    again per call). The material's format is fixed (two JSON texts), so a digest's extension by
+    what follows it names nothing the gateway would ever look up."""
+
+    __slots__ = ("state",)
+
+    def __init__(self, secret: bytes) -> None:
+        self.state = hashlib.sha256(secret)
+
+    def digest(self, head: list[Any], body: dict[str, Any]) -> str:
+        """The digest (hex) of a key's head (version, scope, target, cap ...) and body, each
+        serialised on its own (the head is a JSON array, so the two cannot run into each other)."""
+        mac = self.state.copy()
+        mac.update(orjson.dumps(head))
+        mac.update(b"\n")
+        mac.update(orjson.dumps(body, option=orjson.OPT_SORT_KEYS))
+        return mac.hexdigest()
 
 
-def exact_key(secret: bytes, scope: str, target: tuple[str, ...], body: dict[str, Any], cap: int | None) -> str:
+def exact_key(keyed: Keyed, scope: str, target: tuple[str, ...], body: dict[str, Any], cap: int | None) -> str:
     """The key of an entry: scope, target, the canonical body and the gateway's output cap."""
-    return digest(secret, {"v": 1, "scope": scope, "target": target, "body": body, "cap": cap})
+    return keyed.digest([1, scope, target, cap], body)
 
 
 def last_turn(body: dict[str, Any]) -> str | None:
@@ -117,11 +132,10 @@ def last_turn(body: dict[str, Any]) -> str | None:
 
 
 def context_key(
-    secret: bytes, scope: str, target: tuple[str, ...], body: dict[str, Any], cap: int | None, model_id: str
+    keyed: Keyed, scope: str, target: tuple[str, ...], body: dict[str, Any], cap: int | None, model_id: str
 ) -> str:
     """The semantic partition of a call: its exact key's material with the last user turn left
     out, and the embedding model (vectors of different models are never compared)."""
     messages = list(body["messages"])
     messages[-1] = {**messages[-1], "content": _TURN}
-    context = {**body, "messages": messages}
-    return digest(secret, {"v": 1, "scope": scope, "target": target, "body": context, "cap": cap, "embed": model_id})
+    return keyed.digest([1, scope, target, cap, model_id], {**body, "messages": messages})

@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sluicegate.cache.key import Keyed
 from sluicegate.cache.memory import MemoryBackend
 
 if TYPE_CHECKING:
@@ -41,7 +42,8 @@ class CacheRuntime:
 
     def __init__(self, backend: CacheBackend, secret: bytes, semantic: SemanticCache | None) -> None:
         self.backend = backend
-        self.secret = secret
+        #: keys entries: its secret makes them unguessable to who reads a shared store's keys
+        self.keyed = Keyed(secret)
         self.semantic = semantic
 
     async def close(self) -> None:

@@ -84,7 +84,7 @@ class CacheStage:
         # The provider's address too: a provider re-pointed elsewhere does not serve its old answers.
         target = (provider.name, provider.base_url, route.upstream_model or call.model_requested or "")
         chat = canonical(body)
-        state.key = exact_key(runtime.secret, scope, target, chat, call.output_cap)
+        state.key = exact_key(runtime.keyed, scope, target, chat, call.output_cap)
         state.status = MISS
         state.recorder = Recorder(policy.max_entry_bytes)
         if directive == "refresh":
@@ -99,7 +99,7 @@ class CacheStage:
         text = last_turn(chat)
         if not text:
             return
-        state.partition = context_key(runtime.secret, scope, target, chat, call.output_cap, semantic.model_id)
+        state.partition = context_key(runtime.keyed, scope, target, chat, call.output_cap, semantic.model_id)
         state.vector, state.signature, near = await semantic.lookup(state.partition, text)
         if near is not None:
             raw = await runtime.backend.get(near.key)

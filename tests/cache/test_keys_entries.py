@@ -8,10 +8,10 @@ import orjson
 import pytest
 
 from sluicegate.cache.entry import Entry, Recorder, assemble
-from sluicegate.cache.key import canonical, context_key, exact_key, last_turn
+from sluicegate.cache.key import Keyed, canonical, context_key, exact_key, last_turn
 from sluicegate.cache.memory import ENTRY_OVERHEAD, MemoryBackend
 
-SECRET = b"k" * 32
+SECRET = Keyed(b"k" * 32)
 TARGET = ("mock", "http://upstream/v1", "gpt-4o-mini")
 
 
@@ -68,7 +68,7 @@ def test_scope_target_and_secret_change_the_key() -> None:
     assert key(BASE, scope="c\x00bob") != key(BASE)
     assert key(BASE, target=("mock", "http://upstream/v1", "gpt-4o")) != key(BASE)
     assert key(BASE, target=("mock", "http://elsewhere/v1", "gpt-4o-mini")) != key(BASE)
-    assert exact_key(b"x" * 32, "c\x00alice", TARGET, canonical(BASE), None) != key(BASE)
+    assert exact_key(Keyed(b"x" * 32), "c\x00alice", TARGET, canonical(BASE), None) != key(BASE)
     assert exact_key(SECRET, "c\x00alice", TARGET, canonical(BASE), 100) != key(BASE)
 
 
