@@ -442,6 +442,12 @@ guards:
     applies_to: output
     settings:
       entities: [EMAIL]
+  - name: no-launch-questions
+    kind: regex
+    action: block
+    applies_to: input
+    settings:
+      deny: ["launch date"]
 cache:
   enabled: true
 """
@@ -593,3 +599,20 @@ def test_a_streamed_tool_call_is_replayed_whole_and_streamed(gw: RunningGateway,
     )
     assert message.headers["x-cache"] == "miss"  # max_tokens: another entry
     assert len(upstream.requests) == 2
+
+
+def test_a_hit_passes_the_input_guards_first(upstream: FakeUpstream, upstream_url: str, tmp_path: Path) -> None:
+    with run_gateway(tmp_path, upstream_url, GUARDED) as running:
+        upstream.enqueue(Reply(content="May 4"))
+        messages = [{"role": "user", "content": "What is the launch date?"}]
+        oai(running).chat.completions.create(model="gpt-4o-mini", messages=messages)  # type: ignore[arg-type]
+        running.reconfigure(
+            lambda text: text.replace("  - name: alice\n", "  - name: alice\n    guards: [no-launch-questions]\n")
+        )
+        with pytest.raises(openai.BadRequestError) as blocked:
+            oai(running).chat.completions.create(model="gpt-4o-mini", messages=messages)  # type: ignore[arg-type]
+        assert "content_blocked" in str(blocked.value.body)
+        event = running.last_audit()
+        # Refused before the cache was read: no cache status, nothing served.
+        assert event["decision"] == "blocked" and event["cache"] is None
+        assert len(upstream.requests) == 1
