@@ -130,6 +130,10 @@ class CacheConfig(_Strict):
     semantic: SemanticConfig = Field(default_factory=SemanticConfig)
     #: the response header that says hit, miss or bypass
     status_header: str = Field("x-cache", pattern=r"^[A-Za-z0-9-]+$")
+    #: a request that misses while the same one is on its way upstream (in this process) waits
+    #: for that answer instead of asking again, at most this long (0: never waits); streamed
+    #: requests never wait (their first token would wait for the whole answer)
+    coalesce_s: float = Field(30.0, ge=0, le=600)
 
     @model_validator(mode="after")
     def _complete_default(self) -> CacheConfig:

@@ -64,6 +64,8 @@ class CacheService:
         self._retired: list[CacheRuntime] = []
         self._pending: set[asyncio.Task[None]] = set()
         self._warming: CacheRuntime | None = None
+        #: keys of misses on their way upstream (this process): later identical misses wait on them
+        self.inflight: dict[str, asyncio.Future[None]] = {}
         #: set once the semantic model of the current runtime loaded (or failed to); None: no model
         self.ready: asyncio.Event | None = None
         #: writes dropped because too many were waiting; writes that failed
@@ -187,15 +189,16 @@ class CacheService:
 
     # -- writes -------------------------------------------------------------------------------
 
-    def write(self, runtime: CacheRuntime, work: Any) -> None:
-        """Run an entry write (a coroutine) in the background, bounded."""
+    def write(self, runtime: CacheRuntime, work: Any) -> asyncio.Future[None] | None:
+        """Run an entry write (a coroutine) in the background, bounded; its task (None: dropped)."""
         if len(self._pending) >= MAX_PENDING_WRITES:
             self.dropped_writes += 1
             work.close()
-            return
+            return None
         task = asyncio.ensure_future(self._guarded(work))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
+        return task
 
     async def _guarded(self, work: Any) -> None:
         try:

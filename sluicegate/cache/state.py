@@ -3,6 +3,7 @@ accounting, limits, the audit and the metrics."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -24,6 +25,7 @@ class CacheState:
         "header",
         "key",
         "kind",
+        "leader",
         "partition",
         "policy",
         "reason",
@@ -59,6 +61,9 @@ class CacheState:
         self.saved_micro_usd: int | None = None
         #: a hit is charged to budgets (`charge: full`)
         self.charged = policy.charge == "full"
+        #: set when this call is the first of identical misses in flight: resolved once its
+        #: answer is stored (or will not be), so the others read it (`CacheService.inflight`)
+        self.leader: asyncio.Future[None] | None = None
 
     @property
     def hit(self) -> bool:

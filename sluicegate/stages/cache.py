@@ -13,6 +13,7 @@ upstream and stores its answer. Every answer of a cached endpoint says `x-cache:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +36,8 @@ log = logging.getLogger("sluicegate.cache")
 CACHED_ENDPOINTS = frozenset({"chat", "messages", "responses"})
 #: the gateway's own request header, for clients that cannot set `Cache-Control`
 DIRECTIVE_HEADER = b"x-sluicegate-cache"
+#: identical misses tracked at once for coalescing (past it, misses simply go upstream)
+MAX_INFLIGHT = 10_000
 
 
 class CacheStage:
@@ -43,11 +46,14 @@ class CacheStage:
     name = "cache"
     needs_body = True
 
-    def __init__(self, policies: Policies, runtime: CacheRuntime, service: CacheService, header: str) -> None:
+    def __init__(
+        self, policies: Policies, runtime: CacheRuntime, service: CacheService, header: str, coalesce_s: float
+    ) -> None:
         self.policies = policies
         self.runtime = runtime
         self.service = service
         self.header = header.lower().encode()
+        self.coalesce_s = coalesce_s
 
     async def on_request(self, call: Call) -> None:
         try:
@@ -93,6 +99,8 @@ class CacheStage:
         raw = await runtime.backend.get(state.key)
         if raw is not None and self._hit(call, state, raw, "exact"):
             return
+        if self.coalesce_s and await self._coalesce(call, state):
+            return
         semantic = runtime.semantic
         if semantic is None or not policy.semantic:
             return
@@ -105,6 +113,27 @@ class CacheStage:
             raw = await runtime.backend.get(near.key)
             if raw is not None and self._hit(call, state, raw, "semantic"):
                 state.similarity = round(near.score, 4)
+
+    async def _coalesce(self, call: Call, state: CacheState) -> bool:
+        """When the same request is already on its way upstream, wait for its answer and serve it
+        (True: a hit); else become the one the next identical misses wait for. A streamed call
+        never waits: its first token would wait for the whole answer."""
+        assert state.key is not None
+        inflight = self.service.inflight
+        pending = inflight.get(state.key)
+        if pending is None:
+            if len(inflight) < MAX_INFLIGHT:
+                state.leader = inflight[state.key] = asyncio.get_running_loop().create_future()
+            return False
+        if call.stream:
+            return False
+        try:
+            async with asyncio.timeout(self.coalesce_s):
+                await asyncio.shield(pending)
+        except TimeoutError:
+            return False
+        raw = await self.runtime.backend.get(state.key)
+        return raw is not None and self._hit(call, state, raw, "exact")
 
     def _hit(self, call: Call, state: CacheState, raw: bytes, kind: str) -> bool:
         entry = Entry.read(raw)
@@ -119,20 +148,41 @@ class CacheStage:
 
     async def on_finish(self, call: Call) -> None:
         state = call.cache
-        if state is None or state.status != MISS or state.recorder is None or state.key is None:
+        if state is None:
             return
+        leader, state.leader = state.leader, None
+        try:
+            written = await self._store(call, state)
+        finally:
+            if leader is not None and written is None:
+                self._release(state, leader)
+        if leader is not None and written is not None:
+            # The waiting calls read the entry once it is in the store.
+            written.add_done_callback(lambda _: self._release(state, leader))
+
+    async def _store(self, call: Call, state: CacheState) -> asyncio.Future[None] | None:
+        """Store the answer of a miss; the background write, if it is one."""
+        if state.status != MISS or state.recorder is None or state.key is None:
+            return None
         recorder, state.recorder = state.recorder, None
         if call.status != 200 or call.error is not None or call.outcome != "ok" or _changed_by_guards(call):
-            return
+            return None
         entry = recorder.entry(call)
         if entry is None:
-            return
+            return None
         runtime = self.runtime
         ttl = state.policy.ttl_s
         if runtime.backend.kind == "memory" and state.vector is None:
             await runtime.backend.set(state.key, entry, ttl)
-            return
-        self.service.write(runtime, _store(runtime, state, entry, ttl))
+            return None
+        return self.service.write(runtime, _store(runtime, state, entry, ttl))
+
+    def _release(self, state: CacheState, leader: asyncio.Future[None]) -> None:
+        """Wake the calls waiting for this one's answer."""
+        if state.key is not None and self.service.inflight.get(state.key) is leader:
+            del self.service.inflight[state.key]
+        if not leader.done():
+            leader.set_result(None)
 
 
 async def _store(runtime: CacheRuntime, state: CacheState, entry: bytes, ttl: float) -> None:
@@ -213,7 +263,7 @@ def _factory(snapshot: Snapshot, services: Services) -> CacheStage | None:
     if not config.enabled:
         return None
     runtime = services.cache.runtime(config, services.vault)
-    return CacheStage(Policies(config), runtime, services.cache, config.status_header)
+    return CacheStage(Policies(config), runtime, services.cache, config.status_header, config.coalesce_s)
 
 
 register_stage("cache", _factory)

@@ -4,6 +4,7 @@ never stored, guards on hits, budgets and the audit."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -616,3 +617,52 @@ def test_a_hit_passes_the_input_guards_first(upstream: FakeUpstream, upstream_ur
         # Refused before the cache was read: no cache status, nothing served.
         assert event["decision"] == "blocked" and event["cache"] is None
         assert len(upstream.requests) == 1
+
+
+def test_identical_concurrent_misses_reach_the_upstream_once(gw: RunningGateway, upstream: FakeUpstream) -> None:
+    upstream.enqueue(Reply(content="asked once", delay_s=0.5))
+    messages = question("coalesce")
+
+    def ask() -> tuple[str, str]:
+        resp = oai(gw).chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=messages)
+        return resp.headers["x-cache"], resp.parse().choices[0].message.content or ""
+
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        first = pool.submit(ask)
+        time.sleep(0.15)  # the first is on its way upstream
+        others = [pool.submit(ask) for _ in range(5)]
+        results = [first.result(), *(f.result() for f in others)]
+    assert sorted(results) == [("hit", "asked once")] * 5 + [("miss", "asked once")]
+    assert len(upstream.requests) == 1
+
+
+def test_waiting_misses_go_upstream_when_the_first_fails(gw: RunningGateway, upstream: FakeUpstream) -> None:
+    upstream.enqueue(Reply(status=500, error_message="boom", delay_s=0.4), Reply(content="second try"))
+    messages = question("coalesce-fail")
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        first = pool.submit(
+            lambda: oai(gw).chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=messages)
+        )
+        time.sleep(0.15)
+        second = pool.submit(
+            lambda: oai(gw).chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=messages)
+        )
+        with pytest.raises(openai.InternalServerError):
+            first.result()
+        resp = second.result()
+    assert resp.headers["x-cache"] == "miss"
+    assert resp.parse().choices[0].message.content == "second try"
+    assert len(upstream.requests) == 2
+
+
+def test_a_streamed_request_does_not_wait_for_an_identical_one(gw: RunningGateway, upstream: FakeUpstream) -> None:
+    upstream.enqueue(Reply(content="slow first", delay_s=1.0), Reply(content="streamed at once"))
+    messages = question("coalesce-stream")
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        first = pool.submit(lambda: oai(gw).chat.completions.create(model="gpt-4o-mini", messages=messages))
+        time.sleep(0.15)
+        chunks = list(oai(gw).chat.completions.create(model="gpt-4o-mini", messages=messages, stream=True))
+        first.result()
+    # It went upstream itself (the second answer), not waiting to be served the first's.
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "streamed at once"
+    assert len(upstream.requests) == 2
