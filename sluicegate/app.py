@@ -229,7 +229,14 @@ class Gateway:
         self._ids = itertools.count(1)
         #: the process's log setup when the gateway owns it (`sluicegate serve`): reapplied on reload
         self.logs: LogSetup | None = None
-        register_collectors(self.metrics, self, self.audit, self.services.limits, lambda: self.snapshot)
+        register_collectors(
+            self.metrics,
+            self,
+            self.audit,
+            self.services.limits,
+            lambda: self.snapshot,
+            lambda: self.services.cache.status() if self.snapshot.config.cache.enabled else None,
+        )
 
     @property
     def snapshot(self) -> Snapshot:
@@ -414,15 +421,15 @@ class Gateway:
         if len(self.audit_sinks):
             # Shown, not judged: the store holds the trail, a sink's copy failing is not unreadiness.
             details["sinks"] = self.audit_sinks.status()
-        limits = self.services.limits.status()
+        body: dict[str, Any] = {"audit": details, "limits": self.services.limits.status()}
+        # Shown, not judged: a cache store that fails makes misses, never failed calls.
+        cache = self.services.cache.status() if self.snapshot.config.cache.enabled else None
+        if cache is not None:
+            body["cache"] = cache
         if problems:
-            await _send_json(
-                send, 503, {"status": "unavailable", "problems": problems, "audit": details, "limits": limits}
-            )
+            await _send_json(send, 503, {"status": "unavailable", "problems": problems, **body})
         else:
-            await _send_json(
-                send, 200, {"status": "ready", "audit_pending": audit.pending, "audit": details, "limits": limits}
-            )
+            await _send_json(send, 200, {"status": "ready", "audit_pending": audit.pending, **body})
 
     async def answer_health(self, path: str, send: Send) -> None:
         """`/healthz` (the process answers) or `/readyz` (it serves calls), for the admin listener."""

@@ -169,6 +169,35 @@ class CacheService:
             return None
         return SemanticCache(semantic, embedder, make_index)
 
+    def status(self) -> dict[str, Any] | None:
+        """What the cache holds and how its stores fare (None: no cache configured), for `/readyz`
+        and the metrics: shown, never judged (a failing cache store makes misses, not failures)."""
+        runtime = self._runtime
+        if runtime is None:
+            return None
+        backend = runtime.backend
+        out: dict[str, Any] = {"backend": backend.kind, "pending_writes": len(self._pending),
+                               "dropped_writes": self.dropped_writes, "failed_writes": self.failed_writes,
+                               "coalescing": len(self.inflight)}  # fmt: skip
+        if isinstance(backend, MemoryBackend):
+            out.update(entries=len(backend), bytes=backend.bytes, evictions=backend.evictions)
+        else:
+            stats = getattr(backend, "stats", None)
+            if stats is not None:
+                out.update(stats())
+        semantic = runtime.semantic
+        if semantic is not None:
+            index = semantic.index
+            index_stats = getattr(index, "stats", None)
+            out["semantic"] = {
+                "model": semantic.model_id,
+                "ready": self.ready is not None and self.ready.is_set(),
+                "index": index.kind if index is not None else None,
+                "timeouts": semantic.timeouts,
+                **(index_stats() if index_stats is not None else {}),
+            }
+        return out
+
     def warm(self) -> None:
         """Start loading the semantic cache's model of the current runtime, in the background:
         the gateway serves meanwhile (semantic lookups miss until it is loaded: `ready`)."""

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -209,16 +209,55 @@ def _values(rule: Rule, snapshot: Snapshot) -> list[str]:
     return [name for name in names if rule.matches(name)]
 
 
+class CacheCollector(Collector):
+    """What the response cache holds, read at scrape time (nothing while no config enables it)."""
+
+    def __init__(self, status: Callable[[], dict[str, Any] | None]) -> None:
+        self.status = status
+
+    def collect(self) -> Iterator[Metric]:
+        status = self.status()
+        if status is None:
+            return
+        backend = status["backend"]
+        for key, name, documentation in (
+            ("entries", "sluicegate_cache_entries", "Entries the in-process response cache holds"),
+            ("bytes", "sluicegate_cache_bytes", "Bytes the in-process response cache holds (entries and overhead)"),
+        ):
+            if key in status:
+                yield _gauge(name, documentation, backend, status[key])
+        yield CounterMetricFamily(
+            "sluicegate_cache_store_errors",
+            "Response-cache store operations that failed or timed out (each a miss or an unstored answer)",
+            value=status.get("errors", 0) + status.get("failed_writes", 0),
+        )
+        semantic = status.get("semantic")
+        if semantic is not None:
+            yield CounterMetricFamily(
+                "sluicegate_cache_semantic_timeouts",
+                "Semantic-cache lookups whose embedding was not ready in time (each a miss)",
+                value=semantic["timeouts"],
+            )
+
+
+def _gauge(name: str, documentation: str, backend: str, value: float) -> GaugeMetricFamily:
+    gauge = GaugeMetricFamily(name, documentation, labels=["backend"])
+    gauge.add_metric([backend], value)
+    return gauge
+
+
 def register_collectors(
     metrics: GatewayMetrics,
     gateway: GatewayState,
     audit: AuditWriter,
     limits: LimitsService,
     snapshot: Callable[[], Snapshot],
+    cache_status: Callable[[], dict[str, Any] | None] = lambda: None,
 ) -> None:
     """Add the scrape-time collectors of one gateway to its metrics' registry."""
     registry = metrics.registry
     registry.register(StateCollector(gateway))
+    registry.register(CacheCollector(cache_status))
     registry.register(AuditCollector(audit))
     budgets = LimitsCollector(limits, snapshot)
     registry.register(budgets)

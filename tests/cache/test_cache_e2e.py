@@ -323,6 +323,16 @@ def test_an_answer_over_the_entry_size_is_not_stored(gw: RunningGateway, upstrea
     assert len(upstream.requests) == 2
 
 
+def test_readyz_shows_what_the_cache_holds(gw: RunningGateway) -> None:
+    oai(gw).chat.completions.create(model="gpt-4o-mini", messages=question("readyz"))
+    with gw.client(None) as client:
+        ready = client.get("/readyz").json()
+    assert ready["status"] == "ready"
+    cache = ready["cache"]
+    assert cache["backend"] == "memory" and cache["entries"] >= 1 and cache["bytes"] > 0
+    assert cache["pending_writes"] == 0 and cache["coalescing"] == 0
+
+
 def test_a_disabled_policy_leaves_no_cache_header(gw: RunningGateway, upstream: FakeUpstream) -> None:
     resp = oai(gw).chat.completions.with_raw_response.create(model="open-off", messages=question("off"))
     assert "x-cache" not in resp.headers

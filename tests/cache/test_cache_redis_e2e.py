@@ -107,5 +107,11 @@ def test_redis_down_makes_misses_not_failures(upstream: FakeUpstream, upstream_u
                 assert resp.status_code == 200
                 assert resp.headers["x-cache"] == "miss"
             assert gw.last_audit()["cache"] == "miss"
+            # Shown, not judged: the gateway stays ready while its cache store is down.
+            with gw.client(None) as plain:
+                ready = plain.get("/readyz")
+            assert ready.status_code == 200
+            cache = ready.json()["cache"]
+            assert cache["backend"] == "redis" and cache["errors"] >= 1
     finally:
         server.stop()

@@ -699,6 +699,10 @@ def test_cache_results_and_what_hits_saved(tmp_path: Path, upstream: FakeUpstrea
     assert value(text, "sluicegate_cache_saved_cost_total", currency="USD", **results) == pytest.approx(
         2 * COMPLETION * 2 / 1e6
     )
+    # Two entries (alice's and bob's), read at scrape time.
+    assert value(text, "sluicegate_cache_entries", backend="memory") == 2
+    assert value(text, "sluicegate_cache_bytes", backend="memory") > 0
+    assert value(text, "sluicegate_cache_store_errors_total") == 0
     # Hits spent no tokens and cost nothing: only the two calls that went upstream count.
     assert value(text, "sluicegate_tokens_total", model="priced", type="output") == 2 * COMPLETION
     assert value(text, "sluicegate_cost_total", model="priced") == pytest.approx(2 * COMPLETION * 2 / 1e6)
