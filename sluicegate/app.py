@@ -236,6 +236,7 @@ class Gateway:
             self.services.limits,
             lambda: self.snapshot,
             lambda: self.services.cache.status() if self.snapshot.config.cache.enabled else None,
+            self.services.routing.status,
         )
 
     @property
@@ -426,6 +427,10 @@ class Gateway:
         cache = self.services.cache.status() if self.snapshot.config.cache.enabled else None
         if cache is not None:
             body["cache"] = cache
+        routing = self.services.routing.status()
+        if routing:
+            # Each target's circuit and load: shown, not judged (a route falls back around an open one).
+            body["routing"] = routing
         if problems:
             await _send_json(send, 503, {"status": "unavailable", "problems": problems, **body})
         else:

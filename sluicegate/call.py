@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from sluicegate.guardrails.engine import CallGuards
     from sluicegate.limits.plan import Held
     from sluicegate.observability.tracing import CallTrace, UnsampledTrace
+    from sluicegate.routing.service import RoutePlan
 
 
 class Call:
@@ -50,6 +51,7 @@ class Call:
         "model_served",
         "outcome",
         "output_cap",
+        "plan",
         "prompt_tokens",
         "provider",
         "raw_body",
@@ -151,6 +153,8 @@ class Call:
         self.trace: CallTrace | UnsampledTrace | None = None
         #: what the response cache decided, on an endpoint and route it covers (`stages.cache`)
         self.cache: CacheState | None = None
+        #: a multi-target route's way through its targets, and its attempts (`stages.router`)
+        self.plan: RoutePlan | None = None
 
     def fail(self, error: SluicegateError) -> None:
         """Record a refusal or failure: its status, audit decision and outcome. The error's message

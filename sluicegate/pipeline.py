@@ -74,7 +74,7 @@ STAGE_ORDER = (
     "metrics",
 )
 #: `on_finish` runs in this order (audit last: it records what the others settled)
-FINISH_ORDER = ("accounting", "limits", "cache", "audit", "metrics", "tracing")
+FINISH_ORDER = ("accounting", "limits", "router", "cache", "audit", "metrics", "tracing")
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,10 +191,18 @@ class Pipeline:
                 # Nothing goes upstream: the gateway answers (count_tokens for other providers).
                 await _send_local(call, send, await endpoint.local(call))
                 return
-            if edge is not None and call.route is not None:
-                # No write to the client waits past the provider's total time for the whole call.
-                edge.deadline = asyncio.get_running_loop().time() + call.route.provider.timeouts.total_s
-            resp = await relay.open(call, endpoint.to_chat)
+            plan = call.plan
+            if plan is None:
+                if edge is not None and call.route is not None:
+                    # No write to the client waits past the provider's total time for the whole call.
+                    edge.deadline = asyncio.get_running_loop().time() + call.route.provider.timeouts.total_s
+                resp = await relay.open(call, endpoint.to_chat)
+            else:
+                # A route of several targets: tried in turn until one answers (`routing.service`);
+                # the write deadline counts from the answer of the one that served.
+                resp = await plan.open(call, relay, endpoint.to_chat)
+                if edge is not None and call.route is not None:
+                    edge.deadline = asyncio.get_running_loop().time() + call.route.provider.timeouts.total_s
             # The relay picks the answer's path (see `relay.relay_answer`): complete or streamed,
             # passed through or translated; a complete answer's errors are raised before anything
             # is sent, a stream's end it in-band.

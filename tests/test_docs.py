@@ -148,3 +148,21 @@ def test_every_cache_setting_is_documented() -> None:
     for block in blocks:
         snapshot, issues = parse_config(block)
         assert snapshot is not None, (block, [str(i) for i in issues])
+
+
+def test_every_routing_setting_is_documented() -> None:
+    from sluicegate.routing.config import BreakerConfig, RetryConfig, RoutingSettings, TargetConfig
+
+    example = (ROOT / "examples" / "sluicegate.yaml").read_text()
+    doc = (ROOT / "docs" / "routing.md").read_text()
+    assert "docs/routing.md" in README
+    for model in (TargetConfig, RetryConfig, BreakerConfig, RoutingSettings):
+        for field in model.model_fields:
+            assert f"`{field}`" in doc and f"{field}:" in example, (model.__name__, field)
+    for field in ("targets", "strategy", "fallback_on_status", "retry", "breaker"):
+        assert f"`{field}`" in doc and f"{field}:" in example, field
+    blocks = re.findall(r"```yaml\n(.*?)```", doc, re.S)
+    assert blocks
+    for block in blocks:
+        snapshot, issues = parse_config(block)
+        assert snapshot is not None, (block, [str(i) for i in issues])

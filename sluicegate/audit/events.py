@@ -55,6 +55,9 @@ class AuditEvent:
     cache: str | None = None
     #: what a cache hit saved: the cost of the answer it served, at the current prices
     cache_saved_micro_usd: int | None = None
+    #: a multi-target route's attempts as a JSON list (target, status, ms, error), in order, when
+    #: the call made more than one (a fallback, a retry, a target skipped as open)
+    attempts: str | None = None
 
     def as_row(self) -> dict[str, Any]:
         """Column values for the store."""

@@ -10,6 +10,7 @@ if TYPE_CHECKING:
     from sluicegate.cache.base import Vector
     from sluicegate.cache.entry import Entry, Recorder
     from sluicegate.cache.policy import Policy
+    from sluicegate.config.snapshot import Route
 
 #: `x-cache` values
 HIT, MISS, BYPASS = "hit", "miss", "bypass"
@@ -34,6 +35,7 @@ class CacheState:
         "signature",
         "similarity",
         "status",
+        "target",
         "vector",
     )
 
@@ -64,6 +66,8 @@ class CacheState:
         #: set when this call is the first of identical misses in flight: resolved once its
         #: answer is stored (or will not be), so the others read it (`CacheService.inflight`)
         self.leader: asyncio.Future[None] | None = None
+        #: the target the key names: an answer another target served (a fallback) is not stored
+        self.target: Route | None = None
 
     @property
     def hit(self) -> bool:

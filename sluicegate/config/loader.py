@@ -186,8 +186,14 @@ def check_references(config: GatewayConfig) -> list[ConfigIssue]:
         if m.name in names:
             issues.append(ConfigIssue(("models", i, "name"), f"duplicate model name '{m.name}'"))
         names.add(m.name)
-        if m.provider not in seen:
+        if (m.provider is None) == (m.targets is None):
+            issues.append(ConfigIssue(("models", i), "a model names either a `provider` or its `targets`"))
+        elif m.provider is not None and m.provider not in seen:
             issues.append(ConfigIssue(("models", i, "provider"), f"unknown provider '{m.provider}'"))
+        for t, target in enumerate(m.targets or ()):
+            if target.provider not in seen:
+                message = f"unknown provider '{target.provider}'"
+                issues.append(ConfigIssue(("models", i, "targets", t, "provider"), message))
     exact = {m.name for m in config.models if not is_glob(m.name)}
     globs = [m.name for m in config.models if is_glob(m.name)]
     issues.extend(_check_guards(config))
@@ -265,7 +271,9 @@ def _check_limits(config: GatewayConfig, providers: set[str], groups: set[str]) 
     if limits.budgets:
         book = PriceBook(config)
         for i, m in enumerate(config.models):
-            if not is_glob(m.name) and book.price_for(m, m.model or m.name) is None:
+            # A model of several targets is priced per target (each its upstream model).
+            upstreams = [t.model or m.model or m.name for t in m.targets] if m.targets else [m.model or m.name]
+            if not is_glob(m.name) and any(book.price_for(m, upstream) is None for upstream in upstreams):
                 issues.append(
                     ConfigIssue(
                         ("models", i),

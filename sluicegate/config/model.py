@@ -16,6 +16,14 @@ from sluicegate.audit.sink_config import AuditSinkConfig
 from sluicegate.cache.config import CacheConfig
 from sluicegate.limits.config import LimitsConfig, PriceConfig
 from sluicegate.observability.config import ObservabilityConfig
+from sluicegate.routing.config import (
+    DEFAULT_FALLBACK_STATUS,
+    BreakerConfig,
+    RetryConfig,
+    RoutingSettings,
+    Strategy,
+    TargetConfig,
+)
 
 
 class _Strict(BaseModel):
@@ -53,9 +61,17 @@ class ModelConfig(_Strict):
     """A public model name (or glob such as `gpt-*`) and where it is served."""
 
     name: str = Field(min_length=1)
-    provider: str = Field(min_length=1)
+    #: where it is served (or `targets`: several places, routed by `strategy`)
+    provider: str | None = Field(None, min_length=1)
     #: the upstream's name for it; default: the name the client asked for
     model: str | None = None
+    #: several places it is served, ordered per call by `strategy`, tried in turn on failure
+    targets: list[TargetConfig] | None = Field(None, min_length=1, max_length=64)
+    strategy: Strategy = "priority"
+    #: upstream statuses that fall back to the next target (connection failures and timeouts always do)
+    fallback_on_status: list[int] = Field(default_factory=lambda: list(DEFAULT_FALLBACK_STATUS))
+    retry: RetryConfig = Field(default_factory=RetryConfig)
+    breaker: BreakerConfig = Field(default_factory=BreakerConfig)
     #: what a call costs (overrides the built-in price table, looked up by the upstream model name)
     price: PriceConfig | None = None
     #: shorthands kept from earlier configs: `price.input` and `price.output`
@@ -320,4 +336,5 @@ class GatewayConfig(_Strict):
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     observability: ObservabilityConfig = Field(default_factory=ObservabilityConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
+    routing: RoutingSettings = Field(default_factory=RoutingSettings)
     admin: AdminConfig = Field(default_factory=AdminConfig)

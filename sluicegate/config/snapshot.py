@@ -25,12 +25,21 @@ from sluicegate.providers.base import Provider, provider_types
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """Where one public model goes: its provider and the upstream's name for it."""
+    """Where one public model goes: its provider and the upstream's name for it.
+
+    A model with several `targets` has one `Route` per target in `targets` (the router picks one
+    per call and falls back to the others); the route itself names its first target by priority and
+    weight, which is what the stages before the router see."""
 
     name: str
     provider: Provider
     upstream_model: str | None
     config: ModelConfig
+    targets: tuple[Route, ...] = ()
+    weight: float = 1.0
+    priority: int = 0
+    #: a target's place in its route's `targets`
+    index: int = 0
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -156,6 +165,18 @@ class Snapshot:
         return consumer
 
 
+def _route(m: ModelConfig, providers: dict[str, Provider]) -> Route:
+    if m.targets is None:
+        assert m.provider is not None
+        return Route(m.name, providers[m.provider], m.model, m)
+    targets = tuple(
+        Route(m.name, providers[t.provider], t.model or m.model, m, weight=t.weight, priority=t.priority, index=i)
+        for i, t in enumerate(m.targets)
+    )
+    first = min(targets, key=lambda t: (t.priority, -t.weight, t.index))
+    return Route(m.name, first.provider, first.upstream_model, m, targets=targets)
+
+
 def _compile_glob(pattern: str) -> re.Pattern[str]:
     return re.compile(fnmatch.translate(pattern))
 
@@ -170,7 +191,7 @@ def build_snapshot(config: GatewayConfig, source: str = "") -> Snapshot:
     routes: dict[str, Route] = {}
     globs: list[tuple[re.Pattern[str], Route]] = []
     for m in config.models:
-        route = Route(m.name, providers[m.provider], m.model, m)
+        route = _route(m, providers)
         if is_glob(m.name):
             globs.append((_compile_glob(m.name), route))
         else:

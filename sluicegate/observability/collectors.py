@@ -240,6 +240,38 @@ class CacheCollector(Collector):
             )
 
 
+#: `sluicegate_route_circuit_state` values
+CIRCUIT_STATES = {"closed": 0, "half_open": 1, "open": 2}
+
+
+class RoutingCollector(Collector):
+    """Each route target's circuit and calls in flight, read at scrape time."""
+
+    def __init__(self, status: Callable[[], dict[str, list[dict[str, Any]]]]) -> None:
+        self.status = status
+
+    def collect(self) -> Iterator[Metric]:
+        status = self.status()
+        if not status:
+            return
+        circuit = GaugeMetricFamily(
+            "sluicegate_route_circuit_state",
+            "Circuit breaker of each route target: 0 closed, 1 half open, 2 open",
+            labels=["model", "target"],
+        )
+        outstanding = GaugeMetricFamily(
+            "sluicegate_route_outstanding", "Calls in flight to each route target", labels=["model", "target"]
+        )
+        for model, targets in status.items():
+            for target in targets:
+                labels = [model, target["target"]]
+                outstanding.add_metric(labels, target["outstanding"])
+                if "circuit" in target:
+                    circuit.add_metric(labels, CIRCUIT_STATES.get(str(target["circuit"]["state"]), 0))
+        yield circuit
+        yield outstanding
+
+
 def _gauge(name: str, documentation: str, backend: str, value: float) -> GaugeMetricFamily:
     gauge = GaugeMetricFamily(name, documentation, labels=["backend"])
     gauge.add_metric([backend], value)
@@ -253,11 +285,13 @@ def register_collectors(
     limits: LimitsService,
     snapshot: Callable[[], Snapshot],
     cache_status: Callable[[], dict[str, Any] | None] = lambda: None,
+    routing_status: Callable[[], dict[str, list[dict[str, Any]]]] = dict,
 ) -> None:
     """Add the scrape-time collectors of one gateway to its metrics' registry."""
     registry = metrics.registry
     registry.register(StateCollector(gateway))
     registry.register(CacheCollector(cache_status))
+    registry.register(RoutingCollector(routing_status))
     registry.register(AuditCollector(audit))
     budgets = LimitsCollector(limits, snapshot)
     registry.register(budgets)

@@ -23,6 +23,12 @@ def response_headers(call: Call, base: list[tuple[bytes, bytes]]) -> list[tuple[
         headers += call.limit_headers
     if call.cache is not None:
         headers += call.cache.headers()
+    plan = call.plan
+    if plan is not None and plan.served is not None:
+        name = call.snapshot.config.routing.target_header
+        if name:
+            # Which of the route's targets served the call.
+            headers.append((name.lower().encode(), plan.served.label.encode("latin-1", "replace")))
     return headers
 
 

@@ -103,7 +103,8 @@ class ModelAccessStage:
                 param="model",
                 rule=consumer.models_rule,
             )
-        if not consumer.may_use_provider(route.provider.name):
+        targets = route.targets or (route,)
+        if not any(consumer.may_use_provider(t.provider.name) for t in targets):
             raise Forbidden(
                 f"Consumer '{consumer.name}' may not use the provider of the model '{model}'",
                 code="provider_not_allowed",

@@ -158,7 +158,16 @@ def event_of(call: Call) -> AuditEvent:
         ttft_ms=round(call.ttft_ms, 3) if call.ttft_ms is not None else None,
         cache=call.cache.audit_value() if call.cache is not None else None,
         cache_saved_micro_usd=call.cache.saved_micro_usd if call.cache is not None else None,
+        attempts=_attempts(call),
     )
+
+
+def _attempts(call: Call) -> str | None:
+    """A multi-target call's attempts, when there was more than the one its event describes."""
+    plan = call.plan
+    if plan is None or len(plan.attempts) < 2:
+        return None
+    return orjson.dumps(plan.attempts_json()).decode()
 
 
 def _add_content(event: AuditEvent, call: Call, key: ChainKey) -> None:

@@ -15,6 +15,7 @@ from sluicegate.audit.failures import AuthFailureAggregator
 from sluicegate.auth.jwks import JWKSCache
 from sluicegate.cache.service import CacheService
 from sluicegate.limits.service import LimitsService
+from sluicegate.routing.service import RoutingService
 
 if TYPE_CHECKING:
     from aiohttp import ClientSession
@@ -74,6 +75,8 @@ class Services:
     tracing: Tracing | None = None
     #: the response cache's backends and writes, kept across config reloads
     cache: CacheService = field(default_factory=CacheService)
+    #: each route target's breaker, retry budget and load, kept across config reloads
+    routing: RoutingService = field(default_factory=RoutingService)
 
 
 #: builds a stage for a snapshot, or None when the config does not need it (it then costs nothing)

@@ -90,6 +90,7 @@ class CacheStage:
         # The provider's address too: a provider re-pointed elsewhere does not serve its old answers.
         target = (provider.name, provider.base_url, route.upstream_model or call.model_requested or "")
         chat = canonical(body)
+        state.target = route
         state.key = exact_key(runtime.keyed, scope, target, chat, call.output_cap)
         state.status = MISS
         state.recorder = Recorder(policy.max_entry_bytes)
@@ -167,6 +168,8 @@ class CacheStage:
         recorder, state.recorder = state.recorder, None
         if call.status != 200 or call.error is not None or call.outcome != "ok" or _changed_by_guards(call):
             return None
+        if call.route is not state.target:
+            return None  # another target served it (a fallback): not what the key names
         entry = recorder.entry(call)
         if entry is None:
             return None

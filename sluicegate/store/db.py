@@ -80,6 +80,8 @@ audit_events = sa.Table(
     #: what the response cache did, and what a hit saved (`m005_cache`)
     sa.Column("cache", sa.String(16)),
     sa.Column("cache_saved_micro_usd", sa.BigInteger),
+    #: a multi-target route's attempts (`m006_attempts`)
+    sa.Column("attempts", sa.Text),
     sa.Index("ix_audit_events_chain_seq", "chain_seq", unique=True),
 )
 
@@ -210,6 +212,13 @@ def m005_cache(conn: sa.Connection) -> None:
     for name, kind in CACHE_COLUMNS:
         if name not in present:
             conn.execute(sa.text(f"ALTER TABLE {audit_events.name} ADD COLUMN {name} {kind}"))
+
+
+@migration
+def m006_attempts(conn: sa.Connection) -> None:
+    present = {column["name"] for column in sa.inspect(conn).get_columns(audit_events.name)}
+    if "attempts" not in present:
+        conn.execute(sa.text(f"ALTER TABLE {audit_events.name} ADD COLUMN attempts TEXT"))
 
 
 def install_append_only(conn: sa.Connection) -> None:

@@ -60,7 +60,7 @@ def _upgrades(url: str) -> None:
     _earlier_store(url)
     engine = sa.create_engine(url)
     assert not _columns(engine) & set(USAGE_DETAIL_COLUMNS)
-    assert db.migrate(engine) == ["m003_usage_details", "m004_audit_chain", "m005_cache"]
+    assert db.migrate(engine) == ["m003_usage_details", "m004_audit_chain", "m005_cache", "m006_attempts"]
     assert set(USAGE_DETAIL_COLUMNS) | CHAIN_NAMES | {name for name, _ in db.CACHE_COLUMNS} <= _columns(engine)
     assert db.migrate(engine) == []
     engine.dispose()

@@ -1,0 +1,268 @@
+"""`RoutingService`: what routing keeps across calls and config reloads (each target's circuit
+breaker, retry budget, calls in flight and latency), and `RoutePlan`, one call's way through its
+route's targets.
+
+A plan orders the targets by the route's strategy, leaving out those whose breaker is open and
+those the consumer may not use. `RoutePlan.open` then sends the call to the first; on a failure
+that falls back (a connection failure, a timeout, or a status in `fallback_on_status`) it goes on
+to the next, and when none is left it retries the last one after a jittered backoff (honouring
+`Retry-After`) while the target's retry budget, the call's attempts and its deadline allow. It
+never falls back once the answer has begun: only failures before the upstream's answer headers
+are seen here. Every attempt is recorded for the audit event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from sluicegate.errors import SluicegateError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from sluicegate.routing.breaker import BreakerSettings, CircuitBreaker
+from sluicegate.routing.retry import Deadline, RetryBudget, RetryPolicy
+from sluicegate.routing.strategies import Candidate, SmoothWeighted, TargetStats, order
+
+if TYPE_CHECKING:
+    import aiohttp
+
+    from sluicegate.call import Call
+    from sluicegate.config.snapshot import Consumer, Route
+    from sluicegate.limits.prices import PriceBook
+    from sluicegate.relay import Relay
+
+#: targets remembered at most (a config reload that renames many keeps the newest)
+MAX_TARGETS = 10_000
+
+
+class TargetRuntime:
+    """One target's state across calls: breaker, retry budget, calls in flight, latency."""
+
+    __slots__ = ("breaker", "budget", "label", "stats")
+
+    def __init__(self, label: str, breaker: CircuitBreaker | None, budget: RetryBudget) -> None:
+        self.label = label
+        self.breaker = breaker
+        self.budget = budget
+        self.stats = TargetStats()
+
+    @property
+    def available(self) -> bool:
+        return self.breaker is None or self.breaker.state != "open"
+
+
+class Attempt:
+    """One try of a target, as the audit event lists it."""
+
+    __slots__ = ("error", "ms", "status", "target")
+
+    def __init__(self, target: str, status: int | None, ms: float, error: str | None) -> None:
+        self.target = target
+        self.status = status
+        self.ms = ms
+        self.error = error
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"target": self.target, "status": self.status, "ms": round(self.ms, 3), "error": self.error}
+
+
+class RoutingService:
+    """Target state kept across calls and reloads, keyed by route, target and settings."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic, rng: random.Random | None = None) -> None:
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self._targets: dict[tuple[Any, ...], TargetRuntime] = {}
+        self._rotations: dict[tuple[Any, ...], SmoothWeighted] = {}
+        #: per route object (a snapshot's): its targets' runtimes, retry policy and rotation, found
+        #: once; the route is held so its id is not reused while the entry lives
+        self._routes: dict[int, RouteRuntime] = {}
+
+    def runtime(self, route: Route, target: Route, prices: PriceBook | None = None) -> TargetRuntime:
+        config = route.config
+        key = (route.name, target.index, target.provider.name, target.upstream_model, config.breaker, config.retry)
+        found = self._targets.get(key)
+        if found is None:
+            if len(self._targets) >= MAX_TARGETS:
+                self._targets.clear()
+            b = config.breaker
+            breaker = (
+                CircuitBreaker(
+                    BreakerSettings(b.failure_rate, b.min_calls, b.window_s, b.open_s, b.half_open_probes),
+                    clock=self.clock,
+                )
+                if b.enabled
+                else None
+            )
+            budget = RetryBudget(config.retry.budget_ratio, clock=self.clock)
+            label = f"{target.provider.name}/{target.upstream_model or route.name}"
+            found = self._targets[key] = TargetRuntime(label, breaker, budget)
+            price = prices.price_for(config, target.upstream_model) if prices is not None else None
+            if price is not None:
+                # `lowest_cost` compares a million input and a million output tokens, and a request.
+                found.stats.price = float(price.input + price.output + price.per_request)
+        return found
+
+    def route_runtime(self, route: Route, prices: PriceBook | None = None) -> RouteRuntime:
+        """What a route's calls share, found once per route object (a snapshot's)."""
+        found = self._routes.get(id(route))
+        if found is None or found.route is not route:
+            if len(self._routes) >= MAX_TARGETS:
+                self._routes.clear()
+            targets = route.targets
+            rotation = None
+            if route.config.strategy == "round_robin":
+                key = (route.name, tuple((t.provider.name, t.upstream_model, t.weight) for t in targets))
+                rotation = self._rotations.get(key)
+                if rotation is None:
+                    rotation = self._rotations[key] = SmoothWeighted()
+            retry = route.config.retry
+            found = self._routes[id(route)] = RouteRuntime(
+                route,
+                [self.runtime(route, t, prices) for t in targets],
+                RetryPolicy(retry.max_attempts, retry.base_s, retry.cap_s, retry.budget_ratio, retry.max_retry_after_s),
+                frozenset(route.config.fallback_on_status),
+                rotation,
+            )
+        return found
+
+    def plan(self, call: Call, route: Route, consumer: Consumer | None, prices: PriceBook | None = None) -> RoutePlan:
+        """The order in which this call tries its route's targets."""
+        shared = self.route_runtime(route, prices)
+        targets = route.targets
+        runtimes = shared.runtimes
+        candidates = [
+            Candidate(t.index, t.weight, t.priority, rt.stats, rt.available)
+            for t, rt in zip(targets, runtimes, strict=True)
+            if consumer is None or consumer.may_use_provider(t.provider.name)
+        ]
+        ordered = order(route.config.strategy, candidates, self.rng, rr=shared.rotation)
+        return RoutePlan(self, shared, [(targets[i], runtimes[i]) for i in ordered])
+
+    def status(self) -> dict[str, list[dict[str, Any]]]:
+        """Each target's breaker and load, by model, for `/readyz` and the metrics."""
+        out: dict[str, list[dict[str, Any]]] = {}
+        for key, rt in self._targets.items():
+            entry: dict[str, Any] = {"target": rt.label, "outstanding": rt.stats.outstanding}
+            if rt.breaker is not None:
+                entry["circuit"] = rt.breaker.snapshot()
+            out.setdefault(key[0], []).append(entry)
+        return out
+
+
+class RouteRuntime:
+    """What the calls of one route share: its targets' runtimes, retry policy, fallback statuses."""
+
+    __slots__ = ("fallback_on", "policy", "rotation", "route", "runtimes")
+
+    def __init__(
+        self,
+        route: Route,
+        runtimes: list[TargetRuntime],
+        policy: RetryPolicy,
+        fallback_on: frozenset[int],
+        rotation: SmoothWeighted | None,
+    ) -> None:
+        self.route = route
+        self.runtimes = runtimes
+        self.policy = policy
+        self.fallback_on = fallback_on
+        self.rotation = rotation
+
+
+class RoutePlan:
+    """One call's targets in the order it tries them, and what each attempt did."""
+
+    __slots__ = ("attempts", "route", "served", "service", "shared", "targets")
+
+    def __init__(
+        self, service: RoutingService, shared: RouteRuntime, targets: list[tuple[Route, TargetRuntime]]
+    ) -> None:
+        self.service = service
+        self.shared = shared
+        self.route = shared.route
+        self.targets = targets
+        self.attempts: list[Attempt] = []
+        #: the target whose answer the call relays (its call is in flight until `finish`)
+        self.served: TargetRuntime | None = None
+
+    @property
+    def first(self) -> Route | None:
+        return self.targets[0][0] if self.targets else None
+
+    async def open(
+        self, call: Call, relay: Relay, to_chat: Callable[[dict[str, Any]], dict[str, Any]] | None
+    ) -> aiohttp.ClientResponse:
+        """Send the call to its targets in turn until one answers; raise the last failure."""
+        policy = self.shared.policy
+        fallback_on = self.shared.fallback_on
+        clock = self.service.clock
+        deadline = Deadline(self.route.provider.timeouts.total_s, clock)
+        queue = list(self.targets)
+        last: SluicegateError | None = None
+        retries = 0
+        while queue and len(self.attempts) < policy.max_attempts:
+            target, rt = queue[0]
+            breaker = rt.breaker
+            if breaker is not None and not breaker.allow():
+                self.attempts.append(Attempt(rt.label, None, 0.0, "circuit_open"))
+                queue.pop(0)
+                continue
+            call.route = target
+            call.provider = target.provider.name
+            call.upstream_status = None
+            if not retries:
+                rt.budget.request()
+            rt.stats.start()
+            started = clock()
+            try:
+                resp = await relay.open(call, to_chat)
+            except asyncio.CancelledError:
+                rt.stats.done()
+                if breaker is not None:
+                    breaker.release()
+                raise
+            except SluicegateError as exc:
+                rt.stats.done()
+                elapsed = clock() - started
+                status = call.upstream_status
+                # No answer at all (connection failure, timeout), or an answer whose status falls back.
+                falls_back = (
+                    status in fallback_on if status is not None else isinstance(exc, UpstreamError | UpstreamTimeout)
+                )
+                if breaker is not None:
+                    breaker.record(not falls_back)
+                self.attempts.append(Attempt(rt.label, status, elapsed * 1000.0, exc.code))
+                if not falls_back:
+                    raise
+                last = exc
+                queue.pop(0)
+                if queue or len(self.attempts) >= policy.max_attempts:
+                    continue
+                # None left to fall back to: the same target again, if its budget and the deadline allow.
+                delay = policy.delay_s(retries, self.service.rng, exc.retry_after)
+                if delay is None or not deadline.fits(delay) or not rt.budget.try_retry():
+                    break
+                retries += 1
+                await asyncio.sleep(delay)
+                queue.append((target, rt))
+                continue
+            rt.stats.observe_ttft(clock() - started)
+            if breaker is not None:
+                breaker.record(True)
+            self.attempts.append(Attempt(rt.label, call.upstream_status, (clock() - started) * 1000.0, None))
+            self.served = rt
+            return resp
+        if last is not None:
+            raise last
+        raise UpstreamUnavailable(f"no target of model '{self.route.name}' is available (circuits open)")
+
+    def finish(self) -> None:
+        """The call ended: its served target has one call fewer in flight."""
+        served, self.served = self.served, None
+        if served is not None:
+            served.stats.done()
+
+    def attempts_json(self) -> list[dict[str, Any]]:
+        return [a.as_dict() for a in self.attempts]
