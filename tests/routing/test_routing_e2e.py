@@ -241,3 +241,26 @@ def test_a_consumer_is_routed_only_to_providers_it_may_use(
         for _ in range(20):
             client(running, "bob").chat.completions.create(model="split", messages=[{"role": "user", "content": "x"}])
         assert set(served_models(upstream)) == {"gpt-b"}
+
+
+def test_an_answer_a_fallback_served_is_not_cached_under_the_first_target(
+    upstream: FakeUpstream, upstream_url: str, tmp_path: Path
+) -> None:
+    with run_gateway(tmp_path, upstream_url, "cache: {enabled: true}\n") as running:
+
+        def edit(text: str) -> str:
+            text = text.replace("models:\n", routes(upstream_url) + "models:\n", 1)
+            text = text.replace("providers:\n" + routes(upstream_url), "providers:\n")
+            return text.replace("models:\n", "models:\n" + MODELS, 1)
+
+        running.reconfigure(edit)
+        upstream.enqueue(Reply(status=500), Reply(content="from b"), Reply(content="from a"))
+        sdk = client(running)
+        first = sdk.chat.completions.with_raw_response.create(model="pair", messages=[{"role": "user", "content": "q"}])
+        assert first.parse().choices[0].message.content == "from b"
+        again = sdk.chat.completions.with_raw_response.create(model="pair", messages=[{"role": "user", "content": "q"}])
+        # The key names the first target: b's answer was not stored under it; a's now is.
+        assert again.headers["x-cache"] == "miss"
+        assert again.parse().choices[0].message.content == "from a"
+        third = sdk.chat.completions.with_raw_response.create(model="pair", messages=[{"role": "user", "content": "q"}])
+        assert (third.headers["x-cache"], third.parse().choices[0].message.content) == ("hit", "from a")
