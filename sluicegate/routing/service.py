@@ -39,13 +39,18 @@ MAX_TARGETS = 10_000
 class TargetRuntime:
     """One target's state across calls: breaker, retry budget, calls in flight, latency."""
 
-    __slots__ = ("breaker", "budget", "label", "stats")
+    __slots__ = ("breaker", "budget", "closed", "label", "stats")
 
     def __init__(self, label: str, breaker: CircuitBreaker | None, budget: RetryBudget) -> None:
         self.label = label
         self.breaker = breaker
         self.budget = budget
         self.stats = TargetStats()
+        #: the breaker is closed (kept by its transitions): a call need not read its state
+        self.closed = True
+
+    def changed(self, old: str, new: str) -> None:
+        self.closed = new == "closed"
 
     @property
     def available(self) -> bool:
@@ -87,17 +92,12 @@ class RoutingService:
             if len(self._targets) >= MAX_TARGETS:
                 self._targets.clear()
             b = config.breaker
-            breaker = (
-                CircuitBreaker(
-                    BreakerSettings(b.failure_rate, b.min_calls, b.window_s, b.open_s, b.half_open_probes),
-                    clock=self.clock,
-                )
-                if b.enabled
-                else None
-            )
             budget = RetryBudget(config.retry.budget_ratio, clock=self.clock)
             label = f"{target.provider.name}/{target.upstream_model or route.name}"
-            found = self._targets[key] = TargetRuntime(label, breaker, budget)
+            found = self._targets[key] = TargetRuntime(label, None, budget)
+            if b.enabled:
+                settings = BreakerSettings(b.failure_rate, b.min_calls, b.window_s, b.open_s, b.half_open_probes)
+                found.breaker = CircuitBreaker(settings, clock=self.clock, on_change=found.changed)
             price = prices.price_for(config, target.upstream_model) if prices is not None else None
             if price is not None:
                 # `lowest_cost` compares a million input and a million output tokens, and a request.
@@ -132,12 +132,19 @@ class RoutingService:
         shared = self.route_runtime(route, prices)
         targets = route.targets
         runtimes = shared.runtimes
-        candidates = [
-            Candidate(t.index, t.weight, t.priority, rt.stats, rt.available)
-            for t, rt in zip(targets, runtimes, strict=True)
-            if consumer is None or consumer.may_use_provider(t.provider.name)
-        ]
-        ordered = order(route.config.strategy, candidates, self.rng, rr=shared.rotation)
+        closed = True
+        for rt in runtimes:
+            closed = closed and rt.closed
+        if closed and (consumer is None or consumer.providers is None):
+            # Every circuit closed and every provider allowed (the common case): built once.
+            candidates = shared.candidates
+        else:
+            candidates = [
+                Candidate(t.index, t.weight, t.priority, rt.stats, rt.available)
+                for t, rt in zip(targets, runtimes, strict=True)
+                if consumer is None or consumer.may_use_provider(t.provider.name)
+            ]
+        ordered = order(shared.strategy, candidates, self.rng, rr=shared.rotation)
         return RoutePlan(self, shared, [(targets[i], runtimes[i]) for i in ordered])
 
     def status(self) -> dict[str, list[dict[str, Any]]]:
@@ -154,7 +161,7 @@ class RoutingService:
 class RouteRuntime:
     """What the calls of one route share: its targets' runtimes, retry policy, fallback statuses."""
 
-    __slots__ = ("fallback_on", "policy", "rotation", "route", "runtimes")
+    __slots__ = ("candidates", "fallback_on", "latency", "policy", "rotation", "route", "runtimes", "strategy")
 
     def __init__(
         self,
@@ -169,6 +176,14 @@ class RouteRuntime:
         self.policy = policy
         self.fallback_on = fallback_on
         self.rotation = rotation
+        self.strategy = route.config.strategy
+        #: the strategy reads the targets' latency: only then is it measured
+        self.latency = self.strategy == "lowest_latency"
+        #: every target, available: the candidates while every circuit is closed
+        self.candidates = [
+            Candidate(t.index, t.weight, t.priority, rt.stats, True)
+            for t, rt in zip(route.targets, runtimes, strict=True)
+        ]
 
 
 class RoutePlan:
@@ -195,10 +210,11 @@ class RoutePlan:
         self, call: Call, relay: Relay, to_chat: Callable[[dict[str, Any]], dict[str, Any]] | None
     ) -> aiohttp.ClientResponse:
         """Send the call to its targets in turn until one answers; raise the last failure."""
-        policy = self.shared.policy
-        fallback_on = self.shared.fallback_on
+        shared = self.shared
+        policy = shared.policy
+        fallback_on = shared.fallback_on
         clock = self.service.clock
-        deadline = Deadline(self.route.provider.timeouts.total_s, clock)
+        deadline: Deadline | None = None
         queue = list(self.targets)
         last: SluicegateError | None = None
         retries = 0
@@ -241,6 +257,8 @@ class RoutePlan:
                 if queue or len(self.attempts) >= policy.max_attempts:
                     continue
                 # None left to fall back to: the same target again, if its budget and the deadline allow.
+                if deadline is None:
+                    deadline = Deadline(self.route.provider.timeouts.total_s - elapsed, clock)
                 delay = policy.delay_s(retries, self.service.rng, exc.retry_after)
                 if delay is None or not deadline.fits(delay) or not rt.budget.try_retry():
                     break
@@ -248,10 +266,13 @@ class RoutePlan:
                 await asyncio.sleep(delay)
                 queue.append((target, rt))
                 continue
-            rt.stats.observe_ttft(clock() - started)
+            if shared.latency:
+                rt.stats.observe_ttft(clock() - started)
             if breaker is not None:
                 breaker.record(True)
-            self.attempts.append(Attempt(rt.label, call.upstream_status, (clock() - started) * 1000.0, None))
+            if self.attempts:
+                # After failures: the audit lists them all (a first success is the event itself).
+                self.attempts.append(Attempt(rt.label, call.upstream_status, (clock() - started) * 1000.0, None))
             self.served = rt
             return resp
         if last is not None:
