@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from sluicegate.call import Call
     from sluicegate.config.model import Decoding, GatewayConfig, GuardConfig
     from sluicegate.config.snapshot import Consumer, Route
+    from sluicegate.routing.rules import Pins
 
 log = logging.getLogger("sluicegate.guardrails")
 #: the audit record's kind and label when a text held Unicode tag characters (never a block alone)
@@ -115,9 +116,11 @@ def build_guard(config: GuardConfig, context: GuardContext) -> Guard:
 class Guardrails:
     """The guards of one snapshot, compiled, and the lists that apply per consumer and model."""
 
-    def __init__(self, config: GatewayConfig, context: GuardContext) -> None:
+    def __init__(self, config: GatewayConfig, context: GuardContext, pins: Pins | None = None) -> None:
         self.guards = {g.name: build_guard(g, context) for g in config.guards}
         self.matcher = Matcher(self.guards.values())
+        #: the snapshot's routing pins: the guards their conditions read run on the calls they cover
+        self.pins = pins
         self._sets: dict[tuple[str, str], GuardSet | None] = {}
 
     def for_call(self, consumer: Consumer, route: Route) -> GuardSet | None:
@@ -127,7 +130,11 @@ class Guardrails:
             return self._sets[key]
         except KeyError:
             pass
-        names = list(dict.fromkeys([*consumer.guards, *route.config.guards]))
+        # Guards that routing conditions read (a model's `when` rules, the consumer's pins) run too.
+        routing = [name for choice in route.rules for name in sorted(choice.match.found)]
+        if self.pins is not None:
+            routing += self.pins.guard_names(consumer)
+        names = list(dict.fromkeys([*consumer.guards, *route.config.guards, *routing]))
         guards = [self.guards[n] for n in names if n in self.guards]
         inputs = tuple(g for g in guards if g.config.applies_to in ("input", "both"))
         outputs = tuple(g for g in guards if g.config.applies_to in ("output", "both"))
@@ -303,7 +310,8 @@ def _scan_decoded(
                 inner = normalize(view.text, casefold=guard.casefold) if cached is None else cached[0]
                 cached = scan.inner[key] = (inner, None if variant is None else matcher.maybe(variant, inner.text))
             inner, maybe = cached
-            if maybe is None:
+            if variant is None or maybe is None:
+                # A kind without patterns reads the whole view (another guard's pass says nothing).
                 inner_findings = guard.scan([inner.text])
             else:
                 inner_findings = guard.scan_prefiltered([inner.text], matcher.candidates(guard, maybe))

@@ -46,6 +46,8 @@ class LengthGuard(Guard):
     def __init__(self, config: GuardConfig, settings: GuardSettings, context: GuardContext) -> None:
         super().__init__(config, settings, context)
         self.settings = settings = settings_as(settings, LengthSettings)
+        # Limits count what is sent: a decoded view is the same text again, not more of it.
+        self.decodings = frozenset()
 
     def scan(self, texts: Sequence[str]) -> list[Finding]:
         """Findings for each limit the request exceeds, covering what lies past it."""

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
+
 import pytest
 from pydantic import ValidationError
 
 from sluicegate.guardrails.base import Finding
+from sluicegate.guardrails.engine import CallGuards, GuardSet, scan_texts
 from sluicegate.tokens import count_tokens
 from tests.guardrails import make, scan
 
@@ -65,3 +69,15 @@ def test_each_exceeded_limit_is_reported() -> None:
 def test_bad_settings_fail_at_load(settings: dict[str, object]) -> None:
     with pytest.raises(ValidationError):
         make("length", **settings)
+
+
+def test_a_length_guard_beside_a_pattern_guard_reads_a_base64_run_as_sent() -> None:
+    # A pattern guard decodes the run first; the length guard must not reuse its pass (it has no
+    # patterns) nor count the decoded text again.
+    pii = make("pii", entities=["EMAIL"])
+    length = make("length", max_chars=10_000)
+    text = base64.b64encode(b"mail jane.roe@corp-mail.example.org now").decode()
+    state = CallGuards(GuardSet((pii, length), (), 0))
+    scan = asyncio.run(scan_texts(state, [pii, length], [text], "input", block=False))
+    assert [(g.kind, f.label) for g, f in scan.hits] == [("pii", "EMAIL:base64")]
+    assert length.decodings == frozenset()
