@@ -37,6 +37,7 @@ class Call:
         "completion_tokens",
         "consumer",
         "cost_micro_usd",
+        "deadline",
         "decision",
         "dialect",
         "endpoint",
@@ -58,6 +59,7 @@ class Call:
         "reasoning_tokens",
         "request_id",
         "route",
+        "routed_by",
         "scrub",
         "snapshot",
         "started",
@@ -155,6 +157,11 @@ class Call:
         self.cache: CacheState | None = None
         #: a multi-target route's way through its targets, and its attempts (`stages.router`)
         self.plan: RoutePlan | None = None
+        #: the rules that chose or narrowed the call's targets (a `when` rule's id, pins' ids)
+        self.routed_by: str | None = None
+        #: `time.monotonic()` by which the whole call must be done (the route's
+        #: timeout, the client's deadline header; None: the provider's own timeouts alone)
+        self.deadline: float | None = None
 
     def fail(self, error: SluicegateError) -> None:
         """Record a refusal or failure: its status, audit decision and outcome. The error's message

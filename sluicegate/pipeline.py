@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -51,7 +52,7 @@ if TYPE_CHECKING:
     import aiohttp
 
     from sluicegate.call import Call
-    from sluicegate.config.snapshot import Snapshot
+    from sluicegate.config.snapshot import Route, Snapshot
     from sluicegate.dialects.base import StreamEncoder
     from sluicegate.edge.protocol import EdgeRequest
     from sluicegate.relay import Relay
@@ -195,14 +196,14 @@ class Pipeline:
             if plan is None:
                 if edge is not None and call.route is not None:
                     # No write to the client waits past the provider's total time for the whole call.
-                    edge.deadline = asyncio.get_running_loop().time() + call.route.provider.timeouts.total_s
+                    edge.deadline = _write_deadline(call, call.route)
                 resp = await relay.open(call, endpoint.to_chat)
             else:
                 # A route of several targets: tried in turn until one answers (`routing.service`);
                 # the write deadline counts from the answer of the one that served.
                 resp = await plan.open(call, relay, endpoint.to_chat)
                 if edge is not None and call.route is not None:
-                    edge.deadline = asyncio.get_running_loop().time() + call.route.provider.timeouts.total_s
+                    edge.deadline = _write_deadline(call, call.route)
             # The relay picks the answer's path (see `relay.relay_answer`): complete or streamed,
             # passed through or translated; a complete answer's errors are raised before anything
             # is sent, a stream's end it in-band.
@@ -342,3 +343,15 @@ async def send_error(
     headers.append((b"content-length", str(len(body)).encode()))
     await send({"type": "http.response.start", "status": error.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+def _write_deadline(call: Call, route: Route) -> float:
+    """The loop time past which no write to the client waits: the provider's total time for the
+    call, or the call's own deadline (its route's timeout, the client's header) when sooner."""
+    now = asyncio.get_running_loop().time()
+    total_s = route.provider.timeouts.total_s
+    deadline = call.deadline
+    if deadline is not None:
+        # The call's deadline is on `time.monotonic()`; the loop keeps its own clock.
+        total_s = min(total_s, deadline - time.monotonic())
+    return now + total_s

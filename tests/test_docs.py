@@ -151,15 +151,22 @@ def test_every_cache_setting_is_documented() -> None:
 
 
 def test_every_routing_setting_is_documented() -> None:
-    from sluicegate.routing.config import BreakerConfig, RetryConfig, RoutingSettings, TargetConfig
+    from sluicegate.routing.config import (
+        BreakerConfig,
+        PinConfig,
+        RetryConfig,
+        RouteRule,
+        RoutingSettings,
+        TargetConfig,
+    )
 
     example = (ROOT / "examples" / "sluicegate.yaml").read_text()
     doc = (ROOT / "docs" / "routing.md").read_text()
     assert "docs/routing.md" in README
-    for model in (TargetConfig, RetryConfig, BreakerConfig, RoutingSettings):
+    for model in (TargetConfig, RetryConfig, BreakerConfig, RoutingSettings, RouteRule, PinConfig):
         for field in model.model_fields:
             assert f"`{field}`" in doc and f"{field}:" in example, (model.__name__, field)
-    for field in ("targets", "strategy", "fallback_on_status", "retry", "breaker"):
+    for field in ("targets", "strategy", "fallback_on_status", "retry", "breaker", "when", "timeout_s", "region"):
         assert f"`{field}`" in doc and f"{field}:" in example, field
     blocks = re.findall(r"```yaml\n(.*?)```", doc, re.S)
     assert blocks

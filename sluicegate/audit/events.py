@@ -58,6 +58,9 @@ class AuditEvent:
     #: a multi-target route's attempts as a JSON list (target, status, ms, error), in order, when
     #: the call made more than one (a fallback, a retry, a target skipped as open)
     attempts: str | None = None
+    #: the routing rules that chose or narrowed where the call could go: a model's `when` rule
+    #: (`models.smart.when.private-data`) and the pins that held (`routing.pins.eu-data`), by comma
+    routed_by: str | None = None
 
     def as_row(self) -> dict[str, Any]:
         """Column values for the store."""

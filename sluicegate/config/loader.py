@@ -23,6 +23,7 @@ from sluicegate.config.rules import RuleError, is_glob, parse_network, parse_tim
 from sluicegate.config.snapshot import Snapshot, build_snapshot
 from sluicegate.limits.prices import PriceBook
 from sluicegate.providers.base import provider_types
+from sluicegate.routing.config import Condition
 from sluicegate.vault import SECRET_SCHEMES, Vault
 from sluicegate.vault.refs import env_name_problem, is_credential_header, looks_like_credential, parse_ref
 
@@ -232,7 +233,73 @@ def check_references(config: GatewayConfig) -> list[ConfigIssue]:
 
     issues.extend(check_jwt_issuers(config))
     issues.extend(_check_limits(config, seen, group_names))
+    issues.extend(_check_routing(config, seen, group_names))
     return issues
+
+
+def _check_routing(config: GatewayConfig, providers: set[str], groups: set[str]) -> list[ConfigIssue]:
+    """Content-aware rules and pins: the providers, guards, groups and consumers they name."""
+    issues: list[ConfigIssue] = []
+    readers = {g.name for g in config.guards if g.applies_to in ("input", "both")}
+    every = {g.name for g in config.guards}
+
+    def check_condition(at: tuple[PathPart, ...], condition: Condition) -> None:
+        for j, name in enumerate(condition.found):
+            if name not in every:
+                issues.append(ConfigIssue((*at, "found", j), f"unknown guard '{name}'"))
+            elif name not in readers:
+                message = f"guard '{name}' does not read the input (`applies_to: output`): it can find nothing here"
+                issues.append(ConfigIssue((*at, "found", j), message))
+
+    for i, m in enumerate(config.models):
+        names: set[str] = set()
+        for r, rule in enumerate(m.when):
+            at: tuple[PathPart, ...] = ("models", i, "when", r)
+            if rule.name in names:
+                issues.append(ConfigIssue((*at, "name"), f"duplicate rule name '{rule.name}'"))
+            names.add(rule.name)
+            if rule.is_empty():
+                message = "a rule needs a condition: `found`, `labels` or `images`"
+                issues.append(ConfigIssue(at, message))
+            check_condition(at, rule)
+            for t, target in enumerate(rule.targets):
+                if target.provider not in providers:
+                    message = f"unknown provider '{target.provider}'"
+                    issues.append(ConfigIssue((*at, "targets", t, "provider"), message))
+    consumers = {c.name for c in config.consumers}
+    regions = {p.region for p in config.providers if p.region is not None}
+    pins: set[str] = set()
+    for i, pin in enumerate(config.routing.pins):
+        at = ("routing", "pins", i)
+        if pin.name in pins:
+            issues.append(ConfigIssue((*at, "name"), f"duplicate pin name '{pin.name}'"))
+        pins.add(pin.name)
+        if not pin.providers and not pin.regions:
+            issues.append(ConfigIssue(at, "a pin names the `providers` or `regions` it allows"))
+        check_condition(at, pin)
+        for j, name in enumerate(pin.providers):
+            if not is_glob(name) and name not in providers:
+                issues.append(ConfigIssue((*at, "providers", j), f"unknown provider '{name}'"))
+        for j, name in enumerate(pin.groups):
+            if name not in groups:
+                issues.append(ConfigIssue((*at, "groups", j), f"unknown group '{name}'"))
+        for j, name in enumerate(pin.consumers):
+            if not is_glob(name) and name not in consumers:
+                # Consumers of JWTs and of the API may not be in the file: a warning only.
+                message = f"no consumer '{name}' in the config (one made later, by JWT or the API, matches)"
+                issues.append(ConfigIssue((*at, "consumers", j), message, warning=True))
+        for j, pattern in enumerate(pin.regions):
+            if not any(_glob_match(pattern, region) for region in regions):
+                message = f"no provider has a region matching '{pattern}': the pin allows none by it"
+                issues.append(ConfigIssue((*at, "regions", j), message, warning=True))
+    for j, header in enumerate(config.routing.deadline_headers):
+        if not header or any(c not in _TOKEN_CHARS for c in header):
+            issues.append(ConfigIssue(("routing", "deadline_headers", j), f"not a header name: '{header}'"))
+    return issues
+
+
+#: the characters of an HTTP header name (RFC 9110 `token`)
+_TOKEN_CHARS = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
 
 def _check_limits(config: GatewayConfig, providers: set[str], groups: set[str]) -> list[ConfigIssue]:

@@ -20,6 +20,7 @@ from sluicegate.routing.config import (
     DEFAULT_FALLBACK_STATUS,
     BreakerConfig,
     RetryConfig,
+    RouteRule,
     RoutingSettings,
     Strategy,
     TargetConfig,
@@ -53,6 +54,8 @@ class ProviderConfig(_Strict):
     key_rotation: Literal["round_robin", "on_429"] = "round_robin"
     headers: dict[str, str] = Field(default_factory=dict)
     timeouts: Timeouts = Field(default_factory=Timeouts)
+    #: where it serves from (`eu-west`, `on-prem` ...), for `routing.pins` by region
+    region: str | None = Field(None, min_length=1)
     #: settings of this provider type (e.g. `api_version` for `azure_openai`), checked by the type
     options: dict[str, Any] = Field(default_factory=dict)
 
@@ -72,6 +75,11 @@ class ModelConfig(_Strict):
     fallback_on_status: list[int] = Field(default_factory=lambda: list(DEFAULT_FALLBACK_STATUS))
     retry: RetryConfig = Field(default_factory=RetryConfig)
     breaker: BreakerConfig = Field(default_factory=BreakerConfig)
+    #: content-aware routing: the first rule that holds sends the call to its targets instead
+    when: list[RouteRule] = Field(default_factory=list, max_length=64)
+    #: the whole call, every attempt and the wait between them included (default: the first
+    #: target's provider's `timeouts.total_s`); a client's shorter deadline header wins
+    timeout_s: float | None = Field(None, gt=0, le=86400)
     #: what a call costs (overrides the built-in price table, looked up by the upstream model name)
     price: PriceConfig | None = None
     #: shorthands kept from earlier configs: `price.input` and `price.output`

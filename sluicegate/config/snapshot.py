@@ -9,7 +9,7 @@ from __future__ import annotations
 import fnmatch
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from sluicegate.config.model import AccessRules, AuditConfig, GatewayConfig, GroupConfig, ModelConfig, ServerConfig
 from sluicegate.config.rules import (
@@ -21,6 +21,8 @@ from sluicegate.config.rules import (
     parse_time_window,
 )
 from sluicegate.providers.base import Provider, provider_types
+from sluicegate.routing.config import TargetConfig
+from sluicegate.routing.rules import Choice, Pins, compile_match, compile_pin
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +42,14 @@ class Route:
     priority: int = 0
     #: a target's place in its route's `targets`
     index: int = 0
+    #: how `targets` are ordered per call (`routing.strategies`)
+    strategy: str = "priority"
+    #: a target's own time to begin its answer, per attempt (None: the provider's timeouts)
+    timeout_s: float | None = None
+    #: a target's cap on the output tokens a call may ask for
+    max_tokens: int | None = None
+    #: the model's content-aware rules, in order (`routing.rules.Choice`)
+    rules: tuple[Choice, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -130,6 +140,8 @@ class Snapshot:
     server: ServerConfig
     audit: AuditConfig
     source: str
+    #: `routing.pins`, compiled (None: there are none)
+    pins: Pins | None = None
     _by_groups: dict[tuple[str, tuple[str, ...]], Consumer] = field(default_factory=dict)
 
     def route_for(self, model: str) -> Route | None:
@@ -166,15 +178,37 @@ class Snapshot:
 
 
 def _route(m: ModelConfig, providers: dict[str, Provider]) -> Route:
+    rules = tuple(
+        Choice(f"models.{m.name}.when.{rule.name}", match, _targets(m, rule.targets, rule.strategy, providers))
+        for rule in m.when
+        if (match := compile_match(rule)) is not None
+    )
     if m.targets is None:
         assert m.provider is not None
-        return Route(m.name, providers[m.provider], m.model, m)
+        return Route(m.name, providers[m.provider], m.model, m, strategy=m.strategy, rules=rules)
+    return replace(_targets(m, m.targets, None, providers), rules=rules)
+
+
+def _targets(
+    m: ModelConfig, configs: Sequence[TargetConfig], strategy: str | None, providers: dict[str, Provider]
+) -> Route:
+    """The route of a list of targets: it names the first by priority and weight."""
     targets = tuple(
-        Route(m.name, providers[t.provider], t.model or m.model, m, weight=t.weight, priority=t.priority, index=i)
-        for i, t in enumerate(m.targets)
+        Route(
+            m.name,
+            providers[t.provider],
+            t.model or m.model,
+            m,
+            weight=t.weight,
+            priority=t.priority,
+            index=i,
+            timeout_s=t.timeout_s,
+            max_tokens=t.max_tokens,
+        )
+        for i, t in enumerate(configs)
     )
     first = min(targets, key=lambda t: (t.priority, -t.weight, t.index))
-    return Route(m.name, first.provider, first.upstream_model, m, targets=targets)
+    return Route(m.name, first.provider, first.upstream_model, m, targets=targets, strategy=strategy or m.strategy)
 
 
 def _compile_glob(pattern: str) -> re.Pattern[str]:
@@ -211,4 +245,5 @@ def build_snapshot(config: GatewayConfig, source: str = "") -> Snapshot:
         server=config.server,
         audit=config.audit,
         source=source,
+        pins=Pins([compile_pin(p) for p in config.routing.pins]) if config.routing.pins else None,
     )

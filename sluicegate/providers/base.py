@@ -242,9 +242,23 @@ def has_output_limit(body: dict[str, Any]) -> bool:
 
 
 def output_cap(call: Call) -> int | None:
-    """The output tokens to ask for when a request names no limit (a call made outside the
-    pipeline, such as a guard's own model call, has none)."""
-    return getattr(call, "output_cap", None)
+    """The output tokens to ask for when a request names no limit: the consumer's cap, bounded by
+    the target's `max_tokens` (a call made outside the pipeline, such as a guard's own model
+    call, has neither)."""
+    cap: int | None = getattr(call, "output_cap", None)
+    limit: int | None = getattr(getattr(call, "route", None), "max_tokens", None)
+    if limit is None:
+        return cap
+    return limit if cap is None else min(cap, limit)
+
+
+def clamp_output(body: dict[str, Any], limit: int) -> dict[str, Any]:
+    """`body` with every limit on the answer's length it names lowered to `limit` (a copy when one
+    is lowered; a body naming none gets the cap where its provider inserts `output_cap`)."""
+    over = [name for name in OUTPUT_LIMITS if type(body.get(name)) in (int, float) and body[name] > limit]
+    if not over:
+        return body
+    return {**body, **dict.fromkeys(over, limit)}
 
 
 def capped(chat: dict[str, Any], call: Call, at_most: int | None = None) -> dict[str, Any]:

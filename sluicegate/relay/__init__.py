@@ -10,6 +10,7 @@ every stream shares, `replay.py` a whole answer given where a stream was asked f
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -19,7 +20,7 @@ from yarl import URL
 
 from sluicegate.errors import SluicegateError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from sluicegate.neutral import unsupported
-from sluicegate.providers.base import retry_seconds
+from sluicegate.providers.base import clamp_output, retry_seconds
 from sluicegate.relay.answer import relay_json, relay_translated_json
 from sluicegate.relay.passthrough import relay_native_stream, relay_stream
 from sluicegate.relay.replay import relay_json_stream, stream_or_json
@@ -151,15 +152,31 @@ class Relay:
             self._key_turns[name] = n + 1
 
     async def open(
-        self, call: Call, to_chat: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+        self,
+        call: Call,
+        to_chat: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        first_byte_s: float | None = None,
     ) -> aiohttp.ClientResponse:
         """Send the call upstream; return the response once its headers say success.
 
         When the provider does not speak the client's dialect, the body is translated: `to_chat`
-        gives the neutral chat body of the client's (None: it already is one)."""
+        gives the neutral chat body of the client's (None: it already is one). `first_byte_s`
+        bounds the wait for the response headers (a target's own timeout per attempt); the
+        call's `deadline`, when set, bounds the whole exchange."""
         route = call.route
         assert route is not None
         provider = route.provider
+        timeout = self._timeout(provider)
+        deadline = call.deadline
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise UpstreamTimeout(f"the call ran out of time before provider '{provider.name}' was asked")
+            if timeout.total is None or left < timeout.total:
+                timeout = _within(timeout, left)
+                if first_byte_s is None or left < first_byte_s:
+                    # Ran out before the headers came: a timeout, as when a target's own one fires.
+                    first_byte_s = left
         refs = provider.config.api_key
         ref = self._pick_key(provider, refs) if isinstance(refs, list) else refs
         # A cache hit (nearly every call) costs a dict lookup; only a miss awaits the vault.
@@ -167,11 +184,22 @@ class Relay:
         # Every upstream text the call repeats is scrubbed of what it sends (see `scrub.py`).
         call.scrub = self.scrubber(provider, secret)
         upstream_model = route.upstream_model or call.model_requested or ""
+        limit = route.max_tokens
         if provider.native_dialect == call.dialect:
             # Same protocol on both sides: the client's body passes through.
             call.translated = False
             endpoint = call.endpoint
-            body = provider.prepare_body(call)
+            if limit is None:
+                body = provider.prepare_body(call)
+            else:
+                # The target's cap on what may be asked of it (the client's body stays as sent).
+                sent = call.body
+                assert sent is not None
+                call.body = clamp_output(sent, limit)
+                try:
+                    body = provider.prepare_body(call)
+                finally:
+                    call.body = sent
         else:
             call.translated = True
             endpoint = _NEUTRAL_ENDPOINTS.get(call.endpoint, call.endpoint)
@@ -179,6 +207,8 @@ class Relay:
                 raise unsupported(f"The '{call.endpoint}' endpoint", f"{provider.label} (provider '{provider.name}')")
             assert call.body is not None
             chat = call.body if to_chat is None else to_chat(call.body)
+            if limit is not None:
+                chat = clamp_output(chat, limit)
             body = provider.build_request(call, chat)
         url_text = provider.url_for(endpoint, upstream_model, call.stream)
         url = self._url(url_text)
@@ -190,9 +220,13 @@ class Relay:
             headers = trace.upstream(url, headers)
         call.upstream_started = time.perf_counter()
         try:
-            resp = await self.session.post(
-                url, data=body, headers=headers, timeout=self._timeout(provider), allow_redirects=False
-            )
+            if first_byte_s is None:
+                resp = await self.session.post(url, data=body, headers=headers, timeout=timeout, allow_redirects=False)
+            else:
+                async with asyncio.timeout(first_byte_s):
+                    resp = await self.session.post(
+                        url, data=body, headers=headers, timeout=timeout, allow_redirects=False
+                    )
         except TimeoutError:
             call.upstream_done()
             raise UpstreamTimeout(f"provider '{name}' did not answer in time") from None
@@ -221,6 +255,13 @@ class Relay:
         finally:
             call.upstream_done()
             resp.release()
+
+
+def _within(timeout: aiohttp.ClientTimeout, total_s: float) -> aiohttp.ClientTimeout:
+    """A provider's timeouts with the whole exchange bounded by `total_s` (a call's deadline)."""
+    return aiohttp.ClientTimeout(
+        total=total_s, connect=timeout.connect, sock_connect=timeout.sock_connect, sock_read=timeout.sock_read
+    )
 
 
 #: the neutral endpoint a translated call of each client endpoint goes to

@@ -28,7 +28,7 @@ def response_headers(call: Call, base: list[tuple[bytes, bytes]]) -> list[tuple[
         name = call.snapshot.config.routing.target_header
         if name:
             # Which of the route's targets served the call.
-            headers.append((name.lower().encode(), plan.served.label.encode("latin-1", "replace")))
+            headers.append((name.lower().encode(), plan.served.label_bytes))
     return headers
 
 

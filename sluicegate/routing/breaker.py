@@ -6,6 +6,7 @@ The route stage asks `allow()` before each attempt and reports every allowed att
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -62,18 +63,23 @@ class _Window:
     window_s - width and window_s after it was recorded.
     """
 
-    __slots__ = ("_calls", "_failures", "_head", "_width", "calls", "failures")
+    __slots__ = ("_calls", "_ends", "_failures", "_head", "_slot", "_width", "calls", "failures")
 
     def __init__(self, window_s: float) -> None:
         self._width = window_s / WINDOW_BUCKETS
         self._calls = [0] * WINDOW_BUCKETS
         self._failures = [0] * WINDOW_BUCKETS
         self._head: int | None = None  # absolute index of the newest bucket
+        #: the newest bucket's ring slot and when it ends: a call within it needs no arithmetic
+        self._slot = 0
+        self._ends = -math.inf
         self.calls = 0
         self.failures = 0
 
     def advance(self, now: float) -> int:
         """Expire the buckets that `now` has left behind; returns the ring slot of `now`."""
+        if now < self._ends:
+            return self._slot
         index = int(now // self._width)
         if self._head is None:
             self._head = index
@@ -86,7 +92,10 @@ class _Window:
                 self._calls[slot] = self._failures[slot] = 0
             self._head = index
         # a clock that steps back (only a test's can) counts into the newest bucket
-        return self._head % WINDOW_BUCKETS
+        self._slot = slot = self._head % WINDOW_BUCKETS
+        if index == self._head:
+            self._ends = (index + 1) * self._width
+        return slot
 
     def add(self, now: float, failed: bool) -> None:
         slot = self.advance(now)
@@ -100,6 +109,7 @@ class _Window:
         self._calls = [0] * WINDOW_BUCKETS
         self._failures = [0] * WINDOW_BUCKETS
         self._head = None
+        self._ends = -math.inf
         self.calls = self.failures = 0
 
 
@@ -167,9 +177,10 @@ class CircuitBreaker:
             return True
         return False
 
-    def record(self, success: bool) -> None:
-        """Report the outcome of an allowed call."""
-        now = self._clock()
+    def record(self, success: bool, now: float | None = None) -> None:
+        """Report the outcome of an allowed call (`now`: the breaker's clock, if just read)."""
+        if now is None:
+            now = self._clock()
         self._refresh(now)
         if self._state == CLOSED:
             self._window.add(now, failed=not success)

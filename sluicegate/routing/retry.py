@@ -1,12 +1,13 @@
-"""Retries within bounds: a per-target retry budget, full-jitter backoff that honours Retry-After,
-and the deadline of a whole call.
+"""Retries within bounds: a per-target retry budget and full-jitter backoff that honours Retry-After.
 
-The route stage retries an attempt only if the policy's `max_attempts`, the target's budget and
-the call's deadline all have room, and only before the first byte went to the client.
+A route's plan (`routing.service.RoutePlan`) retries an attempt only if the policy's
+`max_attempts`, the target's budget and the call's deadline all have room, and only before the
+first byte went to the client.
 """
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections.abc import Callable
@@ -110,6 +111,9 @@ class RetryBudget:
         self._requests = [0] * BUDGET_BUCKETS
         self._retries = [0] * BUDGET_BUCKETS
         self._head: int | None = None  # absolute index of the newest bucket
+        #: the newest bucket's ring slot and when it ends: a call within it needs no arithmetic
+        self._slot = 0
+        self._ends = -math.inf
         self._requests_in_window = 0
         self._retries_in_window = 0
 
@@ -125,9 +129,9 @@ class RetryBudget:
         self._advance()
         return self._retries_in_window
 
-    def request(self) -> None:
-        """Count a first attempt."""
-        slot = self._advance()
+    def request(self, now: float | None = None) -> None:
+        """Count a first attempt (`now`: the budget's clock, if just read)."""
+        slot = self._advance(now)
         self._requests[slot] += 1
         self._requests_in_window += 1
 
@@ -146,8 +150,12 @@ class RetryBudget:
         self._advance()
         return max(0.0, self.ratio * self._requests_in_window + self.floor - self._retries_in_window)
 
-    def _advance(self) -> int:
-        index = int(self._clock() // self._width)
+    def _advance(self, now: float | None = None) -> int:
+        if now is None:
+            now = self._clock()
+        if now < self._ends:
+            return self._slot
+        index = int(now // self._width)
         if self._head is None:
             self._head = index
         elif index > self._head:
@@ -159,27 +167,7 @@ class RetryBudget:
                 self._requests[slot] = self._retries[slot] = 0
             self._head = index
         # a clock that steps back (only a test's can) counts into the newest bucket
-        return self._head % BUDGET_BUCKETS
-
-
-class Deadline:
-    """The time left for a whole call, retries and backoff included, from when it was made."""
-
-    __slots__ = ("_clock", "_ends", "total_s")
-
-    def __init__(self, total_s: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.total_s = total_s
-        self._clock = clock
-        self._ends = clock() + total_s
-
-    def remaining(self) -> float:
-        """Seconds left, never negative."""
-        return max(0.0, self._ends - self._clock())
-
-    def expired(self) -> bool:
-        """Whether no time is left."""
-        return self.remaining() <= 0.0
-
-    def fits(self, delay_s: float) -> bool:
-        """Whether waiting `delay_s` still leaves time for an attempt; if not, don't retry."""
-        return delay_s < self.remaining()
+        self._slot = slot = self._head % BUDGET_BUCKETS
+        if index == self._head:
+            self._ends = (index + 1) * self._width
+        return slot

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from sluicegate.errors import SluicegateError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from sluicegate.routing.breaker import BreakerSettings, CircuitBreaker
-from sluicegate.routing.retry import Deadline, RetryBudget, RetryPolicy
+from sluicegate.routing.retry import RetryBudget, RetryPolicy
 from sluicegate.routing.strategies import Candidate, SmoothWeighted, TargetStats, order
 
 if TYPE_CHECKING:
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from sluicegate.config.snapshot import Consumer, Route
     from sluicegate.limits.prices import PriceBook
     from sluicegate.relay import Relay
+    from sluicegate.routing.rules import Pin
 
 #: targets remembered at most (a config reload that renames many keeps the newest)
 MAX_TARGETS = 10_000
@@ -39,10 +40,12 @@ MAX_TARGETS = 10_000
 class TargetRuntime:
     """One target's state across calls: breaker, retry budget, calls in flight, latency."""
 
-    __slots__ = ("breaker", "budget", "closed", "label", "stats")
+    __slots__ = ("breaker", "budget", "closed", "label", "label_bytes", "stats")
 
     def __init__(self, label: str, breaker: CircuitBreaker | None, budget: RetryBudget) -> None:
         self.label = label
+        #: the label as the answer's target header carries it
+        self.label_bytes = label.encode("latin-1", "replace")
         self.breaker = breaker
         self.budget = budget
         self.stats = TargetStats()
@@ -112,7 +115,7 @@ class RoutingService:
                 self._routes.clear()
             targets = route.targets
             rotation = None
-            if route.config.strategy == "round_robin":
+            if route.strategy == "round_robin":
                 key = (route.name, tuple((t.provider.name, t.upstream_model, t.weight) for t in targets))
                 rotation = self._rotations.get(key)
                 if rotation is None:
@@ -127,25 +130,34 @@ class RoutingService:
             )
         return found
 
-    def plan(self, call: Call, route: Route, consumer: Consumer | None, prices: PriceBook | None = None) -> RoutePlan:
-        """The order in which this call tries its route's targets."""
+    def plan(
+        self,
+        call: Call,
+        route: Route,
+        consumer: Consumer | None,
+        prices: PriceBook | None = None,
+        pins: tuple[Pin, ...] = (),
+    ) -> RoutePlan:
+        """The order in which this call tries its route's targets: those its consumer may use and
+        its pins allow, whose circuit is not open."""
         shared = self.route_runtime(route, prices)
         targets = route.targets
         runtimes = shared.runtimes
         closed = True
         for rt in runtimes:
             closed = closed and rt.closed
-        if closed and (consumer is None or consumer.providers is None):
+        if closed and not pins and (consumer is None or consumer.providers is None):
             # Every circuit closed and every provider allowed (the common case): built once.
             candidates = shared.candidates
         else:
             candidates = [
                 Candidate(t.index, t.weight, t.priority, rt.stats, rt.available)
                 for t, rt in zip(targets, runtimes, strict=True)
-                if consumer is None or consumer.may_use_provider(t.provider.name)
+                if (consumer is None or consumer.may_use_provider(t.provider.name))
+                and all(p.allows(t.provider) for p in pins)
             ]
         ordered = order(shared.strategy, candidates, self.rng, rr=shared.rotation)
-        return RoutePlan(self, shared, [(targets[i], runtimes[i]) for i in ordered])
+        return RoutePlan(self, shared, [(targets[i], runtimes[i]) for i in ordered], permitted=bool(candidates))
 
     def status(self) -> dict[str, list[dict[str, Any]]]:
         """Each target's breaker and load, by model, for `/readyz` and the metrics."""
@@ -176,7 +188,7 @@ class RouteRuntime:
         self.policy = policy
         self.fallback_on = fallback_on
         self.rotation = rotation
-        self.strategy = route.config.strategy
+        self.strategy = route.strategy
         #: the strategy reads the targets' latency: only then is it measured
         self.latency = self.strategy == "lowest_latency"
         #: every target, available: the candidates while every circuit is closed
@@ -189,15 +201,21 @@ class RouteRuntime:
 class RoutePlan:
     """One call's targets in the order it tries them, and what each attempt did."""
 
-    __slots__ = ("attempts", "route", "served", "service", "shared", "targets")
+    __slots__ = ("attempts", "permitted", "route", "served", "service", "shared", "targets")
 
     def __init__(
-        self, service: RoutingService, shared: RouteRuntime, targets: list[tuple[Route, TargetRuntime]]
+        self,
+        service: RoutingService,
+        shared: RouteRuntime,
+        targets: list[tuple[Route, TargetRuntime]],
+        permitted: bool = True,
     ) -> None:
         self.service = service
         self.shared = shared
         self.route = shared.route
         self.targets = targets
+        #: some target is one the call may use (else: none is, whatever the circuits say)
+        self.permitted = permitted
         self.attempts: list[Attempt] = []
         #: the target whose answer the call relays (its call is in flight until `finish`)
         self.served: TargetRuntime | None = None
@@ -214,26 +232,33 @@ class RoutePlan:
         policy = shared.policy
         fallback_on = shared.fallback_on
         clock = self.service.clock
-        deadline: Deadline | None = None
+        #: the whole call's end, on `time.monotonic()`: the router sets it from the model's
+        #: `timeout_s` and the client's deadline header; else it is the first provider's total
+        #: time, found when first needed (a retry)
+        deadline = call.deadline
         queue = list(self.targets)
         last: SluicegateError | None = None
         retries = 0
         while queue and len(self.attempts) < policy.max_attempts:
             target, rt = queue[0]
             breaker = rt.breaker
-            if breaker is not None and not breaker.allow():
+            # (a closed circuit allows every call: only another state is asked)
+            if breaker is not None and not rt.closed and not breaker.allow():
                 self.attempts.append(Attempt(rt.label, None, 0.0, "circuit_open"))
                 queue.pop(0)
                 continue
+            if deadline is not None and time.monotonic() >= deadline:
+                self.attempts.append(Attempt(rt.label, None, 0.0, "deadline"))
+                break
             call.route = target
             call.provider = target.provider.name
             call.upstream_status = None
-            if not retries:
-                rt.budget.request()
-            rt.stats.start()
             started = clock()
+            if not retries:
+                rt.budget.request(started)
+            rt.stats.start()
             try:
-                resp = await relay.open(call, to_chat)
+                resp = await relay.open(call, to_chat, target.timeout_s)
             except asyncio.CancelledError:
                 rt.stats.done()
                 if breaker is not None:
@@ -258,25 +283,31 @@ class RoutePlan:
                     continue
                 # None left to fall back to: the same target again, if its budget and the deadline allow.
                 if deadline is None:
-                    deadline = Deadline(self.route.provider.timeouts.total_s - elapsed, clock)
+                    total_s = self.route.provider.timeouts.total_s
+                    deadline = call.deadline = time.monotonic() + total_s - (time.perf_counter() - call.started)
                 delay = policy.delay_s(retries, self.service.rng, exc.retry_after)
-                if delay is None or not deadline.fits(delay) or not rt.budget.try_retry():
+                if delay is None or time.monotonic() + delay >= deadline:
+                    break
+                if not rt.budget.try_retry():
                     break
                 retries += 1
                 await asyncio.sleep(delay)
                 queue.append((target, rt))
                 continue
+            now = clock()
             if shared.latency:
-                rt.stats.observe_ttft(clock() - started)
+                rt.stats.observe_ttft(now - started)
             if breaker is not None:
-                breaker.record(True)
+                breaker.record(True, now)
             if self.attempts:
                 # After failures: the audit lists them all (a first success is the event itself).
-                self.attempts.append(Attempt(rt.label, call.upstream_status, (clock() - started) * 1000.0, None))
+                self.attempts.append(Attempt(rt.label, call.upstream_status, (now - started) * 1000.0, None))
             self.served = rt
             return resp
         if last is not None:
             raise last
+        if deadline is not None and time.monotonic() >= deadline:
+            raise UpstreamTimeout(f"the call to model '{self.route.name}' ran out of time before an answer")
         raise UpstreamUnavailable(f"no target of model '{self.route.name}' is available (circuits open)")
 
     def finish(self) -> None:

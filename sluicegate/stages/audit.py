@@ -159,6 +159,7 @@ def event_of(call: Call) -> AuditEvent:
         cache=call.cache.audit_value() if call.cache is not None else None,
         cache_saved_micro_usd=call.cache.saved_micro_usd if call.cache is not None else None,
         attempts=_attempts(call),
+        routed_by=call.routed_by,
     )
 
 

@@ -48,7 +48,7 @@ def _factory(snapshot: Snapshot, services: Services) -> GuardrailsStage | None:
         return None
     if services.guard_context is None:
         raise RuntimeError("guards are configured but the gateway gave no guard context")
-    return GuardrailsStage(Guardrails(snapshot.config, services.guard_context))
+    return GuardrailsStage(Guardrails(snapshot.config, services.guard_context, snapshot.pins))
 
 
 register_stage("guardrails", _factory)

@@ -82,6 +82,8 @@ audit_events = sa.Table(
     sa.Column("cache_saved_micro_usd", sa.BigInteger),
     #: a multi-target route's attempts (`m006_attempts`)
     sa.Column("attempts", sa.Text),
+    #: the routing rules that chose or narrowed the call's targets (`m007_routed_by`)
+    sa.Column("routed_by", sa.Text),
     sa.Index("ix_audit_events_chain_seq", "chain_seq", unique=True),
 )
 
@@ -219,6 +221,13 @@ def m006_attempts(conn: sa.Connection) -> None:
     present = {column["name"] for column in sa.inspect(conn).get_columns(audit_events.name)}
     if "attempts" not in present:
         conn.execute(sa.text(f"ALTER TABLE {audit_events.name} ADD COLUMN attempts TEXT"))
+
+
+@migration
+def m007_routed_by(conn: sa.Connection) -> None:
+    present = {column["name"] for column in sa.inspect(conn).get_columns(audit_events.name)}
+    if "routed_by" not in present:
+        conn.execute(sa.text(f"ALTER TABLE {audit_events.name} ADD COLUMN routed_by TEXT"))
 
 
 def install_append_only(conn: sa.Connection) -> None:

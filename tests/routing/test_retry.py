@@ -9,7 +9,7 @@ import random
 
 import pytest
 
-from sluicegate.routing.retry import BUDGET_BUCKETS, Deadline, RetryBudget, RetryPolicy, backoff_s
+from sluicegate.routing.retry import BUDGET_BUCKETS, RetryBudget, RetryPolicy, backoff_s
 
 
 class FakeClock:
@@ -213,28 +213,3 @@ def test_a_policy_backs_off_within_its_own_bounds() -> None:
 def test_policies_that_cannot_work_are_refused(fields: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         RetryPolicy(**fields)  # type: ignore[arg-type]
-
-
-def test_a_deadline_counts_down_from_when_the_call_was_made() -> None:
-    clock = FakeClock(50.0)
-    deadline = Deadline(10.0, clock)
-    assert deadline.remaining() == 10.0
-    clock.now = 56.0
-    assert deadline.remaining() == 4.0
-    assert not deadline.expired()
-    assert deadline.fits(3.9)
-    assert not deadline.fits(4.0)  # nothing would be left for the attempt itself
-    clock.now = 60.0
-    assert deadline.expired()
-    assert not deadline.fits(0.0)
-    clock.now = 75.0
-    assert deadline.remaining() == 0.0
-
-
-def test_a_backoff_that_passes_the_deadline_is_not_waited_for() -> None:
-    clock = FakeClock(0.0)
-    deadline = Deadline(1.0, clock)
-    rng = random.Random(11)
-    delay = backoff_s(0, 0.25, 4.0, rng, retry_after_s=2.0)
-    assert delay is not None
-    assert not deadline.fits(delay)

@@ -60,8 +60,15 @@ def _upgrades(url: str) -> None:
     _earlier_store(url)
     engine = sa.create_engine(url)
     assert not _columns(engine) & set(USAGE_DETAIL_COLUMNS)
-    assert db.migrate(engine) == ["m003_usage_details", "m004_audit_chain", "m005_cache", "m006_attempts"]
-    assert set(USAGE_DETAIL_COLUMNS) | CHAIN_NAMES | {name for name, _ in db.CACHE_COLUMNS} <= _columns(engine)
+    assert db.migrate(engine) == [
+        "m003_usage_details",
+        "m004_audit_chain",
+        "m005_cache",
+        "m006_attempts",
+        "m007_routed_by",
+    ]
+    added = {name for name, _ in db.CACHE_COLUMNS} | {"attempts", "routed_by"}
+    assert set(USAGE_DETAIL_COLUMNS) | CHAIN_NAMES | added <= _columns(engine)
     assert db.migrate(engine) == []
     engine.dispose()
     # The writer stores the new fields; the earlier event reads back with them NULL.
