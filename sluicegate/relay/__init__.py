@@ -173,10 +173,11 @@ class Relay:
             if left <= 0:
                 raise UpstreamTimeout(f"the call ran out of time before provider '{provider.name}' was asked")
             if timeout.total is None or left < timeout.total:
+                # (aiohttp's total bounds the headers too: a target's own first-byte time is
+                # needed only when it ends sooner)
                 timeout = _within(timeout, left)
-                if first_byte_s is None or left < first_byte_s:
-                    # Ran out before the headers came: a timeout, as when a target's own one fires.
-                    first_byte_s = left
+                if first_byte_s is not None and first_byte_s >= left:
+                    first_byte_s = None
         refs = provider.config.api_key
         ref = self._pick_key(provider, refs) if isinstance(refs, list) else refs
         # A cache hit (nearly every call) costs a dict lookup; only a miss awaits the vault.

@@ -15,6 +15,10 @@ if TYPE_CHECKING:
     from sluicegate.call import Call
 
 
+#: configured header names as sent (a config names few)
+_HEADER_NAMES: dict[str, bytes] = {}
+
+
 def response_headers(call: Call, base: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     """Response headers with the gateway's request id (and the call's rate-limit figures, and what
     the cache did)."""
@@ -28,7 +32,10 @@ def response_headers(call: Call, base: list[tuple[bytes, bytes]]) -> list[tuple[
         name = call.snapshot.config.routing.target_header
         if name:
             # Which of the route's targets served the call.
-            headers.append((name.lower().encode(), plan.served.label_bytes))
+            raw = _HEADER_NAMES.get(name)
+            if raw is None:
+                raw = _HEADER_NAMES[name] = name.lower().encode()
+            headers.append((raw, plan.served.label_bytes))
     return headers
 
 

@@ -181,7 +181,8 @@ class CircuitBreaker:
         """Report the outcome of an allowed call (`now`: the breaker's clock, if just read)."""
         if now is None:
             now = self._clock()
-        self._refresh(now)
+        if self._state == OPEN:
+            self._refresh(now)
         if self._state == CLOSED:
             self._window.add(now, failed=not success)
             window = self._window

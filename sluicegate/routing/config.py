@@ -63,7 +63,7 @@ class RetryConfig(_Strict):
     base_s: float = Field(0.25, ge=0, le=60)
     cap_s: float = Field(4.0, ge=0, le=300)
     max_retry_after_s: float = Field(60.0, ge=0, le=3600)
-    #: retries of a target at most this share of its calls (plus one a second), so an outage is
+    #: retries of a target at most this share of its calls (or one per 10 s), so an outage is
     #: not multiplied
     budget_ratio: float = Field(0.2, ge=0, le=1)
 
@@ -80,7 +80,8 @@ class BreakerConfig(_Strict):
 
 
 #: upstream statuses that fall back (or retry) by default, besides connection failures and timeouts
-DEFAULT_FALLBACK_STATUS = (408, 409, 429, 500, 502, 503, 504)
+#: (529: Anthropic's "overloaded")
+DEFAULT_FALLBACK_STATUS = (408, 409, 429, 500, 502, 503, 504, 529)
 
 
 class Condition(_Strict):

@@ -75,13 +75,14 @@ def backoff_s(
 
 
 class RetryBudget:
-    """Retries a target may receive: `ratio` of its recent first attempts, plus a floor.
+    """Retries a target may receive: `ratio` of its recent first attempts, or a small floor.
 
-    Retries allowed in the window are at most `ratio` * first attempts in the window plus
-    `min_retries_per_s` * `window_s`, the floor that lets a quiet target retry a little. When a
-    target fails every call, retries are capped at that share of the traffic instead of
-    multiplying it by `max_attempts` (retry storms): over activity that fits in the ring's buckets,
-    N first attempts bring at most N * (1 + ratio) + min_retries_per_s * window_s attempts; over
+    Retries allowed in the window are at most `ratio` * first attempts in the window, or
+    `min_retries_per_s` * `window_s` when that is more: the floor that lets a quiet target retry
+    at all (a single call's 429 with `Retry-After`). When a target fails every call, retries are
+    capped at that share of the traffic instead of multiplying it by `max_attempts` (retry
+    storms): over activity that fits in the ring's buckets, N first attempts bring at most
+    N + max(N * ratio, floor) attempts, so N * (1 + ratio) once N * ratio reaches the floor; over
     longer spans the floor is granted again for each BUDGET_BUCKETS buckets the activity spans.
 
     The window is a ring of buckets: the current one and the BUDGET_BUCKETS - 1 before it.
@@ -95,7 +96,7 @@ class RetryBudget:
     def __init__(
         self,
         ratio: float = 0.2,
-        min_retries_per_s: float = 1.0,
+        min_retries_per_s: float = 0.1,
         window_s: float = 10.0,
         *,
         clock: Callable[[], float] = time.monotonic,
@@ -139,7 +140,7 @@ class RetryBudget:
         """True, and the retry is counted, if the budget has room for one more; False otherwise."""
         slot = self._advance()
         # the retry must fit once counted, so the window never holds more than the bound
-        if self._retries_in_window + 1 > self.ratio * self._requests_in_window + self.floor:
+        if self._retries_in_window + 1 > max(self.ratio * self._requests_in_window, self.floor):
             return False
         self._retries[slot] += 1
         self._retries_in_window += 1
@@ -148,7 +149,7 @@ class RetryBudget:
     def room(self) -> float:
         """How many more retries the window allows now (for metrics)."""
         self._advance()
-        return max(0.0, self.ratio * self._requests_in_window + self.floor - self._retries_in_window)
+        return max(0.0, max(self.ratio * self._requests_in_window, self.floor) - self._retries_in_window)
 
     def _advance(self, now: float | None = None) -> int:
         if now is None:

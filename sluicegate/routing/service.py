@@ -16,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from bisect import bisect_right
 from collections.abc import Callable
+from itertools import accumulate
 from typing import TYPE_CHECKING, Any
 
 from sluicegate.errors import SluicegateError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
@@ -149,6 +151,17 @@ class RoutingService:
         if closed and not pins and (consumer is None or consumer.providers is None):
             # Every circuit closed and every provider allowed (the common case): built once.
             candidates = shared.candidates
+            weights = shared.weights
+            if weights is not None:
+                # Weighted within one priority group: the first by one draw over the cumulative
+                # weights (what the weighted order's first place is), the rest weighted as usual.
+                first = bisect_right(weights, self.rng.random() * weights[-1])
+                first = min(first, len(weights) - 1)
+                pairs = shared.pairs
+                if len(pairs) == 2:
+                    return RoutePlan(self, shared, shared.orders[first])
+                rest = order(shared.strategy, [c for c in candidates if c.index != first], self.rng)
+                return RoutePlan(self, shared, [pairs[first], *[pairs[i] for i in rest]])
         else:
             candidates = [
                 Candidate(t.index, t.weight, t.priority, rt.stats, rt.available)
@@ -157,7 +170,8 @@ class RoutingService:
                 and all(p.allows(t.provider) for p in pins)
             ]
         ordered = order(shared.strategy, candidates, self.rng, rr=shared.rotation)
-        return RoutePlan(self, shared, [(targets[i], runtimes[i]) for i in ordered], permitted=bool(candidates))
+        pairs = shared.pairs
+        return RoutePlan(self, shared, [pairs[i] for i in ordered], permitted=bool(candidates))
 
     def status(self) -> dict[str, list[dict[str, Any]]]:
         """Each target's breaker and load, by model, for `/readyz` and the metrics."""
@@ -173,7 +187,19 @@ class RoutingService:
 class RouteRuntime:
     """What the calls of one route share: its targets' runtimes, retry policy, fallback statuses."""
 
-    __slots__ = ("candidates", "fallback_on", "latency", "policy", "rotation", "route", "runtimes", "strategy")
+    __slots__ = (
+        "candidates",
+        "fallback_on",
+        "latency",
+        "orders",
+        "pairs",
+        "policy",
+        "rotation",
+        "route",
+        "runtimes",
+        "strategy",
+        "weights",
+    )
 
     def __init__(
         self,
@@ -196,6 +222,16 @@ class RouteRuntime:
             Candidate(t.index, t.weight, t.priority, rt.stats, True)
             for t, rt in zip(route.targets, runtimes, strict=True)
         ]
+        #: each target with its runtime, by index
+        self.pairs = list(zip(route.targets, runtimes, strict=True))
+        #: `weighted` within one priority group: the cumulative weights (else None), and for two
+        #: targets the two orders there are
+        self.weights: list[float] | None = None
+        self.orders: tuple[list[tuple[Route, TargetRuntime]], ...] = ()
+        if self.strategy == "weighted" and len({t.priority for t in route.targets}) == 1:
+            self.weights = list(accumulate(t.weight for t in route.targets))
+            if len(self.pairs) == 2:
+                self.orders = ([self.pairs[0], self.pairs[1]], [self.pairs[1], self.pairs[0]])
 
 
 class RoutePlan:

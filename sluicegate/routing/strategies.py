@@ -178,7 +178,8 @@ def order(
     - `weighted`: weighted random without replacement: each is first in proportion to its weight.
     - `round_robin`: smooth weighted round robin; needs `rr`, the route's `SmoothWeighted`.
     - `least_outstanding`: fewest calls in flight first.
-    - `lowest_latency`: lowest `ewma_ttft` first, targets without a sample before all others; with
+    - `lowest_latency`: lowest `ewma_ttft` first, targets without a sample before all others (one
+      call at a time: while it is out, such a target comes last); with
       probability `explore` a uniformly random target of the best group is put first instead.
     - `lowest_cost`: lowest `price` first, unknown prices last.
 
@@ -223,12 +224,17 @@ def _least_outstanding_keys(candidates: Sequence[Candidate], rand: Callable[[], 
 
 
 def _lowest_latency_keys(candidates: Sequence[Candidate], rand: Callable[[], float]) -> list[_Key]:
-    # a target never measured sorts before every measured one (-1.0 < any time): it is explored first
-    return [
-        (c.priority, -1.0 if c.stats.ewma_ttft is None else c.stats.ewma_ttft, -(rand() ** (1.0 / c.weight)), c.index)
-        for c in candidates
-        if c.available
-    ]
+    return [(c.priority, _latency(c.stats), -(rand() ** (1.0 / c.weight)), c.index) for c in candidates if c.available]
+
+
+def _latency(stats: TargetStats) -> float:
+    # A target never measured sorts before every measured one (-1.0 < any time): it is explored
+    # first, by one call at a time; while that call is out it sorts last, so a burst of calls does
+    # not all wait on a target that may be slow.
+    ewma = stats.ewma_ttft
+    if ewma is not None:
+        return ewma
+    return -1.0 if stats.outstanding == 0 else math.inf
 
 
 def _lowest_cost_keys(candidates: Sequence[Candidate], rand: Callable[[], float]) -> list[_Key]:

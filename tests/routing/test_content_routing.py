@@ -421,3 +421,16 @@ def test_a_malformed_sdk_timeout_header_is_ignored(gw: RunningGateway, upstream:
             headers={"x-stainless-timeout": "NOT_GIVEN"},
         )
     assert resp.status_code == 200
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_a_fallback_crosses_wire_formats(gw: RunningGateway, upstream: FakeUpstream, stream: bool) -> None:
+    # The Anthropic target is overloaded: the OpenAI-format one serves, each in its own protocol.
+    upstream.enqueue(Reply(status=529), Reply(content="from the other format"))
+    assert chat(gw, [{"role": "user", "content": "hello"}], stream) == "from the other format"
+    assert [r.path for r in upstream.requests] == ["/v1/messages", "/v1/chat/completions"]
+    attempts = json.loads(gw.last_audit()["attempts"])
+    assert [(a["target"], a["status"]) for a in attempts] == [
+        ("claude/claude-sonnet-4-5", 529),
+        ("external/ext-model", 200),
+    ]

@@ -54,13 +54,13 @@ def simulate_failing_target(seed: int, span_windows: float) -> tuple[RetryBudget
 
 
 @pytest.mark.parametrize("seed", range(150))
-def test_within_one_window_a_failing_target_gets_at_most_ratio_more_attempts_plus_the_floor(seed: int) -> None:
+def test_within_one_window_a_failing_target_gets_at_most_ratio_more_attempts_or_the_floor(seed: int) -> None:
     # shorter than nine buckets: every event falls in the ten buckets of one window, whatever the phase
     span_windows = random.Random(-seed).uniform(0.05, 0.89)
     budget, window_s, first, attempts, start, end = simulate_failing_target(seed, span_windows)
     width = window_s / BUDGET_BUCKETS
     assert math.floor(end / width) - math.floor(start / width) + 1 <= BUDGET_BUCKETS
-    assert attempts <= first * (1 + budget.ratio) + budget.floor + 1e-9
+    assert attempts <= first + max(first * budget.ratio, budget.floor) + 1e-9
 
 
 @pytest.mark.parametrize("seed", range(150))
@@ -82,8 +82,21 @@ def test_the_bound_is_reached_by_an_eager_client() -> None:
     for _ in range(100):
         budget.request()
     granted = sum(budget.try_retry() for _ in range(1000))
-    assert granted == 100 * 0.2 + 10
+    assert granted == 100 * 0.2  # the ratio's share is above the floor (10): no more than it
     assert budget.room() == 0.0
+
+
+def test_the_floor_is_not_added_to_the_ratio() -> None:
+    # A target failing every call receives at most calls * (1 + ratio) once that share is a retry.
+    clock = FakeClock(0.0)
+    budget = RetryBudget(ratio=0.2, clock=clock)
+    assert budget.floor == 1.0
+    budget.request()
+    assert budget.try_retry()  # a lone call may retry once (the floor)
+    assert not budget.try_retry()
+    for _ in range(39):
+        budget.request()
+    assert sum(budget.try_retry() for _ in range(100)) == 7  # 40 * 0.2 = 8, one used already
 
 
 def test_a_quiet_target_can_still_retry_a_little() -> None:

@@ -305,6 +305,18 @@ def test_lowest_latency_tries_an_unmeasured_target_first() -> None:
     assert order("lowest_latency", cands, random.Random(0), explore=0.0) == [1, 0, 2]
 
 
+def test_lowest_latency_probes_an_unmeasured_target_one_call_at_a_time() -> None:
+    cands = candidates(1.0, 1.0)
+    cands[0].stats.observe_ttft(0.1)
+    assert order("lowest_latency", cands, random.Random(0), explore=0.0) == [1, 0]
+    # Its first call is out: the next calls go to the measured one, not to wait behind it.
+    cands[1].stats.start()
+    assert order("lowest_latency", cands, random.Random(0), explore=0.0) == [0, 1]
+    cands[1].stats.done()
+    cands[1].stats.observe_ttft(0.4)
+    assert order("lowest_latency", cands, random.Random(0), explore=0.0) == [0, 1]
+
+
 def test_lowest_latency_without_exploring_never_picks_the_slower() -> None:
     rng = random.Random(11)
     cands = candidates(1.0, 1.0)
