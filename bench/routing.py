@@ -8,7 +8,8 @@ Targets, measured in interleaved rounds in the same run, as `bench/observability
   retry budgets on (the defaults);
 - `rules`: `weighted` plus a `when` rule (on images: it never holds for this prompt) and a pin
   covering every consumer (allowing `mock`): what reading conditions and filtering targets add.
-Each target is its own gateway process pinned to the gateway core, measured one at a time.
+Each target is its own gateway process pinned to the gateway core, measured one at a time, the
+gateways in a rotated order each round.
 Non-streaming chat through wrk (same prompt and pinning as `bench/run.py`); CPU per call from
 /proc. The ratios are requests per second and CPU per call against `gateway`'s.
 
@@ -106,8 +107,11 @@ def bench(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             # every gateway warms up the same way before the first measured round
             wrk(target, 8, args.warmup)
         for rnd in range(args.rounds):
+            # The gateways take turns going first: an order effect would otherwise favour one.
+            shift = rnd % (len(targets) - 1)
+            order = [targets[0], *targets[1 + shift :], *targets[1 : 1 + shift]]
             for c in args.concurrency:
-                for target in targets:
+                for target in order:
                     print(f"round {rnd} {target.name:<9} c={c:<3}", end=" ", flush=True, file=sys.stderr)
                     r = {"round": rnd, "target": target.name, "concurrency": c}
                     r.update(measure(target, c, args.duration, args.warmup))
