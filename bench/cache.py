@@ -309,7 +309,12 @@ def bench(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         if name != "floor":
             path = configs[name] = tmp / f"{name}.yaml"
             path.write_text(base + CONFIGS[name].replace("{redis}", str(redis_port)))
-    env = {**os.environ, "SLUICEGATE_DATA_DIR": str(tmp / "data"), "BENCH_UPSTREAM_KEY": "sk-bench-upstream"}
+    env = {
+        **os.environ,
+        "SLUICEGATE_DATA_DIR": str(tmp / "data"),
+        "BENCH_UPSTREAM_KEY": "sk-bench-upstream",
+        "SLUICEGATE_WORKERS": "1",
+    }
     config = tmp / "keys.yaml"
     config.write_text(base)
     created = subprocess.run(
@@ -377,7 +382,12 @@ def count_instructions(name: str, calls: int, tmp: Path) -> int:
     work.mkdir()
     config = work / "sluicegate.yaml"
     config.write_text(CONFIG.format(port=up_port, paced_port=paced_port) + CONFIGS[name])
-    env = {**os.environ, "SLUICEGATE_DATA_DIR": str(work / "data"), "BENCH_UPSTREAM_KEY": "sk-bench-upstream"}
+    env = {
+        **os.environ,
+        "SLUICEGATE_DATA_DIR": str(work / "data"),
+        "BENCH_UPSTREAM_KEY": "sk-bench-upstream",
+        "SLUICEGATE_WORKERS": "1",
+    }
     sg = sluicegate_bin()
     key = subprocess.run(
         [sg, "keys", "create", "--consumer", "bench", "--config", str(config)],

@@ -70,7 +70,12 @@ def one_run(durability: str, args: argparse.Namespace, tmp: Path) -> dict[str, A
     up_port, gw_port = free_port(), free_port()
     config = tmp / "sluicegate.yaml"
     config.write_text(CONFIG.format(port=up_port) + f"audit:\n  durability: {durability}\n")
-    env = {**os.environ, "SLUICEGATE_DATA_DIR": str(tmp / "data"), "BENCH_UPSTREAM_KEY": "sk-bench-upstream"}
+    env = {
+        **os.environ,
+        "SLUICEGATE_DATA_DIR": str(tmp / "data"),
+        "BENCH_UPSTREAM_KEY": "sk-bench-upstream",
+        "SLUICEGATE_WORKERS": "1",
+    }
     sg = sluicegate_bin()
     created = subprocess.run(
         [sg, "keys", "create", "--consumer", "bench", "--config", str(config)],

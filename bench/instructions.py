@@ -57,7 +57,12 @@ def count(calls: int, source: Path | None, tmp: Path, limits: bool = False, extr
         CONFIG.format(port=up_port, paced_port=paced_port) + (LIMITS.format(backend="") if limits else "") + extra
     )
     consumer = "bench-limited" if limits else "bench"
-    env = {**os.environ, "SLUICEGATE_DATA_DIR": str(tmp / f"data-{calls}"), "BENCH_UPSTREAM_KEY": "sk-bench-upstream"}
+    env = {
+        **os.environ,
+        "SLUICEGATE_DATA_DIR": str(tmp / f"data-{calls}"),
+        "BENCH_UPSTREAM_KEY": "sk-bench-upstream",
+        "SLUICEGATE_WORKERS": "1",
+    }
     gw_env = dict(env)
     if source is not None:
         gw_env["PYTHONPATH"] = str(source)

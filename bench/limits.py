@@ -81,7 +81,12 @@ def bench(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         path = tmp / f"{name}.yaml"
         path.write_text(base + LIMITS.format(backend=backend))
         configs[name] = path
-    env = {**os.environ, "SLUICEGATE_DATA_DIR": str(tmp / "data"), "BENCH_UPSTREAM_KEY": "sk-bench-upstream"}
+    env = {
+        **os.environ,
+        "SLUICEGATE_DATA_DIR": str(tmp / "data"),
+        "BENCH_UPSTREAM_KEY": "sk-bench-upstream",
+        "SLUICEGATE_WORKERS": "1",
+    }
     keys = {}
     for consumer in ("bench", "bench-limited", "bench-two"):
         created = subprocess.run(

@@ -120,7 +120,12 @@ def bench(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     for name in names:
         path = configs[name] = tmp / f"{name}.yaml"
         path.write_text(base + VARIANTS[name].replace("{otlp}", str(otlp_port)))
-    env = {**os.environ, "SLUICEGATE_DATA_DIR": str(tmp / "data"), "BENCH_UPSTREAM_KEY": "sk-bench-upstream"}
+    env = {
+        **os.environ,
+        "SLUICEGATE_DATA_DIR": str(tmp / "data"),
+        "BENCH_UPSTREAM_KEY": "sk-bench-upstream",
+        "SLUICEGATE_WORKERS": "1",
+    }
     created = subprocess.run(
         [sg, "keys", "create", "--consumer", "bench", "--config", str(configs[names[0]])],
         env=env, capture_output=True, text=True, check=True,

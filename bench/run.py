@@ -521,7 +521,12 @@ def bench(args: argparse.Namespace, tmp: Path, info: dict[str, Any]) -> dict[str
     if args.durability != "queued":  # the default is left out, so older commits read the config too
         text += f"audit:\n  durability: {args.durability}\n"
     config.write_text(text)
-    env = {**os.environ, "SLUICEGATE_DATA_DIR": str(tmp / "data"), "BENCH_UPSTREAM_KEY": "sk-bench-upstream"}
+    env = {
+        **os.environ,
+        "SLUICEGATE_DATA_DIR": str(tmp / "data"),
+        "BENCH_UPSTREAM_KEY": "sk-bench-upstream",
+        "SLUICEGATE_WORKERS": "1",
+    }
     gw_env = dict(env)
     if args.gateway_source is not None:
         # `import sluicegate` in the gateway finds this tree first (the other processes keep ours).

@@ -216,6 +216,8 @@ class Gateway:
         self.watch_interval_s = watch_interval_s
         self.relay: Relay | None = None
         self.started = False
+        #: stopping: `/readyz` says so while calls are still served (`server.drain_s`)
+        self.draining = False
         self.reloads = 0
         self.reload_failures = 0
         self.last_reload_error: str | None = None
@@ -412,7 +414,9 @@ class Gateway:
     async def _ready(self, send: Send) -> None:
         audit = self.audit
         problems = []
-        if not self.started:
+        if self.draining:
+            problems.append("draining: the gateway is stopping")
+        elif not self.started:
             problems.append("starting")
         if not audit.healthy:
             problems.append(f"audit store failing ({audit.last_error}); events go to the spill file")
@@ -431,8 +435,10 @@ class Gateway:
         if routing:
             # Each target's circuit and load: shown, not judged (a route falls back around an open one).
             body["routing"] = routing
+        body["pid"] = os.getpid()
         if problems:
-            await _send_json(send, 503, {"status": "unavailable", "problems": problems, **body})
+            status = "draining" if self.draining else "unavailable"
+            await _send_json(send, 503, {"status": status, "problems": problems, **body})
         else:
             await _send_json(send, 200, {"status": "ready", "audit_pending": audit.pending, **body})
 

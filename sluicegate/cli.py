@@ -87,24 +87,84 @@ def main() -> None:
     default=None,
     help="Serve /metrics, /healthz and /readyz on this port too (on admin.host); overrides admin.port.",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 1024),
+    default=None,
+    envvar="SLUICEGATE_WORKERS",
+    help="Worker processes sharing the port, under a supervisor (default: the CPUs this process may "
+    "use; 1 in demo mode). Workers share state as instances do: limits and cache in Redis.",
+)
 def serve(
-    config_path: str | None, host: str, port: int, log_level: str | None, log_format: str | None, admin_port: int | None
+    config_path: str | None,
+    host: str,
+    port: int,
+    log_level: str | None,
+    log_format: str | None,
+    admin_port: int | None,
+    workers: int | None,
 ) -> None:
     """Run the gateway (demo mode without --config)."""
+    from sluicegate.edge.supervisor import default_workers
+
     logs = _setup_logging(log_level, log_format)
-    _run(_serve(config_path, host, port, admin_port, logs))
+    if workers is None:
+        workers = 1 if config_path is None else default_workers()
+    if workers == 1:
+        _run(_serve(config_path, host, port, admin_port, logs))
+        return
+    if config_path is None:
+        raise click.ClickException("demo mode runs one worker: give --config to run several")
+    sys.exit(_supervise(config_path, host, port, admin_port, logs, workers))
+
+
+def _supervise(config_path: str, host: str, port: int, admin_port: int | None, logs: LogSetup, workers: int) -> int:
+    """Serve with `workers` processes on one socket (`edge.supervisor`); the config is checked first."""
+    import sluicegate.app  # noqa: F401  (imported before the fork: its pages are shared by the workers)
+    from sluicegate.config.loader import ConfigInvalid, load_config
+    from sluicegate.edge.supervisor import Supervisor, bind
+
+    try:
+        snapshot = load_config(config_path)
+    except ConfigInvalid as exc:
+        raise click.ClickException(str(exc)) from None
+    config = snapshot.config
+    if config.limits.backend == "memory" and (config.limits.rate_limits or config.limits.budgets):
+        logging.getLogger("sluicegate").warning(
+            "limits.backend is memory: each of the %d workers counts its own budgets and rate limits; "
+            "use limits.backend: redis to share them",
+            workers,
+        )
+    try:
+        sock = bind(host, port)
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    admin = admin_port if admin_port is not None else config.admin.port
+
+    def run_worker(index: int) -> None:
+        # Each worker's admin listener takes its own port: admin port + worker index.
+        worker_admin = admin + index if admin is not None else None
+        _run(_serve(config_path, host, port, worker_admin, logs, sock=sock))
+
+    try:
+        return Supervisor(workers, run_worker).run()
+    finally:
+        sock.close()
 
 
 async def _serve(
-    config_path: str | None, host: str, port: int, admin_port: int | None = None, logs: LogSetup | None = None
+    config_path: str | None,
+    host: str,
+    port: int,
+    admin_port: int | None = None,
+    logs: LogSetup | None = None,
+    sock: Any = None,
 ) -> None:
-    import uvicorn
-
     from sluicegate.app import Gateway
     from sluicegate.config.loader import ConfigInvalid, load_config
     from sluicegate.config.snapshot import build_snapshot
     from sluicegate.demo import DEMO_CONSUMER, demo_config, demo_key
-    from sluicegate.edge.server import server_config
+    from sluicegate.edge.server import DrainingServer, server_config
     from sluicegate.store.db import create_engine
     from sluicegate.testing.upstream import FakeUpstream, start_server
 
@@ -137,14 +197,14 @@ async def _serve(
             logs.apply(snapshot.config.observability.logging)
         gateway = Gateway(snapshot, settings=settings, config_path=config_path)
         gateway.logs = logs
-    server = uvicorn.Server(server_config(gateway, host, port))
+    server = DrainingServer(server_config(gateway, host, port), gateway)
     _raise_fd_limit(gateway.snapshot.server)
     admin: Any = None
     try:
         admin_port = admin_port if admin_port is not None else gateway.snapshot.config.admin.port
         if admin_port is not None:
             admin, admin_task = await _start_admin(gateway, admin_port)
-        await server.serve()
+        await server.serve(sockets=[sock] if sock is not None else None)
     finally:
         if admin is not None:
             # The data server stopped (signal or failure): the admin listener goes with it.

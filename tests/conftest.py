@@ -220,8 +220,11 @@ def gateway_process(
     data_dir: Path, *args: str, cwd: Path | None = None, log: Path | None = None
 ) -> Iterator[GatewayProcess]:
     """Run `sluicegate serve ARGS` on a free port until it is ready; stop it (SIGTERM) on exit.
-    With `log`, its output goes to that file, readable while it runs."""
+    With `log`, its output goes to that file, readable while it runs. One worker process unless
+    ARGS say `--workers`."""
     port = free_port()
+    if "--workers" not in args:
+        args = (*args, "--workers", "1")
     env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY")}
     env.update(SLUICEGATE_DATA_DIR=str(data_dir), TEST_UPSTREAM_KEY=CANARY_KEY)
     output = log.open("ab") if log is not None else subprocess.PIPE

@@ -251,6 +251,9 @@ class ServerConfig(_Strict):
     trusted_proxies: list[str] = Field(default_factory=list)
     #: which header the trusted proxies set: `x-forwarded-for`, or `forwarded` (RFC 7239)
     forwarded_header: Literal["x-forwarded-for", "forwarded"] = "x-forwarded-for"
+    #: on SIGTERM, `/readyz` answers 503 `draining` for this long while calls are still served, so
+    #: a load balancer stops sending new ones before the gateway stops (SIGINT stops at once)
+    drain_s: float = Field(0.0, ge=0, le=3600)
 
     @field_validator("trusted_proxies")
     @classmethod

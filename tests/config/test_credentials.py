@@ -88,7 +88,7 @@ def test_serve_refuses_it_without_printing_it(tmp_path: Path) -> None:
     path.write_text(config(api_key=f"env://{RANDOM_40}", headers={"X-Api-Key": OPENAI_SHAPED}))
     env = {**os.environ, "SLUICEGATE_DATA_DIR": str(tmp_path / "data")}
     proc = subprocess.run(
-        [sys.executable, "-m", "sluicegate.cli", "serve", "--config", str(path), "--port", "0"],
+        [sys.executable, "-m", "sluicegate.cli", "serve", "--config", str(path), "--port", "0", "--workers", "1"],
         env=env, capture_output=True, timeout=60, check=False,
     )  # fmt: skip
     out = proc.stdout + proc.stderr
