@@ -1,16 +1,22 @@
 """The gateway's database: tables, ordered migrations, and engine creation.
 
 SQLite (WAL) by default, in the data folder; any SQLAlchemy URL works (PostgreSQL for many
-instances). Migrations are named functions applied in order and recorded in `_migrations`.
+instances). Migrations are named functions applied in order and recorded in `_migrations`, in
+one transaction that holds the database's migration lock: instances starting together on one
+database apply them once (`migrate`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
+
+log = logging.getLogger("sluicegate.store")
 
 metadata = sa.MetaData()
 
@@ -313,16 +319,62 @@ def create_engine(url: str) -> Engine:
     return engine
 
 
+#: the PostgreSQL advisory lock `migrate` holds for its transaction: the first 8 bytes of
+#: SHA-256("sluicegate.migrate") as a signed bigint, -235332653065130559 (fixed: instances of
+#: different releases starting together must take the same lock)
+MIGRATE_LOCK_KEY = int.from_bytes(hashlib.sha256(b"sluicegate.migrate").digest()[:8], "big", signed=True)
+#: how long a SQLite connection waits for another process's migrations before it gives up
+MIGRATE_SQLITE_WAIT_MS = 120_000
+
+
 def migrate(engine: Engine) -> list[str]:
-    """Apply the migrations not yet recorded; return their names."""
+    """Apply the migrations not yet recorded; return their names.
+
+    One transaction that first takes the database's migration lock, then reads `_migrations`,
+    then applies what is missing: instances starting together on one database serialise here,
+    and each one after the first finds the migrations recorded and applies none. PostgreSQL: a
+    transaction-level advisory lock (`MIGRATE_LOCK_KEY`), released by the commit or rollback.
+    SQLite: `BEGIN IMMEDIATE`, the file's write lock from the transaction's start (the driver
+    would otherwise begin only at the first INSERT, after the reads and the DDL). Other
+    databases take no lock: start one instance first.
+    """
     applied: list[str] = []
-    with engine.begin() as conn:
-        migrations_table.create(conn, checkfirst=True)
-        done = set(conn.execute(sa.select(migrations_table.c.name)).scalars())
-        for name, fn in MIGRATIONS:
-            if name in done:
-                continue
-            fn(conn)
-            conn.execute(migrations_table.insert().values(name=name))
-            applied.append(name)
+    with engine.connect() as conn:
+        sqlite = conn.dialect.name == "sqlite"
+        waited = _sqlite_wait(conn, MIGRATE_SQLITE_WAIT_MS) if sqlite else None
+        try:
+            with conn.begin():
+                if sqlite:
+                    # The DBAPI connection is not in a transaction (SQLAlchemy's begin is a no-op
+                    # for pysqlite): this one is its transaction, committed or rolled back by ours.
+                    conn.exec_driver_sql("BEGIN IMMEDIATE")
+                elif conn.dialect.name == "postgresql":
+                    # A server's statement_timeout must not fail an instance waiting for another's.
+                    conn.exec_driver_sql("SET LOCAL statement_timeout = 0")
+                    lock = sa.text("SELECT pg_advisory_xact_lock(CAST(:key AS bigint))")
+                    conn.execute(lock, {"key": MIGRATE_LOCK_KEY})
+                migrations_table.create(conn, checkfirst=True)
+                done = set(conn.execute(sa.select(migrations_table.c.name)).scalars())
+                for name, fn in MIGRATIONS:
+                    if name in done:
+                        continue
+                    fn(conn)
+                    conn.execute(migrations_table.insert().values(name=name))
+                    applied.append(name)
+        except BaseException:
+            if waited is not None:
+                conn.invalidate()  # not back to the pool with the long busy timeout
+            raise
+        if waited is not None:
+            _sqlite_wait(conn, waited)
+    if applied:
+        log.info("database migrated: %s", ", ".join(applied))
     return applied
+
+
+def _sqlite_wait(conn: sa.Connection, ms: int) -> int:
+    """Set the connection's busy timeout to `ms`; return the one it had."""
+    before = int(conn.exec_driver_sql("PRAGMA busy_timeout").scalar_one())
+    conn.exec_driver_sql(f"PRAGMA busy_timeout = {int(ms)}")
+    conn.commit()  # SQLAlchemy's autobegun transaction around the pragmas (none in the driver)
+    return before
