@@ -189,6 +189,7 @@ class Gateway:
             anchors=AnchorFile(anchor_path(audit_cfg.chain, self.settings.data_dir)),
             anchor_interval_s=audit_cfg.chain.anchor_interval_s,
             sinks=self.audit_sinks,
+            instance=self.settings.instance(),
         )
         self.keys = KeyIndex(KeyStore(self.engine), refresh_s=key_refresh_s)
         self.services = Services(

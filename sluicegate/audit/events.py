@@ -61,6 +61,9 @@ class AuditEvent:
     #: the routing rules that chose or narrowed where the call could go: a model's `when` rule
     #: (`models.smart.when.private-data`) and the pins that held (`routing.pins.eu-data`), by comma
     routed_by: str | None = None
+    #: the gateway process that wrote the event (`SLUICEGATE_INSTANCE_ID`, else `host:pid`): with
+    #: several instances or workers on one store, which one served the call
+    instance: str | None = None
 
     def as_row(self) -> dict[str, Any]:
         """Column values for the store."""

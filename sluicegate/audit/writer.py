@@ -111,8 +111,11 @@ class AuditWriter:
         anchors: AnchorFile | None = None,
         anchor_interval_s: float = 60.0,
         sinks: Sinks | None = None,
+        instance: str | None = None,
     ) -> None:
         self.engine = engine
+        #: stamped on every event this writer is given that names no instance
+        self.instance = instance
         self.batch_size = batch_size
         self.flush_interval_s = flush_interval_s
         self.retry_s = retry_s
@@ -169,6 +172,8 @@ class AuditWriter:
 
     def submit(self, event: AuditEvent) -> None:
         """Queue one event (never blocks, never does I/O)."""
+        if event.instance is None:
+            event.instance = self.instance
         self._submitted += 1
         if self.spill is not None and self._queue.qsize() >= self.max_queue_events:
             self._to_overflow(event)
@@ -179,6 +184,8 @@ class AuditWriter:
         """Queue one event; the future says True once it is in the store or a local file, False
         when it could be written to neither (it then stays queued and is retried)."""
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        if event.instance is None:
+            event.instance = self.instance
         self._submitted += 1
         item = (event, future)
         if self.spill is not None and self._queue.qsize() >= self.max_queue_events:

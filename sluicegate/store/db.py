@@ -90,6 +90,8 @@ audit_events = sa.Table(
     sa.Column("attempts", sa.Text),
     #: the routing rules that chose or narrowed the call's targets (`m007_routed_by`)
     sa.Column("routed_by", sa.Text),
+    #: the gateway process that wrote the event (`m008_instance`)
+    sa.Column("instance", sa.String(128)),
     sa.Index("ix_audit_events_chain_seq", "chain_seq", unique=True),
 )
 
@@ -234,6 +236,14 @@ def m007_routed_by(conn: sa.Connection) -> None:
     present = {column["name"] for column in sa.inspect(conn).get_columns(audit_events.name)}
     if "routed_by" not in present:
         conn.execute(sa.text(f"ALTER TABLE {audit_events.name} ADD COLUMN routed_by TEXT"))
+
+
+@migration
+def m008_instance(conn: sa.Connection) -> None:
+    # Nullable, no default: older events keep their chain hashes.
+    present = {column["name"] for column in sa.inspect(conn).get_columns(audit_events.name)}
+    if "instance" not in present:
+        conn.execute(sa.text(f"ALTER TABLE {audit_events.name} ADD COLUMN instance VARCHAR(128)"))
 
 
 def install_append_only(conn: sa.Connection) -> None:

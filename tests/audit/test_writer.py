@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -305,3 +306,25 @@ def test_a_store_that_refuses_every_row_is_unavailable_not_a_poison_source(tmp_p
         time.sleep(0.02)
     assert count(engine) == 10 and not (tmp_path / "audit-poison.jsonl").exists()
     writer.close()
+
+
+def test_each_event_names_the_instance_that_wrote_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sluicegate.settings import Settings
+
+    monkeypatch.setenv("SLUICEGATE_INSTANCE_ID", "gw-eu-1")
+    assert Settings.from_env().instance() == "gw-eu-1"
+    monkeypatch.delenv("SLUICEGATE_INSTANCE_ID")
+    assert Settings.from_env().instance().endswith(f":{os.getpid()}")
+    engine = create_engine(f"sqlite:///{tmp_path / 'a.db'}")
+    writer = AuditWriter(engine, instance="gw-eu-1")
+    writer.submit(event(1))
+    named = event(2)
+    named.instance = "gw-us-2"  # an event that names its instance keeps it (a replayed one)
+    writer.submit(named)
+    writer.start()
+    assert writer.wait_idle(10)
+    writer.close()
+    assert {e["request_id"]: e["instance"] for e in latest_events(engine, 10)} == {
+        "req_1": "gw-eu-1",
+        "req_2": "gw-us-2",
+    }

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
@@ -110,6 +111,8 @@ def test_sigterm_drains_then_stops_every_worker_losing_no_audit_event(
     assert not any(_alive(pid) for pid in workers)
     events = latest_events(create_engine(f"sqlite:///{data / 'sluicegate.db'}"), 100_000)
     assert len([e for e in events if e["status"] == 200]) >= answered > 0
+    # Each event names the worker that wrote it; both served.
+    assert {e["instance"] for e in events} == {f"{socket.gethostname()}:{pid}" for pid in workers}
 
 
 def test_the_workers_go_when_the_supervisor_is_killed(

@@ -71,8 +71,9 @@ def _upgrades(url: str) -> None:
         "m005_cache",
         "m006_attempts",
         "m007_routed_by",
+        "m008_instance",
     ]
-    added = {name for name, _ in db.CACHE_COLUMNS} | {"attempts", "routed_by"}
+    added = {name for name, _ in db.CACHE_COLUMNS} | {"attempts", "routed_by", "instance"}
     assert set(USAGE_DETAIL_COLUMNS) | CHAIN_NAMES | added <= _columns(engine)
     assert db.migrate(engine) == []
     engine.dispose()
