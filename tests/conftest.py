@@ -238,20 +238,24 @@ def gateway_process(
     if log is not None:
         output.close()  # type: ignore[union-attr]
     running = GatewayProcess(proc, f"http://127.0.0.1:{port}", log=log)
+    # One client for every probe: a new one per probe costs a TLS context (tens of ms of CPU).
+    probe = httpx.Client(timeout=1)
 
     def ready() -> bool:
         if proc.poll() is not None:
             out = proc.communicate()[0] or running.output_so_far()
             raise AssertionError(f"the gateway exited: {out.decode()}")
         try:
-            return httpx.get(running.url + "/readyz", timeout=1).status_code == 200
+            return probe.get(running.url + "/readyz").status_code == 200
         except httpx.HTTPError:
             return False
 
     try:
         wait_for(ready, timeout=20)
+        probe.close()
         yield running
     finally:
+        probe.close()
         running.stop()
 
 

@@ -30,7 +30,6 @@ import tempfile
 import textwrap
 import threading
 import time
-import types
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -42,7 +41,6 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-import tests.conftest
 from sluicegate.audit.chain import ChainKey, verify
 from sluicegate.store.db import create_engine
 from sluicegate.store.keys import KeyStore
@@ -114,31 +112,6 @@ def database(postgres: Postgres, monkeypatch: pytest.MonkeyPatch) -> Iterator[Da
 
 
 # -- the instances --------------------------------------------------------------------------------
-
-
-class _ReusedClient(types.ModuleType):
-    """`httpx` for `tests.conftest`, whose `get` goes through one client. `gateway_process` probes
-    `/readyz` every 20 ms with `httpx.get`, which builds a client and its TLS context each time
-    (about 30 ms of CPU): three instances starting at once kept this process busy on a whole core
-    and took 12 s to start on a 2-core machine instead of about 4."""
-
-    def __init__(self) -> None:
-        super().__init__("httpx")
-        self.client = httpx.Client()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(httpx, name)
-
-    def get(self, url: str, **kwargs: Any) -> httpx.Response:
-        return self.client.get(url, **kwargs)
-
-
-@pytest.fixture(autouse=True)
-def _cheap_probes(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    shim = _ReusedClient()
-    monkeypatch.setattr(tests.conftest, "httpx", shim)
-    yield
-    shim.client.close()
 
 
 def write_config(path: Path, upstream_url: str, redis: RedisServer, limits: str = "", audit: str = "") -> None:
