@@ -25,6 +25,7 @@ from sqlalchemy.engine import Engine
 
 from sluicegate import tokens
 from sluicegate.admin.server import AdminApp
+from sluicegate.audit import reason
 from sluicegate.audit.chain import AnchorFile, Chain, anchor_path, load_chain_key
 from sluicegate.audit.sinks import AuditSinks
 from sluicegate.audit.writer import AuditWriter
@@ -86,8 +87,10 @@ async def _count_tokens(call: Call) -> bytes:
     """count_tokens for a model whose provider has no such endpoint: the gateway's estimate."""
     assert call.body is not None
     texts = [text for _, text in request_texts(call.endpoint, call.body)]
-    model = call.route.upstream_model if call.route is not None else None
-    return anthropic_dialect.count_tokens_body(tokens.count_tokens(texts, model or call.model_requested))
+    model = (call.route.upstream_model if call.route is not None else None) or call.model_requested
+    # The encoding's first load happens in a worker thread, not on the event loop.
+    await tokens.load(model)
+    return anthropic_dialect.count_tokens_body(tokens.count_tokens(texts, model))
 
 
 _ANTHROPIC: dict[str, Any] = {
@@ -544,7 +547,12 @@ class Gateway:
         # Budgets resume from the audit trail (spilled events were replayed into it above).
         await self.services.limits.seed()
         self.services.limits.start()
-        await asyncio.to_thread(tokens.preload)
+        # Failed calls' audit reasons are redacted by built-in guards: built off the event loop.
+        await asyncio.to_thread(reason.preload)
+        if tokens.needed_by(self.snapshot.config):
+            # This config counts tokens on the request path: load the encoding before the first
+            # call, off the event loop. Otherwise it loads on first use (an upstream without usage).
+            await asyncio.to_thread(tokens.preload)
         # The semantic cache's model loads in the background, not in its first call's time.
         self.services.cache.warm()
         # A tracing config that cannot start (a header's secret unreadable) stops the startup.
@@ -555,7 +563,7 @@ class Gateway:
                 asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._on_sighup)
             except (NotImplementedError, RuntimeError, ValueError):
                 log.info("SIGHUP reload is not available here; the config file is still watched")
-        # Everything loaded so far (tokenizer ranks, config, libraries) lives for the whole process:
+        # Everything loaded so far (config, libraries, tokenizer ranks) lives for the whole process:
         # keep it out of the collector's way, so full collections stay short under load.
         gc.collect()
         gc.freeze()
@@ -617,6 +625,8 @@ class Gateway:
             snapshot = await asyncio.to_thread(load_config, self.config_path)
             # Off the event loop too: guards compile their pattern databases (and may load models).
             pipeline = await asyncio.to_thread(Pipeline, snapshot, self.services)
+            if tokens.needed_by(snapshot.config) and not tokens.is_loaded():
+                await asyncio.to_thread(tokens.preload)
         except ConfigInvalid as exc:
             self.reload_failures += 1
             self.last_reload_error = str(exc)

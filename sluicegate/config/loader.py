@@ -15,14 +15,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import yaml
 from pydantic import ValidationError
 
 from sluicegate.config.model import ConsumerConfig, GatewayConfig, GroupConfig, VaultConfig
 from sluicegate.config.rules import RuleError, is_glob, parse_network, parse_time_window
 from sluicegate.config.snapshot import Snapshot, build_snapshot
 from sluicegate.limits.prices import PriceBook
-from sluicegate.providers.base import provider_types
+from sluicegate.providers.base import provider_type, provider_types
 from sluicegate.routing.config import Condition
 from sluicegate.vault import SECRET_SCHEMES, Vault
 from sluicegate.vault.refs import env_name_problem, is_credential_header, looks_like_credential, parse_ref
@@ -87,6 +86,8 @@ def load_config(path: str | Path) -> Snapshot:
 
 def parse_config(text: str, source: str = "<config>") -> tuple[Snapshot | None, list[ConfigIssue]]:
     """Validate a YAML document; return the snapshot (None on errors) and every issue found."""
+    import yaml  # here: a gateway built from a config object (demo mode) never parses YAML
+
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -127,7 +128,6 @@ def _pydantic_message(err: Any) -> str:
 def check_references(config: GatewayConfig) -> list[ConfigIssue]:
     """Every cross-reference and value problem pydantic's field checks cannot see."""
     issues: list[ConfigIssue] = []
-    types = provider_types()
     seen: set[str] = set()
     if config.vault.hashicorp is not None:
         token_at: tuple[PathPart, ...] = ("vault", "hashicorp", "token")
@@ -140,9 +140,9 @@ def check_references(config: GatewayConfig) -> list[ConfigIssue]:
         if p.name in seen:
             issues.append(ConfigIssue((*at, "name"), f"duplicate provider name '{p.name}'"))
         seen.add(p.name)
-        ptype = types.get(p.type)
+        ptype = provider_type(p.type)
         if ptype is None:
-            known = ", ".join(sorted(types))
+            known = ", ".join(sorted(provider_types()))
             issues.append(ConfigIssue((*at, "type"), f"unknown provider type '{p.type}' (known: {known})"))
             continue
         base_url = p.base_url or ptype.preset.base_url
@@ -229,9 +229,11 @@ def check_references(config: GatewayConfig) -> list[ConfigIssue]:
             for j, group in enumerate(c.groups if isinstance(c, ConsumerConfig) else ()):
                 if group not in group_names:
                     issues.append(ConfigIssue((*at, "groups", j), f"unknown group '{group}'"))
-    from sluicegate.auth.jwt import check_jwt_issuers  # here: auth.jwt imports this module
+    if config.jwt_issuers:
+        # Imported here: auth.jwt imports this module, and PyJWT only when issuers are configured.
+        from sluicegate.auth.jwt import check_jwt_issuers
 
-    issues.extend(check_jwt_issuers(config))
+        issues.extend(check_jwt_issuers(config))
     issues.extend(_check_limits(config, seen, group_names))
     issues.extend(_check_routing(config, seen, group_names))
     return issues
@@ -353,10 +355,9 @@ def _check_limits(config: GatewayConfig, providers: set[str], groups: set[str]) 
 
 def _check_guards(config: GatewayConfig) -> list[ConfigIssue]:
     """Guard kinds, settings (validated by each kind) and every reference to a guard by name."""
-    from sluicegate.guardrails.base import GuardContext, guard_kinds
+    from sluicegate.guardrails.base import GuardContext, guard_kind, guard_kind_names
 
     issues: list[ConfigIssue] = []
-    kinds = guard_kinds()
     names: set[str] = set()
     context = GuardContext(http=lambda: None, vault=_NO_VAULT, complete=_no_complete)
     for i, g in enumerate(config.guards):
@@ -364,10 +365,10 @@ def _check_guards(config: GatewayConfig) -> list[ConfigIssue]:
         if g.name in names:
             issues.append(ConfigIssue((*at, "name"), f"duplicate guard name '{g.name}'"))
         names.add(g.name)
-        kind = kinds.get(g.kind)
+        kind = guard_kind(g.kind)
         if kind is None:
             issues.append(
-                ConfigIssue((*at, "kind"), f"unknown guard kind '{g.kind}' (known: {', '.join(sorted(kinds))})")
+                ConfigIssue((*at, "kind"), f"unknown guard kind '{g.kind}' (known: {', '.join(guard_kind_names())})")
             )
             continue
         try:
@@ -445,12 +446,16 @@ class _LineIndex:
     """Maps a path in the document to its 1-based line, from the YAML node tree."""
 
     def __init__(self, text: str) -> None:
+        import yaml
+
         try:
             self._root: yaml.Node | None = yaml.compose(text)
         except yaml.YAMLError:
             self._root = None
 
     def line_of(self, path: tuple[PathPart, ...]) -> int | None:
+        import yaml
+
         node = self._root
         line = None
         for part in path:

@@ -20,7 +20,7 @@ from sluicegate.config.rules import (
     parse_network,
     parse_time_window,
 )
-from sluicegate.providers.base import Provider, provider_types
+from sluicegate.providers.base import Provider, provider_type
 from sluicegate.routing.config import TargetConfig
 from sluicegate.routing.rules import Choice, Pins, compile_match, compile_pin
 
@@ -217,10 +217,11 @@ def _compile_glob(pattern: str) -> re.Pattern[str]:
 
 def build_snapshot(config: GatewayConfig, source: str = "") -> Snapshot:
     """Compile a validated config (see `loader.validate`, which checks every cross-reference)."""
-    types = provider_types()
     providers: dict[str, Provider] = {}
     for p in config.providers:
-        ptype = types[p.type]
+        ptype = provider_type(p.type)
+        if ptype is None:
+            raise KeyError(p.type)
         providers[p.name] = ptype.factory(p, ptype.preset)
     routes: dict[str, Route] = {}
     globs: list[tuple[re.Pattern[str], Route]] = []

@@ -61,6 +61,12 @@ def request_texts(endpoint: str, body: dict[str, Any], model: str | None = None)
     return pair[0](endpoint, body, model) if pair is not None else []
 
 
+def holds_token_ids(endpoint: str, body: dict[str, Any]) -> bool:
+    """Whether `request_texts` decodes token ids in this request (OpenAI's completions and
+    embeddings take them), which needs the model's encoding."""
+    return openai.holds_token_ids(endpoint, body)
+
+
 def response_texts(endpoint: str, data: dict[str, Any]) -> list[tuple[Path, str]]:
     """Every text of a complete answer, with its path."""
     pair = _BY_ENDPOINT.get(endpoint)

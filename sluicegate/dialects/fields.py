@@ -10,7 +10,9 @@ a new API field is covered the day it appears.
 
 Patterns are dot-separated steps from the root: a name, or `*` for any list position or key; a
 step may add a condition on the object it reaches, `*(type=image|document)`, which then holds
-only for objects whose `type` is one of those values. Patterns are compiled once, at import.
+only for objects whose `type` is one of those values. Patterns are compiled once, on first use
+(the readings of every dialect take a few MiB; a gateway without guards reads no body's texts):
+`compile_all` compiles them when a config with guards loads.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from sluicegate.errors import BadRequest
 
 #: most token ids decoded per body (a million tokens is beyond every model's context)
 MAX_TOKEN_IDS = 1_000_000
+#: every body shape described, to compile together (`compile_all`)
+_SHAPES: list[Fields] = []
 
 #: JSON Schema's own keywords: as keys they are these words and nothing else, so reading them
 #: finds nothing; what they hold, and every other key (a property's name), is read
@@ -128,6 +132,19 @@ class Fields:
         self.skip = dict(skip)
         self.json_text = tuple(json_text)
         self.token_ids = tuple(token_ids)
+        self.envelopes = tuple(envelopes)
+        self._root: _Node | None = None
+        _SHAPES.append(self)
+
+    @property
+    def root(self) -> _Node:
+        """The compiled patterns, built on first use (a few milliseconds)."""
+        root = self._root
+        if root is None:
+            root = self._root = self._compile()
+        return root
+
+    def _compile(self) -> _Node:
         root = _Pattern()
         for pattern, reason in self.skip.items():
             for node in _add(root, pattern):
@@ -138,9 +155,9 @@ class Fields:
         for pattern in self.token_ids:
             for node in _add(root, pattern):
                 node.token_ids = True
-        for pattern in envelopes:
+        for pattern in self.envelopes:
             _add(root, pattern)
-        self.root = _compile(root)
+        return _compile(root)
 
     def texts(
         self, body: Any, *, model: str | None = None, skipped: list[tuple[Path, str]] | None = None
@@ -153,6 +170,27 @@ class Fields:
         walk = _Walk(skipped, model)
         walk.at(body, self.root, ())
         return walk.out
+
+    def holds_token_ids(self, body: Any) -> bool:
+        """Whether reading `body` decodes token ids, and so needs an encoding (`texts` loads it
+        on first use): a top-level token-id field holds a list of ints or of lists. A deeper
+        token-id pattern is not looked up: it answers True."""
+        if not self.token_ids or not isinstance(body, dict):
+            return False
+        for pattern in self.token_ids:
+            if not pattern.isidentifier():
+                return True
+            value = body.get(pattern)
+            first = value[0] if isinstance(value, list) and value else None
+            if isinstance(first, int | list) and not isinstance(first, bool):
+                return True
+        return False
+
+
+def compile_all() -> None:
+    """Compile every body shape described now, rather than on the first call that reads one."""
+    for shape in _SHAPES:
+        shape.root  # noqa: B018  (compiles it)
 
 
 def _add(root: _Pattern, pattern: str) -> list[_Pattern]:

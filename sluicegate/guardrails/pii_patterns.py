@@ -18,10 +18,6 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 
-import phonenumbers
-from stdnum import iban as stdnum_iban
-from stdnum import luhn
-
 FLAGS = re.IGNORECASE
 #: an address longer than RFC 5321 allows is not one
 EMAIL_MAX = 254
@@ -143,6 +139,8 @@ def card_ok(text: str, start: int, end: int) -> bool:
     if " " in candidate and "-" in candidate:
         return False
     digits = candidate.replace(" ", "").replace("-", "")
+    from stdnum import luhn  # the checks' libraries load on the first candidate they check
+
     if len(set(digits)) == 1 or not luhn.is_valid(digits):
         return False
     return any(lo <= int(digits[: len(str(lo))]) <= hi and len(digits) in lengths for lo, hi, lengths in _CARD_RANGES)
@@ -155,7 +153,9 @@ IBAN = re.compile(r"[a-z](?<!\w.)[a-z]\d{2}(?:[ -]?[a-z0-9]{4}){2,7}(?:[ -]?[a-z
 
 def iban_ok(text: str, start: int, end: int) -> bool:
     """An IBAN of one of the countries that issue them: its length, its BBAN format, mod 97."""
-    return bool(stdnum_iban.is_valid(text[start:end].replace("-", " ")))
+    from stdnum import iban
+
+    return bool(iban.is_valid(text[start:end].replace("-", " ")))
 
 
 # ------------------------------------------------------------------------------------------- IP
@@ -320,6 +320,8 @@ _FICTIONAL = {
 
 
 def _valid_number(number: str, regions: Sequence[str | None]) -> bool:
+    import phonenumbers
+
     for region in regions:
         try:
             parsed = phonenumbers.parse(number, region)

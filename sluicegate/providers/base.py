@@ -17,6 +17,7 @@ Two ways through a provider (see `sluicegate.neutral` for the shapes in between)
 
 from __future__ import annotations
 
+import importlib
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -378,6 +379,16 @@ class ProviderType:
 
 
 _REGISTRY: dict[str, ProviderType] = {}
+#: built-in types with a module of their own, imported when a config first names the type; every
+#: other built-in type is the OpenAI family's (`providers.openai`, imported for any of them)
+_OWN_MODULES = {
+    "anthropic": "anthropic",
+    "azure_openai": "azure",
+    "bedrock": "bedrock",
+    "cohere": "cohere",
+    "gemini": "gemini",
+    "ollama_native": "ollama_native",
+}
 
 
 def register_provider_type(name: str, factory: ProviderFactory, preset: Preset) -> None:
@@ -387,12 +398,19 @@ def register_provider_type(name: str, factory: ProviderFactory, preset: Preset) 
     _REGISTRY[name] = ProviderType(name, factory, preset)
 
 
+def provider_type(name: str) -> ProviderType | None:
+    """A registered provider type by name, its built-in module imported on first use; None when
+    unknown (`provider_types` lists the known ones)."""
+    found = _REGISTRY.get(name)
+    if found is None:
+        # Importing a provider module runs its registration lines.
+        importlib.import_module(f"sluicegate.providers.{_OWN_MODULES.get(name, 'openai')}")
+        found = _REGISTRY.get(name)
+    return found
+
+
 def provider_types() -> dict[str, ProviderType]:
-    """Every registered provider type, built-ins first."""
-    _load_builtins()
+    """Every registered provider type, built-ins first (every built-in module imported)."""
+    for module in ("openai", *_OWN_MODULES.values()):
+        importlib.import_module(f"sluicegate.providers.{module}")
     return _REGISTRY
-
-
-def _load_builtins() -> None:
-    # Importing a provider module runs its registration lines.
-    from sluicegate.providers import anthropic, azure, bedrock, cohere, gemini, ollama_native, openai  # noqa: F401

@@ -8,8 +8,9 @@ route's price (`limits.prices`: the model's `price:`, its legacy per-token field
 built-in table), with cached, cache-write and reasoning tokens at their own prices. A call with
 no price has no cost (None); so has one that neither reached its upstream nor has tokens.
 Counting with the tokenizer is the fallback; large texts are counted in a worker thread so the
-event loop is not held. The relay counts with `count_usage` before it ends an answer (so the
-client is told the same count); this stage then finds the count done and only prices it.
+event loop is not held, and so is every count until the encoding is loaded (its first load).
+The relay counts with `count_usage` before it ends an answer (so the client is told the same
+count); this stage then finds the count done and only prices it.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ async def count_usage(call: Call) -> bool:
     answer = call.usage_text
     model = call.model_served or call.model_requested
     size = sum(map(len, prompt_texts)) + sum(map(len, answer))
-    if size <= INLINE_COUNT_CHARS:
+    if size <= INLINE_COUNT_CHARS and tokens.is_loaded(tokens.encoding_name(model)):
         counts = _count(prompt_texts, messages, answer, model)
     else:
         # Shielded: the count must land even if the request task is being cancelled.

@@ -6,7 +6,8 @@ touches the database. A key the index does not hold yet (made a moment ago) is l
 store, off the event loop: one lookup at a time per hash, a few at once in all, none while too
 many wait, and a hash the store does not hold is not looked up again for `MISS_TTL_S`, so random
 keys cannot flood the database. A bearer value shaped like a JWT, when `jwt_issuers` are
-configured, is verified by `auth.jwt` instead and mapped to a consumer by name or to its groups.
+configured, is verified by `auth.jwt` instead and mapped to a consumer by name or to its groups
+(`auth.jwt`, with PyJWT and `cryptography`, is imported only then).
 """
 
 from __future__ import annotations
@@ -18,12 +19,12 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from sluicegate.auth.jwt import JWTVerifier, looks_like_jwt
 from sluicegate.errors import Forbidden, Unauthorized
 from sluicegate.stages.base import Services, register_stage
 from sluicegate.store.keys import KeyRecord, KeyStore, hash_key
 
 if TYPE_CHECKING:
+    from sluicegate.auth.jwt import JWTVerifier
     from sluicegate.call import Call
     from sluicegate.config.snapshot import Snapshot
 
@@ -151,6 +152,10 @@ class IdentityStage:
     def __init__(self, keys: KeyIndex, jwt: JWTVerifier | None = None) -> None:
         self.keys = keys
         self.jwt = jwt
+        if jwt is not None:
+            from sluicegate.auth.jwt import looks_like_jwt
+
+            self._looks_like_jwt = looks_like_jwt
 
     async def on_request(self, call: Call) -> None:
         key = presented_key(call.headers)
@@ -159,7 +164,7 @@ class IdentityStage:
                 "Missing API key: send it as 'Authorization: Bearer <key>' or 'x-api-key: <key>'",
                 code="missing_api_key",
             )
-        if self.jwt is not None and looks_like_jwt(key):
+        if self.jwt is not None and self._looks_like_jwt(key):
             await self._identify_jwt(call, self.jwt, key)
             return
         if len(key) > MAX_KEY_LENGTH:
@@ -207,9 +212,12 @@ class IdentityStage:
 
 def _factory(snapshot: Snapshot, services: Services) -> IdentityStage:
     issuers = snapshot.config.jwt_issuers
+    if not issuers:
+        return IdentityStage(services.keys)
+    from sluicegate.auth.jwt import JWTVerifier
+
     # Built per snapshot (cheap); the JWKS cache lives in `services` and survives reloads.
-    verifier = JWTVerifier(issuers, services.vault, lambda: services.http, jwks=services.jwks) if issuers else None
-    return IdentityStage(services.keys, verifier)
+    return IdentityStage(services.keys, JWTVerifier(issuers, services.vault, lambda: services.http, jwks=services.jwks))
 
 
 register_stage("identity", _factory)

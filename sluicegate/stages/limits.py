@@ -312,7 +312,7 @@ def _meta(call: Call, route: Route, cost: int, tokens: int) -> str:
 async def _counted_input(call: Call) -> int:
     """The prompt's tokens counted with the model's encoding (o200k_base for models it does not
     know): every text of the body, and the chat format's overhead per message. Large bodies are
-    counted in a worker thread."""
+    counted in a worker thread, and so is any body while the encoding is not loaded yet."""
     texts: list[str] = []
     _texts(call.body, texts, 0)
     messages = call.body.get("messages") if call.body is not None else None
@@ -320,7 +320,7 @@ async def _counted_input(call: Call) -> int:
         len(messages) * tokenizer.TOKENS_PER_MESSAGE + tokenizer.TOKENS_PER_REPLY if isinstance(messages, list) else 0
     )
     model = call.model_served or call.model_requested
-    if sum(map(len, texts)) <= INLINE_COUNT_CHARS:
+    if sum(map(len, texts)) <= INLINE_COUNT_CHARS and tokenizer.is_loaded(tokenizer.encoding_name(model)):
         return tokenizer.count_tokens(texts, model) + overhead
     return await asyncio.to_thread(tokenizer.count_tokens, texts, model) + overhead
 
