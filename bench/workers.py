@@ -54,14 +54,6 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
-class Tree(Target):
-    """A gateway target whose CPU is its whole process tree's."""
-
-    def __init__(self, *args: Any, root: int, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.root = root
-
-
 def bench(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     up_port, paced_port = free_port(), free_port()
     sg = sluicegate_bin()
@@ -80,31 +72,33 @@ def bench(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         up = stack.enter_context(running("upstream", up_cmd, env, tmp))
         wait_ready("upstream", f"http://127.0.0.1:{up_port}/v1/models", up, tmp)
         targets = []
+        roots: dict[str, int] = {}
         for n in args.workers:
             port = free_port()
             cmd = [sg, "serve", "--config", str(config), "--port", str(port), "--workers", str(n)]
             proc = stack.enter_context(running(f"workers-{n}", [*cmd, "--log-level", "WARNING"], env, tmp))
             wait_ready(f"workers-{n}", f"http://127.0.0.1:{port}/readyz", proc, tmp)
-            target = Tree(f"workers-{n}", f"http://127.0.0.1:{port}", "bench-chat", key, proc.pid, root=proc.pid)
+            # pid None: CPU is measured over the supervisor and its workers here, not by `measure`
+            target = Target(f"workers-{n}", f"http://127.0.0.1:{port}", "bench-chat", key, None)
+            roots[target.name] = proc.pid
             smoke_test(target)
             targets.append(target)
         for target in targets:
-            workers = tree(target.root)[1:] or [target.root]
+            workers = tree(roots[target.name])[1:] or [roots[target.name]]
             memory[target.name] = {"idle_rss_mib": [round(rss_mib(p), 1) for p in workers]}
         for rnd in range(args.rounds):
             for c in args.concurrency:
                 for target in targets:
-                    before = sum(cpu(p) for p in tree(target.root))
-                    target.pid = None  # measured over the tree here, not one process
+                    before = sum(cpu(p) for p in tree(roots[target.name]))
                     r = {"round": rnd, "target": target.name, "concurrency": c}
                     r.update(measure(target, c, args.duration, args.warmup))
                     r["cpu_ms_per_request"] = round(
-                        (sum(cpu(p) for p in tree(target.root)) - before) * 1000 / max(1, r["requests"]), 4
+                        (sum(cpu(p) for p in tree(roots[target.name])) - before) * 1000 / max(1, r["requests"]), 4
                     )
                     rows.append(r)
                     print(f"round {rnd} {target.name} c={c} {r['rps']:.0f} req/s", file=sys.stderr)
         for target in targets:
-            workers = tree(target.root)[1:] or [target.root]
+            workers = tree(roots[target.name])[1:] or [roots[target.name]]
             memory[target.name]["loaded_rss_mib"] = [round(rss_mib(p), 1) for p in workers]
     return {"machine": machine(), "rows": rows, "memory": memory}
 

@@ -175,8 +175,8 @@ class Supervisor:
         try:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 signal.signal(sig, signal.SIG_DFL)
+            # (the frozen objects stay frozen: the garbage collector leaves their pages shared)
             _die_with_parent(self.pid)
-            gc.unfreeze()
             result = self.run_worker(index)
             code = 0 if result is None else int(result)
         except SystemExit as exc:
