@@ -44,17 +44,30 @@ class Reconciler:
     async def seed(self, snapshot: Snapshot | None = None) -> int:
         """Load the budgets' settled spend of their current windows from the audit trail into
         in-process counters that do not exist yet: all of them at startup (a restart must not
-        give budgets back), a new or changed budget's on a reload; the counters seeded. Rolling
-        windows get their whole window's spend in the current bucket, so it leaves them late
-        rather than early. Shared counters (Redis) outlive instances: untouched."""
+        give budgets back), a new or changed budget's on a reload; the counters seeded. Shared
+        counters (Redis) outlive instances: untouched here (see `spent` for a Redis found empty)."""
         snapshot = snapshot or self.snapshot()
         if snapshot.config.limits.backend != "memory":
             return 0
-        plan = Plan(snapshot.config.limits)
         counters = self.service.memory
-        members = {g: [c for c, cfg in snapshot.consumers.items() if g in cfg.groups] for g in snapshot.groups}
-        now = counters.clock()
         seeded = 0
+        for key, spent, ttl_s in await self.spent(counters.clock(), snapshot):
+            if counters.has(key):  # counting already: what it holds is newer than the trail
+                continue
+            await counters.adjust(key, spent, ttl_s)
+            seeded += 1
+        if seeded:
+            log.info("budget counters seeded from the audit trail: %d", seeded)
+        return seeded
+
+    async def spent(self, now: float, snapshot: Snapshot | None = None) -> list[tuple[str, int, float]]:
+        """Every budget counter of the current window that the audit trail holds spend for: its
+        key, the spend, and how long it must live. A rolling window's whole spend goes into its
+        current bucket, so it leaves the window late rather than early."""
+        snapshot = snapshot or self.snapshot()
+        plan = Plan(snapshot.config.limits)
+        members = {g: [c for c, cfg in snapshot.consumers.items() if g in cfg.groups] for g in snapshot.groups}
+        found: list[tuple[str, int, float]] = []
         for rule in plan.rules:
             if rule.kind != "budget" or rule.window is None:
                 continue
@@ -67,16 +80,10 @@ class Reconciler:
                 spent = await asyncio.to_thread(
                     ledger_total, self.engine, rule.scope, value, since, now + 1, members.get(value, ())
                 )
-                if spent <= 0:
-                    continue
-                charge, _ = Applied(rule, value).charge(0, now)
-                if counters.has(charge.key):  # counting already: what it holds is newer than the trail
-                    continue
-                await counters.adjust(charge.key, spent, charge.ttl_s)
-                seeded += 1
-        if seeded:
-            log.info("budget counters seeded from the audit trail: %d", seeded)
-        return seeded
+                if spent > 0:
+                    charge, _ = Applied(rule, value).charge(0, now)
+                    found.append((charge.key, spent, charge.ttl_s))
+        return found
 
     async def __call__(self) -> None:
         snapshot = self.snapshot()

@@ -137,14 +137,16 @@ local function release(prefix, keys, amounts, spent, life_ms)
 end
 """
 
-# KEYS: record, leases, then per charge its bucket and its window's buckets.
+# KEYS: record, leases, the seeded mark, then per charge its bucket and its window's buckets.
 # ARGV: request id, ttl ms, lease ms, meta, n, then per charge: limit, amount, ttl ms, window size, key.
-# Reply: {0} the request id holds a reservation; {1, index, used, reserved, may_wait}; {2, used, reserved, ...}.
+# Reply: {0} the request id holds a reservation; {1, index, used, reserved, may_wait}; {2, used, reserved, ...};
+# {3} the counters were never loaded from the ledger (a new or emptied Redis): nothing is held.
 _RESERVE = """
+if redis.call('EXISTS', KEYS[3]) == 0 then return {3} end
 if redis.call('EXISTS', KEYS[1]) == 1 then return {0} end
 local n = tonumber(ARGV[5])
 local out = {2}
-local k, a = 3, 6
+local k, a = 4, 6
 local buckets = {}
 for i = 1, n do
   local lh, ll = parse(ARGV[a])
@@ -236,6 +238,23 @@ return out
 # KEYS: the windows' buckets. ARGV: window count, window sizes. Reply: used, reserved per window.
 _LEVELS = "return levels(KEYS, 1, ARGV, 1)"
 
+# KEYS: the seeded mark, the rebuild claim, then buckets. ARGV: per bucket its settled use and ttl ms.
+# Buckets that exist are left as they are; the mark is set. Reply: the buckets loaded.
+_SEED = """
+local loaded = 0
+for i = 3, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 0 then
+    local j = (i - 3) * 2 + 1
+    redis.call('HSET', KEYS[i], 'u', ARGV[j], 'r', '0')
+    redis.call('PEXPIRE', KEYS[i], tonumber(ARGV[j + 1]))
+    loaded = loaded + 1
+  end
+end
+redis.call('SET', KEYS[1], now_ms())
+redis.call('DEL', KEYS[2])
+return loaded
+"""
+
 # KEYS: bucket. ARGV: delta, ttl ms.
 _ADJUST = """
 redis.call('HINCRBY', KEYS[1], 'u', ARGV[1])
@@ -267,10 +286,21 @@ class RedisCounters:
 
     Counter values are exact across the int64 range (the scripts add them as two limbs, see
     `_LIB`); a bucket itself cannot pass 2**63 - 1 (HINCRBY refuses, as `CountersUnavailable`).
+
+    A Redis that holds no `seeded` mark (new, restarted without its data, flushed) has lost what
+    was spent: no reservation is made in it until its budget counters are loaded from the ledger.
+    `on_empty` does that (the limits service: one instance claims the rebuild, the others wait for
+    its mark); without it, the mark is set on an empty store.
     """
 
     def __init__(
-        self, url: str, *, key_prefix: str = "sluicegate", timeout_s: float = 0.5, lease_s: float = 15.0
+        self,
+        url: str,
+        *,
+        key_prefix: str = "sluicegate",
+        timeout_s: float = 0.5,
+        lease_s: float = 15.0,
+        on_empty: Callable[[RedisCounters], Awaitable[None]] | None = None,
     ) -> None:
         self._pool: BlockingConnectionPool = BlockingConnectionPool.from_url(
             url,
@@ -289,6 +319,11 @@ class RedisCounters:
         self._leases = f"{tag}:leases"
         #: incremented by every settle and reap, polled by `wait_settled`
         self._settles = f"{tag}:settles"
+        #: set once the counters hold the ledger's spend; the claim of the instance loading it
+        self._seeded = f"{tag}:seeded"
+        self._seeding = f"{tag}:seeding"
+        self.on_empty = on_empty
+        self._rebuilding: asyncio.Future[None] | None = None
         self._lease_ms = _ms(lease_s)
         #: server clock - local clock, in seconds; None until measured
         self._offset: float | None = None
@@ -299,6 +334,7 @@ class RedisCounters:
         self._reap = lib(_LIB + _REAP)
         self._levels = lib(_LIB + _LEVELS)
         self._adjust = lib(_LIB + _ADJUST)
+        self._seed = lib(_LIB + _SEED)
 
     def clock(self) -> float:
         """The Redis server's time in epoch seconds (the local clock until first measured)."""
@@ -337,13 +373,18 @@ class RedisCounters:
     async def reserve(
         self, request_id: str, charges: Sequence[Charge], ttl_s: float, meta: str = ""
     ) -> list[Level] | Refused:
-        keys = [self._records + request_id, self._leases]
+        keys = [self._records + request_id, self._leases, self._seeded]
         args: list[str | int] = [request_id, _ms(ttl_s), self._lease_ms, meta, len(charges)]
         for charge in charges:
             keys.append(self._buckets + charge.key)
             keys.extend(self._buckets + key for key in charge.window)
             args += [str(charge.limit), str(charge.amount), _ms(charge.ttl_s), len(charge.window), charge.key]
         reply = await self._run(self._reserve, keys, args)
+        if reply[0] == 3:
+            await self.rebuild()
+            reply = await self._run(self._reserve, keys, args)
+            if reply[0] == 3:
+                raise CountersUnavailable("the counters in Redis are being loaded from the ledger")
         if reply[0] == 0:
             raise ValueError(f"request {request_id} already holds a reservation")
         if reply[0] == 1:
@@ -379,6 +420,40 @@ class RedisCounters:
     async def adjust(self, key: str, delta: int, ttl_s: float) -> None:
         await self._run(self._adjust, [self._buckets + key], [str(delta), _ms(ttl_s)])
 
+    # -- a Redis that lost its counters ----------------------------------------------------------
+
+    async def is_seeded(self) -> bool:
+        """Whether the counters were loaded from the ledger since this Redis last started empty."""
+        return bool(await self._call(lambda: self._redis.exists(self._seeded)))
+
+    async def claim_seeding(self, hold_s: float) -> bool:
+        """Claim the loading of the counters for `hold_s` (one instance loads; False: another does)."""
+        claimed = await self._call(lambda: self._redis.set(self._seeding, "1", nx=True, px=_ms(hold_s)))
+        return bool(claimed)
+
+    async def seed(self, buckets: Sequence[tuple[str, int, float]]) -> int:
+        """Load `(key, settled use, ttl_s)` into the buckets that do not exist, mark the store as
+        seeded and drop the claim, in one step; the buckets loaded."""
+        keys = [self._seeded, self._seeding, *(self._buckets + key for key, _, _ in buckets)]
+        args: list[str | int] = [value for _, used, ttl_s in buckets for value in (str(used), _ms(ttl_s))]
+        return int(await self._run(self._seed, keys, args))
+
+    async def rebuild(self) -> None:
+        """Have the counters loaded (once per instance at a time: concurrent callers share it)."""
+        if self._rebuilding is None:
+            load = self.on_empty(self) if self.on_empty is not None else self._seed_empty()
+            self._rebuilding = asyncio.ensure_future(load)
+            self._rebuilding.add_done_callback(self._rebuilt)
+        await asyncio.shield(self._rebuilding)
+
+    async def _seed_empty(self) -> None:
+        await self.seed([])
+
+    def _rebuilt(self, future: asyncio.Future[None]) -> None:
+        self._rebuilding = None
+        if not future.cancelled():
+            future.exception()  # retrieved here; each waiter got it too
+
     async def buckets(self, prefix: str) -> dict[str, Level]:
         """Every live bucket whose key starts with `prefix`, and its level.
 
@@ -409,8 +484,10 @@ class RedisCounters:
     async def reap(self) -> list[Reaped]:
         """Settle the reservations whose lease or TTL ran out (on any instance); refresh `clock()`.
 
-        Buckets need no reaping: Redis expires them itself."""
+        Buckets need no reaping: Redis expires them itself. A Redis found empty is rebuilt first."""
         await self._call(self._measure_clock)
+        if not await self.is_seeded():
+            await self.rebuild()
         reaped: list[Reaped] = []
         while True:
             keys = [self._leases, self._settles]

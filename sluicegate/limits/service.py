@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from sluicegate.audit.writer import AuditWriter
     from sluicegate.config.snapshot import Snapshot
     from sluicegate.limits.plan import Applied, Held
+    from sluicegate.limits.redis import RedisCounters
     from sluicegate.vault import Vault
 
 log = logging.getLogger("sluicegate.limits")
@@ -47,12 +48,21 @@ TICK_S = 1.0
 WARN_EVERY_S = 60.0
 
 
+#: a Redis found empty is loaded by one instance, which holds the claim this long at most; the
+#: others' calls wait for it this long, then budgets refuse (503) and rate limits go local
+LOAD_HOLD_S = 10.0
+LOAD_WAIT_S = 5.0
+LOAD_POLL_S = 0.05
+
+
 class Reconciling(Protocol):
     """What compares counters with the ledger (`limits.reconcile.Reconciler`)."""
 
     async def __call__(self) -> None: ...
 
     async def seed(self, snapshot: Snapshot | None = None) -> int: ...
+
+    async def spent(self, now: float, snapshot: Snapshot | None = None) -> list[tuple[str, int, float]]: ...
 
 
 class LimitsService:
@@ -88,6 +98,8 @@ class LimitsService:
         self.reaped = 0
         self.alerts_fired = 0
         self.drift = 0
+        #: times this instance loaded a Redis found empty from the audit trail
+        self.reloaded = 0
 
     # -- configuration -----------------------------------------------------------------------
 
@@ -129,13 +141,45 @@ class LimitsService:
             except Exception as exc:
                 raise CountersUnavailable(f"cannot resolve the Redis URL ({type(exc).__name__})") from None
         counters = RedisCounters(
-            url, key_prefix=redis.key_prefix, timeout_s=redis.timeout_s, lease_s=self.config.reservation_lease_s
+            url,
+            key_prefix=redis.key_prefix,
+            timeout_s=redis.timeout_s,
+            lease_s=self.config.reservation_lease_s,
+            on_empty=self._load_shared,
         )
         # Window boundaries by the server's clock from the first call (best effort: a store that
         # is down now is measured on its first answer).
         with contextlib.suppress(CountersUnavailable):
             await counters.sync_clock()
         return counters
+
+    async def _load_shared(self, counters: RedisCounters) -> None:
+        """Redis holds no counters (a new one, or restarted without its data): load the budgets'
+        spend of their current windows from the audit trail before anything is charged in it, so a
+        restart gives no budget back. One instance loads; the others wait for its mark."""
+        if not await counters.claim_seeding(LOAD_HOLD_S):
+            for _ in range(round(LOAD_WAIT_S / LOAD_POLL_S)):  # the mark is in Redis: polled
+                if await counters.is_seeded():
+                    return
+                await asyncio.sleep(LOAD_POLL_S)
+            return
+        buckets: list[tuple[str, int, float]] = []
+        if self.reconciler is not None:
+            if self.audit is not None:  # what this instance queued is in the trail first
+                await asyncio.to_thread(self.audit.wait_idle, 5.0)
+            try:
+                buckets = await self.reconciler.spent(counters.clock())
+            except Exception as exc:  # the claim expires; budgets refuse until the trail answers
+                log.error("cannot read the audit trail to load the counters in Redis (%s)", type(exc).__name__)
+                raise CountersUnavailable("the counters in Redis cannot be loaded from the ledger") from None
+        loaded = await counters.seed(buckets)
+        self.reloaded += 1
+        if loaded:
+            log.warning(
+                "the limits store in Redis held no counters (restarted without its data?): "
+                "%d budget counters loaded from the audit trail",
+                loaded,
+            )
 
     def degraded(self) -> None:
         """Count a call whose rate limits were kept locally; warn at most once a minute."""
@@ -400,6 +444,7 @@ class LimitsService:
             "reaped": self.reaped,
             "alerts": self.alerts_fired,
             "drift_micro": self.drift,
+            "reloaded": self.reloaded,
         }
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 import redis.asyncio
@@ -258,8 +258,49 @@ async def test_keys_share_one_hash_tag_and_expire(make_redis: MakeRedis, redis_s
     client = redis.asyncio.Redis.from_url(redis_server.url, decode_responses=True)
     try:
         keys = sorted(await client.keys(prefix + "*"))
-        assert keys == [f"{prefix}:{name}" for name in ("b:a", "leases", "r:r2", "settles")]
+        assert keys == [f"{prefix}:{name}" for name in ("b:a", "leases", "r:r2", "seeded", "settles")]
         assert 0 < await client.pttl(f"{prefix}:b:a") <= 30_000
+    finally:
+        await client.aclose()
+
+
+async def test_an_emptied_store_is_loaded_once_before_anything_is_held(
+    make_redis: MakeRedis, redis_server: RedisServer
+) -> None:
+    """Two instances find the store empty at once: one claims the load, the other waits for its
+    mark, and no reservation is made in an unloaded store; a bucket that exists is kept."""
+    loads: list[str] = []
+
+    def loader(name: str, spent: int) -> Callable[[RedisCounters], Awaitable[None]]:
+        async def load(counters: RedisCounters) -> None:
+            if not await counters.claim_seeding(10):
+                for _ in range(500):
+                    if await counters.is_seeded():
+                        return
+                    await asyncio.sleep(0.01)
+                raise AssertionError("the other instance never loaded the store")
+            loads.append(name)
+            await asyncio.sleep(0.1)  # reading the ledger takes a while
+            await counters.seed([("a", spent, 60), ("kept", 5, 60)])
+
+        return load
+
+    first, second = make_redis(), make_redis()
+    first.on_empty, second.on_empty = loader("first", 95), loader("second", 95)
+    results = await asyncio.gather(
+        *(c.reserve(f"r{i}", [charge("a", 100, 1)], ttl_s=60) for i, c in enumerate([first, second] * 5))
+    )
+    assert len(loads) == 1
+    assert sum(not isinstance(r, Refused) for r in results) == 5  # 95 loaded: room for 5
+    # Emptied (a restart without persistence): loaded again; a bucket made meanwhile is not overwritten.
+    client = redis.asyncio.Redis.from_url(redis_server.url)
+    try:
+        await client.flushdb()
+        await first.adjust("kept", 7, 60)
+        await first.reap()  # housekeeping finds the store empty and loads it
+        assert len(loads) == 2
+        assert await level(second, "a") == Level(95, 0)
+        assert await level(second, "kept") == Level(7, 0)
     finally:
         await client.aclose()
 

@@ -230,3 +230,36 @@ def test_an_absurd_worst_case_is_refused_by_redis_too(
         resp = client.post("/v1/chat/completions", json=body)
         assert resp.status_code == 429, resp.text
         assert client.post("/v1/chat/completions", json={**body, "max_tokens": 10, "n": 1}).status_code == 200
+
+
+def test_a_redis_restarted_empty_gives_no_budget_back(
+    tmp_path: Path, upstream: FakeUpstream, upstream_url: str, redis_server: RedisServer
+) -> None:
+    """Redis keeps no data across the restart (no persistence): its counters are rebuilt from the
+    audit trail before any budget is charged in it again (several instances on one database:
+    tests/scale/test_restarts.py)."""
+    fixed(upstream)
+    limits = redis_limits(
+        redis_server,
+        uuid.uuid4().hex,
+        f"""\
+        budgets:
+          - {{name: ten, scope: consumer, match: [alice], amount: {10 * CALL_COST / 1e6}, window: month}}
+        """,
+    )
+    body = {"model": "budgeted", "messages": [{"role": "user", "content": "hi"}], "max_tokens": COMPLETION}
+    with shared_gateways(tmp_path, upstream_url, limits, n=1) as [gw], gw.client() as client:
+        codes = [client.post("/v1/chat/completions", json=body).status_code for _ in range(6)]
+        assert codes == [200] * 6
+        redis_server.stop()
+        assert_openai_error(client.post("/v1/chat/completions", json=body), 503, "budget_store_unavailable")
+        redis_server.start()  # empty
+        codes = []
+        deadline = time.monotonic() + 20
+        while codes.count(429) < 3 and time.monotonic() < deadline:
+            codes.append(client.post("/v1/chat/completions", json=body).status_code)
+        assert set(codes) <= {200, 429, 503}, codes
+        assert codes.count(200) == 4, codes  # the 4 calls left of the 10, and none more
+        assert gw.app.services.limits.reloaded == 2  # the new Redis at the first call, and after the restart
+        events = [e for e in gw.audit() if e["model_requested"] == "budgeted"]
+        assert sum(e["cost_micro_usd"] or 0 for e in events) == 10 * CALL_COST
