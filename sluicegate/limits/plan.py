@@ -47,6 +47,13 @@ class Rule:
     def matches(self, value: str) -> bool:
         return self.matcher is None or self.matcher(value)
 
+    def rule_id(self) -> str:
+        """The id refusals and the audit name it by: `limits.budgets.monthly`,
+        `limits.rate_limits.per-minute.requests`."""
+        if self.kind == "budget":
+            return f"limits.budgets.{self.name}"
+        return f"limits.rate_limits.{self.name}.{self.kind}"
+
 
 #: builds a Charge without the Python-level `__new__` of a NamedTuple (one per limit of every call)
 _tuple = tuple.__new__

@@ -166,8 +166,7 @@ class RoutingService:
             candidates = [
                 Candidate(t.index, t.weight, t.priority, rt.stats, rt.available)
                 for t, rt in zip(targets, runtimes, strict=True)
-                if (consumer is None or consumer.may_use_provider(t.provider.name))
-                and all(p.allows(t.provider) for p in pins)
+                if may_serve(t, consumer, pins)
             ]
         ordered = order(shared.strategy, candidates, self.rng, rr=shared.rotation)
         pairs = shared.pairs
@@ -182,6 +181,14 @@ class RoutingService:
                 entry["circuit"] = rt.breaker.snapshot()
             out.setdefault(key[0], []).append(entry)
         return out
+
+
+def may_serve(target: Route, consumer: Consumer | None, pins: tuple[Pin, ...]) -> bool:
+    """Whether a target may serve a call of this consumer under these pins (its provider rules
+    and every pin allow the target's provider)."""
+    return (consumer is None or consumer.may_use_provider(target.provider.name)) and all(
+        p.allows(target.provider) for p in pins
+    )
 
 
 class RouteRuntime:

@@ -19,7 +19,7 @@ from sluicegate.stages.base import register_stage
 
 if TYPE_CHECKING:
     from sluicegate.call import Call
-    from sluicegate.config.snapshot import Consumer
+    from sluicegate.config.snapshot import Consumer, Route, Snapshot
 
 
 def model_not_found(model: str) -> NotFound:
@@ -41,32 +41,38 @@ class AccessStage:
         consumer = call.consumer
         if consumer is None:
             return
-        if consumer.endpoints is not None and call.endpoint not in consumer.endpoints:
-            raise Forbidden(
-                f"Consumer '{consumer.name}' may not call the '{call.endpoint}' endpoint",
-                code="endpoint_not_allowed",
-                rule=consumer.endpoints_rule,
-            )
-        if consumer.source_ips is not None:
-            address = _address(call.client_ip)
-            if address is None or not any(address in net for net in consumer.source_ips):
-                raise Forbidden(
-                    f"Consumer '{consumer.name}' may not call from {call.client_ip or 'an unknown address'}",
-                    code="source_ip_not_allowed",
-                    rule=consumer.source_ips_rule,
-                )
-        if consumer.time_windows is not None:
-            now = dt.datetime.now(dt.UTC)
-            if not any(w.contains(now) for w in consumer.time_windows):
-                windows = "; ".join(w.text for w in consumer.time_windows)
-                raise Forbidden(
-                    f"Consumer '{consumer.name}' may call only within: {windows}",
-                    code="outside_time_window",
-                    rule=consumer.time_windows_rule,
-                )
+        check_access(consumer, call.endpoint, call.client_ip)
 
     async def on_finish(self, call: Call) -> None:
         return None
+
+
+def check_access(consumer: Consumer, endpoint: str, client_ip: str | None, when: dt.datetime | None = None) -> None:
+    """Raise `Forbidden` (naming the rule) when the consumer may not call `endpoint` from `client_ip`
+    at `when` (aware; default: now). The access stage and `sluicegate policy` both decide here."""
+    if consumer.endpoints is not None and endpoint not in consumer.endpoints:
+        raise Forbidden(
+            f"Consumer '{consumer.name}' may not call the '{endpoint}' endpoint",
+            code="endpoint_not_allowed",
+            rule=consumer.endpoints_rule,
+        )
+    if consumer.source_ips is not None:
+        address = _address(client_ip)
+        if address is None or not any(address in net for net in consumer.source_ips):
+            raise Forbidden(
+                f"Consumer '{consumer.name}' may not call from {client_ip or 'an unknown address'}",
+                code="source_ip_not_allowed",
+                rule=consumer.source_ips_rule,
+            )
+    if consumer.time_windows is not None:
+        now = when if when is not None else dt.datetime.now(dt.UTC)
+        if not any(w.contains(now) for w in consumer.time_windows):
+            windows = "; ".join(w.text for w in consumer.time_windows)
+            raise Forbidden(
+                f"Consumer '{consumer.name}' may call only within: {windows}",
+                code="outside_time_window",
+                rule=consumer.time_windows_rule,
+            )
 
 
 def _address(ip: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -93,36 +99,46 @@ class ModelAccessStage:
         model = call.model_requested
         if consumer is None or model is None:
             return
-        route = call.snapshot.route_for(model)
-        if route is None:
-            raise model_not_found(model)
-        if not consumer.may_use(model):
-            raise Forbidden(
-                f"Consumer '{consumer.name}' may not use the model '{model}'",
-                code="model_not_allowed",
-                param="model",
-                rule=consumer.models_rule,
-            )
-        targets = route.targets or (route,)
-        if not any(consumer.may_use_provider(t.provider.name) for t in targets):
-            raise Forbidden(
-                f"Consumer '{consumer.name}' may not use the provider of the model '{model}'",
-                code="provider_not_allowed",
-                param="model",
-                rule=consumer.providers_rule,
-            )
-        if call.stream and consumer.allow_streaming is False:
-            raise Forbidden(
-                f"Consumer '{consumer.name}' may not stream responses",
-                code="streaming_not_allowed",
-                param="stream",
-                rule=consumer.allow_streaming_rule,
-            )
+        check_model(call.snapshot, consumer, model, call.stream)
         if consumer.max_tokens is not None and call.body is not None and call.endpoint in _OUTPUT_ENDPOINTS:
-            _cap_output(call, call.body, consumer)
+            cap = output_cap(consumer, call.body)
+            if cap is not None:
+                call.output_cap = cap
 
     async def on_finish(self, call: Call) -> None:
         return None
+
+
+def check_model(snapshot: Snapshot, consumer: Consumer, model: str, stream: bool) -> Route:
+    """The route of `model`; raise `NotFound` when nobody serves it, `Forbidden` (naming the rule)
+    when the consumer may not use it, its providers, or a stream. The model access stage and
+    `sluicegate policy` both decide here."""
+    route = snapshot.route_for(model)
+    if route is None:
+        raise model_not_found(model)
+    if not consumer.may_use(model):
+        raise Forbidden(
+            f"Consumer '{consumer.name}' may not use the model '{model}'",
+            code="model_not_allowed",
+            param="model",
+            rule=consumer.models_rule,
+        )
+    targets = route.targets or (route,)
+    if not any(consumer.may_use_provider(t.provider.name) for t in targets):
+        raise Forbidden(
+            f"Consumer '{consumer.name}' may not use the provider of the model '{model}'",
+            code="provider_not_allowed",
+            param="model",
+            rule=consumer.providers_rule,
+        )
+    if stream and consumer.allow_streaming is False:
+        raise Forbidden(
+            f"Consumer '{consumer.name}' may not stream responses",
+            code="streaming_not_allowed",
+            param="stream",
+            rule=consumer.allow_streaming_rule,
+        )
+    return route
 
 
 #: endpoints whose answers are generated text, bounded by the `max_tokens` rule
@@ -135,10 +151,11 @@ def _count(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def _cap_output(call: Call, body: dict[str, Any], consumer: Consumer) -> None:
+def output_cap(consumer: Consumer, body: dict[str, Any]) -> int | None:
     """The `max_tokens` rule bounds the whole output: the limit the request asks for (any of its
-    dialect's names) times its choices. A request that asks for none gets the cap, shared among
-    its choices, inserted on its way upstream (`call.output_cap`)."""
+    dialect's names) times its choices (`Forbidden` past it). A request that asks for none gets
+    the cap, shared among its choices, inserted on its way upstream: returned here (None: the
+    request names its own limit)."""
     cap = consumer.max_tokens
     assert cap is not None
     choices, choice_param = 1, "n"
@@ -161,7 +178,7 @@ def _cap_output(call: Call, body: dict[str, Any], consumer: Consumer) -> None:
                 param=param,
                 rule=consumer.max_tokens_rule,
             )
-        return
+        return None
     if cap // choices < 1:
         raise Forbidden(
             f"Consumer '{consumer.name}' may ask for at most {cap} output tokens, fewer than {choices} choices",
@@ -169,7 +186,7 @@ def _cap_output(call: Call, body: dict[str, Any], consumer: Consumer) -> None:
             param=choice_param,
             rule=consumer.max_tokens_rule,
         )
-    call.output_cap = cap // choices
+    return cap // choices
 
 
 register_stage("access", lambda snapshot, services: AccessStage())

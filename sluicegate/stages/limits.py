@@ -410,13 +410,13 @@ def _refusal(
             f"{money_text(rule.limit)} {currency}; this call may cost up to {money_text(charge.amount)} {currency}. "
             f"It resets in {_duration(wait)}.",
             retry_after=wait,
-            rule=f"limits.budgets.{rule.name}",
+            rule=rule.rule_id(),
         )
     elif rule.kind == "concurrent":
         error = RateLimited(
             f"Rate limit '{rule.name}' of {who}: at most {rule.limit} concurrent calls. Try again when one ends.",
             retry_after=wait,
-            rule=f"limits.rate_limits.{rule.name}.concurrent",
+            rule=rule.rule_id(),
         )
     else:
         what = "requests" if rule.kind == "requests" else "tokens"
@@ -425,7 +425,7 @@ def _refusal(
             f"Rate limit '{rule.name}' of {who} reached: {rule.limit} {what} per {window}{asked}. "
             f"Try again in {_duration(wait)}.",
             retry_after=wait,
-            rule=f"limits.rate_limits.{rule.name}.{rule.kind}",
+            rule=rule.rule_id(),
         )
     headers = _headers(call, (applied,), (charge,), [Level(level.used, level.reserved + charge.amount)], (span,), now)
     if wait > SDK_RETRY_MAX_S or (rule.kind == "budget" and not refused.may_wait):

@@ -23,7 +23,7 @@ from sluicegate.stages.base import Services, register_stage
 if TYPE_CHECKING:
     from sluicegate.call import Call
     from sluicegate.config.snapshot import Route, Snapshot
-    from sluicegate.routing.rules import Pin
+    from sluicegate.routing.rules import Choice, Pin
 
 #: the gateway's own deadline header: a client's error in it is a 400 (others are ignored)
 OWN_DEADLINE_HEADER = b"x-sluicegate-timeout"
@@ -57,10 +57,9 @@ class RouterStage:
             raise model_not_found(model)
         chosen: str | None = None
         if route.rules:
-            for choice in route.rules:
-                if choice.match.holds(call):
-                    route, chosen = choice.route, choice.rule
-                    break
+            choice = when_rule(call, route)
+            if choice is not None:
+                route, chosen = choice.route, choice.rule
         pins_config = call.snapshot.pins
         pins = pins_config.active(call) if pins_config is not None else ()
         if chosen is not None or pins:
@@ -72,11 +71,11 @@ class RouterStage:
             first = plan.first
             if first is None:
                 if not plan.permitted:
-                    raise _not_permitted(call, route, pins)
+                    raise not_permitted(call, route, pins)
                 raise UpstreamUnavailable(f"no target of model '{route.name}' is available (circuits open)")
             route = first
         elif pins and not all(p.allows(route.provider) for p in pins):
-            raise _not_permitted(call, route, pins)
+            raise not_permitted(call, route, pins)
         total_s = route.config.timeout_s
         if client_s is not None and (total_s is None or client_s < total_s):
             total_s = client_s
@@ -122,7 +121,17 @@ def _deadline(call: Call, total_s: float) -> float:
     return time.monotonic() + total_s - (time.perf_counter() - call.started)
 
 
-def _not_permitted(call: Call, route: Route, pins: tuple[Pin, ...]) -> RoutePinned:
+def when_rule(call: Call, route: Route) -> Choice | None:
+    """The first of the model's `when` rules that holds for the call (None: its own targets serve).
+    The router and `sluicegate policy` both choose here."""
+    for choice in route.rules:
+        if choice.match.holds(call):
+            return choice
+    return None
+
+
+def not_permitted(call: Call, route: Route, pins: tuple[Pin, ...]) -> RoutePinned:
+    """The refusal of a call none of whose targets its pins (or provider rules) allow."""
     blocking = [p for p in pins if not any(p.allows(t.provider) for t in (route.targets or (route,)))]
     if blocking:
         pin = blocking[0]
