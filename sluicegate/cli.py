@@ -1,4 +1,4 @@
-"""The `sluicegate` command: serve, mock-upstream, check, keys, audit, spend, report. Thin over the library."""
+"""The `sluicegate` command: serve, mock-upstream, check, keys, audit, spend, report, policy. Thin over the library."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import click
 import orjson
 
 from sluicegate.observability.config import LEVELS
+from sluicegate.policy.cli import policy
 from sluicegate.settings import Settings
 
 if TYPE_CHECKING:
@@ -876,6 +877,8 @@ def report(
         if path:
             click.echo(f"wrote the {what} to {path}", err=True)
 
+
+main.add_command(policy)
 
 if __name__ == "__main__":
     main()
