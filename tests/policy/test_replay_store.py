@@ -1,0 +1,194 @@
+"""Replay of a history written through the real `AuditWriter` into a real SQLite store, with
+timestamps chosen so that windows are known: per-minute rate limits, a time window, a source
+range, a month's budget that began before the period, and guards with no content to read."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from click.testing import CliRunner
+
+from sluicegate.audit.events import AuditEvent
+from sluicegate.audit.writer import AuditWriter
+from sluicegate.cli import main
+from sluicegate.store.db import create_engine
+
+#: a Saturday, on a minute's boundary (UTC)
+SATURDAY = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.UTC).timestamp()
+PERIOD = ["--since", "2026-11-28T00:00", "--until", "2026-11-29T00:00"]
+
+NEW = """\
+providers:
+  - {name: mock, type: openai_compatible, base_url: "http://127.0.0.1:9/v1"}
+models:
+  - {name: m, provider: mock, price: {input: 1, output: 1}}
+consumers:
+  - {name: carol, models: [m], guards: [no-codenames]}
+  - {name: dave, models: [m], source_ips: [10.0.0.0/8]}
+  - {name: erin, models: [m], time_windows: ["Mon-Fri 09:00-17:00"]}
+  - {name: frank, models: [m]}
+guards:
+  - {name: no-codenames, kind: regex, settings: {deny: ["codename-\\\\w+"]}}
+limits:
+  budgets:
+    - {name: frank-month, scope: consumer, match: [frank], amount: 1.0, window: month}
+  rate_limits:
+    - {name: rpm, scope: consumer, match: [carol], requests: 2, window: minute}
+"""
+
+
+def call(n: int, who: str, ts: float, tokens: int = 10, **fields: Any) -> AuditEvent:
+    values: dict[str, Any] = {
+        "request_id": f"req_{n}",
+        "ts": ts,
+        "endpoint": "chat",
+        "consumer": who,
+        "key_id": f"key_{who}",
+        "client_ip": "127.0.0.1",
+        "model_requested": "m",
+        "model_served": "m",
+        "provider": "mock",
+        "status": 200,
+        "upstream_status": 200,
+        "decision": "allowed",
+        "outcome": "ok",
+        "prompt_tokens": tokens,
+        "completion_tokens": tokens,
+        "total_tokens": 2 * tokens,
+        "usage_source": "upstream",
+        "cost_micro_usd": 2 * tokens,
+        "latency_ms": 5.0,
+    }
+    values.update(fields)
+    return AuditEvent(**values)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    data = tmp_path_factory.mktemp("store")
+    engine = create_engine(f"sqlite:///{data / 'sluicegate.db'}")
+    writer = AuditWriter(engine, batch_size=100, flush_interval_s=0.01)
+    writer.start()
+    events = [
+        # frank spent 0.9 of his month the day before the period
+        call(0, "frank", SATURDAY - 86400, tokens=450_000),
+        # carol: three calls in one minute, three in the next
+        *(call(1 + i, "carol", SATURDAY + 1 + i) for i in range(3)),
+        *(call(4 + i, "carol", SATURDAY + 61 + i) for i in range(3)),
+        call(7, "dave", SATURDAY + 5),
+        call(8, "erin", SATURDAY + 6),
+        # 0.2 at the new price: no longer fits in frank's month
+        call(9, "frank", SATURDAY + 7, tokens=100_000),
+        # refused for a bad body: not a policy decision
+        call(10, "carol", SATURDAY + 8, status=400, decision="rejected", outcome="invalid_json"),
+    ]
+    for e in events:
+        writer.submit(e)
+    assert writer.wait_idle(10)
+    writer.close()
+    (data / "new.yaml").write_text(NEW)
+    return data
+
+
+def replay(store: Path, *args: str) -> Any:
+    return CliRunner().invoke(
+        main,
+        ["policy", "replay", "--config", str(store / "new.yaml"), *PERIOD, *args],
+        env={"SLUICEGATE_DATA_DIR": str(store), "SLUICEGATE_DATABASE_URL": ""},
+    )
+
+
+@pytest.fixture(scope="module")
+def report(store: Path) -> dict[str, Any]:
+    result = replay(store, "--json")
+    assert result.exit_code == 0, result.output
+    data: dict[str, Any] = orjson.loads(result.output)
+    return data
+
+
+def by_consumer(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {t["consumer"]: t for t in report["consumers"]}
+
+
+def test_a_rate_limit_refuses_past_its_count_in_each_minute(report: dict[str, Any]) -> None:
+    refused = [
+        c["request_id"] for c in report["changes"] if c["change"] == "newly_refused" and c["consumer"] == "carol"
+    ]
+    assert refused == ["req_3", "req_6"]
+    assert by_consumer(report)["carol"]["newly_refused_by"] == {"limits.rate_limits.rpm.requests": 2}
+
+
+def test_source_and_time_window_rules_read_the_recorded_address_and_time(report: dict[str, Any]) -> None:
+    tallies = by_consumer(report)
+    assert tallies["dave"]["newly_refused_by"] == {"consumers.dave.source_ips": 1}
+    assert tallies["erin"]["newly_refused_by"] == {"consumers.erin.time_windows": 1}
+
+
+def test_a_budget_begun_before_the_period_carries_its_recorded_spend(report: dict[str, Any]) -> None:
+    frank = by_consumer(report)["frank"]
+    assert frank["calls"] == 1  # the earlier call is outside the period
+    assert frank["newly_refused_by"] == {"limits.budgets.frank-month": 1}
+    assert frank["spend_new_micro"] == 0
+
+
+def test_guards_with_no_content_to_read_are_reported_not_evaluated(report: dict[str, Any]) -> None:
+    carol = by_consumer(report)["carol"]
+    # Only the calls that got past the rate limit reach the guards.
+    assert carol["not_evaluated"] == {"guardrails: no content captured": 4}
+    assert report["skipped"] == {"not a policy decision (a malformed request, a policy store down)": 1}
+
+
+def test_the_consumer_filter_and_the_table(store: Path) -> None:
+    result = replay(store, "--consumer", "carol")
+    assert result.exit_code == 0, result.output
+    assert "replay of 6 recorded call(s)" in result.output
+    assert "newly refused by limits.rate_limits.rpm.requests: 2" in result.output
+    assert "not evaluated: guardrails: no content captured: 4" in result.output
+    assert "dave" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--since", "yesterday"], "'yesterday' is neither a time ago"),
+        (["--since", "1d", "--until", "2d"], "--since must be before --until"),
+    ],
+    ids=["bad-since", "since-after-until"],
+)
+def test_bad_times_are_one_line_errors(store: Path, args: list[str], message: str) -> None:
+    result = CliRunner().invoke(
+        main,
+        ["policy", "replay", "--config", str(store / "new.yaml"), *args],
+        env={"SLUICEGATE_DATA_DIR": str(store), "SLUICEGATE_DATABASE_URL": ""},
+    )
+    assert result.exit_code == 2
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_broken_config_is_a_one_line_error(store: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("consumers:\n  - name: x\n    models: [nope]\n    colour: blue\n")
+    result = CliRunner().invoke(
+        main,
+        ["policy", "replay", "--config", str(broken), "--since", "7d"],
+        env={"SLUICEGATE_DATA_DIR": str(store), "SLUICEGATE_DATABASE_URL": ""},
+    )
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"Error: invalid config {broken}:"), result.output
+
+
+def test_no_store_is_a_one_line_error(tmp_path: Path, store: Path) -> None:
+    result = CliRunner().invoke(
+        main,
+        ["policy", "replay", "--config", str(store / "new.yaml"), "--since", "7d"],
+        env={"SLUICEGATE_DATA_DIR": str(tmp_path / "none"), "SLUICEGATE_DATABASE_URL": ""},
+    )
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: no audit store at ")
+    assert not (tmp_path / "none").exists()
