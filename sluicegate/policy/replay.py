@@ -277,6 +277,10 @@ async def replay(
     return report
 
 
+def _guards_unread(ev: Evaluation) -> bool:
+    return any(d.stage == "guardrails" and d.outcome == "skip" for d in ev.decisions)
+
+
 def _count(report: Replay, event: dict[str, Any], old: bool, ev: Evaluation) -> None:
     name = event["consumer"]
     tally = report.consumers.get(name)
@@ -298,6 +302,10 @@ def _count(report: Replay, event: dict[str, Any], old: bool, ev: Evaluation) -> 
             new_cost = 0  # a cache hit that cost its caller nothing still does
         tally.spend_new_micro += new_cost
     refused = ev.refused
+    if not old and refused is None and event["decision"] == "blocked" and _guards_unread(ev):
+        # Blocked calls keep no content: whether the new guards would block it too is not known.
+        tally.not_evaluated["blocked by a guard then; no content to run the new guards on"] += 1
+        return
     change: str | None = None
     if old and refused is not None:
         change = "newly_refused"

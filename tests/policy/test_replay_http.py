@@ -42,6 +42,8 @@ def history(upstream_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
         for _ in range(3):
             assert ask(gw, "alice", "gpt-4o-mini", "hello there")
         assert ask(gw, "alice", "gpt-4o-mini", "the codename-falcon launches today")
+        # the fake upstream answers what follows `echo:`: the answer holds a ticket number
+        assert ask(gw, "alice", "gpt-4o-mini", "echo: see ticket-4242")
         for _ in range(2):
             assert ask(gw, "alice", "team-model", "hi")
         for _ in range(2):
@@ -58,7 +60,7 @@ def new_config(team_call_micro: int) -> str:
     text = text.replace("input_cost_per_mtok: 0.15", "input_cost_per_mtok: 1.0")
     text = text.replace("output_cost_per_mtok: 0.6", "output_cost_per_mtok: 2.0")
     text = text.replace("    model: gpt-4o\n", "    model: gpt-4o\n    price: {input: 10, output: 10}\n")
-    text = text.replace("  - name: alice\n", "  - name: alice\n    guards: [no-codenames]\n")
+    text = text.replace("  - name: alice\n", "  - name: alice\n    guards: [no-codenames, no-tickets]\n")
     text = text.replace("    models: [gpt-4o-mini]\n", "    models: [team-model]\n")
     budget = team_call_micro * 1.5 / 1_000_000
     return text + (
@@ -66,6 +68,10 @@ def new_config(team_call_micro: int) -> str:
         "  - name: no-codenames\n"
         "    kind: regex\n"
         '    settings: {deny: ["codename-\\\\w+"]}\n'
+        "  - name: no-tickets\n"
+        "    kind: regex\n"
+        "    applies_to: output\n"
+        '    settings: {deny: ["ticket-\\\\d+"]}\n'
         "limits:\n"
         "  budgets:\n"
         f"    - {{name: team-cap, scope: model, match: [team-model], amount: {budget!r}, window: month}}\n"
@@ -100,7 +106,7 @@ def replayed(history: tuple[Path, list[dict[str, Any]]], tmp_path_factory: pytes
 
 def test_the_history_is_what_the_gateway_recorded(history: tuple[Path, list[dict[str, Any]]]) -> None:
     _, events = history
-    assert [e["decision"] for e in events] == ["allowed"] * 8 + ["denied"]
+    assert [e["decision"] for e in events] == ["allowed"] * 9 + ["denied"]
     assert events[-1]["rule"] == "consumers.bob.models"
     assert all(e["content"] for e in events if e["consumer"] == "alice")
     assert not any(e["content"] for e in events if e["consumer"] == "bob")
@@ -140,6 +146,14 @@ def test_a_new_budget_refuses_from_the_call_that_no_longer_fits(replayed: Any) -
     }
 
 
+def test_a_new_output_guard_reads_the_captured_answer(replayed: Any) -> None:
+    report, events, _ = replayed
+    ticket = next(e for e in events if e["content"] and "echo:" in e["content"])
+    change = next(c for c in report["changes"] if c["request_id"] == ticket["request_id"])
+    assert change["change"] == "newly_refused"
+    assert (change["new"]["stage"], change["new"]["rule"]) == ("guardrails", "guards.no-tickets")
+
+
 def test_a_new_guard_blocks_the_captured_content_it_matches(replayed: Any) -> None:
     report, events, _ = replayed
     secret = next(e for e in events if e["content"] and "codename" in e["content"])
@@ -148,7 +162,11 @@ def test_a_new_guard_blocks_the_captured_content_it_matches(replayed: Any) -> No
     assert change["new"]["stage"] == "guardrails"
     assert change["new"]["rule"] == "guards.no-codenames"
     alice = next(t for t in report["consumers"] if t["consumer"] == "alice")
-    assert alice["newly_refused_by"] == {"guards.no-codenames": 1, "limits.budgets.team-cap": 1}
+    assert alice["newly_refused_by"] == {
+        "guards.no-codenames": 1,
+        "guards.no-tickets": 1,
+        "limits.budgets.team-cap": 1,
+    }
     assert alice["newly_allowed"] == 0
     assert alice["not_evaluated"] == {}
 
@@ -158,7 +176,7 @@ def test_new_prices_change_spend_by_the_exact_amount(replayed: Any) -> None:
     alice = next(t for t in report["consumers"] if t["consumer"] == "alice")
     mine = [e for e in events if e["consumer"] == "alice"]
     assert alice["spend_old_micro"] == sum(e["cost_micro_usd"] for e in mine)
-    hello = [e for e in mine if e["model_requested"] == "gpt-4o-mini" and "codename" not in e["content"]]
+    hello = [e for e in mine if e["model_requested"] == "gpt-4o-mini" and "hello" in e["content"]]
     team = next(e for e in mine if e["model_requested"] == "team-model")
     expected = sum(cost(e["prompt_tokens"], e["completion_tokens"], 1_000_000, 2_000_000) for e in hello)
     expected += cost(team["prompt_tokens"], team["completion_tokens"], 10_000_000, 10_000_000)
@@ -181,6 +199,7 @@ def test_the_table_says_the_same(replayed: Any, history: tuple[Path, list[dict[s
     assert "newly refused by consumers.bob.models: 2" in out
     assert "newly refused by guards.no-codenames: 1" in out
     assert "newly refused by limits.budgets.team-cap: 1" in out
+    assert "newly refused by guards.no-tickets: 1" in out
     total = report["totals"]
     assert f"{total['spend_old_micro'] / 1e6:.6f} -> {total['spend_new_micro'] / 1e6:.6f}" in out
     assert CANARY_KEY not in out

@@ -83,6 +83,19 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
         call(8, "erin", SATURDAY + 6),
         # 0.2 at the new price: no longer fits in frank's month
         call(9, "frank", SATURDAY + 7, tokens=100_000),
+        # blocked by a guard (no content kept): the new guards have nothing to read
+        call(
+            11,
+            "carol",
+            SATURDAY + 200,
+            status=400,
+            decision="blocked",
+            outcome="content_blocked",
+            rule="guards.no-codenames",
+            prompt_tokens=None,
+            completion_tokens=None,
+            cost_micro_usd=None,
+        ),
         # refused for a bad body: not a policy decision
         call(10, "carol", SATURDAY + 8, status=400, decision="rejected", outcome="invalid_json"),
     ]
@@ -138,16 +151,20 @@ def test_a_budget_begun_before_the_period_carries_its_recorded_spend(report: dic
 def test_guards_with_no_content_to_read_are_reported_not_evaluated(report: dict[str, Any]) -> None:
     carol = by_consumer(report)["carol"]
     # Only the calls that got past the rate limit reach the guards.
-    assert carol["not_evaluated"] == {"guardrails: no content captured": 4}
+    assert carol["not_evaluated"] == {
+        "guardrails: no content captured": 5,
+        "blocked by a guard then; no content to run the new guards on": 1,
+    }
+    assert carol["newly_allowed"] == 0
     assert report["skipped"] == {"not a policy decision (a malformed request, a policy store down)": 1}
 
 
 def test_the_consumer_filter_and_the_table(store: Path) -> None:
     result = replay(store, "--consumer", "carol")
     assert result.exit_code == 0, result.output
-    assert "replay of 6 recorded call(s)" in result.output
+    assert "replay of 7 recorded call(s)" in result.output
     assert "newly refused by limits.rate_limits.rpm.requests: 2" in result.output
-    assert "not evaluated: guardrails: no content captured: 4" in result.output
+    assert "not evaluated: guardrails: no content captured: 5" in result.output
     assert "dave" not in result.output
 
 
