@@ -4,6 +4,7 @@ a budget's headroom read from a real store when there is one."""
 from __future__ import annotations
 
 import datetime as dt
+import re
 from pathlib import Path
 from typing import Any
 
@@ -172,3 +173,16 @@ def test_bad_input_is_a_one_line_error(setup: Path, args: list[str], message: st
     assert result.exit_code == status
     assert message in result.output
     assert "Traceback" not in result.output
+
+
+def test_the_documented_example_is_what_explain_prints(tmp_path: Path) -> None:
+    doc = (Path(__file__).parents[2] / "docs" / "policy.md").read_text()
+    config = tmp_path / "sluicegate.yaml"
+    config.write_text(re.findall(r"```yaml\n(.*?)```", doc, re.S)[0])
+    example = doc.split("the same call on a Saturday:\n\n```\n")[1].split("```")[0]
+    command, *expected = example.replace("\\\n", " ").strip().splitlines()
+    args = [str(config) if a == "sluicegate.yaml" else a for a in command.split()[2:]]
+    env = {"SLUICEGATE_DATA_DIR": str(tmp_path / "none"), "SLUICEGATE_DATABASE_URL": ""}
+    result = CliRunner().invoke(main, args, env=env)
+    assert result.exit_code == 0, result.output
+    assert result.output.replace(str(config), "sluicegate.yaml").strip().splitlines() == expected
