@@ -1,12 +1,16 @@
 """What `sluicegate serve --workers N` buys: throughput and CPU per call with 1, 2 ... workers.
 
-The fake upstream and wrk stay pinned to the client core as in `bench/run.py`; the gateway is not
-pinned, so N workers may use every core (on a 2-core machine they share the client core with wrk
-and the upstream: the figure is what this machine can show, not what N free cores would give).
-CPU per call is summed over the supervisor and its workers. Each worker's RSS is read idle and
-after the measured runs.
+The upstream and wrk stay pinned to the client core as in `bench/run.py`; N workers are given the
+first N cores (one worker the gateway core, as in `bench/run.py`; `--no-pin`: every core). On a
+2-core machine the second worker shares the client
+core with wrk and the upstream, so the upstream must cost little: by default it is nginx (when
+installed) answering every chat completion with one fixed OpenAI body, a few microseconds of C
+per call; `--upstream mock` uses the Python fake upstream of the other benches, which needs most
+of a core itself at these rates. CPU per call is summed over the supervisor and its workers.
+Each worker's RSS is read idle and after the measured runs.
 
     .venv/bin/python bench/workers.py [--workers 1,2] [--duration 10] [--concurrency 64] [--rounds 3]
+        [--upstream nginx|mock]
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -22,7 +27,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from observability import measure
 from run import (
     CLIENT_CORE,
     CONFIG,
@@ -35,7 +39,48 @@ from run import (
     smoke_test,
     table,
     wait_ready,
+    wrk,
 )
+
+#: what nginx answers to every chat completion: an OpenAI body with usage, as the fake upstream's
+ANSWER = {
+    "id": "chatcmpl-bench",
+    "object": "chat.completion",
+    "created": 1764806400,
+    "model": "gpt-4o-mini",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "bench-smoke"}, "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 9, "completion_tokens": 2, "total_tokens": 11},
+}
+NGINX_CONF = """\
+worker_processes 1;
+daemon off;
+pid {tmp}/nginx.pid;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  keepalive_requests 10000000;
+  client_body_temp_path {tmp}/nginx-body;
+  proxy_temp_path {tmp}/nginx-proxy;
+  fastcgi_temp_path {tmp}/nginx-fastcgi;
+  uwsgi_temp_path {tmp}/nginx-uwsgi;
+  scgi_temp_path {tmp}/nginx-scgi;
+  server {{
+    listen 127.0.0.1:{port};
+    default_type application/json;
+    location = /v1/chat/completions {{ return 200 '{answer}'; }}
+    location / {{ return 200 '{{"object": "list", "data": []}}'; }}
+  }}
+}}
+"""
+
+
+def upstream_command(kind: str, port: int, tmp: Path, sg: str) -> list[str]:
+    """The upstream server's command line, pinned to the client core."""
+    if kind == "mock":
+        return ["taskset", "-c", CLIENT_CORE, sg, "mock-upstream", "--host", "127.0.0.1", "--port", str(port)]
+    conf = tmp / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(tmp=tmp, port=port, answer=json.dumps(ANSWER)))
+    return ["taskset", "-c", CLIENT_CORE, "nginx", "-p", str(tmp), "-e", str(tmp / "nginx-error.log"), "-c", str(conf)]
 
 
 def tree(pid: int) -> list[int]:
@@ -67,7 +112,7 @@ def bench(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     key = created.stdout.strip().splitlines()[-1]
     rows: list[dict[str, Any]] = []
     memory: dict[str, Any] = {}
-    up_cmd = ["taskset", "-c", CLIENT_CORE, sg, "mock-upstream", "--host", "127.0.0.1", "--port", str(up_port)]
+    up_cmd = upstream_command(args.upstream, up_port, tmp, sg)
     with contextlib.ExitStack() as stack:
         up = stack.enter_context(running("upstream", up_cmd, env, tmp))
         wait_ready("upstream", f"http://127.0.0.1:{up_port}/v1/models", up, tmp)
@@ -76,6 +121,8 @@ def bench(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         for n in args.workers:
             port = free_port()
             cmd = [sg, "serve", "--config", str(config), "--port", str(port), "--workers", str(n)]
+            if args.pin:  # N workers on the first N cores: one worker on the gateway core, as bench/run.py
+                cmd = ["taskset", "-c", f"0-{n - 1}", *cmd]
             proc = stack.enter_context(running(f"workers-{n}", [*cmd, "--log-level", "WARNING"], env, tmp))
             wait_ready(f"workers-{n}", f"http://127.0.0.1:{port}/readyz", proc, tmp)
             # pid None: CPU is measured over the supervisor and its workers here, not by `measure`
@@ -89,9 +136,10 @@ def bench(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         for rnd in range(args.rounds):
             for c in args.concurrency:
                 for target in targets:
-                    before = sum(cpu(p) for p in tree(roots[target.name]))
                     r = {"round": rnd, "target": target.name, "concurrency": c}
-                    r.update(measure(target, c, args.duration, args.warmup))
+                    r["warmup_sent"] = wrk(target, c, args.warmup)["sent"]
+                    before = sum(cpu(p) for p in tree(roots[target.name]))  # the measured run's CPU only
+                    r.update(wrk(target, c, args.duration))
                     r["cpu_ms_per_request"] = round(
                         (sum(cpu(p) for p in tree(roots[target.name])) - before) * 1000 / max(1, r["requests"]), 4
                     )
@@ -100,7 +148,7 @@ def bench(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         for target in targets:
             workers = tree(roots[target.name])[1:] or [roots[target.name]]
             memory[target.name]["loaded_rss_mib"] = [round(rss_mib(p), 1) for p in workers]
-    return {"machine": machine(), "rows": rows, "memory": memory}
+    return {"machine": machine(), "upstream": args.upstream, "pinned": args.pin, "rows": rows, "memory": memory}
 
 
 def cpu(pid: int) -> float:
@@ -143,6 +191,10 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[64])
+    parser.add_argument("--upstream", choices=["nginx", "mock"], default="nginx" if shutil.which("nginx") else "mock")
+    parser.add_argument(
+        "--pin", action=argparse.BooleanOptionalAction, default=True, help="N workers on cores 0..N-1 (default)"
+    )
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "workers.json")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="sluicegate-bench-workers-") as tmp:
