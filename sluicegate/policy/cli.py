@@ -91,6 +91,7 @@ def policy() -> None:
 @click.option("--endpoint", default="chat", show_default=True, help="chat, completions, embeddings, messages ...")
 @click.option("--stream", is_flag=True, help="The call asks for a stream.")
 @click.option("--key", "key_id", default=None, help="The API key id (for limits scoped to keys).")
+@click.option("--prompt", default=None, help="A user message: the input guards run on it.")
 @click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False), help="The config to ask.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document.")
 def explain(
@@ -101,6 +102,7 @@ def explain(
     endpoint: str,
     stream: bool,
     key_id: str | None,
+    prompt: str | None,
     config_path: str,
     as_json: bool,
 ) -> None:
@@ -115,7 +117,8 @@ def explain(
         raise click.ClickException(f"unknown consumer '{consumer}': {config_path} names no such consumer")
     engine = _engine(snapshot, must_exist=False)
     limiter = LedgerHeadroom(engine, snapshot) if engine is not None else None
-    subject = Subject(consumer, model, moment, endpoint, source, key_id, stream)
+    body = prompt_body(endpoint, model, prompt) if prompt is not None else None
+    subject = Subject(consumer, model, moment, endpoint, source, key_id, stream, body=body)
     evaluation = asyncio.run(Evaluator(snapshot).evaluate(subject, limiter))
     if engine is None and any(d.stage == "limits" for d in evaluation.decisions):
         evaluation.unevaluated.append("limits: no audit store, so no headroom (limits as configured)")
@@ -124,6 +127,15 @@ def explain(
         return
     for line in explain_lines(evaluation, config_path):
         click.echo(line)
+
+
+def prompt_body(endpoint: str, model: str, text: str) -> dict[str, Any]:
+    """The smallest request body of `endpoint` that holds `text` as what the model reads."""
+    if endpoint in ("chat", "messages"):
+        return {"model": model, "messages": [{"role": "user", "content": text}]}
+    if endpoint == "completions":
+        return {"model": model, "prompt": text}
+    return {"model": model, "input": text}
 
 
 @policy.command("replay")

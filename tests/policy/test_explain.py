@@ -152,6 +152,20 @@ def test_guards_that_would_run_are_listed(setup: Path) -> None:
     assert guard["detail"] == "would run: no-codenames (regex, block); no content to run them on"
 
 
+@pytest.mark.parametrize("endpoint", ["chat", "messages", "completions", "responses"])
+def test_a_prompt_runs_the_input_guards(setup: Path, endpoint: str) -> None:
+    args = ["--consumer", "alice", "--model", "small", "--endpoint", endpoint]
+    refused = explained(setup, *args, "--prompt", "ship codename-falcon today")["refused_by"]
+    assert (refused["stage"], refused["rule"], refused["code"]) == (
+        "guardrails",
+        "guards.no-codenames",
+        "content_blocked",
+    )
+    report = explained(setup, *args, "--prompt", "nothing to see")
+    guard = next(s for s in report["stages"] if s["stage"] == "guardrails")
+    assert (guard["outcome"], guard["detail"]) == ("allow", "ran: no-codenames (regex, block); nothing found")
+
+
 def test_without_a_store_the_limits_are_as_configured(setup: Path) -> None:
     result = explain(setup, "--consumer", "alice", "--model", "smart", store=False)
     assert result.exit_code == 0, result.output

@@ -96,6 +96,22 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
             completion_tokens=None,
             cost_micro_usd=None,
         ),
+        # refused then by a rule the new config drops, and now by another
+        call(
+            12,
+            "dave",
+            SATURDAY + 9,
+            status=403,
+            decision="denied",
+            outcome="model_not_allowed",
+            rule="consumers.dave.models",
+            prompt_tokens=None,
+            completion_tokens=None,
+            cost_micro_usd=None,
+        ),
+        # a consumer the new config no longer has, and one mapped from a token's groups
+        call(13, "gone", SATURDAY + 10),
+        call(14, "jwt:corp:u1", SATURDAY + 11, key_id="jwt:corp"),
         # refused for a bad body: not a policy decision
         call(10, "carol", SATURDAY + 8, status=400, decision="rejected", outcome="invalid_json"),
     ]
@@ -209,3 +225,25 @@ def test_no_store_is_a_one_line_error(tmp_path: Path, store: Path) -> None:
     assert result.exit_code == 1
     assert result.output.startswith("Error: no audit store at ")
     assert not (tmp_path / "none").exists()
+
+
+def test_a_refusal_by_another_rule_is_a_rule_change(report: dict[str, Any]) -> None:
+    dave = by_consumer(report)["dave"]
+    assert dave["rule_changed"] == 1 and dave["newly_allowed"] == 0
+    change = next(c for c in report["changes"] if c["request_id"] == "req_12")
+    assert change["change"] == "rule_changed"
+    assert (change["old"]["rule"], change["new"]["rule"]) == ("consumers.dave.models", "consumers.dave.source_ips")
+
+
+def test_a_consumer_no_longer_configured_is_refused_by_identity(report: dict[str, Any]) -> None:
+    gone = by_consumer(report)["gone"]
+    assert gone["newly_refused_by"] == {"consumers.gone": 1}
+    change = next(c for c in report["changes"] if c["request_id"] == "req_13")
+    assert (change["new"]["stage"], change["new"]["code"]) == ("identity", "consumer_not_configured")
+
+
+def test_a_consumer_made_from_token_groups_is_not_evaluated(report: dict[str, Any]) -> None:
+    token = by_consumer(report)["jwt:corp:u1"]
+    assert token["not_evaluated"] == {"identity: a consumer made from a token's groups": 1}
+    assert token["newly_refused"] == token["newly_allowed"] == 0
+    assert token["spend_old_micro"] == token["spend_new_micro"] == 20
