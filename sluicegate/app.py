@@ -38,6 +38,7 @@ from sluicegate.dialects import request_texts
 from sluicegate.dialects import responses as responses_dialect
 from sluicegate.edge.forwarded import ClientAddress
 from sluicegate.edge.protocol import EXTENSION, EdgeState
+from sluicegate.egress.context import EGRESS_EXTENSION
 from sluicegate.errors import BadRequest, MethodNotAllowed, NotFound, ServiceUnavailable, SluicegateError
 from sluicegate.guardrails.base import GuardContext, GuardUnavailable
 from sluicegate.limits.counters import CountersUnavailable
@@ -340,6 +341,13 @@ class Gateway:
         # The peer's address, or behind a trusted proxy the client's it forwarded.
         clients = self._clients
         call.client_ip = clients.resolve(peer, scope["headers"]) if clients.networks else peer
+        extensions = scope.get("extensions")
+        egress = extensions.get(EGRESS_EXTENSION) if extensions else None
+        if egress is not None:
+            # Intercepted by the egress proxy: audited with its host, maybe identified by its network.
+            call.egress_host = egress.host
+            if egress.network_consumer is not None:
+                call.consumer = snapshot.consumers.get(egress.network_consumer)
         # Every line logged while this request's task handles the call names it.
         REQUEST_ID.set(call.request_id)
         return call

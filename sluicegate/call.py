@@ -40,6 +40,7 @@ class Call:
         "deadline",
         "decision",
         "dialect",
+        "egress_host",
         "endpoint",
         "error",
         "guards",
@@ -97,6 +98,8 @@ class Call:
         #: request headers the gateway reads (lower-case names); not the whole set
         self.headers = headers
         self.client_ip: str | None = None
+        #: the host an egress-intercepted call was for (None: the call came by the data plane)
+        self.egress_host: str | None = None
         self.client_request_id: str | None = None
         self.consumer: Consumer | None = None
         self.key_id: str | None = None

@@ -141,16 +141,28 @@ def _supervise(config_path: str, host: str, port: int, admin_port: int | None, l
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror}") from None
     admin = admin_port if admin_port is not None else config.admin.port
+    egress_sock = None
+    if config.egress.enabled:
+        # The egress proxy's socket is shared by the workers too.
+        try:
+            egress_sock = bind(config.egress.host, config.egress.port)
+        except OSError as exc:
+            sock.close()
+            raise click.ClickException(
+                f"the egress proxy cannot listen on {config.egress.host}:{config.egress.port}: {exc.strerror}"
+            ) from None
 
     def run_worker(index: int) -> None:
         # Each worker's admin listener takes its own port: admin port + worker index.
         worker_admin = admin + index if admin is not None else None
-        _run(_serve(config_path, host, port, worker_admin, logs, sock=sock))
+        _run(_serve(config_path, host, port, worker_admin, logs, sock=sock, egress_sock=egress_sock))
 
     try:
         return Supervisor(workers, run_worker).run()
     finally:
         sock.close()
+        if egress_sock is not None:
+            egress_sock.close()
 
 
 async def _serve(
@@ -160,6 +172,7 @@ async def _serve(
     admin_port: int | None = None,
     logs: LogSetup | None = None,
     sock: Any = None,
+    egress_sock: Any = None,
 ) -> None:
     from sluicegate.app import Gateway
     from sluicegate.config.loader import ConfigInvalid, load_config
@@ -201,12 +214,17 @@ async def _serve(
     server = DrainingServer(server_config(gateway, host, port), gateway)
     _raise_fd_limit(gateway.snapshot.server)
     admin: Any = None
+    egress: Any = None
     try:
         admin_port = admin_port if admin_port is not None else gateway.snapshot.config.admin.port
         if admin_port is not None:
             admin, admin_task = await _start_admin(gateway, admin_port)
+        if gateway.snapshot.config.egress.enabled:
+            egress = await _start_egress(gateway, egress_sock)
         await server.serve(sockets=[sock] if sock is not None else None)
     finally:
+        if egress is not None:
+            await egress.stop()
         if admin is not None:
             # The data server stopped (signal or failure): the admin listener goes with it.
             admin.should_exit = True
@@ -227,6 +245,22 @@ async def _start_admin(gateway: Any, port: int) -> tuple[Any, asyncio.Task[None]
         raise click.ClickException(f"the admin listener cannot listen on {host}:{port}: {exc.strerror}") from None
     server = admin_server(gateway)
     return server, await start_admin(server, sock)
+
+
+async def _start_egress(gateway: Any, sock: Any) -> Any:
+    """Start the egress proxy (`egress.proxy`) beside the data server, on `sock` or its own port."""
+    from sluicegate.egress.proxy import EgressDoor
+
+    door = EgressDoor(gateway)
+    config = gateway.snapshot.config.egress
+    try:
+        await door.start(sock)
+    except OSError as exc:
+        raise click.ClickException(
+            f"the egress proxy cannot listen on {config.host}:{config.port}: {exc.strerror}"
+        ) from None
+    logging.getLogger("sluicegate.egress").info("egress proxy listening on %s:%d", config.host, door.port)
+    return door
 
 
 def _raise_fd_limit(server: Any) -> None:

@@ -64,6 +64,10 @@ class AuditEvent:
     #: the gateway process that wrote the event (`SLUICEGATE_INSTANCE_ID`, else `host:pid`): with
     #: several instances or workers on one store, which one served the call
     instance: str | None = None
+    #: the door the call came in by when it was not the data plane: `egress` (the forward proxy)
+    door: str | None = None
+    #: through the egress proxy: the host the client was going to (blocked, tunnelled or intercepted)
+    egress_host: str | None = None
 
     def as_row(self) -> dict[str, Any]:
         """Column values for the store."""

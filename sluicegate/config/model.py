@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sluicegate.admin.config import AdminConfig
 from sluicegate.audit.sink_config import AuditSinkConfig
 from sluicegate.cache.config import CacheConfig
+from sluicegate.egress.config import EgressConfig
 from sluicegate.limits.config import LimitsConfig, PriceConfig
 from sluicegate.observability.config import ObservabilityConfig
 from sluicegate.routing.config import (
@@ -349,3 +350,5 @@ class GatewayConfig(_Strict):
     cache: CacheConfig = Field(default_factory=CacheConfig)
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
     admin: AdminConfig = Field(default_factory=AdminConfig)
+    #: the forward proxy for outbound AI traffic (off by default)
+    egress: EgressConfig = Field(default_factory=EgressConfig)

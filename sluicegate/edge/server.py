@@ -17,8 +17,9 @@ if TYPE_CHECKING:
     from sluicegate.app import Gateway
 
 
-def server_config(gateway: Gateway, host: str, port: int, **options: Any) -> uvicorn.Config:
-    """The uvicorn config that serves `gateway` on `host:port` (`options` override the defaults)."""
+def server_config(gateway: Gateway, host: str, port: int, app: Any = None, **options: Any) -> uvicorn.Config:
+    """The uvicorn config that serves `gateway` on `host:port` (`options` override the defaults);
+    `app`: an ASGI app in front of the gateway (the egress door's), served the same way."""
     settings: dict[str, Any] = {
         "host": host,
         "port": port,
@@ -35,7 +36,7 @@ def server_config(gateway: Gateway, host: str, port: int, **options: Any) -> uvi
         "timeout_graceful_shutdown": 30,
     }
     settings.update(options)
-    return uvicorn.Config(gateway, **settings)
+    return uvicorn.Config(gateway if app is None else app, **settings)
 
 
 class DrainingServer(uvicorn.Server):

@@ -20,6 +20,7 @@ from sluicegate.audit.events import AuditEvent
 from sluicegate.audit.failures import AuthFailureAggregator
 from sluicegate.audit.reason import reason_of
 from sluicegate.audit.writer import AuditNotDurable
+from sluicegate.egress.context import DOOR
 from sluicegate.errors import ServiceUnavailable
 from sluicegate.stages.base import Services, register_stage
 
@@ -160,6 +161,8 @@ def event_of(call: Call) -> AuditEvent:
         cache_saved_micro_usd=call.cache.saved_micro_usd if call.cache is not None else None,
         attempts=_attempts(call),
         routed_by=call.routed_by,
+        door=DOOR if call.egress_host is not None else None,
+        egress_host=call.egress_host,
     )
 
 

@@ -92,6 +92,9 @@ audit_events = sa.Table(
     sa.Column("routed_by", sa.Text),
     #: the gateway process that wrote the event (`m008_instance`)
     sa.Column("instance", sa.String(128)),
+    #: the door of a call that did not come by the data plane, and the host it was for (`m009_egress`)
+    sa.Column("door", sa.String(16)),
+    sa.Column("egress_host", sa.String(255)),
     sa.Index("ix_audit_events_chain_seq", "chain_seq", unique=True),
 )
 
@@ -244,6 +247,19 @@ def m008_instance(conn: sa.Connection) -> None:
     present = {column["name"] for column in sa.inspect(conn).get_columns(audit_events.name)}
     if "instance" not in present:
         conn.execute(sa.text(f"ALTER TABLE {audit_events.name} ADD COLUMN instance VARCHAR(128)"))
+
+
+#: columns `m009_egress` adds to `audit_events`
+EGRESS_COLUMNS = (("door", "VARCHAR(16)"), ("egress_host", "VARCHAR(255)"))
+
+
+@migration
+def m009_egress(conn: sa.Connection) -> None:
+    # Nullable, no default: older events keep their chain hashes.
+    present = {column["name"] for column in sa.inspect(conn).get_columns(audit_events.name)}
+    for name, kind in EGRESS_COLUMNS:
+        if name not in present:
+            conn.execute(sa.text(f"ALTER TABLE {audit_events.name} ADD COLUMN {name} {kind}"))
 
 
 def install_append_only(conn: sa.Connection) -> None:

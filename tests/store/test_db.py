@@ -72,8 +72,9 @@ def _upgrades(url: str) -> None:
         "m006_attempts",
         "m007_routed_by",
         "m008_instance",
+        "m009_egress",
     ]
-    added = {name for name, _ in db.CACHE_COLUMNS} | {"attempts", "routed_by", "instance"}
+    added = {name for name, _ in (*db.CACHE_COLUMNS, *db.EGRESS_COLUMNS)} | {"attempts", "routed_by", "instance"}
     assert set(USAGE_DETAIL_COLUMNS) | CHAIN_NAMES | added <= _columns(engine)
     assert db.migrate(engine) == []
     engine.dispose()

@@ -1,0 +1,174 @@
+"""Intercept: unmodified `openai` and `anthropic` SDK calls to their providers' real host names,
+through the egress proxy (`HTTPS_PROXY`, the test CA trusted), are served by the gateway's one
+pipeline: identity, access rules, guards, its own provider credential, and the audit."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from collections.abc import Iterator
+
+import anthropic
+import httpx
+import openai
+import pytest
+
+from sluicegate.testing import FakeUpstream
+from tests.conftest import CANARY_KEY
+from tests.egress.conftest import EgressGateway, OrgCA, egress_config, run_egress_gateway
+
+EGRESS = """\
+source_networks: [127.0.0.0/8]
+intercept: [api.openai.com, api.anthropic.com, api.groq.com]
+"""
+
+
+@pytest.fixture(scope="module")
+def gw(upstream_url: str, test_ca: OrgCA, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EgressGateway]:
+    with run_egress_gateway(tmp_path_factory.mktemp("intercept"), egress_config(upstream_url, test_ca, EGRESS)) as g:
+        yield g
+
+
+@pytest.fixture
+def proxied(gw: EgressGateway, test_ca: OrgCA, monkeypatch: pytest.MonkeyPatch) -> EgressGateway:
+    """The environment an unmodified app runs in: `HTTPS_PROXY` and the CA bundle (`SSL_CERT_FILE`)."""
+    monkeypatch.setenv("HTTPS_PROXY", gw.proxy)
+    monkeypatch.setenv("SSL_CERT_FILE", str(test_ca.cert))
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    monkeypatch.delenv("ANTHROPIC_BASE_URL", raising=False)
+    return gw
+
+
+def test_openai_sdk_is_governed_without_a_changed_line(proxied: EgressGateway, upstream: FakeUpstream) -> None:
+    client = openai.OpenAI(api_key=proxied.keys["alice"], max_retries=0)
+    assert str(client.base_url) == "https://api.openai.com/v1/"
+    raw = client.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "echo: through the proxy"}]
+    )
+    assert raw.parse().choices[0].message.content == "through the proxy"
+    # The upstream got the gateway's provider key, never the app's key.
+    sent = upstream.requests[-1]
+    assert sent.headers["authorization"] == f"Bearer {CANARY_KEY}"
+    assert proxied.keys["alice"] not in str(sent.headers)
+    event = proxied.last_audit()
+    assert event["request_id"] == raw.headers["x-request-id"]
+    assert event["door"] == "egress" and event["egress_host"] == "api.openai.com"
+    assert event["consumer"] == "alice" and event["status"] == 200 and event["endpoint"] == "chat"
+    assert event["client_ip"] == "127.0.0.1"
+
+
+def test_a_streamed_call_is_intercepted_too(proxied: EgressGateway, upstream: FakeUpstream) -> None:
+    client = openai.OpenAI(api_key=proxied.keys["alice"], max_retries=0)
+    chunks = list(
+        client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "echo: one two three"}], stream=True
+        )
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "one two three"
+    event = proxied.last_audit()
+    assert event["egress_host"] == "api.openai.com" and event["completion_tokens"] == 3
+
+
+def test_a_forbidden_model_is_refused_in_the_sdks_error_type(proxied: EgressGateway, upstream: FakeUpstream) -> None:
+    client = openai.OpenAI(api_key=proxied.keys["bob"], max_retries=0)
+    with pytest.raises(openai.PermissionDeniedError) as caught:
+        client.chat.completions.create(model="team-model", messages=[{"role": "user", "content": "hi"}])
+    assert caught.value.status_code == 403
+    assert not upstream.requests
+    event = proxied.last_audit()
+    assert event["consumer"] == "bob" and event["status"] == 403 and event["egress_host"] == "api.openai.com"
+
+
+def test_a_guard_blocks_an_intercepted_call(proxied: EgressGateway, upstream: FakeUpstream) -> None:
+    client = openai.OpenAI(api_key=proxied.keys["alice"], max_retries=0)
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "tell me about nightingale"}]
+        )
+    assert caught.value.code == "content_blocked"
+    assert not upstream.requests
+    event = proxied.last_audit()
+    assert event["outcome"] == "content_blocked" and event["egress_host"] == "api.openai.com"
+
+
+def test_an_app_with_its_own_provider_key_is_refused(proxied: EgressGateway, upstream: FakeUpstream) -> None:
+    client = openai.OpenAI(api_key="sk-proj-the-apps-own-provider-key", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    assert not upstream.requests
+    assert "sk-proj-the-apps-own-provider-key" not in str(proxied.audit())
+
+
+def test_the_proxy_password_identifies_the_caller(gw: EgressGateway, test_ca: OrgCA, upstream: FakeUpstream) -> None:
+    # The app keeps its own provider key; the proxy credentials (bob's gateway key) say who calls.
+    http = httpx.Client(proxy=gw.proxy_with("bob"), verify=test_ca.context())
+    client = openai.OpenAI(api_key="sk-proj-the-apps-own-provider-key", http_client=http, max_retries=0)
+    answer = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "echo: bob"}])
+    assert answer.choices[0].message.content == "bob"
+    assert "sk-proj-the-apps-own-provider-key" not in str(upstream.requests[-1].headers)
+    event = gw.last_audit()
+    assert event["consumer"] == "bob" and event["egress_host"] == "api.openai.com"
+
+
+def test_anthropic_sdk_is_governed(proxied: EgressGateway, upstream: FakeUpstream) -> None:
+    client = anthropic.Anthropic(api_key=proxied.keys["alice"], max_retries=0)
+    assert str(client.base_url) == "https://api.anthropic.com"
+    message = client.messages.create(
+        model="claude-sonnet-4-5", max_tokens=50, messages=[{"role": "user", "content": "echo: hello claude"}]
+    )
+    assert message.content[0].type == "text" and message.content[0].text == "hello claude"
+    assert upstream.requests[-1].headers["x-api-key"] == CANARY_KEY
+    event = proxied.last_audit()
+    assert event["egress_host"] == "api.anthropic.com" and event["endpoint"] == "messages"
+    assert event["consumer"] == "alice"
+    with pytest.raises(anthropic.BadRequestError) as caught:
+        client.messages.create(
+            model="claude-sonnet-4-5", max_tokens=50, messages=[{"role": "user", "content": "nightingale"}]
+        )
+    assert caught.value.body["error"]["type"] == "invalid_request_error"  # type: ignore[index]
+    bob = anthropic.Anthropic(api_key=proxied.keys["bob"], max_retries=0)
+    with pytest.raises(anthropic.PermissionDeniedError):
+        bob.messages.create(model="claude-sonnet-4-5", max_tokens=50, messages=[{"role": "user", "content": "hi"}])
+    assert proxied.last_audit()["egress_host"] == "api.anthropic.com"
+
+
+def test_a_provider_path_prefix_is_mapped(gw: EgressGateway, test_ca: OrgCA, upstream: FakeUpstream) -> None:
+    # Groq serves the OpenAI API under /openai/v1: intercepted, it is the gateway's /v1.
+    http = httpx.Client(proxy=gw.proxy, verify=test_ca.context())
+    client = openai.OpenAI(
+        base_url="https://api.groq.com/openai/v1", api_key=gw.keys["alice"], http_client=http, max_retries=0
+    )
+    answer = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "echo: g"}])
+    assert answer.choices[0].message.content == "g"
+    assert gw.last_audit()["egress_host"] == "api.groq.com"
+
+
+def _tls_through(gw: EgressGateway, test_ca: OrgCA, target: str, sni: str) -> ssl.SSLSocket:
+    host, port = gw.proxy.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=5)
+    sock.sendall(f"CONNECT {target}:443 HTTP/1.1\r\nHost: {target}:443\r\n\r\n".encode())
+    assert sock.recv(4096).startswith(b"HTTP/1.1 200 ")
+    return test_ca.context().wrap_socket(sock, server_hostname=sni)
+
+
+def test_sni_and_host_are_checked_against_the_connect_target(gw: EgressGateway, test_ca: OrgCA) -> None:
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        _tls_through(gw, test_ca, "api.openai.com", "api.anthropic.com")
+    with _tls_through(gw, test_ca, "api.openai.com", "api.openai.com") as tls:
+        tls.sendall(b"GET /v1/models HTTP/1.1\r\nHost: api.anthropic.com\r\nConnection: close\r\n\r\n")
+        answer = b""
+        while chunk := tls.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 421 ")
+
+
+def test_leaf_certificates_are_cached_per_host(gw: EgressGateway) -> None:
+    assert gw.door is not None
+    leaves = gw.door.leaves()
+    before = leaves.issued
+    for _ in range(2):
+        with httpx.Client(proxy=gw.proxy, verify=False) as client:
+            client.get("https://api.openai.com/v1/models")
+    assert leaves.issued == before
