@@ -146,9 +146,12 @@ def prompt_body(endpoint: str, model: str, text: str) -> dict[str, Any]:
 @click.option("--json", "as_json", is_flag=True, help="One JSON document, with every changed call.")
 def replay_command(config_path: str, since: str, until: str | None, consumer: str | None, as_json: bool) -> None:
     """Replay the recorded calls of a period against a new config: what would change."""
+    import sqlalchemy as sa
+
     from sluicegate.audit.search import AuditQuery, stream
     from sluicegate.policy.evaluate import Evaluator
     from sluicegate.policy.replay import replay
+    from sluicegate.store.keys import KeyStore
 
     now = time.time()
     start = parse_moment(since, now, "--since")
@@ -158,11 +161,15 @@ def replay_command(config_path: str, since: str, until: str | None, consumer: st
     snapshot = _load(config_path)
     engine = _engine(snapshot, must_exist=True)
     assert engine is not None
-    events = stream(engine, AuditQuery(consumer=consumer, since=start, until=end))
     try:
-        report = asyncio.run(replay(Evaluator(snapshot), events, config_path, start, end, engine))
-    finally:
-        events.close()
+        owners = {k.id: k.consumer for k in KeyStore(engine).list()}
+        events = stream(engine, AuditQuery(consumer=consumer, since=start, until=end))
+        try:
+            report = asyncio.run(replay(Evaluator(snapshot), events, config_path, start, end, engine, owners))
+        finally:
+            events.close()
+    except sa.exc.SQLAlchemyError as exc:
+        raise click.ClickException(f"cannot read the audit store ({type(exc).__name__})") from None
     data = report.as_dict()
     if as_json:
         click.echo(_json(data))

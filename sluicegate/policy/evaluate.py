@@ -20,7 +20,7 @@ from sluicegate.errors import Forbidden, NotFound, SluicegateError
 from sluicegate.guardrails.base import GuardContext, GuardUnavailable
 from sluicegate.guardrails.engine import Blocked, CallGuards, GuardFailed, Guardrails, check_answer, check_request
 from sluicegate.limits.plan import Applicable, Applied, Plan
-from sluicegate.limits.prices import Price, PriceBook, call_cost
+from sluicegate.limits.prices import PriceBook, call_cost
 from sluicegate.routing.service import may_serve
 from sluicegate.stages.access import check_access, check_model, output_cap
 from sluicegate.stages.limits import LIMITED_ENDPOINTS
@@ -112,7 +112,6 @@ class Evaluation:
     #: the route that serves it (after `when` rules) and the target that would answer
     route: Route | None = None
     target: Route | None = None
-    price: Price | None = None
     #: its cost at the config's prices from its recorded usage (None: no price, or no usage)
     cost_micro: int | None = None
     #: what could not be evaluated, and why (`guardrails: no content captured`)
@@ -331,10 +330,6 @@ class Evaluator:
         if price is None:
             return None
         return call_cost(price, call)
-
-    def price_of(self, target: Route, model: str) -> Price | None:
-        """The price a call of `model` served by `target` costs under this config."""
-        return self.prices.price_for(target.config, target.upstream_model or model)
 
 
 def _local(guards: GuardSet) -> GuardSet:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, get_args
 
@@ -255,16 +255,24 @@ async def replay(
     since: float,
     until: float,
     engine: Engine | None = None,
+    key_owners: Mapping[str, str] | None = None,
 ) -> Replay:
-    """Evaluate every recorded call of `events` (oldest first) under `evaluator`'s config."""
+    """Evaluate every recorded call of `events` (oldest first) under `evaluator`'s config.
+
+    `key_owners` (key id -> consumer, from the key store) names the consumer of a call refused
+    because its key's consumer was not configured then: the new config may configure it."""
     report = Replay(config, since, until, evaluator.currency)
     limits = SimulatedLimits(evaluator, engine, since)
+    owners = key_owners or {}
     for event in events:
         if event["endpoint"] not in CALL_ENDPOINTS:
             continue
         if event["consumer"] is None:
-            report.skipped["no consumer identified (refused before the policy knew who called)"] += 1
-            continue
+            owner = owners.get(event["key_id"] or "")
+            if owner is None or event["outcome"] != "consumer_not_configured":
+                report.skipped["no consumer identified (refused before the policy knew who called)"] += 1
+                continue
+            event = {**event, "consumer": owner}
         if event["model_requested"] is None:
             report.skipped["no model named"] += 1
             continue

@@ -16,6 +16,7 @@ from sluicegate.audit.events import AuditEvent
 from sluicegate.audit.writer import AuditWriter
 from sluicegate.cli import main
 from sluicegate.store.db import create_engine
+from sluicegate.store.keys import KeyStore
 
 #: a Saturday, on a minute's boundary (UTC)
 SATURDAY = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.UTC).timestamp()
@@ -31,6 +32,7 @@ consumers:
   - {name: dave, models: [m], source_ips: [10.0.0.0/8]}
   - {name: erin, models: [m], time_windows: ["Mon-Fri 09:00-17:00"]}
   - {name: frank, models: [m]}
+  - {name: newbie, models: [m]}
 guards:
   - {name: no-codenames, kind: regex, settings: {deny: ["codename-\\\\w+"]}}
 limits:
@@ -41,7 +43,7 @@ limits:
 """
 
 
-def call(n: int, who: str, ts: float, tokens: int = 10, **fields: Any) -> AuditEvent:
+def call(n: int, who: str | None, ts: float, tokens: int = 10, **fields: Any) -> AuditEvent:
     values: dict[str, Any] = {
         "request_id": f"req_{n}",
         "ts": ts,
@@ -71,6 +73,7 @@ def call(n: int, who: str, ts: float, tokens: int = 10, **fields: Any) -> AuditE
 def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     data = tmp_path_factory.mktemp("store")
     engine = create_engine(f"sqlite:///{data / 'sluicegate.db'}")
+    newbie = KeyStore(engine).create("newbie")[1].id
     writer = AuditWriter(engine, batch_size=100, flush_interval_s=0.01)
     writer.start()
     events = [
@@ -112,6 +115,20 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
         # a consumer the new config no longer has, and one mapped from a token's groups
         call(13, "gone", SATURDAY + 10),
         call(14, "jwt:corp:u1", SATURDAY + 11, key_id="jwt:corp"),
+        # a key whose consumer was not configured then (the audit names the key, not the consumer)
+        call(
+            15,
+            None,
+            SATURDAY + 12,
+            key_id=newbie,
+            status=403,
+            decision="denied",
+            outcome="consumer_not_configured",
+            model_requested="m",
+            prompt_tokens=None,
+            completion_tokens=None,
+            cost_micro_usd=None,
+        ),
         # refused for a bad body: not a policy decision
         call(10, "carol", SATURDAY + 8, status=400, decision="rejected", outcome="invalid_json"),
     ]
@@ -247,3 +264,10 @@ def test_a_consumer_made_from_token_groups_is_not_evaluated(report: dict[str, An
     assert token["not_evaluated"] == {"identity: a consumer made from a token's groups": 1}
     assert token["newly_refused"] == token["newly_allowed"] == 0
     assert token["spend_old_micro"] == token["spend_new_micro"] == 20
+
+
+def test_a_key_whose_consumer_is_now_configured_is_newly_allowed(report: dict[str, Any]) -> None:
+    newbie = by_consumer(report)["newbie"]
+    assert (newbie["calls"], newbie["newly_allowed"], newbie["cost_unknown"]) == (1, 1, 1)
+    change = next(c for c in report["changes"] if c["request_id"] == "req_15")
+    assert change["change"] == "newly_allowed" and change["old"]["decision"] == "denied"
