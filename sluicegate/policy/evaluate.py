@@ -22,7 +22,7 @@ from sluicegate.guardrails.engine import Blocked, CallGuards, GuardFailed, Guard
 from sluicegate.limits.plan import Applicable, Applied, Plan
 from sluicegate.limits.prices import PriceBook, call_cost
 from sluicegate.routing.service import may_serve
-from sluicegate.stages.access import check_access, check_model, output_cap
+from sluicegate.stages.access import OUTPUT_ENDPOINTS, check_access, check_model, output_cap
 from sluicegate.stages.limits import LIMITED_ENDPOINTS
 from sluicegate.stages.router import not_permitted, when_rule
 from sluicegate.vault import Vault
@@ -179,7 +179,7 @@ class Evaluator:
         ev.add(Decision("access", "allow", _access_detail(consumer, subject)))
         try:
             route = check_model(self.snapshot, consumer, subject.model, subject.stream)
-            if consumer.max_tokens is not None and subject.body is not None:
+            if consumer.max_tokens is not None and subject.body is not None and subject.endpoint in OUTPUT_ENDPOINTS:
                 output_cap(consumer, subject.body)
         except (Forbidden, NotFound) as exc:
             ev.add(refusal("model_access", exc))

@@ -100,7 +100,7 @@ class ModelAccessStage:
         if consumer is None or model is None:
             return
         check_model(call.snapshot, consumer, model, call.stream)
-        if consumer.max_tokens is not None and call.body is not None and call.endpoint in _OUTPUT_ENDPOINTS:
+        if consumer.max_tokens is not None and call.body is not None and call.endpoint in OUTPUT_ENDPOINTS:
             cap = output_cap(consumer, call.body)
             if cap is not None:
                 call.output_cap = cap
@@ -142,7 +142,7 @@ def check_model(snapshot: Snapshot, consumer: Consumer, model: str, stream: bool
 
 
 #: endpoints whose answers are generated text, bounded by the `max_tokens` rule
-_OUTPUT_ENDPOINTS = frozenset({"chat", "completions", "responses", "messages"})
+OUTPUT_ENDPOINTS = frozenset({"chat", "completions", "responses", "messages"})
 #: request fields that ask for several answers to one prompt (`best_of` generates that many)
 _CHOICES = ("n", "best_of")
 

@@ -33,6 +33,7 @@ consumers:
   - {name: erin, models: [m], time_windows: ["Mon-Fri 09:00-17:00"]}
   - {name: frank, models: [m]}
   - {name: newbie, models: [m]}
+  - {name: gina, models: [m], max_tokens: 100}
 guards:
   - {name: no-codenames, kind: regex, settings: {deny: ["codename-\\\\w+"]}}
 limits:
@@ -67,6 +68,13 @@ def call(n: int, who: str | None, ts: float, tokens: int = 10, **fields: Any) ->
     }
     values.update(fields)
     return AuditEvent(**values)
+
+
+def captured(max_tokens: int) -> str:
+    """An event's `content` as the audit stage writes it: the request and the answer as JSON text."""
+    request = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": max_tokens}
+    answer = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "hello"}}]}
+    return orjson.dumps({"request": orjson.dumps(request).decode(), "response": orjson.dumps(answer).decode()}).decode()
 
 
 @pytest.fixture(scope="module")
@@ -129,6 +137,9 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
             completion_tokens=None,
             cost_micro_usd=None,
         ),
+        # captured: asked for 500 output tokens, then 50 (the new rule allows 100)
+        call(16, "gina", SATURDAY + 13, content=captured(500)),
+        call(17, "gina", SATURDAY + 14, content=captured(50)),
         # refused for a bad body: not a policy decision
         call(10, "carol", SATURDAY + 8, status=400, decision="rejected", outcome="invalid_json"),
     ]
@@ -271,3 +282,11 @@ def test_a_key_whose_consumer_is_now_configured_is_newly_allowed(report: dict[st
     assert (newbie["calls"], newbie["newly_allowed"], newbie["cost_unknown"]) == (1, 1, 1)
     change = next(c for c in report["changes"] if c["request_id"] == "req_15")
     assert change["change"] == "newly_allowed" and change["old"]["decision"] == "denied"
+
+
+def test_the_max_tokens_rule_reads_the_captured_request(report: dict[str, Any]) -> None:
+    gina = by_consumer(report)["gina"]
+    assert gina["newly_refused_by"] == {"consumers.gina.max_tokens": 1}
+    assert gina["not_evaluated"] == {}
+    change = next(c for c in report["changes"] if c["consumer"] == "gina" and c["change"] == "newly_refused")
+    assert change["request_id"] == "req_16" and change["new"]["code"] == "max_tokens_exceeded"
