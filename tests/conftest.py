@@ -31,6 +31,7 @@ from sluicegate.settings import Settings
 from sluicegate.store.db import create_engine
 from sluicegate.store.keys import KeyStore
 from sluicegate.testing import FakeUpstream, serve_in_thread
+from tests.postgres_server import Postgres, running_postgres
 from tests.redis_server import RedisServer
 
 #: the provider key the gateway holds; tests assert it never reaches a client, a log or the audit
@@ -268,3 +269,10 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[Postgres]:
+    """A real PostgreSQL server for a test module; skipped where none is installed."""
+    with running_postgres() as server:
+        yield server

@@ -6,13 +6,7 @@ folder, loopback only); the tests are skipped where there are none.
 
 from __future__ import annotations
 
-import os
-import shutil
-import signal
-import subprocess
-import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,98 +16,15 @@ import sqlalchemy as sa
 from sluicegate.audit.writer import AuditWriter
 from sluicegate.store.db import create_engine
 from tests.audit.test_writer import event
-from tests.conftest import free_port
+from tests.postgres_server import Postgres, fresh_database
 
 psycopg = pytest.importorskip("psycopg")
-BIN = Path("/usr/lib/postgresql")
-
-
-def _pg_bin() -> Path | None:
-    found = shutil.which("initdb")
-    if found:
-        return Path(os.path.realpath(found)).parent
-    versions = sorted(BIN.glob("*/bin/initdb")) if BIN.exists() else []
-    return versions[-1].parent if versions else None
-
-
-class Postgres:
-    """One PostgreSQL server on loopback, run as the `postgres` user when the tests run as root;
-    from `bindir` if given (another build, as `pgserver`'s with pgvector), else the machine's."""
-
-    def __init__(self, root: Path, bindir: Path | None = None) -> None:
-        bindir = bindir or _pg_bin()
-        if bindir is None:
-            pytest.skip("PostgreSQL is not installed")
-        self.bindir = bindir
-        self.data = root / "data"
-        self.port = free_port()
-        self.prefix: list[str] = []
-        if os.geteuid() == 0:
-            if shutil.which("runuser") is None:
-                pytest.skip("PostgreSQL refuses to run as root and runuser is missing")
-            shutil.chown(root, "postgres")
-            self.prefix = ["runuser", "-u", "postgres", "--"]
-        subprocess.run(
-            [*self.prefix, str(bindir / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres"],
-            check=True, capture_output=True, cwd=root,
-        )  # fmt: skip
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [*self.prefix, str(self.bindir / "postgres"), "-D", str(self.data), "-p", str(self.port),
-             "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.data}", "-c", "fsync=off"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self.data.parent,
-        )  # fmt: skip
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                psycopg.connect(f"host=127.0.0.1 port={self.port} user=postgres", connect_timeout=1).close()
-                return
-            except psycopg.OperationalError:
-                assert self.proc.poll() is None, "PostgreSQL exited"
-                assert time.monotonic() < deadline, "PostgreSQL did not start"
-                time.sleep(0.1)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            # pg_ctl as the server's own user (a signal to `runuser` would not reach the server)
-            subprocess.run(
-                [*self.prefix, str(self.bindir / "pg_ctl"), "stop", "-D", str(self.data), "-m", "fast", "-w"],
-                capture_output=True, cwd=self.data.parent, check=False,
-            )  # fmt: skip
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.send_signal(signal.SIGKILL)
-                self.proc.wait()
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[Postgres]:
-    # Not under pytest's temporary folder: the `postgres` user must be able to reach it.
-    root = Path(tempfile.mkdtemp(prefix="sluicegate-pg-"))
-    try:
-        server = Postgres(root)
-        server.start()
-        try:
-            yield server
-        finally:
-            server.stop()
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture
 def engine(postgres: Postgres) -> Iterator[sa.Engine]:
     # A database per test: the audit table is append-only, so it cannot be emptied between tests.
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(postgres.url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f"CREATE DATABASE {name}"))
-    admin.dispose()
-    engine = create_engine(postgres.url.rsplit("/", 1)[0] + f"/{name}")
+    engine = create_engine(fresh_database(postgres))
     yield engine
     engine.dispose()
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-import shutil
-import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -21,7 +19,7 @@ import psycopg
 import pytest
 
 from sluicegate.cache.pgvector import PgVectorIndex, PgVectorUnavailable
-from tests.audit.test_writer_postgres import Postgres
+from tests.postgres_server import Postgres, running_postgres
 
 # Found, not imported: importing `pgserver` warns (platformdirs), and the suite makes warnings errors.
 _SPEC = importlib.util.find_spec("pgserver")
@@ -33,17 +31,8 @@ DIM = 8
 
 @pytest.fixture(scope="module")
 def postgres() -> Iterator[Postgres]:
-    # Not under pytest's temporary folder: the `postgres` user must be able to reach it.
-    root = Path(tempfile.mkdtemp(prefix="sluicegate-pgvector-"))
-    try:
-        server = Postgres(root, BINDIR)
-        server.start()
-        try:
-            yield server
-        finally:
-            server.stop()
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    with running_postgres("sluicegate-pgvector-", BINDIR) as server:
+        yield server
 
 
 def url(postgres: Postgres, db: str = "postgres", user: str = "postgres") -> str:

@@ -17,9 +17,9 @@ import psycopg
 import pytest
 
 from sluicegate.testing import FakeUpstream, Reply
-from tests.audit.test_writer_postgres import Postgres
 from tests.cache.test_pgvector import BINDIR
 from tests.conftest import RunningGateway, run_gateway
+from tests.postgres_server import Postgres
 from tests.redis_server import RedisServer
 
 pytest.importorskip("onnxruntime", reason="the semantic extra is not installed")

@@ -4,11 +4,9 @@ server started from the machine's binaries (skipped where there are none), fille
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -23,37 +21,14 @@ from sluicegate.store.db import audit_events, create_engine
 BACKENDS = ["sqlite", "postgres"]
 
 
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[Any]:
-    """One PostgreSQL server for a test module."""
-    pytest.importorskip("psycopg")
-    from tests.audit.test_writer_postgres import Postgres
-
-    # Not under pytest's temporary folder: the `postgres` user must be able to reach it.
-    root = Path(tempfile.mkdtemp(prefix="sluicegate-pg-"))
-    try:
-        server = Postgres(root)
-        server.start()
-        try:
-            yield server
-        finally:
-            server.stop()
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-
-
 def new_store(backend: str, folder: Path, request: pytest.FixtureRequest) -> str:
     """The URL of an empty, migrated store of `backend`."""
     if backend == "sqlite":
         url = f"sqlite:///{folder / f'{uuid.uuid4().hex}.db'}"
     else:
-        import psycopg
+        from tests.postgres_server import fresh_database
 
-        server = request.getfixturevalue("postgres")
-        name = f"t_{uuid.uuid4().hex}"
-        with psycopg.connect(f"host=127.0.0.1 port={server.port} user=postgres", autocommit=True) as conn:
-            conn.execute(f"CREATE DATABASE {name}")
-        url = server.url.rsplit("/", 1)[0] + f"/{name}"
+        url = fresh_database(request.getfixturevalue("postgres"))
     create_engine(url).dispose()
     return url
 

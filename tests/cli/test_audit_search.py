@@ -25,10 +25,8 @@ from sluicegate.audit.search import AuditQuery, columns, search, status_range, s
 from sluicegate.cli import main
 from sluicegate.store.db import create_engine
 from sluicegate.testing import FakeUpstream
-from tests.cli.stores import BACKENDS, event, guards_json, new_store, postgres, stored, write
+from tests.cli.stores import BACKENDS, event, guards_json, new_store, stored, write
 from tests.conftest import guarded_alice, run_gateway
-
-__all__ = ["postgres"]  # the fixture, imported for the PostgreSQL runs
 
 NOW = time.time()
 STEP_S = 600.0

@@ -28,10 +28,8 @@ from sluicegate.limits.chart import MAX_SERIES, daily_cost_by_consumer
 from sluicegate.limits.usage import ROW_FIELDS, micro_text
 from sluicegate.limits.windows import local_days
 from sluicegate.testing import FakeUpstream
-from tests.cli.stores import BACKENDS, event, new_store, postgres, write
+from tests.cli.stores import BACKENDS, event, new_store, write
 from tests.conftest import run_gateway
-
-__all__ = ["postgres"]  # the fixture, imported for the PostgreSQL runs
 
 ROOT = Path(__file__).resolve().parents[2]
 ZONES = ["Europe/Paris", "America/Santiago", "Australia/Lord_Howe", "America/Havana", "Asia/Kathmandu"]

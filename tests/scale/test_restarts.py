@@ -29,9 +29,9 @@ import pytest
 
 from sluicegate.store.keys import KeyStore
 from sluicegate.testing import FakeUpstream
-from tests.audit.test_writer_postgres import Postgres
 from tests.conftest import assert_openai_error
 from tests.limits.test_limits_e2e import CALL_COST, COMPLETION, fixed
+from tests.postgres_server import Postgres
 from tests.redis_server import RedisServer
 from tests.scale.cluster import CHAT, Database, body, chain_intact, cluster, rows, write_config
 

@@ -20,7 +20,7 @@ from sluicegate.cli import main
 from sluicegate.store import db
 from sluicegate.store.db import CHAIN_COLUMNS, USAGE_DETAIL_COLUMNS, audit_events, create_engine
 from tests.audit.test_writer import event
-from tests.audit.test_writer_postgres import Postgres
+from tests.postgres_server import Postgres
 
 #: the migrations an earlier release applied, before the audit kept usage details
 EARLIER = ("m001_initial", "m002_secrets")

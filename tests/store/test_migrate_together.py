@@ -6,12 +6,8 @@ engine made and connected first, then released at once to `migrate` (what `creat
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
-import tempfile
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,7 +15,7 @@ import sqlalchemy as sa
 
 from sluicegate.store import db
 from sluicegate.store.db import GENESIS_HASH, audit_chain, create_engine, meta, migrations_table
-from tests.audit.test_writer_postgres import Postgres
+from tests.postgres_server import Postgres, fresh_database
 
 #: processes started together
 INSTANCES = 4
@@ -97,33 +93,9 @@ def test_instances_starting_together_on_one_sqlite_file_migrate_it_once(tmp_path
         _migrated_once(f"sqlite:///{tmp_path / f'round{i}' / 'sluicegate.db'}")
 
 
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[Postgres]:
-    # Not under pytest's temporary folder: the `postgres` user must be able to reach it.
-    root = Path(tempfile.mkdtemp(prefix="sluicegate-pg-"))
-    try:
-        server = Postgres(root)
-        server.start()
-        try:
-            yield server
-        finally:
-            server.stop()
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-
-
-def _fresh_database(server: Postgres) -> str:
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(server.url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f"CREATE DATABASE {name}"))
-    admin.dispose()
-    return server.url.rsplit("/", 1)[0] + f"/{name}"
-
-
 def test_instances_starting_together_on_one_postgresql_database_migrate_it_once(postgres: Postgres) -> None:
     for _ in range(ROUNDS):
-        _migrated_once(_fresh_database(postgres))
+        _migrated_once(fresh_database(postgres))
 
 
 def test_the_postgresql_lock_key_is_the_documented_one() -> None:
