@@ -47,6 +47,8 @@ ALLOWED_DECISIONS = frozenset({"allowed", "error"})
 POLICY_FAILURES = frozenset({"guard_unavailable", "budget_store_unavailable", "audit_unavailable"})
 #: per-call changes the JSON report lists at most
 MAX_CHANGES = 10_000
+#: calls between two sweeps of the simulated counters' ended buckets
+REAP_EVERY = 10_000
 #: a simulated reservation lives this long (it is settled at once)
 _TTL_S = 3600.0
 
@@ -264,6 +266,7 @@ async def replay(
     report = Replay(config, since, until, evaluator.currency)
     limits = SimulatedLimits(evaluator, engine, since)
     owners = key_owners or {}
+    replayed = 0
     for event in events:
         if event["endpoint"] not in CALL_ENDPOINTS:
             continue
@@ -282,6 +285,10 @@ async def replay(
             continue
         ev = await evaluator.evaluate(subject_of(event), limits)
         _count(report, event, old, ev)
+        replayed += 1
+        if replayed % REAP_EVERY == 0:
+            # Buckets of windows long past (a minute's, on a week's replay) are dropped as they end.
+            await limits.counters.reap()
     return report
 
 
