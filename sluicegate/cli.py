@@ -249,7 +249,7 @@ async def _start_admin(gateway: Any, port: int) -> tuple[Any, asyncio.Task[None]
 
 async def _start_egress(gateway: Any, sock: Any) -> Any:
     """Start the egress proxy (`egress.proxy`) beside the data server, on `sock` or its own port."""
-    from sluicegate.egress.proxy import EgressDoor
+    from sluicegate.egress.door import EgressDoor
 
     door = EgressDoor(gateway)
     config = gateway.snapshot.config.egress
@@ -840,7 +840,7 @@ def spend(
             )
 
 
-@main.command()
+@main.group(invoke_without_command=True)
 @click.option("--period", type=click.Choice(["day", "week", "month"]), default="month", show_default=True)
 @click.option("--since", default=None, help="Start: ISO 8601 or a time ago (7d); overrides --period.")
 @click.option("--until", default=None, help="End (excluded): ISO 8601 or a time ago; default: now.")
@@ -849,7 +849,9 @@ def spend(
 @click.option("--chart", "chart_path", type=click.Path(dir_okay=False), help="Also draw the daily cost per consumer.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document instead of the table.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Its database and currency.")
+@click.pass_context
 def report(
+    ctx: click.Context,
     period: str,
     since: str | None,
     until: str | None,
@@ -859,7 +861,11 @@ def report(
     as_json: bool,
     config_path: str | None,
 ) -> None:
-    """Usage and cost by day, consumer and model over a period, as `spend` counts them."""
+    """Usage and cost by day, consumer and model over a period, as `spend` counts them.
+
+    `report shadow-ai`: what the egress proxy blocked, intercepted and allowed."""
+    if ctx.invoked_subcommand is not None:
+        return
     from sluicegate.audit.export import write_csv
     from sluicegate.config.loader import ConfigInvalid, load_config
     from sluicegate.limits.chart import ChartUnavailable, draw_daily_cost, require_matplotlib
@@ -913,6 +919,41 @@ def report(
 
 
 main.add_command(policy)
+
+
+@report.command("shadow-ai")
+@click.option("--since", default="7d", show_default=True, help="Start: ISO 8601 or a time ago (7d, 24h).")
+@click.option("--until", default=None, help="End (excluded): ISO 8601 or a time ago; default: now.")
+@click.option("--timezone", "zone", default="UTC", show_default=True, help="For times without an offset.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document instead of the table.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Its database.")
+def report_shadow_ai(since: str, until: str | None, zone: str, as_json: bool, config_path: str | None) -> None:
+    """Attempts to reach AI services through the egress proxy, blocked, intercepted, allowed or
+    denied, by source address and host."""
+    from sluicegate.egress.report import KINDS, shadow_ai_report
+
+    _zone(zone)
+    now = time.time()
+    start = _moment(since, zone, now)
+    end = _moment(until, zone, now) if until else now
+    if start >= end:
+        raise click.BadParameter("--since must be before --until")
+    data = shadow_ai_report(_engine(config_path), start, end)
+    if as_json:
+        click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
+        return
+    click.echo(f"egress attempts by source and host, {data['since']} to {data['until']}")
+    counts = " ".join(f"{kind.upper():>11}" for kind in KINDS)
+    click.echo(f"{'SOURCE':<39} {'CONSUMER':<20} {'HOST':<40} {counts}  LAST SEEN (UTC)")
+    for row in data["rows"]:
+        figures = " ".join(f"{row[kind]:>11}" for kind in KINDS)
+        click.echo(
+            f"{_cell(row['source'], 39):<39} {_cell(row['consumer'], 20):<20} {_cell(row['host'], 40):<40} "
+            f"{figures}  {row['last_seen']}"
+        )
+    totals = " ".join(f"{data['totals'][kind]:>11}" for kind in KINDS)
+    click.echo(f"{'TOTAL':<101} {totals}")
+
 
 if __name__ == "__main__":
     main()

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING, Generic, TypeVar
 
-
 if TYPE_CHECKING:
     from sluicegate.egress.config import Action, EgressConfig
 
@@ -153,6 +152,7 @@ class AIHostList:
 def shipped_ai_hosts() -> AIHostList:
     """`data/ai_hosts.yaml`, read once per process (when an egress proxy first decides)."""
     import yaml  # only where egress is used: the demo gateway starts without it
+
     text = resources.files("sluicegate.egress").joinpath("data", "ai_hosts.yaml").read_text("utf-8")
     data = yaml.safe_load(text)
     updated = data["updated"]

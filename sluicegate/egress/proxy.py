@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 import h11
 
 from sluicegate.egress.auth import basic_credentials, find_key
-from sluicegate.egress.ca import CAInvalid, LeafCache
+from sluicegate.egress.ca import CAInvalid
 from sluicegate.egress.context import EgressContext
 from sluicegate.egress.events import (
     EGRESS_ALLOWED,
@@ -39,15 +39,14 @@ from sluicegate.egress.events import (
     Caller,
     door_event,
 )
+from sluicegate.egress.forward import Forward
 from sluicegate.egress.hosts import Destination, host_of_header, normalise
-from sluicegate.egress.intercept import Interceptor
 from sluicegate.egress.policy import EgressPolicy, parse_address
 from sluicegate.egress.tunnel import Tunnel
 from sluicegate.errors import SluicegateError
 
 if TYPE_CHECKING:
-    from sluicegate.app import Gateway
-    from sluicegate.egress.config import EgressConfig
+    from sluicegate.egress.door import EgressDoor
 
 log = logging.getLogger("sluicegate.egress")
 
@@ -60,69 +59,6 @@ _REASONS = {
     502: "Bad Gateway",
     503: "Service Unavailable",
 }
-#: request headers that are the proxy's or the hop's, not the destination's (RFC 9110 7.6.1)
-_HOP_HEADERS = frozenset(
-    {b"connection", b"keep-alive", b"proxy-authorization", b"proxy-connection", b"te", b"trailer", b"upgrade"}
-)
-
-
-class EgressDoor:
-    """The forward proxy of one gateway process: its listener, compiled policy and leaf cache."""
-
-    def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
-        self.interceptor = Interceptor(gateway)
-        self.server: asyncio.Server | None = None
-        #: client connections open (tunnels and intercepted ones included)
-        self.open = 0
-        self.connections: set[ProxyConnection] = set()
-        self._policy: EgressPolicy | None = None
-        self._leaves: LeafCache | None = None
-
-    @property
-    def config(self) -> EgressConfig:
-        """The live `egress:` settings (the gateway's current snapshot)."""
-        return self.gateway.snapshot.config.egress
-
-    def policy(self) -> EgressPolicy:
-        """The policy of the current config, compiled once per config (swapped on reload)."""
-        config = self.config
-        policy = self._policy
-        if policy is None or policy.config is not config:
-            policy = self._policy = EgressPolicy(config)
-        return policy
-
-    def leaves(self) -> LeafCache:
-        """The leaf cache of the current CA settings (intercept requires them)."""
-        ca = self.config.ca
-        assert ca is not None
-        leaves = self._leaves
-        if leaves is None or leaves.config != ca:
-            leaves = self._leaves = LeafCache(self.gateway.vault, ca)
-        return leaves
-
-    async def start(self, sock: socket.socket | None = None) -> None:
-        """Listen on `sock`, or on `egress.host` and `egress.port`."""
-        loop = asyncio.get_running_loop()
-        config = self.config
-        if sock is not None:
-            self.server = await loop.create_server(lambda: ProxyConnection(self), sock=sock)
-        else:
-            self.server = await loop.create_server(lambda: ProxyConnection(self), config.host, config.port)
-
-    @property
-    def port(self) -> int:
-        """The port it listens on."""
-        assert self.server is not None
-        return int(self.server.sockets[0].getsockname()[1])
-
-    async def stop(self) -> None:
-        """Stop listening and close every connection."""
-        if self.server is not None:
-            self.server.close()
-        for connection in list(self.connections):
-            connection.abort()
-        self.interceptor.close()
 
 
 class ProxyConnection(asyncio.Protocol):
@@ -136,7 +72,7 @@ class ProxyConnection(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
         self.task: asyncio.Task[None] | None = None
         #: a plain request being forwarded: its upstream serialiser and tunnel
-        self.forward: tuple[h11.Connection, Tunnel] | None = None
+        self.forward: Forward | None = None
         self.released = False
         self.handed_over = False
         #: bytes read before the head was complete (bounded by `max_header_bytes`)
@@ -168,7 +104,7 @@ class ProxyConnection(asyncio.Protocol):
             return
         parser.receive_data(data)
         if self.forward is not None:
-            self._pump_body()
+            self.forward.pump()
             return
         if self.task is not None:
             return  # deciding: reading is paused; what came with the head waits in the parser
@@ -193,22 +129,22 @@ class ProxyConnection(asyncio.Protocol):
     def eof_received(self) -> bool:
         if self.forward is not None and self.parser is not None:
             self.parser.receive_data(b"")
-            self._pump_body()
+            self.forward.pump()
             return True
         return False
 
     def pause_writing(self) -> None:
         if self.forward is not None:
-            self.forward[1].client.pause_writing()
+            self.forward.tunnel.client.pause_writing()
 
     def resume_writing(self) -> None:
         if self.forward is not None:
-            self.forward[1].client.resume_writing()
+            self.forward.tunnel.client.resume_writing()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timer()
         if self.forward is not None:
-            self.forward[1].close()
+            self.forward.tunnel.close()
         if self.task is not None and not self.task.done() and not self.handed_over:
             self.task.cancel()
         self.release()
@@ -461,45 +397,9 @@ class ProxyConnection(asyncio.Protocol):
         if tunnel is None:
             return
         self._audit_allowed(caller, host, port, destination)
-        assert self.transport is not None and tunnel.upstream.transport is not None
-        path = url.path or "/"
-        if url.query:
-            path += "?" + url.query
-        headers = [(n, v) for n, v in request.headers if n not in _HOP_HEADERS]
-        headers.append((b"connection", b"close"))
-        out = h11.Connection(h11.CLIENT)
-        tunnel.upstream.transport.write(
-            out.send(h11.Request(method=request.method, target=path.encode(), headers=headers)) or b""
-        )
-        # The answer goes back untouched; the client's body follows through `_pump_body`.
-        tunnel.client.transport = self.transport
-        self.forward = (out, tunnel)
+        assert self.transport is not None and self.parser is not None
+        forward = self.forward = Forward(self.parser, tunnel, self.transport)
         self.handed_over = True
-        tunnel.last_active = asyncio.get_running_loop().time()
-        self._pump_body()
+        forward.send_head(request, url)
+        forward.pump()
         self.transport.resume_reading()
-        tunnel.start_timer()
-
-    def _pump_body(self) -> None:
-        """Send on what the parser holds of the client's body, framed for the upstream."""
-        assert self.forward is not None and self.parser is not None
-        out, tunnel = self.forward
-        upstream = tunnel.upstream.transport
-        while True:
-            try:
-                event = self.parser.next_event()
-            except h11.RemoteProtocolError:
-                tunnel.close()
-                return
-            if event is h11.NEED_DATA or event is h11.PAUSED:
-                return
-            if isinstance(event, h11.Data | h11.EndOfMessage):
-                tunnel.last_active = tunnel.loop.time()
-                data = out.send(event)
-                if data and upstream is not None and not upstream.is_closing():
-                    upstream.write(data)
-                if isinstance(event, h11.EndOfMessage):
-                    return
-            elif isinstance(event, h11.ConnectionClosed):
-                tunnel.close()
-                return

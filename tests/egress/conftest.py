@@ -28,7 +28,7 @@ from cryptography.x509.oid import NameOID
 from sluicegate.app import Gateway
 from sluicegate.config.loader import load_config
 from sluicegate.edge.server import server_config
-from sluicegate.egress.proxy import EgressDoor
+from sluicegate.egress.door import EgressDoor
 from sluicegate.settings import Settings
 from sluicegate.store.db import create_engine
 from sluicegate.store.keys import KeyStore

@@ -80,3 +80,25 @@ def test_the_config_refuses_what_cannot_work() -> None:
         EgressConfig(resolve={"api.openai.com": "127.0.0.1"})
     with pytest.raises(ValidationError, match="renew_before_h"):
         EgressConfig.model_validate({"ca": {"cert": "env://C", "key": "env://K", "renew_before_h": 30}})
+
+
+def test_every_egress_setting_is_documented() -> None:
+    import re
+    from pathlib import Path
+
+    from sluicegate.config.loader import parse_config
+    from sluicegate.egress.config import EgressCAConfig
+
+    root = Path(__file__).resolve().parents[2]
+    doc = (root / "docs" / "egress.md").read_text()
+    example = (root / "examples" / "sluicegate.yaml").read_text()
+    assert "docs/egress.md" in (root / "README.md").read_text()
+    for model in (EgressConfig, EgressCAConfig):
+        for field in model.model_fields:
+            assert f"`{field}`" in doc or f"`ca.{field}`" in doc, field
+            assert f"{field}:" in example, field
+    blocks = re.findall(r"```yaml\n(.*?)```", doc, re.S)
+    assert blocks
+    for block in blocks:
+        snapshot, issues = parse_config(block)
+        assert snapshot is not None, (block, [str(i) for i in issues])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+import time
 from collections.abc import Iterator
 
 import anthropic
@@ -172,3 +173,44 @@ def test_leaf_certificates_are_cached_per_host(gw: EgressGateway) -> None:
         with httpx.Client(proxy=gw.proxy, verify=False) as client:
             client.get("https://api.openai.com/v1/models")
     assert leaves.issued == before
+
+
+@pytest.fixture(scope="module")
+def mapped(upstream_url: str, test_ca: OrgCA, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EgressGateway]:
+    """A proxy whose loopback clients are consumer bob's, and whose leaves are renewed at once."""
+    egress = EGRESS + "network_consumers: {127.0.0.0/8: bob}\n"
+    ca = f"cert: 'file://{test_ca.cert}', key: 'file://{test_ca.key}', leaf_validity_h: 1, renew_before_h: 0.9999"
+    config = egress_config(upstream_url, test_ca, egress)
+    config = config[: config.index("  ca: {")] + f"  ca: {{{ca}}}\n"
+    with run_egress_gateway(tmp_path_factory.mktemp("mapped"), config) as g:
+        yield g
+
+
+def test_the_source_network_identifies_an_app_without_a_gateway_key(
+    mapped: EgressGateway, test_ca: OrgCA, upstream: FakeUpstream
+) -> None:
+    http = httpx.Client(proxy=mapped.proxy, verify=test_ca.context())
+    app = openai.OpenAI(api_key="sk-proj-the-apps-own-provider-key", http_client=http, max_retries=0)
+    assert app.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "echo: x"}])
+    assert "sk-proj-the-apps-own-provider-key" not in str(upstream.requests[-1].headers)
+    event = mapped.last_audit()
+    assert event["consumer"] == "bob" and event["key_id"] is None and event["egress_host"] == "api.openai.com"
+    # bob's rules apply: team-model is not his.
+    with pytest.raises(openai.PermissionDeniedError):
+        app.chat.completions.create(model="team-model", messages=[{"role": "user", "content": "x"}])
+    # A gateway key the app sends comes before the network's consumer.
+    alice = openai.OpenAI(api_key=mapped.keys["alice"], http_client=http, max_retries=0)
+    alice.chat.completions.create(model="team-model", messages=[{"role": "user", "content": "x"}])
+    assert mapped.last_audit()["consumer"] == "alice"
+
+
+def test_a_leaf_is_renewed_before_it_expires(mapped: EgressGateway, test_ca: OrgCA) -> None:
+    assert mapped.door is not None
+    seen = []
+    for _ in range(2):
+        with httpx.Client(proxy=mapped.proxy, verify=test_ca.context()) as client:
+            client.get("https://api.openai.com/v1/models")
+        seen.append(mapped.door.leaves().issued)
+        # renew_before_h leaves the leaf under half a second of use
+        time.sleep(0.5)
+    assert seen[1] == seen[0] + 1

@@ -1,0 +1,76 @@
+"""The egress door of one gateway process: the proxy's listener, its policy compiled once per
+config (swapped on reload), the leaf cache of its CA, and the connections it holds."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import TYPE_CHECKING
+
+from sluicegate.egress.ca import LeafCache
+from sluicegate.egress.intercept import Interceptor
+from sluicegate.egress.policy import EgressPolicy
+from sluicegate.egress.proxy import ProxyConnection
+
+if TYPE_CHECKING:
+    from sluicegate.app import Gateway
+    from sluicegate.egress.config import EgressConfig
+
+
+class EgressDoor:
+    """The forward proxy of one gateway process: its listener, compiled policy and leaf cache."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.interceptor = Interceptor(gateway)
+        self.server: asyncio.Server | None = None
+        #: client connections open (tunnels and intercepted ones included)
+        self.open = 0
+        self.connections: set[ProxyConnection] = set()
+        self._policy: EgressPolicy | None = None
+        self._leaves: LeafCache | None = None
+
+    @property
+    def config(self) -> EgressConfig:
+        """The live `egress:` settings (the gateway's current snapshot)."""
+        return self.gateway.snapshot.config.egress
+
+    def policy(self) -> EgressPolicy:
+        """The policy of the current config, compiled once per config (swapped on reload)."""
+        config = self.config
+        policy = self._policy
+        if policy is None or policy.config is not config:
+            policy = self._policy = EgressPolicy(config)
+        return policy
+
+    def leaves(self) -> LeafCache:
+        """The leaf cache of the current CA settings (intercept requires them)."""
+        ca = self.config.ca
+        assert ca is not None
+        leaves = self._leaves
+        if leaves is None or leaves.config != ca:
+            leaves = self._leaves = LeafCache(self.gateway.vault, ca)
+        return leaves
+
+    async def start(self, sock: socket.socket | None = None) -> None:
+        """Listen on `sock`, or on `egress.host` and `egress.port`."""
+        loop = asyncio.get_running_loop()
+        config = self.config
+        if sock is not None:
+            self.server = await loop.create_server(lambda: ProxyConnection(self), sock=sock)
+        else:
+            self.server = await loop.create_server(lambda: ProxyConnection(self), config.host, config.port)
+
+    @property
+    def port(self) -> int:
+        """The port it listens on."""
+        assert self.server is not None
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        """Stop listening and close every connection."""
+        if self.server is not None:
+            self.server.close()
+        for connection in list(self.connections):
+            connection.abort()
+        self.interceptor.close()
