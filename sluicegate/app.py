@@ -221,6 +221,8 @@ class Gateway:
         self.watch_interval_s = watch_interval_s
         self.relay: Relay | None = None
         self.started = False
+        #: set once the startup is done (the egress proxy takes connections from then on)
+        self.ready = asyncio.Event()
         #: stopping: `/readyz` says so while calls are still served (`server.drain_s`)
         self.draining = False
         self.reloads = 0
@@ -581,6 +583,7 @@ class Gateway:
         # reference counting; cycles wait a little longer (a few MB at most).
         gc.set_threshold(*GC_THRESHOLDS)
         self.started = True
+        self.ready.set()
 
     async def shutdown(self) -> None:
         """Stop taking work, close the upstream session, and flush the audit queue."""

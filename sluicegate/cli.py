@@ -220,11 +220,13 @@ async def _serve(
         if admin_port is not None:
             admin, admin_task = await _start_admin(gateway, admin_port)
         if gateway.snapshot.config.egress.enabled:
-            egress = await _start_egress(gateway, egress_sock)
+            egress = _start_egress(gateway, egress_sock)
         await server.serve(sockets=[sock] if sock is not None else None)
     finally:
         if egress is not None:
-            await egress.stop()
+            door, egress_task = egress
+            egress_task.cancel()
+            await door.stop()
         if admin is not None:
             # The data server stopped (signal or failure): the admin listener goes with it.
             admin.should_exit = True
@@ -247,20 +249,23 @@ async def _start_admin(gateway: Any, port: int) -> tuple[Any, asyncio.Task[None]
     return server, await start_admin(server, sock)
 
 
-async def _start_egress(gateway: Any, sock: Any) -> Any:
-    """Start the egress proxy (`egress.proxy`) beside the data server, on `sock` or its own port."""
+def _start_egress(gateway: Any, sock: Any) -> tuple[Any, asyncio.Task[None]]:
+    """The egress proxy (`egress.door`) beside the data server, on `sock` or its own port: it takes
+    connections once the gateway has started (workers share the socket: one still starting takes
+    none)."""
+    from sluicegate.edge.supervisor import bind
     from sluicegate.egress.door import EgressDoor
 
-    door = EgressDoor(gateway)
     config = gateway.snapshot.config.egress
-    try:
-        await door.start(sock)
-    except OSError as exc:
-        raise click.ClickException(
-            f"the egress proxy cannot listen on {config.host}:{config.port}: {exc.strerror}"
-        ) from None
-    logging.getLogger("sluicegate.egress").info("egress proxy listening on %s:%d", config.host, door.port)
-    return door
+    if sock is None:
+        try:
+            sock = bind(config.host, config.port)
+        except OSError as exc:
+            raise click.ClickException(
+                f"the egress proxy cannot listen on {config.host}:{config.port}: {exc.strerror}"
+            ) from None
+    door = EgressDoor(gateway)
+    return door, asyncio.create_task(door.serve_when_ready(sock))
 
 
 def _raise_fd_limit(server: Any) -> None:

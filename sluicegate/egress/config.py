@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from sluicegate.egress.hosts import parse_pattern
+from sluicegate.egress.hosts import parse_pattern, shipped_ai_hosts
 
 #: what the proxy does with a destination
 Action = Literal["block", "intercept", "allow", "deny"]
@@ -130,4 +130,6 @@ class EgressConfig(_Strict):
     def _needs_ca(self) -> EgressConfig:
         if self.ca is None and (self.intercept or self.ai_hosts == "intercept"):
             raise ValueError("egress.ca (the CA's certificate and key) is required to intercept")
+        if self.enabled:
+            shipped_ai_hosts()  # read at config load (once per process), never on the event loop
         return self

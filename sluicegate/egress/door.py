@@ -4,6 +4,7 @@ config (swapped on reload), the leaf cache of its CA, and the connections it hol
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from typing import TYPE_CHECKING
 
@@ -15,6 +16,8 @@ from sluicegate.egress.proxy import ProxyConnection
 if TYPE_CHECKING:
     from sluicegate.app import Gateway
     from sluicegate.egress.config import EgressConfig
+
+log = logging.getLogger("sluicegate.egress")
 
 
 class EgressDoor:
@@ -56,10 +59,18 @@ class EgressDoor:
         """Listen on `sock`, or on `egress.host` and `egress.port`."""
         loop = asyncio.get_running_loop()
         config = self.config
+        self.policy()  # compiled before the first client (after a reload: by the first one, CPU only)
         if sock is not None:
             self.server = await loop.create_server(lambda: ProxyConnection(self), sock=sock)
         else:
             self.server = await loop.create_server(lambda: ProxyConnection(self), config.host, config.port)
+
+    async def serve_when_ready(self, sock: socket.socket) -> None:
+        """Listen on `sock` once the gateway has started (its lifespan startup is done)."""
+        await self.gateway.ready.wait()
+        await self.start(sock)
+        config = self.config
+        log.info("egress proxy listening on %s:%d", config.host, self.port)
 
     @property
     def port(self) -> int:

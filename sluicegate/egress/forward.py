@@ -28,7 +28,7 @@ class Forward:
         self.tunnel = tunnel
         self.out = h11.Connection(h11.CLIENT)
         # The upstream's answer is written to the client as it comes (the tunnel's client side).
-        tunnel.client.transport = client
+        tunnel.join(client)
 
     def send_head(self, request: h11.Request, url: SplitResult) -> None:
         """Write the request's head to the upstream, in origin form."""

@@ -20,6 +20,9 @@ class Half(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer: Half | None = None
         self.ended = False
+        #: what this side read before its peer was joined (at most what one read brings, as
+        #: reading pauses below) and is written once it is
+        self.early: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # (uvloop's transports are not `asyncio.Transport` subclasses, but have its methods)
@@ -28,7 +31,10 @@ class Half(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.tunnel.last_active = self.tunnel.loop.time()
         peer = self.peer
-        if peer is not None and peer.transport is not None and not peer.transport.is_closing():
+        if peer is None or peer.transport is None:
+            # The upstream spoke before the client's side was joined (a server-first protocol).
+            self.early.append(data)
+        elif not peer.transport.is_closing():
             peer.transport.write(data)
 
     def eof_received(self) -> bool:
@@ -70,10 +76,18 @@ class Tunnel:
         bytes the client sent before the tunnel was up."""
         client.set_protocol(self.client)
         self.client.connection_made(client)
+        self.join(client)
         if first:
             self.client.data_received(first)
         client.resume_reading()
         self.start_timer()
+
+    def join(self, client: asyncio.Transport) -> None:
+        """Give the client's side its transport and the upstream's early bytes."""
+        self.client.transport = client
+        early, self.upstream.early = self.upstream.early, []
+        for data in early:
+            client.write(data)
 
     def start_timer(self) -> None:
         """Start watching for idleness (`start` does; a caller that joins the sides itself calls it)."""

@@ -126,10 +126,12 @@ def run_egress_gateway(tmp: Path, config: str) -> Iterator[EgressGateway]:
     failed: list[BaseException] = []
 
     async def main() -> None:
-        await door.start(egress_sock)
+        # As `sluicegate serve` does: the proxy takes connections once the gateway has started.
+        waiting = asyncio.create_task(door.serve_when_ready(egress_sock))
         try:
             await server.serve(sockets=[data_sock])
         finally:
+            waiting.cancel()
             await door.stop()
 
     def run() -> None:

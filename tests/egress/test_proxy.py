@@ -215,3 +215,18 @@ def test_a_revoked_key_is_refused_as_proxy_password(closed: EgressGateway) -> No
 
 def test_the_canary_provider_key_never_appears(gw: EgressGateway) -> None:
     assert CANARY_KEY not in str(gw.audit())
+
+
+def test_a_config_reload_reaches_the_proxy(closed: EgressGateway) -> None:
+    url = "http://allowed.test/reloaded"
+    assert curl("-x", closed.proxy, "-w", "%{http_code}", "-o", "/dev/null", url).stdout == "407"
+    closed.reconfigure(
+        lambda text: text.replace(
+            "  allow: [allowed.test]\n", "  allow: [allowed.test]\n  source_networks: [127.0.0.0/8]\n"
+        )
+    )
+    try:
+        assert curl("-x", closed.proxy, url).stdout == "site says /reloaded"
+    finally:
+        closed.reconfigure(lambda text: text.replace("  source_networks: [127.0.0.0/8]\n", ""))
+    assert curl("-x", closed.proxy, "-w", "%{http_code}", "-o", "/dev/null", url).stdout == "407"
