@@ -16,7 +16,7 @@ import secrets
 import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qsl
 
 import aiohttp
@@ -161,6 +161,13 @@ _GET_PATHS = {
 }
 
 
+class Door(Protocol):
+    """Another way in for calls (the egress proxy): the gateway stops it before its own parts."""
+
+    async def stop(self) -> None:
+        """Take no new call, let those in flight finish (within a bound), and close."""
+
+
 class Gateway:
     """The running gateway: one per process, made by `build_app` or the CLI."""
 
@@ -223,6 +230,8 @@ class Gateway:
         self.started = False
         #: set once the startup is done (the egress proxy takes connections from then on)
         self.ready = asyncio.Event()
+        #: doors other than the data plane that serve calls (the egress proxy), stopped first
+        self.doors: list[Door] = []
         #: stopping: `/readyz` says so while calls are still served (`server.drain_s`)
         self.draining = False
         self.reloads = 0
@@ -588,6 +597,9 @@ class Gateway:
     async def shutdown(self) -> None:
         """Stop taking work, close the upstream session, and flush the audit queue."""
         self.started = False
+        # Other doors first (the egress proxy): their calls finish while the pipeline still runs.
+        for door in self.doors:
+            await door.stop()
         for task in self._tasks:
             task.cancel()
         await self.services.limits.stop()

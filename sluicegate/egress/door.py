@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from sluicegate.egress.config import EgressConfig
 
 log = logging.getLogger("sluicegate.egress")
+#: how long intercepted calls in flight may take to finish when the gateway stops
+STOP_GRACE_S = 30.0
 
 
 class EgressDoor:
@@ -32,6 +34,7 @@ class EgressDoor:
         self.connections: set[ProxyConnection] = set()
         self._policy: EgressPolicy | None = None
         self._leaves: LeafCache | None = None
+        self.stopped = False
 
     @property
     def config(self) -> EgressConfig:
@@ -56,7 +59,7 @@ class EgressDoor:
         return leaves
 
     async def start(self, sock: socket.socket | None = None) -> None:
-        """Listen on `sock`, or on `egress.host` and `egress.port`."""
+        """Listen on `sock`, or on `egress.host` and `egress.port`; the gateway's shutdown stops it."""
         loop = asyncio.get_running_loop()
         config = self.config
         self.policy()  # compiled before the first client (after a reload: by the first one, CPU only)
@@ -64,6 +67,7 @@ class EgressDoor:
             self.server = await loop.create_server(lambda: ProxyConnection(self), sock=sock)
         else:
             self.server = await loop.create_server(lambda: ProxyConnection(self), config.host, config.port)
+        self.gateway.doors.append(self)
 
     async def serve_when_ready(self, sock: socket.socket) -> None:
         """Listen on `sock` once the gateway has started (its lifespan startup is done)."""
@@ -78,10 +82,20 @@ class EgressDoor:
         assert self.server is not None
         return int(self.server.sockets[0].getsockname()[1])
 
-    async def stop(self) -> None:
-        """Stop listening and close every connection."""
+    async def stop(self, grace_s: float = STOP_GRACE_S) -> None:
+        """Stop listening, close tunnels at once, and let intercepted calls in flight finish
+        (within `grace_s`) before closing them; again: nothing more to do."""
+        if self.stopped:
+            return
+        self.stopped = True
         if self.server is not None:
             self.server.close()
         for connection in list(self.connections):
+            if not connection.intercepted:
+                connection.abort()
+        interceptor = self.interceptor
+        interceptor.close()  # idle ones close now, busy ones after their answer
+        if interceptor.state.tasks:
+            await asyncio.wait(set(interceptor.state.tasks), timeout=grace_s)
+        for connection in list(self.connections):
             connection.abort()
-        self.interceptor.close()

@@ -75,6 +75,8 @@ class ProxyConnection(asyncio.Protocol):
         self.forward: Forward | None = None
         self.released = False
         self.handed_over = False
+        #: handed to the gateway's protocol (TLS ended): stopped gracefully, not aborted
+        self.intercepted = False
         #: bytes read before the head was complete (bounded by `max_header_bytes`)
         self.head_bytes = 0
 
@@ -318,7 +320,7 @@ class ProxyConnection(asyncio.Protocol):
             network_consumer=mapped[0] if mapped else None,
             network=mapped[1] if mapped else None,
         )
-        self.handed_over = True
+        self.handed_over = self.intercepted = True
         self.transport.write(b"HTTP/1.1 200 Connection Established\r\n\r\n")
         await self.door.interceptor.serve(self.transport, context, egress, self.release)
 

@@ -6,15 +6,21 @@ from __future__ import annotations
 
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import anthropic
 import httpx
 import openai
 import pytest
 
-from sluicegate.testing import FakeUpstream
+from sluicegate.audit.reader import latest_events
+from sluicegate.settings import Settings
+from sluicegate.store.db import create_engine
+from sluicegate.testing import FakeUpstream, Reply
 from tests.conftest import CANARY_KEY
 from tests.egress.conftest import EgressGateway, OrgCA, egress_config, run_egress_gateway
 
@@ -214,3 +220,30 @@ def test_a_leaf_is_renewed_before_it_expires(mapped: EgressGateway, test_ca: Org
         # renew_before_h leaves the leaf under half a second of use
         time.sleep(0.5)
     assert seen[1] == seen[0] + 1
+
+
+def test_a_call_in_flight_finishes_and_is_audited_when_the_gateway_stops(
+    upstream_url: str, upstream: FakeUpstream, test_ca: OrgCA, tmp_path: Path
+) -> None:
+    upstream.enqueue(Reply(chunk_interval_s=0.1))
+    started, texts = threading.Event(), []
+
+    def read(stream: Any) -> None:
+        for chunk in stream:
+            started.set()
+            texts.extend(c.delta.content or "" for c in chunk.choices)
+
+    with run_egress_gateway(tmp_path, egress_config(upstream_url, test_ca, EGRESS)) as gw:
+        http = httpx.Client(proxy=gw.proxy, verify=test_ca.context())
+        client = openai.OpenAI(api_key=gw.keys["alice"], http_client=http, max_retries=0)
+        stream = client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "echo: a b c d e f"}], stream=True
+        )
+        reader = threading.Thread(target=read, args=(stream,))
+        reader.start()
+        assert started.wait(5)
+    # The gateway stopped (its egress door first, then the audit writer), the call complete.
+    reader.join(5)
+    assert "".join(texts) == "a b c d e f"
+    event = latest_events(create_engine(Settings(data_dir=tmp_path / "data").db_url()), 1)[-1]
+    assert event["egress_host"] == "api.openai.com" and event["status"] == 200 and event["completion_tokens"] == 6
