@@ -388,6 +388,11 @@ class ProxyConnection(asyncio.Protocol):
         if len(hosts) != 1 or host_of_header(hosts[0]) != host:
             self.refuse(400, "The Host header does not name the request's host")
             return
+        names = [n for n, _ in request.headers]
+        if b"transfer-encoding" in names and b"content-length" in names:
+            # Two framings: parsers along the way could disagree on where the body ends.
+            self.refuse(400, "A request must not carry both Content-Length and Transfer-Encoding")
+            return
         if port not in policy.config.http_ports:
             self._refuse_port(caller, host, port)
             return

@@ -230,3 +230,47 @@ def test_a_config_reload_reaches_the_proxy(closed: EgressGateway) -> None:
     finally:
         closed.reconfigure(lambda text: text.replace("  source_networks: [127.0.0.0/8]\n", ""))
     assert curl("-x", closed.proxy, "-w", "%{http_code}", "-o", "/dev/null", url).stdout == "407"
+
+
+def test_anthropic_sdk_to_a_blocked_host_gets_a_clear_error(
+    gw: EgressGateway, test_ca: OrgCA, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import anthropic
+
+    monkeypatch.setenv("HTTPS_PROXY", gw.proxy)
+    monkeypatch.setenv("SSL_CERT_FILE", str(test_ca.cert))
+    for name in ("ANTHROPIC_BASE_URL", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    client = anthropic.Anthropic(api_key="sk-ant-someones-own-key", max_retries=0)
+    with pytest.raises(anthropic.APIConnectionError) as caught:
+        client.messages.create(model="claude-sonnet-4-5", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+    # The SDK's HTTP client says why, from the proxy's status line.
+    assert "403 Anthropic at api.anthropic.com is blocked" in str(caught.value.__cause__)
+    event = egress_events(gw)[-1]
+    assert event["egress_host"] == "api.anthropic.com" and event["outcome"] == "shadow_ai_blocked"
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        # an address literal: private, whatever the lists say
+        b"CONNECT [::1]:80 HTTP/1.1\r\nHost: [::1]:80\r\n\r\n",
+        b"CONNECT 127.0.0.1:80 HTTP/1.1\r\nHost: 127.0.0.1:80\r\n\r\n",
+        # a name that only looks like an allowed one
+        b"CONNECT allowed.test.evil.test:443 HTTP/1.1\r\nHost: allowed.test.evil.test:443\r\n\r\n",
+        b"CONNECT allowed.test@evil.test:443 HTTP/1.1\r\nHost: x\r\n\r\n",
+        # both framings: a request smuggling shape
+        b"POST http://allowed.test/ HTTP/1.1\r\nHost: allowed.test\r\nContent-Length: 3\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        # two Host headers
+        b"GET http://allowed.test/ HTTP/1.1\r\nHost: allowed.test\r\nHost: evil.test\r\n\r\n",
+    ],
+    ids=["ipv6-loopback", "ipv4-loopback", "suffix", "userinfo", "smuggling", "two-hosts"],
+)
+def test_hostile_proxy_requests_are_refused(gw: EgressGateway, request_: bytes) -> None:
+    host, port = gw.proxy.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(request_)
+        answer = _read_all(sock)
+    assert answer.split(b" ", 2)[1] in (b"400", b"403"), answer
+    assert b"site says" not in answer
