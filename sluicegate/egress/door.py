@@ -15,6 +15,7 @@ from sluicegate.egress.proxy import ProxyConnection
 
 if TYPE_CHECKING:
     from sluicegate.app import Gateway
+    from sluicegate.audit.events import AuditEvent
     from sluicegate.egress.config import EgressConfig
 
 log = logging.getLogger("sluicegate.egress")
@@ -48,6 +49,12 @@ class EgressDoor:
         if policy is None or policy.config is not config:
             policy = self._policy = EgressPolicy(config)
         return policy
+
+    def record(self, event: AuditEvent, audited: bool = True) -> None:
+        """Count one of the door's decisions, and queue its audit event (unless aggregated)."""
+        self.gateway.metrics.egress.get((event.outcome,)).inc()
+        if audited:
+            self.gateway.audit.submit(event)
 
     def leaves(self) -> LeafCache:
         """The leaf cache of the current CA settings (intercept requires them)."""

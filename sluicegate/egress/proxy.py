@@ -223,11 +223,9 @@ class ProxyConnection(asyncio.Protocol):
             await self._plain(request, policy, caller)
 
     def _unauthorized(self, caller: Caller, reason: str) -> None:
-        gateway = self.door.gateway
-        if gateway.services.auth_failures.admit(caller.client_ip):
-            gateway.audit.submit(
-                door_event(caller, None, status=407, decision="blocked", outcome=EGRESS_UNAUTHORIZED, reason=reason)
-            )
+        audited = self.door.gateway.services.auth_failures.admit(caller.client_ip)
+        event = door_event(caller, None, status=407, decision="blocked", outcome=EGRESS_UNAUTHORIZED, reason=reason)
+        self.door.record(event, audited)
         self.refuse(
             407,
             "Proxy authentication required: a gateway API key as the proxy password",
@@ -248,7 +246,7 @@ class ProxyConnection(asyncio.Protocol):
             message = f"{service} at {host} is blocked {what}: {how}"
             outcome, rule = SHADOW_AI_BLOCKED, destination.rule
         log.info("egress: %s from %s to %s:%d (%s)", outcome, caller.client_ip, host, port, rule)
-        self.door.gateway.audit.submit(
+        self.door.record(
             door_event(caller, host, status=403, decision="blocked", outcome=outcome, reason=message, rule=rule)
         )
         self.refuse(403, message)
@@ -288,7 +286,7 @@ class ProxyConnection(asyncio.Protocol):
 
     def _refuse_port(self, caller: Caller, host: str, port: int) -> None:
         message = f"Port {port} is not open through the egress proxy"
-        self.door.gateway.audit.submit(
+        self.door.record(
             door_event(caller, host, status=403, decision="blocked", outcome=EGRESS_DENIED, reason=message)
         )
         self.refuse(403, message)
@@ -353,7 +351,7 @@ class ProxyConnection(asyncio.Protocol):
                 raise error or OSError("no address")
         except (OSError, TimeoutError) as exc:
             reason = f"cannot reach {host}:{port} ({type(exc).__name__})"
-            self.door.gateway.audit.submit(
+            self.door.record(
                 door_event(caller, host, status=502, decision="failed", outcome=EGRESS_UNREACHABLE, reason=reason)
             )
             self.refuse(502, f"The egress proxy cannot reach {host}:{port}")
@@ -363,14 +361,14 @@ class ProxyConnection(asyncio.Protocol):
         message = f"{host} resolves to a private address; the egress policy does not allow it"
         event = door_event(caller, host, status=403, decision="blocked", outcome=EGRESS_DENIED, reason=message)
         event.rule = "egress.private_networks"
-        self.door.gateway.audit.submit(event)
+        self.door.record(event)
         self.refuse(403, message)
 
     def _audit_allowed(self, caller: Caller, host: str, port: int, destination: Destination) -> None:
         reason = f"tunnel to port {port}"
         event = door_event(caller, host, status=200, decision="allowed", outcome=EGRESS_ALLOWED, reason=reason)
         event.rule = destination.rule
-        self.door.gateway.audit.submit(event)
+        self.door.record(event)
 
     # -- plain http:// requests ---------------------------------------------------------------------
 

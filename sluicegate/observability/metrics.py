@@ -124,6 +124,11 @@ class GatewayMetrics:
             ["consumer", "kind", "limit"],
             fold=(0,),
         )
+        self.egress = self._counter(
+            "sluicegate_egress_decisions",
+            "The egress proxy's own decisions by outcome: shadow_ai_blocked, egress_allowed, egress_denied ...",
+            ["outcome"],
+        )
         self.cache_requests = self._counter(
             "sluicegate_cache_requests",
             "Calls on a cached route, by what the response cache did: hit, semantic_hit, miss, bypass",

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import httpx
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import CANARY_KEY
 from tests.egress.conftest import EgressGateway, OrgCA, egress_config, run_egress_gateway
@@ -36,7 +37,8 @@ resolve:
 def gw(
     upstream_url: str, test_ca: OrgCA, site: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[EgressGateway]:
-    config = egress_config(upstream_url, test_ca, EGRESS.format(site=site))
+    metrics = "observability:\n  metrics:\n    on_data_port: true\n"
+    config = egress_config(upstream_url, test_ca, EGRESS.format(site=site), extra=metrics)
     with run_egress_gateway(tmp_path_factory.mktemp("egress"), config) as running:
         yield running
 
@@ -274,3 +276,19 @@ def test_hostile_proxy_requests_are_refused(gw: EgressGateway, request_: bytes) 
         answer = _read_all(sock)
     assert answer.split(b" ", 2)[1] in (b"400", b"403"), answer
     assert b"site says" not in answer
+
+
+def test_decisions_are_counted_in_the_metrics(gw: EgressGateway) -> None:
+    def blocked() -> float:
+        text = httpx.get(gw.url + "/metrics").text
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "sluicegate_egress_decisions_total" and sample.labels == {
+                    "outcome": "shadow_ai_blocked"
+                }:
+                    return sample.value
+        return 0.0
+
+    before = blocked()
+    assert curl("-x", gw.proxy, "-w", "%{http_connect}", "https://api.mistral.ai/").stdout.strip() == "403"
+    assert blocked() == before + 1
