@@ -245,7 +245,12 @@ class ProxyConnection(asyncio.Protocol):
             what = "over plain HTTP" if plain and destination.action == "intercept" else "directly"
             message = f"{service} at {host} is blocked {what}: {how}"
             outcome, rule = SHADOW_AI_BLOCKED, destination.rule
-        log.info("egress: %s from %s to %s:%d (%s)", outcome, caller.client_ip, host, port, rule)
+        who = (
+            f"{caller.client_ip} ({caller.consumer}, proxy user {caller.user!r})"
+            if caller.consumer
+            else caller.client_ip
+        )
+        log.info("egress: %s from %s to %s:%d (%s)", outcome, who, host, port, rule)
         self.door.record(
             door_event(caller, host, status=403, decision="blocked", outcome=outcome, reason=message, rule=rule)
         )

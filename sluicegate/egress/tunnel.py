@@ -70,10 +70,14 @@ class Tunnel:
         self.client.peer, self.upstream.peer = self.upstream, self.client
         self.last_active = loop.time()
         self._timer: asyncio.TimerHandle | None = None
+        self.closed = False
 
     def start(self, client: asyncio.Transport, first: bytes = b"") -> None:
         """Take over the client's transport (the upstream's is already this tunnel's); `first`:
         bytes the client sent before the tunnel was up."""
+        if self.closed:  # the upstream went away already
+            client.close()
+            return
         client.set_protocol(self.client)
         self.client.connection_made(client)
         self.join(client)
@@ -85,6 +89,9 @@ class Tunnel:
     def join(self, client: asyncio.Transport) -> None:
         """Give the client's side its transport and the upstream's early bytes."""
         self.client.transport = client
+        if self.closed:  # the upstream went away already
+            client.close()
+            return
         early, self.upstream.early = self.upstream.early, []
         for data in early:
             client.write(data)
@@ -103,6 +110,7 @@ class Tunnel:
 
     def close(self) -> None:
         """End both sides (idempotent)."""
+        self.closed = True
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
