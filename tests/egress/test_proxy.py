@@ -7,6 +7,7 @@ import base64
 import socket
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import openai
@@ -26,6 +27,7 @@ default: deny
 connect_ports: [443, 80]
 http_ports: [80]
 header_timeout_s: 0.5
+idle_timeout_s: 0.5
 resolve:
   allowed.test: "{site}"
   www.allowed.test: "{site}"
@@ -292,3 +294,22 @@ def test_decisions_are_counted_in_the_metrics(gw: EgressGateway) -> None:
     before = blocked()
     assert curl("-x", gw.proxy, "-w", "%{http_connect}", "https://api.mistral.ai/").stdout.strip() == "403"
     assert blocked() == before + 1
+
+
+def test_an_idle_tunnel_is_closed(gw: EgressGateway) -> None:
+    host, port = gw.proxy.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(b"CONNECT allowed.test:80 HTTP/1.1\r\nHost: allowed.test:80\r\n\r\n")
+        assert sock.recv(4096).startswith(b"HTTP/1.1 200 ")
+        # Nothing moves either way: the tunnel ends after `idle_timeout_s` (0.5 s here).
+        assert _read_all(sock) == b""
+
+
+def test_connections_past_the_cap_are_refused(upstream_url: str, test_ca: OrgCA, tmp_path: Path) -> None:
+    config = egress_config(upstream_url, test_ca, "source_networks: [127.0.0.0/8]\nmax_connections: 1\n")
+    with run_egress_gateway(tmp_path, config) as capped:
+        host, port = capped.proxy.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=5) as first:
+            first.sendall(b"CONNECT ")  # a head begun, held open
+            with socket.create_connection((host, int(port)), timeout=5) as second:
+                assert _read_all(second).startswith(b"HTTP/1.1 503 ")
