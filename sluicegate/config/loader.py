@@ -236,6 +236,10 @@ def check_references(config: GatewayConfig) -> list[ConfigIssue]:
         issues.extend(check_jwt_issuers(config))
     issues.extend(_check_limits(config, seen, group_names))
     issues.extend(_check_routing(config, seen, group_names))
+    consumer_names = {c.name for c in config.consumers}
+    for network, name in config.egress.network_consumers.items():
+        if name not in consumer_names:
+            issues.append(ConfigIssue(("egress", "network_consumers", network), f"unknown consumer '{name}'"))
     return issues
 
 

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from sluicegate.egress.hosts import parse_pattern, shipped_ai_hosts
+from sluicegate.egress.hosts import normalise, parse_pattern, shipped_ai_hosts
 
 #: what the proxy does with a destination
 Action = Literal["block", "intercept", "allow", "deny"]
@@ -120,7 +120,8 @@ class EgressConfig(_Strict):
     @classmethod
     def _addresses(cls, value: dict[str, str]) -> dict[str, str]:
         for host, target in value.items():
-            parse_pattern(host)
+            if normalise(host) is None:
+                raise ValueError(f"resolve: '{host}' is not a host name")
             address, sep, port = target.rpartition(":")
             if not sep or not address or not port.isdigit() or not 0 < int(port) < 65536:
                 raise ValueError(f"resolve.{host}: '{target}' is not address:port")

@@ -78,6 +78,8 @@ def test_the_config_refuses_what_cannot_work() -> None:
         EgressConfig(source_networks=["10.0.0.0/33"])
     with pytest.raises(ValidationError, match="address:port"):
         EgressConfig(resolve={"api.openai.com": "127.0.0.1"})
+    with pytest.raises(ValidationError, match="not a host name"):
+        EgressConfig(resolve={"*.openai.com": "127.0.0.1:443"})
     with pytest.raises(ValidationError, match="renew_before_h"):
         EgressConfig.model_validate({"ca": {"cert": "env://C", "key": "env://K", "renew_before_h": 30}})
 
@@ -102,3 +104,12 @@ def test_every_egress_setting_is_documented() -> None:
     for block in blocks:
         snapshot, issues = parse_config(block)
         assert snapshot is not None, (block, [str(i) for i in issues])
+
+
+def test_a_network_consumer_must_be_configured() -> None:
+    from sluicegate.config.loader import parse_config
+
+    text = "consumers:\n  - {name: bots}\negress:\n  network_consumers: {10.0.0.0/8: bots, 10.1.0.0/16: ghost}\n"
+    snapshot, issues = parse_config(text)
+    assert snapshot is None
+    assert [str(i) for i in issues] == ["egress.network_consumers.10.1.0.0/16 (line 4): unknown consumer 'ghost'"]
