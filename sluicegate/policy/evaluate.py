@@ -1,7 +1,7 @@
 """One call, recorded or hypothetical, asked of a config stage by stage, as the request path asks.
 
 Each stage's own decision code answers (`stages.access.check_access` and `check_model`, the
-limits' `Plan`, the guards' `Guardrails`, the router's `when_rule`, pins and `may_serve`, the
+limits' `Plan`, the guards' `Guardrails`, the router's `chosen_route`, pins and `may_serve`, the
 `PriceBook`), so a what-if cannot drift from what the gateway does. What it does not know (the
 content of a call that was not captured) it says it did not evaluate, and never guesses.
 """
@@ -24,7 +24,7 @@ from sluicegate.limits.prices import PriceBook, call_cost
 from sluicegate.routing.service import may_serve
 from sluicegate.stages.access import OUTPUT_ENDPOINTS, check_access, check_model, output_cap
 from sluicegate.stages.limits import LIMITED_ENDPOINTS
-from sluicegate.stages.router import not_permitted, when_rule
+from sluicegate.stages.router import chosen_route, not_permitted
 from sluicegate.vault import Vault
 
 if TYPE_CHECKING:
@@ -296,13 +296,7 @@ class Evaluator:
 
     def _route(self, ev: Evaluation, call: Call, consumer: Consumer, route: Route) -> None:
         subject = ev.subject
-        chosen: str | None = None
-        if route.rules:
-            choice = when_rule(call, route)
-            if choice is not None:
-                route, chosen = choice.route, choice.rule
-        pins_config = self.snapshot.pins
-        pins = pins_config.active(call) if pins_config is not None else ()
+        route, chosen, pins = chosen_route(call, route)
         targets = route.targets or (route,)
         permitted = [t for t in targets if may_serve(t, consumer, pins)]
         if not permitted:

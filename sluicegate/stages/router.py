@@ -55,13 +55,7 @@ class RouterStage:
         route = call.snapshot.route_for(model)
         if route is None:
             raise model_not_found(model)
-        chosen: str | None = None
-        if route.rules:
-            choice = when_rule(call, route)
-            if choice is not None:
-                route, chosen = choice.route, choice.rule
-        pins_config = call.snapshot.pins
-        pins = pins_config.active(call) if pins_config is not None else ()
+        route, chosen, pins = chosen_route(call, route)
         if chosen is not None or pins:
             rules = [p.rule for p in pins]
             call.routed_by = ",".join([chosen, *rules] if chosen is not None else rules)
@@ -122,12 +116,23 @@ def _deadline(call: Call, total_s: float) -> float:
 
 
 def when_rule(call: Call, route: Route) -> Choice | None:
-    """The first of the model's `when` rules that holds for the call (None: its own targets serve).
-    The router and `sluicegate policy` both choose here."""
+    """The first of the model's `when` rules that holds for the call (None: its own targets serve)."""
     for choice in route.rules:
         if choice.match.holds(call):
             return choice
     return None
+
+
+def chosen_route(call: Call, route: Route) -> tuple[Route, str | None, tuple[Pin, ...]]:
+    """The route the call takes (its model's, or the first `when` rule's that holds), that rule's
+    id, and the pins that apply to the call. The router and `sluicegate policy` both choose here."""
+    chosen: str | None = None
+    if route.rules:
+        choice = when_rule(call, route)
+        if choice is not None:
+            route, chosen = choice.route, choice.rule
+    pins_config = call.snapshot.pins
+    return route, chosen, pins_config.active(call) if pins_config is not None else ()
 
 
 def not_permitted(call: Call, route: Route, pins: tuple[Pin, ...]) -> RoutePinned:
