@@ -16,7 +16,7 @@ import secrets
 import signal
 import time
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qsl
 
 import aiohttp
@@ -59,6 +59,9 @@ from sluicegate.store.db import create_engine
 from sluicegate.store.keys import KeyStore
 from sluicegate.types import Receive, Scope, Send
 from sluicegate.vault import Vault
+
+if TYPE_CHECKING:
+    from sluicegate.store.changes import ChangeListener
 
 log = logging.getLogger("sluicegate")
 #: the collector's thresholds once the gateway runs (generation 0 allocations, then 1 and 2)
@@ -203,6 +206,9 @@ class Gateway:
             instance=self.settings.instance(),
         )
         self.keys = KeyIndex(KeyStore(self.engine), refresh_s=key_refresh_s)
+        #: the change listener on the limits Redis, and the (url, key prefix) it listens on
+        self.changes: ChangeListener | None = None
+        self._changes_from: tuple[str, str] | None = None
         self.services = Services(
             keys=self.keys,
             audit=self.audit,
@@ -556,6 +562,7 @@ class Gateway:
         self.audit_sinks.start()
         await asyncio.to_thread(self.audit.start)
         await asyncio.to_thread(self.keys.start)
+        await self._follow_changes()
         connector = aiohttp.TCPConnector(
             limit=self.snapshot.server.max_upstream_connections, ttl_dns_cache=300, keepalive_timeout=30
         )
@@ -607,6 +614,8 @@ class Gateway:
         if self.relay is not None:
             await self.relay.session.close()
         await asyncio.to_thread(self.keys.stop)
+        if self.changes is not None:
+            await asyncio.to_thread(self.changes.stop)
         for aggregator in (self.services.auth_failures, self.services.unknown_urls):
             for summary in aggregator.due(all_=True):
                 self.audit.submit(summary)
@@ -641,6 +650,35 @@ class Gateway:
                 self._config_stamp = stamp
                 await self.reload()
 
+    async def _follow_changes(self) -> None:
+        """Hear of key changes from the other instances, on the limits Redis when the config has
+        one (`store.changes`); the listener follows the config's Redis across reloads."""
+        limits = self.snapshot.config.limits
+        redis = limits.redis if limits.backend == "redis" else None
+        wanted = (redis.url, redis.key_prefix) if redis is not None else None
+        if wanted == self._changes_from:
+            return
+        if self.changes is not None:
+            await asyncio.to_thread(self.changes.stop)
+            self.changes = None
+        self._changes_from = wanted
+        if redis is None:
+            return
+        try:
+            url = await self.services.limits.redis_url(redis.url)
+        except CountersUnavailable as exc:
+            log.error("no change notifications from Redis (%s); key changes are polled", exc)
+            return
+        from sluicegate.store.changes import ChangeListener
+
+        self.changes = ChangeListener(url, redis.key_prefix, self._on_change)
+        self.changes.start()
+
+    def _on_change(self, what: str) -> None:
+        """A change notification (in the listener's thread)."""
+        if what == "keys":
+            self.keys.reload()
+
     async def reload(self) -> bool:
         """Load the config file again and swap it in whole; keep the old one if it is invalid."""
         assert self.config_path is not None
@@ -664,6 +702,8 @@ class Gateway:
         self.vault.configure(snapshot.config.vault)
         await asyncio.to_thread(self.audit_sinks.configure, list(snapshot.audit.sinks))
         await self._retrace(snapshot)
+        if self.started:
+            await self._follow_changes()
         if self.logs is not None:
             self.logs.apply(snapshot.config.observability.logging)
         self.reloads += 1

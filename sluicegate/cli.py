@@ -355,7 +355,9 @@ def keys_create(consumer: str, name: str | None, expires_in_days: float | None, 
         if consumer not in snapshot.consumers:
             raise click.ClickException(f"consumer '{consumer}' is not in {config_path}")
     expires = time.time() + expires_in_days * 86400 if expires_in_days else None
-    key, record = KeyStore(_engine(config_path)).create(consumer, name=name, expires_at=expires)
+    engine = _engine(config_path)
+    key, record = KeyStore(engine).create(consumer, name=name, expires_at=expires)
+    _notify_keys(config_path, engine)
     click.echo(f"created {record.id} for consumer '{consumer}'; this key is shown once:", err=True)
     click.echo(key)
 
@@ -382,12 +384,38 @@ def keys_list(consumer: str | None, config_path: str | None) -> None:
 @click.argument("key_id")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False))
 def keys_revoke(key_id: str, config_path: str | None) -> None:
-    """Revoke a key by id; the gateway refuses it within a second."""
+    """Revoke a key by id; every instance refuses it within a second (at once with a shared Redis)."""
     from sluicegate.store.keys import KeyStore
 
-    if not KeyStore(_engine(config_path)).revoke(key_id):
+    engine = _engine(config_path)
+    if not KeyStore(engine).revoke(key_id):
         raise click.ClickException(f"no active key with id {key_id}")
+    _notify_keys(config_path, engine)
     click.echo(f"revoked {key_id}")
+
+
+def _notify_keys(config_path: str | None, engine: Any) -> None:
+    """Tell the instances that share the config's limits Redis that the keys changed, so they
+    reload them now rather than at their next poll (`store.changes`)."""
+    if not config_path:
+        return
+    from sluicegate.config.loader import load_config
+
+    config = load_config(config_path).config
+    redis = config.limits.redis if config.limits.backend == "redis" else None
+    if redis is None:
+        return
+    from sluicegate.store.changes import KEYS, publish
+    from sluicegate.vault import Vault
+
+    url = redis.url
+    try:
+        if "://" in url and not url.startswith(("redis://", "rediss://", "unix://")):
+            url = Vault(config.vault, engine=engine).resolve(url)
+    except Exception as exc:
+        click.echo(f"the instances will see the change at their next poll (Redis URL: {type(exc).__name__})", err=True)
+        return
+    publish(url, redis.key_prefix, KEYS)
 
 
 @main.group("secrets")

@@ -132,14 +132,7 @@ class LimitsService:
 
         redis = self.config.redis
         assert redis is not None
-        url = redis.url
-        if "://" in url and not url.startswith(("redis://", "rediss://", "unix://")):
-            if self.vault is None:
-                raise CountersUnavailable("the Redis URL is a secret reference and no vault is configured")
-            try:
-                url = await self.vault.aresolve(url)
-            except Exception as exc:
-                raise CountersUnavailable(f"cannot resolve the Redis URL ({type(exc).__name__})") from None
+        url = await self.redis_url(redis.url)
         counters = RedisCounters(
             url,
             key_prefix=redis.key_prefix,
@@ -152,6 +145,17 @@ class LimitsService:
         with contextlib.suppress(CountersUnavailable):
             await counters.sync_clock()
         return counters
+
+    async def redis_url(self, url: str) -> str:
+        """`limits.redis.url`, resolved by the vault when it is a secret reference."""
+        if "://" in url and not url.startswith(("redis://", "rediss://", "unix://")):
+            if self.vault is None:
+                raise CountersUnavailable("the Redis URL is a secret reference and no vault is configured")
+            try:
+                return await self.vault.aresolve(url)
+            except Exception as exc:
+                raise CountersUnavailable(f"cannot resolve the Redis URL ({type(exc).__name__})") from None
+        return url
 
     async def _load_shared(self, counters: RedisCounters) -> None:
         """Redis holds no counters (a new one, or restarted without its data): load the budgets'

@@ -1,13 +1,14 @@
 """Identity: who is calling, from `Authorization: Bearer <key>` or `x-api-key`: an API key or a JWT.
 
 Keys are looked up by their SHA-256 in an in-memory index that a background refresh keeps in
-step with the store (created or revoked keys take effect within `refresh_s`); a known key never
-touches the database. A key the index does not hold yet (made a moment ago) is looked up in the
-store, off the event loop: one lookup at a time per hash, a few at once in all, none while too
-many wait, and a hash the store does not hold is not looked up again for `MISS_TTL_S`, so random
-keys cannot flood the database. A bearer value shaped like a JWT, when `jwt_issuers` are
-configured, is verified by `auth.jwt` instead and mapped to a consumer by name or to its groups
-(`auth.jwt`, with PyJWT and `cryptography`, is imported only then).
+step with the store (created or revoked keys take effect within `refresh_s`, at once where the
+instances share a Redis: `store.changes`); a known key never touches the database. A key the
+index does not hold yet (made a moment ago) is looked up in the store, off the event loop: one
+lookup at a time per hash, a few at once in all, none while too many wait, and a hash the store
+does not hold is not looked up again for `MISS_TTL_S`, so random keys cannot flood the database.
+A bearer value shaped like a JWT, when `jwt_issuers` are configured, is verified by `auth.jwt`
+instead and mapped to a consumer by name or to its groups (`auth.jwt`, with PyJWT and
+`cryptography`, is imported only then).
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ class KeyIndex:
         self.refresh_s = refresh_s
         self.by_hash: dict[str, KeyRecord] = {}
         self._version = -1
+        #: the poller and the change listener may both reload: one at a time, newest last
+        self._reloading = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         #: lookups in flight, by hash; hashes the store did not hold, with when to forget them
@@ -100,14 +103,15 @@ class KeyIndex:
         """Reload the index if the store changed; True when it did."""
         if self.store is None:
             return False
-        version = self.store.version()
-        if version == self._version:
-            return False
-        records = self.store.list()
-        # Swap the whole dict: readers on the event loop see the old or the new one, never a mix.
-        self.by_hash = {r.key_hash: r for r in records}
-        self._version = version
-        return True
+        with self._reloading:
+            version = self.store.version()
+            if version == self._version:
+                return False
+            records = self.store.list()
+            # Swap the whole dict: readers on the event loop see the old or the new one, never a mix.
+            self.by_hash = {r.key_hash: r for r in records}
+            self._version = version
+            return True
 
     def start(self) -> None:
         """Load now, then poll the store in a background thread."""
