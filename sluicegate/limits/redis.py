@@ -431,6 +431,10 @@ class RedisCounters:
         claimed = await self._call(lambda: self._redis.set(self._seeding, "1", nx=True, px=_ms(hold_s)))
         return bool(claimed)
 
+    async def drop_claim(self) -> None:
+        """Give the claim up (the load failed), so another instance may take it at once."""
+        await self._call(lambda: self._redis.delete(self._seeding))
+
     async def seed(self, buckets: Sequence[tuple[str, int, float]]) -> int:
         """Load `(key, settled use, ttl_s)` into the buckets that do not exist, mark the store as
         seeded and drop the claim, in one step; the buckets loaded."""

@@ -160,20 +160,29 @@ class LimitsService:
     async def _load_shared(self, counters: RedisCounters) -> None:
         """Redis holds no counters (a new one, or restarted without its data): load the budgets'
         spend of their current windows from the audit trail before anything is charged in it, so a
-        restart gives no budget back. One instance loads; the others wait for its mark."""
-        if not await counters.claim_seeding(LOAD_HOLD_S):
-            for _ in range(round(LOAD_WAIT_S / LOAD_POLL_S)):  # the mark is in Redis: polled
-                if await counters.is_seeded():
-                    return
-                await asyncio.sleep(LOAD_POLL_S)
-            return
+        restart gives no budget back. One instance claims the load; the others wait for its mark,
+        and take the claim over if it is dropped (the loader failed) or expires (it died)."""
+        for _ in range(round(LOAD_WAIT_S / LOAD_POLL_S)):  # the mark and the claim are in Redis: polled
+            if await counters.claim_seeding(LOAD_HOLD_S):
+                try:
+                    await self._load(counters)
+                except BaseException:
+                    with contextlib.suppress(CountersUnavailable):
+                        await counters.drop_claim()
+                    raise
+                return
+            if await counters.is_seeded():
+                return
+            await asyncio.sleep(LOAD_POLL_S)
+
+    async def _load(self, counters: RedisCounters) -> None:
         buckets: list[tuple[str, int, float]] = []
         if self.reconciler is not None:
             if self.audit is not None:  # what this instance queued is in the trail first
                 await asyncio.to_thread(self.audit.wait_idle, 5.0)
             try:
                 buckets = await self.reconciler.spent(counters.clock())
-            except Exception as exc:  # the claim expires; budgets refuse until the trail answers
+            except Exception as exc:  # budgets refuse until the trail answers
                 log.error("cannot read the audit trail to load the counters in Redis (%s)", type(exc).__name__)
                 raise CountersUnavailable("the counters in Redis cannot be loaded from the ledger") from None
         loaded = await counters.seed(buckets)

@@ -301,6 +301,11 @@ async def test_an_emptied_store_is_loaded_once_before_anything_is_held(
         assert len(loads) == 2
         assert await level(second, "a") == Level(95, 0)
         assert await level(second, "kept") == Level(7, 0)
+        # A claim given up (its load failed) is free for another instance at once.
+        assert await first.claim_seeding(10)
+        assert not await second.claim_seeding(10)
+        await first.drop_claim()
+        assert await second.claim_seeding(10)
     finally:
         await client.aclose()
 

@@ -9,6 +9,7 @@ each instance's share.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import textwrap
 import threading
@@ -28,10 +29,10 @@ from tests.limits.test_limits_e2e import CALL_COST, COMPLETION, LIMITS_MODELS, f
 from tests.redis_server import RedisServer
 
 
-def redis_limits(redis: RedisServer, prefix: str, body: str, lease_s: float = 15) -> str:
+def redis_limits(redis: RedisServer, prefix: str, body: str, lease_s: float = 15, timeout_s: float = 2) -> str:
     return f"""\
   backend: redis
-  redis: {{url: "{redis.url}", key_prefix: "{prefix}", timeout_s: 2, instances: 2}}
+  redis: {{url: "{redis.url}", key_prefix: "{prefix}", timeout_s: {timeout_s}, instances: 2}}
   reservation_lease_s: {lease_s}
 """ + textwrap.indent(textwrap.dedent(body), "  ")
 
@@ -81,11 +82,16 @@ def test_two_instances_share_a_budget_with_room_for_exactly_100(
         budgets:
           - {{name: exact, scope: consumer, match: [alice], amount: {100 * CALL_COST / 1e6}, window: month}}
         """,
+        # Exactness, not outage handling: a Redis answer held up by a starved event loop on a busy
+        # test machine must not count as Redis down (a 503 for a budget).
+        timeout_s=10,
     )
     with shared_gateways(tmp_path, upstream_url, limits) as gateways:
         responses = asyncio.run(_spread(gateways, 500))
-        assert sum(r.status_code == 200 for r in responses) == 100
-        assert sum(r.status_code == 429 for r in responses) == 400
+        statuses = collections.Counter(
+            (r.status_code, r.json()["error"]["code"] if r.status_code != 200 else None) for r in responses
+        )
+        assert statuses == {(200, None): 100, (429, "budget_exceeded"): 400}, statuses
         events = [e for gw in gateways for e in gw.audit() if e["model_requested"] == "budgeted"]
         assert sum(e["cost_micro_usd"] or 0 for e in events) == 100 * CALL_COST
         for gw in gateways:  # both served some
