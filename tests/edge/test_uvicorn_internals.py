@@ -98,3 +98,18 @@ def test_the_state_the_edge_reads_is_still_there() -> None:
     assert "self.cycle = RequestResponseCycle(" in source
     # HTTP/1.0 connections are not kept alive (the close-delimited body relies on it).
     assert 'http_version != "1.0"' in source
+
+
+def test_the_server_state_the_egress_door_uses_is_still_there() -> None:
+    """The egress proxy serves intercepted connections with the edge protocol outside a uvicorn
+    server: it loads a `Config` itself and keeps a `ServerState` of its own, whose `tasks` (the
+    calls in flight) it waits for when the gateway stops."""
+    from uvicorn.server import ServerState
+
+    state = ServerState()
+    assert isinstance(state.tasks, set) and isinstance(state.connections, set)
+    assert hasattr(state, "total_requests")
+    assert list(inspect.signature(uvicorn.Config.load).parameters) == ["self"]
+    config = uvicorn.Config(lambda scope, receive, send: None, lifespan="off")
+    config.load()
+    assert config.loaded and callable(config.http_protocol_class)
