@@ -26,7 +26,7 @@ from tests.egress.conftest import EgressGateway, OrgCA, egress_config, run_egres
 
 EGRESS = """\
 source_networks: [127.0.0.0/8]
-intercept: [api.openai.com, api.anthropic.com, api.groq.com]
+intercept: [api.openai.com, api.anthropic.com, api.groq.com, "*.openai.azure.com", generativelanguage.googleapis.com]
 """
 
 
@@ -150,6 +150,31 @@ def test_a_provider_path_prefix_is_mapped(gw: EgressGateway, test_ca: OrgCA, ups
     answer = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "echo: g"}])
     assert answer.choices[0].message.content == "g"
     assert gw.last_audit()["egress_host"] == "api.groq.com"
+
+
+@pytest.mark.parametrize(
+    ("base_url", "host"),
+    [
+        ("https://myres.openai.azure.com/openai/v1", "myres.openai.azure.com"),  # Azure OpenAI's v1 API
+        ("https://generativelanguage.googleapis.com/v1beta/openai", "generativelanguage.googleapis.com"),
+    ],
+)
+def test_a_providers_openai_compatible_api_is_mapped(
+    gw: EgressGateway, test_ca: OrgCA, upstream: FakeUpstream, base_url: str, host: str
+) -> None:
+    http = httpx.Client(proxy=gw.proxy, verify=test_ca.context())
+    client = openai.OpenAI(base_url=base_url, api_key=gw.keys["alice"], http_client=http, max_retries=0)
+    answer = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "echo: a"}])
+    assert answer.choices[0].message.content == "a"
+    assert gw.last_audit()["egress_host"] == host
+    # The provider's own paths are not the gateway's: a clear 404, not a call elsewhere.
+    with pytest.raises(openai.NotFoundError):
+        openai.OpenAI(
+            base_url=base_url.rsplit("/", 1)[0] + "/deployments/gpt-4o-mini",
+            api_key=gw.keys["alice"],
+            http_client=http,
+            max_retries=0,
+        ).chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
 
 
 def _tls_through(gw: EgressGateway, test_ca: OrgCA, target: str, sni: str) -> ssl.SSLSocket:
