@@ -14,7 +14,6 @@ client runs on the same machine: compare the two columns, not the absolute figur
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import socket
@@ -28,15 +27,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from sluicegate.settings import Settings
 from sluicegate.store.db import create_engine
 from sluicegate.store.keys import KeyStore
 from sluicegate.testing import FakeUpstream, serve_in_thread
+from sluicegate.testing.ca import make_ca
 
 UPSTREAM_KEY = "sk-bench-upstream"
 BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "echo: hello"}]}
@@ -54,30 +50,6 @@ egress:
   intercept: [api.openai.com]
   ca: {{cert: "file://{cert}", key: "file://{key}"}}
 """
-
-
-def make_ca(folder: Path) -> tuple[Path, Path]:
-    """A CA certificate and key (PEM files) for the run."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench egress CA")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = folder / "ca.pem", folder / "ca-key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return cert_path, key_path
 
 
 def free_port() -> int:
@@ -121,7 +93,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, serve_in_thread(FakeUpstream(required_key=UPSTREAM_KEY)) as upstream:
         folder = Path(tmp)
-        cert, ca_key = make_ca(folder)
+        cert, ca_key = make_ca(folder, "bench egress CA", days=1)
         port, proxy_port = free_port(), free_port()
         config = folder / "sluicegate.yaml"
         config.write_text(CONFIG.format(upstream=upstream, proxy_port=proxy_port, cert=cert, key=ca_key))

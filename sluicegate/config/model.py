@@ -6,7 +6,6 @@ a model) are checked in `config.loader`, which reports every error with its path
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -14,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sluicegate.admin.config import AdminConfig
 from sluicegate.audit.sink_config import AuditSinkConfig
 from sluicegate.cache.config import CacheConfig
+from sluicegate.config.fields import ip_networks
 from sluicegate.egress.config import EgressConfig
 from sluicegate.limits.config import LimitsConfig, PriceConfig
 from sluicegate.observability.config import ObservabilityConfig
@@ -259,12 +259,7 @@ class ServerConfig(_Strict):
     @field_validator("trusted_proxies")
     @classmethod
     def _networks(cls, value: list[str]) -> list[str]:
-        for text in value:
-            try:
-                ipaddress.ip_network(text, strict=False)
-            except ValueError:
-                raise ValueError(f"'{text}' is not an IP network (CIDR such as 10.0.0.0/8 or 2001:db8::/32)") from None
-        return value
+        return ip_networks(value)
 
 
 class AuditChainConfig(_Strict):

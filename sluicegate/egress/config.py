@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from sluicegate.config.fields import ip_networks
 from sluicegate.egress.hosts import normalise, parse_pattern, shipped_ai_hosts
 
 #: what the proxy does with a destination
@@ -15,15 +15,6 @@ Action = Literal["block", "intercept", "allow", "deny"]
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def _networks(value: list[str]) -> list[str]:
-    for text in value:
-        try:
-            ipaddress.ip_network(text, strict=False)
-        except ValueError:
-            raise ValueError(f"'{text}' is not an IP network (CIDR such as 10.0.0.0/8 or 2001:db8::/32)") from None
-    return value
 
 
 def _patterns(value: list[str]) -> list[str]:
@@ -107,13 +98,13 @@ class EgressConfig(_Strict):
     #: a tunnel with no byte either way for this long is closed
     idle_timeout_s: float = Field(300.0, gt=0, le=86400)
 
-    _check_sources = field_validator("source_networks", "private_networks")(_networks)
+    _check_sources = field_validator("source_networks", "private_networks")(ip_networks)
     _check_hosts = field_validator("extra_ai_hosts", "deny", "block", "intercept", "allow")(_patterns)
 
     @field_validator("network_consumers")
     @classmethod
     def _network_keys(cls, value: dict[str, str]) -> dict[str, str]:
-        _networks(list(value))
+        ip_networks(list(value))
         return value
 
     @field_validator("resolve")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import http.server
 import socket
 import ssl
@@ -20,10 +19,6 @@ from pathlib import Path
 import pytest
 import uvicorn
 import uvloop
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from sluicegate.app import Gateway
 from sluicegate.config.loader import load_config
@@ -32,6 +27,7 @@ from sluicegate.egress.door import EgressDoor
 from sluicegate.settings import Settings
 from sluicegate.store.db import create_engine
 from sluicegate.store.keys import KeyStore
+from sluicegate.testing.ca import make_ca
 from tests.conftest import BASE_CONFIG, RunningGateway
 
 
@@ -50,42 +46,7 @@ class OrgCA:
 @pytest.fixture(scope="session")
 def test_ca(tmp_path_factory: pytest.TempPathFactory) -> OrgCA:
     """An organisation CA for the tests, with its certificate and key in files."""
-    folder = tmp_path_factory.mktemp("ca")
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Sluicegate test CA")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1))
-        .not_valid_after(now + dt.timedelta(days=2))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    ca = OrgCA(folder / "ca.pem", folder / "ca-key.pem")
-    ca.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    ca.key.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return ca
+    return OrgCA(*make_ca(tmp_path_factory.mktemp("ca")))
 
 
 @dataclass
