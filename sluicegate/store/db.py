@@ -218,35 +218,33 @@ def m004_audit_chain(conn: sa.Connection) -> None:
 CACHE_COLUMNS = (("cache", "VARCHAR(16)"), ("cache_saved_micro_usd", "BIGINT"))
 
 
-@migration
-def m005_cache(conn: sa.Connection) -> None:
-    # Nullable, no default: older events keep their chain hashes (null fields are not hashed).
+def add_audit_columns(conn: sa.Connection, columns: tuple[tuple[str, str], ...]) -> None:
+    """Add to `audit_events` those of `columns` (name, SQL type) it does not have yet. Nullable,
+    with no default: older events keep their chain hashes (null fields are not hashed)."""
     present = {column["name"] for column in sa.inspect(conn).get_columns(audit_events.name)}
-    for name, kind in CACHE_COLUMNS:
+    for name, kind in columns:
         if name not in present:
             conn.execute(sa.text(f"ALTER TABLE {audit_events.name} ADD COLUMN {name} {kind}"))
 
 
 @migration
+def m005_cache(conn: sa.Connection) -> None:
+    add_audit_columns(conn, CACHE_COLUMNS)
+
+
+@migration
 def m006_attempts(conn: sa.Connection) -> None:
-    present = {column["name"] for column in sa.inspect(conn).get_columns(audit_events.name)}
-    if "attempts" not in present:
-        conn.execute(sa.text(f"ALTER TABLE {audit_events.name} ADD COLUMN attempts TEXT"))
+    add_audit_columns(conn, (("attempts", "TEXT"),))
 
 
 @migration
 def m007_routed_by(conn: sa.Connection) -> None:
-    present = {column["name"] for column in sa.inspect(conn).get_columns(audit_events.name)}
-    if "routed_by" not in present:
-        conn.execute(sa.text(f"ALTER TABLE {audit_events.name} ADD COLUMN routed_by TEXT"))
+    add_audit_columns(conn, (("routed_by", "TEXT"),))
 
 
 @migration
 def m008_instance(conn: sa.Connection) -> None:
-    # Nullable, no default: older events keep their chain hashes.
-    present = {column["name"] for column in sa.inspect(conn).get_columns(audit_events.name)}
-    if "instance" not in present:
-        conn.execute(sa.text(f"ALTER TABLE {audit_events.name} ADD COLUMN instance VARCHAR(128)"))
+    add_audit_columns(conn, (("instance", "VARCHAR(128)"),))
 
 
 #: columns `m009_egress` adds to `audit_events`
@@ -255,11 +253,7 @@ EGRESS_COLUMNS = (("door", "VARCHAR(16)"), ("egress_host", "VARCHAR(255)"))
 
 @migration
 def m009_egress(conn: sa.Connection) -> None:
-    # Nullable, no default: older events keep their chain hashes.
-    present = {column["name"] for column in sa.inspect(conn).get_columns(audit_events.name)}
-    for name, kind in EGRESS_COLUMNS:
-        if name not in present:
-            conn.execute(sa.text(f"ALTER TABLE {audit_events.name} ADD COLUMN {name} {kind}"))
+    add_audit_columns(conn, EGRESS_COLUMNS)
 
 
 def install_append_only(conn: sa.Connection) -> None:
