@@ -155,6 +155,28 @@ _ANTHROPIC_UNKNOWN = Endpoint(
     dialect="anthropic",
 )
 #: the paths answered to GET, with the methods they allow (their `Allow` header on a 405)
+#: Azure OpenAI's paths, as its clients in the official SDKs call them: a deployment's operation
+#: (the deployment names the model; `?api-version=` is not read) and the v1 API under `/openai`
+AZURE_DEPLOYMENTS = "/openai/deployments/"
+AZURE_V1 = "/openai/v1/"
+#: the longest deployment name taken from a path
+MAX_DEPLOYMENT = 256
+
+
+def azure_route(path: str) -> tuple[Endpoint, str | None] | None:
+    """The endpoint of an Azure OpenAI path and the deployment it names (None: the v1 API, whose
+    body names the model), or None when it is no such path."""
+    if path.startswith(AZURE_V1):
+        endpoint = ENDPOINTS.get(path[len("/openai") :])
+        return (endpoint, None) if endpoint is not None else None
+    if path.startswith(AZURE_DEPLOYMENTS):
+        deployment, _, operation = path[len(AZURE_DEPLOYMENTS) :].partition("/")
+        endpoint = _OPENAI_ENDPOINTS.get("/" + operation)
+        if endpoint is not None and deployment and len(deployment) <= MAX_DEPLOYMENT:
+            return endpoint, deployment
+    return None
+
+
 _GET_PATHS = {
     "/v1/models": b"GET",
     "/models": b"GET",
@@ -291,11 +313,16 @@ class Gateway:
         path: str = scope["path"]
         method: str = scope["method"]
         endpoint = ENDPOINTS.get(path)
+        deployment: str | None = None
+        if endpoint is None and path.startswith("/openai/"):
+            azure = azure_route(path)
+            if azure is not None:
+                endpoint, deployment = azure
         if endpoint is not None:
             if method != "POST":
                 await self._unknown(scope, send, endpoint, MethodNotAllowed(f"Use POST for {_shown(path)}"))
                 return
-            await self._handle(scope, receive, send, endpoint)
+            await self._handle(scope, receive, send, endpoint, deployment)
         elif path in _GET_PATHS and method.encode() not in _GET_PATHS[path]:
             await self._unknown(scope, send, None, MethodNotAllowed(f"Use GET for {_shown(path)}"))
         elif path in ("/v1/models", "/models"):
@@ -369,9 +396,12 @@ class Gateway:
         REQUEST_ID.set(call.request_id)
         return call
 
-    async def _handle(self, scope: Scope, receive: Receive, send: Send, endpoint: Endpoint) -> None:
+    async def _handle(
+        self, scope: Scope, receive: Receive, send: Send, endpoint: Endpoint, deployment: str | None = None
+    ) -> None:
         snapshot, pipeline = self._state
         call = self._new_call(scope, endpoint, snapshot)
+        call.path_model = deployment
         relay = self.relay
         if relay is None:
             raise RuntimeError("the gateway serves requests only after its lifespan startup")

@@ -53,6 +53,7 @@ class Call:
         "model_served",
         "outcome",
         "output_cap",
+        "path_model",
         "plan",
         "prompt_tokens",
         "provider",
@@ -100,6 +101,8 @@ class Call:
         self.client_ip: str | None = None
         #: the host an egress-intercepted call was for (None: the call came by the data plane)
         self.egress_host: str | None = None
+        #: the model the request's path names (an Azure OpenAI deployment), which wins over the body's
+        self.path_model: str | None = None
         self.client_request_id: str | None = None
         self.consumer: Consumer | None = None
         self.key_id: str | None = None

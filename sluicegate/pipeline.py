@@ -179,6 +179,8 @@ class Pipeline:
             call.body_size = len(raw)
             call.raw_body = raw
             body = endpoint.parse_body(raw)
+            if call.path_model is not None:
+                body["model"] = call.path_model  # the deployment in an Azure OpenAI path names the model
             call.body = body
             endpoint.fill_call(call, body)
             for stage in self.body_stages:

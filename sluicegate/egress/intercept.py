@@ -35,7 +35,7 @@ log = logging.getLogger("sluicegate.egress")
 
 #: request headers that carry a credential for the provider: replaced or dropped when the door
 #: identifies the caller itself
-_CREDENTIALS = (b"authorization", b"x-api-key")
+_CREDENTIALS = (b"authorization", b"x-api-key", b"api-key")
 
 
 class InterceptProtocol(EdgeProtocol):

@@ -134,14 +134,15 @@ class KeyIndex:
 
 
 def presented_key(headers: dict[bytes, bytes]) -> str | None:
-    """The key the client presented, from `Authorization: Bearer` or `x-api-key`."""
+    """The key the client presented, from `Authorization: Bearer`, `x-api-key` (Anthropic's
+    clients) or `api-key` (Azure OpenAI's)."""
     auth = headers.get(b"authorization")
     if auth is not None:
         scheme, _, value = auth.partition(b" ")
         if scheme.lower() == b"bearer" and value.strip():
             return value.strip().decode("latin-1")
         return None
-    key = headers.get(b"x-api-key")
+    key = headers.get(b"x-api-key") or headers.get(b"api-key")
     if key is not None and key.strip():
         return key.strip().decode("latin-1")
     return None
@@ -167,7 +168,7 @@ class IdentityStage:
         key = presented_key(call.headers)
         if key is None:
             raise Unauthorized(
-                "Missing API key: send it as 'Authorization: Bearer <key>' or 'x-api-key: <key>'",
+                "Missing API key: send it as 'Authorization: Bearer <key>', 'x-api-key: <key>' or 'api-key: <key>'",
                 code="missing_api_key",
             )
         if self.jwt is not None and self._looks_like_jwt(key):

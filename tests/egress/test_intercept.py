@@ -152,29 +152,52 @@ def test_a_provider_path_prefix_is_mapped(gw: EgressGateway, test_ca: OrgCA, ups
     assert gw.last_audit()["egress_host"] == "api.groq.com"
 
 
-@pytest.mark.parametrize(
-    ("base_url", "host"),
-    [
-        ("https://myres.openai.azure.com/openai/v1", "myres.openai.azure.com"),  # Azure OpenAI's v1 API
-        ("https://generativelanguage.googleapis.com/v1beta/openai", "generativelanguage.googleapis.com"),
-    ],
-)
-def test_a_providers_openai_compatible_api_is_mapped(
-    gw: EgressGateway, test_ca: OrgCA, upstream: FakeUpstream, base_url: str, host: str
-) -> None:
+def test_geminis_openai_compatible_api_is_mapped(gw: EgressGateway, test_ca: OrgCA, upstream: FakeUpstream) -> None:
     http = httpx.Client(proxy=gw.proxy, verify=test_ca.context())
+    base_url = "https://generativelanguage.googleapis.com/v1beta/openai"
     client = openai.OpenAI(base_url=base_url, api_key=gw.keys["alice"], http_client=http, max_retries=0)
     answer = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "echo: a"}])
     assert answer.choices[0].message.content == "a"
-    assert gw.last_audit()["egress_host"] == host
-    # The provider's own paths are not the gateway's: a clear 404, not a call elsewhere.
+    assert gw.last_audit()["egress_host"] == "generativelanguage.googleapis.com"
+    # Gemini's native API is not the gateway's: a clear 404, not a call elsewhere.
     with pytest.raises(openai.NotFoundError):
         openai.OpenAI(
-            base_url=base_url.rsplit("/", 1)[0] + "/deployments/gpt-4o-mini",
+            base_url="https://generativelanguage.googleapis.com/v1beta/models",
             api_key=gw.keys["alice"],
             http_client=http,
             max_retries=0,
         ).chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+
+
+def test_the_azure_openai_client_is_governed(gw: EgressGateway, test_ca: OrgCA, upstream: FakeUpstream) -> None:
+    # AzureOpenAI calls /openai/deployments/{deployment}/... with `api-key`: the gateway's own paths.
+    http = httpx.Client(proxy=gw.proxy, verify=test_ca.context())
+    client = openai.AzureOpenAI(
+        azure_endpoint="https://myres.openai.azure.com",
+        api_key=gw.keys["alice"],
+        api_version="2024-10-21",
+        http_client=http,
+        max_retries=0,
+    )
+    answer = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "echo: az"}])
+    assert answer.choices[0].message.content == "az"
+    assert upstream.requests[-1].headers["authorization"] == f"Bearer {CANARY_KEY}"
+    event = gw.last_audit()
+    assert (event["egress_host"], event["model_requested"]) == ("myres.openai.azure.com", "gpt-4o-mini")
+    bob = openai.AzureOpenAI(
+        azure_endpoint="https://myres.openai.azure.com",
+        api_key=gw.keys["bob"],
+        api_version="2024-10-21",
+        http_client=http,
+        max_retries=0,
+    )
+    with pytest.raises(openai.PermissionDeniedError):
+        bob.chat.completions.create(model="team-model", messages=[{"role": "user", "content": "hi"}])
+    # Its v1 API too.
+    v1 = openai.OpenAI(
+        base_url="https://myres.openai.azure.com/openai/v1", api_key=gw.keys["alice"], http_client=http, max_retries=0
+    )
+    assert v1.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "echo: b"}]).choices
 
 
 def _tls_through(gw: EgressGateway, test_ca: OrgCA, target: str, sni: str) -> ssl.SSLSocket:
