@@ -7,7 +7,6 @@ import contextlib
 import datetime as dt
 import logging
 import os
-import re
 import sys
 import time
 from collections.abc import Iterator
@@ -407,10 +406,11 @@ def _notify_keys(config_path: str | None, engine: Any) -> None:
         return
     from sluicegate.store.changes import KEYS, publish
     from sluicegate.vault import Vault
+    from sluicegate.vault.refs import is_secret_ref
 
     url = redis.url
     try:
-        if "://" in url and not url.startswith(("redis://", "rediss://", "unix://")):
+        if is_secret_ref(url):
             url = Vault(config.vault, engine=engine).resolve(url)
     except Exception as exc:
         click.echo(f"the instances will see the change at their next poll (Redis URL: {type(exc).__name__})", err=True)
@@ -765,26 +765,13 @@ def _zone(name: str) -> Any:
         raise click.BadParameter(f"unknown time zone '{name}'") from None
 
 
-#: `7d`, `24h`, `30m`, `90s`, `2w`: that long before now
-_AGO = re.compile(r"^(\d{1,9})([smhdw])$")
-_AGO_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
 def _moment(text: str, zone: str, now: float | None = None) -> float:
-    import zoneinfo
+    from sluicegate.moments import parse_moment
 
-    ago = _AGO.match(text.strip())
-    if ago is not None:
-        return (time.time() if now is None else now) - int(ago.group(1)) * _AGO_S[ago.group(2)]
     try:
-        moment = dt.datetime.fromisoformat(text)
-    except ValueError:
-        raise click.BadParameter(
-            f"'{text}' is not an ISO 8601 date or time (2026-12-01, 2026-12-01T08:00) nor a time ago (7d, 24h)"
-        ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=zoneinfo.ZoneInfo(zone))
-    return moment.timestamp()
+        return parse_moment(text, time.time() if now is None else now, _zone(zone))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 @main.command()

@@ -30,6 +30,7 @@ from sluicegate.audit.events import AuditEvent
 from sluicegate.limits.config import LimitsConfig
 from sluicegate.limits.counters import Counters, CountersUnavailable, Level, MemoryCounters, Reaped
 from sluicegate.limits.plan import CONCURRENT_TTL_S, is_slot
+from sluicegate.vault.refs import is_secret_ref
 
 if TYPE_CHECKING:
     import aiohttp
@@ -148,7 +149,7 @@ class LimitsService:
 
     async def redis_url(self, url: str) -> str:
         """`limits.redis.url`, resolved by the vault when it is a secret reference."""
-        if "://" in url and not url.startswith(("redis://", "rediss://", "unix://")):
+        if is_secret_ref(url):
             if self.vault is None:
                 raise CountersUnavailable("the Redis URL is a secret reference and no vault is configured")
             try:

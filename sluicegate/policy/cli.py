@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
-import re
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,27 +14,16 @@ if TYPE_CHECKING:
 
     from sluicegate.config.snapshot import Snapshot
 
-#: `7d`, `24h`, `30m`, `90s`, `2w`: that long before now
-_AGO = re.compile(r"^(\d{1,9})([smhdw])$")
-_AGO_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
 
 def parse_moment(text: str, now: float, option: str) -> float:
     """A time given as `7d`, `24h`, `30m` (that long before `now`) or ISO 8601 (UTC without an
     offset), as epoch seconds; a one-line usage error otherwise."""
-    ago = _AGO.match(text.strip())
-    if ago is not None:
-        return now - int(ago.group(1)) * _AGO_S[ago.group(2)]
+    from sluicegate import moments
+
     try:
-        moment = dt.datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise click.BadParameter(
-            f"'{text}' is neither a time ago (7d, 24h, 30m) nor an ISO 8601 time (2026-12-01T08:00Z)",
-            param_hint=option,
-        ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.UTC)
-    return moment.timestamp()
+        return moments.parse_moment(text, now)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=option) from None
 
 
 def _load(config_path: str) -> Snapshot:

@@ -172,27 +172,25 @@ def test_geminis_openai_compatible_api_is_mapped(gw: EgressGateway, test_ca: Org
 def test_the_azure_openai_client_is_governed(gw: EgressGateway, test_ca: OrgCA, upstream: FakeUpstream) -> None:
     # AzureOpenAI calls /openai/deployments/{deployment}/... with `api-key`: the gateway's own paths.
     http = httpx.Client(proxy=gw.proxy, verify=test_ca.context())
-    client = openai.AzureOpenAI(
-        azure_endpoint="https://myres.openai.azure.com",
-        api_key=gw.keys["alice"],
-        api_version="2024-10-21",
-        http_client=http,
-        max_retries=0,
+
+    def azure(who: str) -> openai.AzureOpenAI:
+        return openai.AzureOpenAI(
+            azure_endpoint="https://myres.openai.azure.com",
+            api_key=gw.keys[who],
+            api_version="2024-10-21",
+            http_client=http,
+            max_retries=0,
+        )
+
+    answer = azure("alice").chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "echo: az"}]
     )
-    answer = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "echo: az"}])
     assert answer.choices[0].message.content == "az"
     assert upstream.requests[-1].headers["authorization"] == f"Bearer {CANARY_KEY}"
     event = gw.last_audit()
     assert (event["egress_host"], event["model_requested"]) == ("myres.openai.azure.com", "gpt-4o-mini")
-    bob = openai.AzureOpenAI(
-        azure_endpoint="https://myres.openai.azure.com",
-        api_key=gw.keys["bob"],
-        api_version="2024-10-21",
-        http_client=http,
-        max_retries=0,
-    )
     with pytest.raises(openai.PermissionDeniedError):
-        bob.chat.completions.create(model="team-model", messages=[{"role": "user", "content": "hi"}])
+        azure("bob").chat.completions.create(model="team-model", messages=[{"role": "user", "content": "hi"}])
     # Its v1 API too.
     v1 = openai.OpenAI(
         base_url="https://myres.openai.azure.com/openai/v1", api_key=gw.keys["alice"], http_client=http, max_retries=0
